@@ -1,0 +1,25 @@
+"""sparsevlm: SparseVLM (ICML 2025, arXiv 2410.04417) for Hugging Face vision-language models.
+
+Training-free, text-guided visual-token sparsification: text raters score the visual tokens by
+attention, the rank of that attention sets how many to keep, pruned tokens are recycled into a
+few merged ones, and the language model prunes progressively.
+"""
+from .budget import attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
+from .config import PRESET_SCHEDULES, SparseVLMConfig
+from .raters import select_raters, text_relevance
+from .recycle import Recycled, density_peak_clusters, merge_clusters, recycle
+from .scores import rater_attention, visual_scores
+from .select import Layout, compact_positions, gather, mask_to_index, plan_layout, topk_mask
+from .utils import seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SparseVLMConfig", "PRESET_SCHEDULES",
+    "select_raters", "text_relevance",
+    "rater_attention", "visual_scores",
+    "attention_rank", "rank_keep_count", "keep_count", "layer_counts", "equivalent_tokens",
+    "recycle", "Recycled", "density_peak_clusters", "merge_clusters",
+    "Layout", "plan_layout", "gather", "mask_to_index", "topk_mask", "compact_positions",
+    "seed_everything",
+]

@@ -1,0 +1,113 @@
+"""Configuration of SparseVLM: one frozen dataclass, validated on construction.
+
+Defaults follow the reference code (github.com/Gumpest/SparseVLMs, first commit 91fb6d9);
+where the paper (arXiv 2410.04417) says something else, a field selects the paper's form.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+# Keep counts per pruning layer of the reference's fixed schedules (tag v1.5 and later), for a
+# 32-layer LLaVA-1.5-7B with 576 visual tokens pruned at layers 2, 6 and 15. The key is the
+# "equivalent" number of visual tokens the schedule is meant to match.
+PRESET_LAYERS = (2, 6, 15)
+PRESET_SCHEDULES = {
+    192: (300, 200, 110),
+    128: (303, 110, 36),
+    96: (238, 48, 26),
+    64: (66, 30, 17),
+}
+
+MODES = ("rank", "schedule")
+RANK_FORMS = ("keep", "delete")
+RATER_RULES = ("mean", "all", "last")
+MERGES = ("mean", "sum")
+POSITIONS = ("compact", "original")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
+
+
+@dataclass(frozen=True)
+class SparseVLMConfig:
+    """How SparseVLM prunes. `SparseVLMConfig()` is the paper's rank-based mode.
+
+    Every field is checked in `__post_init__`; a wrong value raises `ValueError` naming the field.
+    """
+
+    # "rank": keep count from the rank of the raters x visual attention (paper §3.4, first
+    # reference version); "schedule": fixed keep counts per pruning layer (reference v1.5+).
+    mode: str = "rank"
+    # Decoder layers after which visual tokens are pruned (0-based, strictly increasing).
+    pruning_layers: tuple[int, ...] = (2, 6, 15, 19)
+    # Rank mode. rank_form "keep" (reference): keep min(int(scale·rank + bias), n − 1) tokens.
+    # rank_form "delete" (paper, Eq. 6): delete int(scale·(n − rank)) tokens; scale is λ in (0, 1].
+    scale: float = 13.5
+    bias: float = 0.0
+    rank_form: str = "keep"
+    # Schedule mode: visual tokens kept at each pruning layer (same length as pruning_layers).
+    schedule: tuple[int, ...] | None = None
+    # Which text tokens rate the visual ones: "mean" (paper: relevance above the mean),
+    # "all" text tokens after the image, or only the "last" token.
+    rater_rule: str = "mean"
+    # Token recycling (paper §3.3): the top `recycle_ratio` of pruned tokens by score are
+    # clustered into int(n · cluster_ratio) + 1 groups, each merged into one token by `merge`
+    # ("mean" as the reference code, "sum" as the paper's Eq. 8).
+    recycle: bool = True
+    recycle_ratio: float = 0.3
+    cluster_ratio: float = 0.1
+    merge: str = "mean"
+    # Positions of the tokens that remain: "compact" renumbers them 0..n−1 in every layer after a
+    # pruning layer (reference); "original" keeps each token's position in the full prompt.
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, MODES)
+        _choice("rank_form", self.rank_form, RANK_FORMS)
+        _choice("rater_rule", self.rater_rule, RATER_RULES)
+        _choice("merge", self.merge, MERGES)
+        _choice("positions", self.positions, POSITIONS)
+        layers = tuple(self.pruning_layers)
+        if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
+            raise ValueError(f"pruning_layers={self.pruning_layers!r} must be a non-empty tuple of layer indices >= 0")
+        if any(a >= b for a, b in zip(layers, layers[1:])):
+            raise ValueError(f"pruning_layers={self.pruning_layers!r} must be strictly increasing")
+        object.__setattr__(self, "pruning_layers", layers)
+        if self.mode == "schedule":
+            if self.schedule is None:
+                raise ValueError("schedule=None: mode='schedule' needs one keep count per pruning layer")
+            sched = tuple(self.schedule)
+            if len(sched) != len(layers) or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in sched):
+                raise ValueError(
+                    f"schedule={self.schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
+            object.__setattr__(self, "schedule", sched)
+        elif self.schedule is not None:
+            raise ValueError(f"schedule={self.schedule!r} is only used with mode='schedule' (mode={self.mode!r})")
+        if self.mode == "rank":
+            if self.rank_form == "keep" and not self.scale > 0:
+                raise ValueError(f"scale={self.scale!r} must be > 0")
+            if self.rank_form == "delete" and not 0 < self.scale <= 1:
+                raise ValueError(
+                    f"scale={self.scale!r}: with rank_form='delete' scale is the paper's λ and must be in (0, 1]")
+        if not 0 < self.recycle_ratio <= 1:
+            raise ValueError(f"recycle_ratio={self.recycle_ratio!r} must be in (0, 1]")
+        if not 0 < self.cluster_ratio <= 1:
+            raise ValueError(f"cluster_ratio={self.cluster_ratio!r} must be in (0, 1]")
+
+    @classmethod
+    def preset(cls, tokens: int, **overrides) -> "SparseVLMConfig":
+        """The reference's fixed schedule meant to equal `tokens` visual tokens (192, 128, 96, 64)
+        on a 32-layer LLaVA-1.5-7B; other fields may be overridden."""
+        if tokens not in PRESET_SCHEDULES:
+            raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
+        return cls(mode="schedule", pruning_layers=PRESET_LAYERS, schedule=PRESET_SCHEDULES[tokens], **overrides)
+
+    def replace(self, **changes) -> "SparseVLMConfig":
+        """A copy with some fields changed (validated again)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; fields are {sorted(names)}")
+        return replace(self, **changes)

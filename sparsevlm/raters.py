@@ -1,0 +1,65 @@
+"""Text raters (paper §3.2): the text tokens that relate to the image rate the visual tokens.
+
+Relevance of text token t: softmax over the text tokens of the similarity V·Tᵀ between the visual
+and text embeddings entering the language model, averaged over the visual tokens. The paper's
+raters are the text tokens whose relevance is above the mean relevance.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import RATER_RULES
+from .select import gather, mask_to_index
+
+
+def text_candidates(vis_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Text tokens that may rate: valid, not visual, and after the first visual token.
+
+    Shapes: vis_mask (B, L) bool, valid (B, L) bool -> (B, L) bool.
+    """
+    after_image = vis_mask.int().cumsum(-1) > 0  # (B, L)
+    return after_image & ~vis_mask & valid
+
+
+def text_relevance(embeds: torch.Tensor, vis_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """Relevance of each text token to the image: mean over visual tokens of softmax_text(V·Tᵀ).
+
+    Shapes: embeds (B, L, D), vis_mask (B, L), text_mask (B, L) -> relevance (B, L), 0 off text.
+    """
+    x = embeds.float()
+    vis_idx, vis_valid = mask_to_index(vis_mask)  # (B, V)
+    text_idx, text_valid = mask_to_index(text_mask)  # (B, T)
+    sim = gather(x, vis_idx) @ gather(x, text_idx).transpose(1, 2)  # (B, V, T)
+    sim = sim.masked_fill(~text_valid[:, None, :], float("-inf"))
+    # Softmax over the text tokens, for every visual token.
+    prob = sim.softmax(-1).nan_to_num(0.0)  # (B, V, T); samples without text give 0
+    # Average over the (valid) visual tokens.
+    prob = prob * vis_valid[:, :, None]
+    rel = prob.sum(1) / vis_valid.sum(-1, keepdim=True).clamp(min=1)  # (B, T)
+    out = torch.zeros(text_mask.shape, dtype=rel.dtype, device=rel.device)
+    return out.scatter_add_(1, text_idx, rel * text_valid)  # (B, L)
+
+
+def select_raters(embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Tensor, rule: str = "mean"):
+    """The rater tokens of every sample.
+
+    rule "mean": relevance above the mean relevance of the sample's text tokens (paper);
+    "all": every text token after the image; "last": the last valid token only.
+    Padded positions and visual tokens are never raters.
+
+    Shapes: embeds (B, L, D), vis_mask (B, L) bool, valid (B, L) bool
+            -> rater_mask (B, L) bool, relevance (B, L) float.
+    """
+    if rule not in RATER_RULES:
+        raise ValueError(f"rule={rule!r} is not supported; allowed: {', '.join(map(repr, RATER_RULES))}")
+    text_mask = text_candidates(vis_mask, valid)  # (B, L)
+    relevance = text_relevance(embeds, vis_mask, text_mask)  # (B, L)
+    if rule == "all":
+        return text_mask, relevance
+    if rule == "last":
+        pos = torch.arange(valid.shape[1], device=valid.device)
+        last = torch.where(text_mask, pos, -1).amax(-1)  # (B,); -1 when no text
+        return (pos[None, :] == last[:, None]) & text_mask, relevance
+    n_text = text_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+    mean = relevance.sum(-1, keepdim=True) / n_text  # (B, 1); relevance is 0 off text
+    return (relevance > mean) & text_mask, relevance

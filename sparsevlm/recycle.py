@@ -1,0 +1,108 @@
+"""Token recycling (paper §3.3): pruned visual tokens are not simply thrown away.
+
+Of the tokens pruned at a layer, the most significant ones (top `ratio`, by score) are grouped by
+density-peak clustering (Rodriguez & Laio, 2014, as in DPC-kNN): a token's density comes from its
+k nearest neighbours, cluster centres are the tokens that are both dense and far from any denser
+token, and every token joins its nearest centre. Each cluster becomes one token, the mean of its
+members (reference code) or their sum (paper, Eq. 8).
+
+Fully deterministic: ties are broken by token index, no random noise is added.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .select import gather, mask_to_index, put, topk_mask
+
+
+def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor):
+    """Cluster every sample's valid tokens into k[b] groups.
+
+    Shapes: x (B, N, D), valid (B, N) bool, k (B,) long with 1 <= k[b] <= valid[b].sum() (or 0
+            for a sample without tokens) -> assign (B, N) long cluster id (−1 off valid),
+            centres (B, K) long token index of each cluster's centre (−1 past k[b]), K = max k.
+    """
+    B, N, D = x.shape
+    dev = x.device
+    K = int(k.max()) if B else 0
+    if K == 0:
+        return torch.full((B, N), -1, dtype=torch.long, device=dev), torch.empty(B, 0, dtype=torch.long, device=dev)
+    # Pairwise distances, normalised by sqrt(D) as in the reference (exact form, not the mm trick).
+    dist = torch.cdist(x.float(), x.float(), compute_mode="donot_use_mm_for_euclid_dist") / D ** 0.5  # (B, N, N)
+    pair = valid[:, :, None] & valid[:, None, :]  # (B, N, N)
+    # Local density: exp(−mean squared distance to the k nearest tokens, itself included).
+    nearest = dist.masked_fill(~valid[:, None, :], float("inf")).sort(dim=-1).values[..., :K]  # (B, N, K)
+    in_k = torch.arange(K, device=dev)[None, None, :] < k[:, None, None]  # (B, 1, K)
+    density = torch.exp(-(nearest.square() * in_k).nan_to_num(0.0, posinf=0.0).sum(-1) / k[:, None].clamp(min=1))
+    density = density.where(valid, -1.0)  # (B, N)
+    # Distance to the nearest denser token (ties in density: the lower index counts as denser);
+    # the densest token takes the largest distance of its sample.
+    idx = torch.arange(N, device=dev)
+    denser = (density[:, None, :] > density[:, :, None]) | (
+        (density[:, None, :] == density[:, :, None]) & (idx[None, None, :] < idx[None, :, None]))  # (B, N, N)
+    denser &= pair
+    dist_max = dist.masked_fill(~pair, 0.0).flatten(1).amax(-1)  # (B,)
+    delta = dist.masked_fill(~denser, float("inf")).amin(-1)  # (B, N)
+    delta = torch.where(torch.isinf(delta), dist_max[:, None], delta)
+    # Centres: the k[b] highest density × distance; ties go to the lower index.
+    centre_score = (density * delta).masked_fill(~valid, float("-inf"))  # (B, N)
+    centres = centre_score.sort(dim=-1, descending=True, stable=True).indices[:, :K]  # (B, K)
+    centre_ok = torch.arange(K, device=dev)[None, :] < k[:, None]  # (B, K)
+    # Every token joins its nearest centre; a centre always joins its own cluster.
+    to_centre = gather(dist.transpose(1, 2), centres).transpose(1, 2)  # (B, N, K)
+    assign = to_centre.masked_fill(~centre_ok[:, None, :], float("inf")).argmin(-1)  # (B, N)
+    own = torch.arange(K, device=dev).expand(B, K)
+    assign = put(assign, centres, centre_ok, own)
+    return assign.where(valid, -1), centres.where(centre_ok, -1)
+
+
+def merge_clusters(x: torch.Tensor, assign: torch.Tensor, num_clusters: int, how: str = "mean") -> torch.Tensor:
+    """One token per cluster: the mean (or sum) of its members.
+
+    Shapes: x (B, N, D), assign (B, N) long (−1 = not in any cluster) -> (B, num_clusters, D).
+    """
+    if how not in ("mean", "sum"):
+        raise ValueError(f"how={how!r} is not supported; allowed: 'mean', 'sum'")
+    member = (assign[:, :, None] == torch.arange(num_clusters, device=x.device)).to(torch.float32)  # (B, N, K)
+    merged = member.transpose(1, 2) @ x.float()  # (B, K, D)
+    if how == "mean":
+        merged = merged / member.sum(1)[:, :, None].clamp(min=1)
+    return merged.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class Recycled:
+    """The recycled tokens of a pruning layer.
+
+    Shapes: tokens (B, K, D), valid (B, K); centre (B, K) index into the pruned tokens of each
+    cluster's centre (−1 where invalid); assign (B, P) cluster of each pruned token (−1 = dropped).
+    """
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    centre: torch.Tensor
+    assign: torch.Tensor
+
+
+def recycle(pruned: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, ratio: float = 0.3,
+            cluster_ratio: float = 0.1, merge: str = "mean") -> Recycled:
+    """Recycle the pruned tokens of every sample.
+
+    m = int(n·ratio) + 1 of the n pruned tokens (the highest scores) are clustered into
+    int(m·cluster_ratio) + 1 groups (reference: top 30 %, then one cluster per ten tokens).
+    Shapes: pruned (B, P, D), scores (B, P), valid (B, P) bool -> Recycled with K = max clusters.
+    """
+    n = valid.sum(-1)  # (B,)
+    m = torch.minimum(torch.trunc(n.double() * ratio).long() + 1, n)  # (B,) tokens to recycle
+    # The most significant pruned tokens are recycled, the rest are dropped for good.
+    chosen = topk_mask(scores, valid, m)  # (B, P)
+    sel_idx, sel_valid = mask_to_index(chosen)  # (B, M)
+    c = torch.minimum(torch.trunc(m.double() * cluster_ratio).long() + 1, m)  # (B,) clusters
+    assign_sel, centres = density_peak_clusters(gather(pruned, sel_idx), sel_valid, c)  # (B, M), (B, K)
+    tokens = merge_clusters(gather(pruned, sel_idx), assign_sel, centres.shape[1], merge)  # (B, K, D)
+    assign = put(torch.full(valid.shape, -1, dtype=torch.long, device=valid.device), sel_idx, sel_valid, assign_sel)
+    centre_ok = centres >= 0
+    centre = gather(sel_idx, centres.clamp(min=0)).where(centre_ok, -1)  # (B, K) index into pruned
+    return Recycled(tokens=tokens, valid=centre_ok, centre=centre, assign=assign)

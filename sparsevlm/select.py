@@ -1,0 +1,108 @@
+"""Select and gather (paper §3.2-3.3): turn per-sample decisions into shorter, batched sequences.
+
+Deciding (scores -> kept positions) is split from applying (gathering hidden states, positions,
+masks). Samples of a batch keep different numbers of tokens; the shorter sequences are
+left-padded again, the convention of `generate()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of every sample: out[b, i] = x[b, idx[b, i]].
+
+    Shapes: x (B, L, *rest), idx (B, N) -> (B, N, *rest).
+    """
+    index = idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
+    return x.gather(1, index)
+
+
+def put(base: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A copy of `base` with out[b, idx[b, i]] = values[b, i] wherever valid[b, i].
+
+    Shapes: base (B, L), idx (B, N), valid (B, N), values (B, N) -> (B, L).
+    """
+    B, L = base.shape
+    spare = torch.cat([base, base.new_zeros(B, 1)], dim=1)  # invalid entries land in a spare column
+    return spare.scatter(1, idx.where(valid, L), values.to(base.dtype))[:, :L]
+
+
+def mask_to_index(mask: torch.Tensor):
+    """Positions where `mask` is true, ascending, padded at the end.
+
+    Shapes: mask (B, L) bool -> idx (B, N) long, valid (B, N) bool, N = max count (at least 0).
+    """
+    count = mask.sum(-1)  # (B,)
+    n = int(count.max()) if mask.numel() else 0
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    # Stable sort puts true positions first, in ascending order.
+    order = torch.sort((~mask).int(), dim=-1, stable=True).indices[:, :n]  # (B, N)
+    valid = pos[None, :n] < count[:, None]  # (B, N)
+    return order.where(valid, 0), valid
+
+
+def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The k[b] highest-scoring valid entries of every sample; ties go to the lower index.
+
+    Shapes: scores (B, V), valid (B, V) bool, k (B,) long -> keep (B, V) bool.
+    """
+    s = scores.float().masked_fill(~valid, float("-inf"))
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+    return (rank < k[:, None]) & valid
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each slot of the new sequence comes from.
+
+    `src[b, i]` indexes the concatenation [old sequence (L) ; inserted tokens (K)]; `valid` is
+    false on left padding. Shapes: src (B, L'), valid (B, L').
+    """
+
+    src: torch.Tensor
+    valid: torch.Tensor
+
+    def apply(self, x: torch.Tensor, inserted: torch.Tensor | None = None) -> torch.Tensor:
+        """Gather a per-token tensor (hidden states, position ids, ...) into the new layout.
+
+        Shapes: x (B, L, *rest), inserted (B, K, *rest) or None -> (B, L', *rest).
+        """
+        if inserted is not None:
+            x = torch.cat([x, inserted.to(x.dtype)], dim=1)
+        return gather(x, self.src)
+
+
+def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Tensor | None = None) -> Layout:
+    """Plan the shorter sequence: kept tokens in their order, then the inserted tokens placed
+    right after position `anchor[b]` (the last visual position), left-padded to the longest.
+
+    Shapes: keep (B, L) bool (false for dropped tokens and padding), anchor (B,) long,
+            insert_valid (B, K) bool or None -> Layout with src (B, L').
+    """
+    B, L = keep.shape
+    K = 0 if insert_valid is None else insert_valid.shape[1]
+    dev = keep.device
+    # Integer sort keys: old token i -> i·(K+1); inserted token j -> anchor·(K+1) + 1 + j.
+    # Tokens that do not survive get key -1 so that they sort first and become the padding.
+    old_key = torch.arange(L, device=dev)[None, :] * (K + 1)  # (1, L)
+    old_key = old_key.expand(B, L).where(keep, -1)  # (B, L)
+    keys = [old_key]
+    if K:
+        ins_key = anchor[:, None] * (K + 1) + 1 + torch.arange(K, device=dev)[None, :]  # (B, K)
+        keys.append(ins_key.where(insert_valid, -1))
+    key = torch.cat(keys, dim=1)  # (B, L + K)
+    n_new = (key >= 0).sum(-1)  # (B,)
+    width = int(n_new.max())
+    src = torch.sort(key, dim=-1, stable=True).indices[:, key.shape[1] - width:]  # (B, L')
+    valid = torch.arange(width, device=dev)[None, :] >= (width - n_new)[:, None]  # (B, L')
+    return Layout(src=src, valid=valid)
+
+
+def compact_positions(valid: torch.Tensor) -> torch.Tensor:
+    """Positions 0..n−1 over the valid tokens of each sample (padding gets 0), as `generate()`
+    numbers a left-padded prompt. Shapes: valid (B, L) -> (B, L) long."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)

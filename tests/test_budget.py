@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from sparsevlm import SparseVLMConfig, attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
+
+
+def test_rank_of_hand_made_attention_matrices_with_padding():
+    rank1 = torch.outer(torch.tensor([1.0, 2.0, 3.0]), torch.rand(6))  # (R=3, V=6), rank 1
+    rank3 = torch.eye(3, 6) + 0.1
+    attn = torch.zeros(2, 4, 7)  # padded to 4 raters, 7 visual tokens
+    attn[0, :3, :6] = rank1
+    attn[1, :3, :6] = rank3
+    rv = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    vv = torch.tensor([[1] * 6 + [0], [1] * 6 + [0]], dtype=torch.bool)
+    assert attention_rank(attn, rv, vv).tolist() == [1, 3]
+    assert attention_rank(attn[1:, :3, :6], rv[1:, :3], vv[1:, :6]).tolist() == [3]
+
+
+def test_rank_keep_count_reference_form():
+    n = torch.tensor([576, 576, 576, 10])
+    rank = torch.tensor([5, 42, 576, 9])
+    # 13.5·5 = 67.5 -> 67; 13.5·42 = 567; full rank keeps all; capped at n − 1.
+    assert rank_keep_count(rank, n, 13.5).tolist() == [67, 567, 576, 9]
+    assert rank_keep_count(torch.tensor([3]), torch.tensor([100]), 2.0, bias=4.5).tolist() == [10]
+    assert rank_keep_count(torch.tensor([3]), torch.tensor([100]), 1.0, bias=-10).tolist() == [0]
+
+
+def test_rank_keep_count_paper_deletion_form():
+    # Delete int(λ·(n − rank)) tokens: λ = 0.5, n = 576, rank 20 -> delete 278, keep 298.
+    assert rank_keep_count(torch.tensor([20]), torch.tensor([576]), 0.5, form="delete").tolist() == [298]
+    assert rank_keep_count(torch.tensor([576]), torch.tensor([576]), 1.0, form="delete").tolist() == [576]
+    with pytest.raises(ValueError, match="form='ratio'"):
+        rank_keep_count(torch.tensor([1]), torch.tensor([2]), 1.0, form="ratio")
+
+
+def test_schedule_keep_count_keeps_everything_when_the_budget_is_larger():
+    cfg = SparseVLMConfig.preset(192)
+    n = torch.tensor([576, 250, 40])
+    assert keep_count(cfg, 0, n).tolist() == [300, 250, 40]
+    assert keep_count(cfg, 2, n).tolist() == [110, 110, 40]
+    with pytest.raises(ValueError, match="rank is required"):
+        keep_count(SparseVLMConfig(), 0, n)
+
+
+def test_equivalent_tokens_of_the_192_preset_both_ways():
+    n = torch.tensor([576])
+    after = {2: torch.tensor([300]), 6: torch.tensor([200]), 15: torch.tensor([110])}
+    counts_in, counts_out = layer_counts(n, 32, after)
+    # Reference (each layer's output): 2·576 + 4·300 + 9·200 + 17·110 = 6022 -> 188.19
+    assert equivalent_tokens(counts_out).item() == pytest.approx(6022 / 32)
+    # Each layer's input: 3·576 + 4·300 + 9·200 + 16·110 = 6488 -> 202.75
+    assert equivalent_tokens(counts_in).item() == pytest.approx(6488 / 32)
+    assert counts_in[0, 3].item() == 300 and counts_out[0, 2].item() == 300
+    with pytest.raises(ValueError, match=r"pruning layers \[40\]"):
+        layer_counts(n, 32, {40: torch.tensor([1])})

@@ -1,0 +1,58 @@
+import pytest
+
+from sparsevlm import PRESET_SCHEDULES, SparseVLMConfig
+
+
+def test_defaults_are_the_reference_rank_mode():
+    cfg = SparseVLMConfig()
+    assert (cfg.mode, cfg.pruning_layers, cfg.scale, cfg.bias) == ("rank", (2, 6, 15, 19), 13.5, 0.0)
+    assert (cfg.recycle, cfg.recycle_ratio, cfg.cluster_ratio, cfg.merge, cfg.positions) == (True, 0.3, 0.1, "mean", "compact")
+
+
+@pytest.mark.parametrize("tokens,schedule", [(192, (300, 200, 110)), (128, (303, 110, 36)),
+                                             (96, (238, 48, 26)), (64, (66, 30, 17))])
+def test_presets_are_the_reference_schedules(tokens, schedule):
+    cfg = SparseVLMConfig.preset(tokens)
+    assert cfg.mode == "schedule" and cfg.pruning_layers == (2, 6, 15) and cfg.schedule == schedule
+    assert PRESET_SCHEDULES[tokens] == schedule
+
+
+def test_preset_overrides_and_unknown_preset():
+    assert SparseVLMConfig.preset(64, recycle=False).recycle is False
+    with pytest.raises(ValueError, match=r"tokens=100 .*allowed: \[192, 128, 96, 64\]"):
+        SparseVLMConfig.preset(100)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(mode="fast"), "mode"),
+    (dict(rank_form="ratio"), "rank_form"),
+    (dict(rater_rule="first"), "rater_rule"),
+    (dict(merge="max"), "merge"),
+    (dict(positions="absolute"), "positions"),
+    (dict(pruning_layers=()), "pruning_layers"),
+    (dict(pruning_layers=(6, 2)), "pruning_layers"),
+    (dict(pruning_layers=(-1,)), "pruning_layers"),
+    (dict(scale=0), "scale"),
+    (dict(rank_form="delete"), "scale"),  # λ must be in (0, 1]
+    (dict(mode="schedule"), "schedule"),
+    (dict(mode="schedule", pruning_layers=(2, 6), schedule=(10,)), "schedule"),
+    (dict(mode="schedule", pruning_layers=(2,), schedule=(-3,)), "schedule"),
+    (dict(schedule=(10, 10, 10, 10)), "schedule"),  # schedule without mode="schedule"
+    (dict(recycle_ratio=0), "recycle_ratio"),
+    (dict(cluster_ratio=1.5), "cluster_ratio"),
+])
+def test_bad_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"^{field}="):
+        SparseVLMConfig(**kwargs)
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = SparseVLMConfig()
+    with pytest.raises(Exception):
+        cfg.scale = 1.0
+    assert cfg.replace(scale=2.0).scale == 2.0 and cfg.scale == 13.5
+    assert SparseVLMConfig(pruning_layers=[1, 3]).pruning_layers == (1, 3)
+    with pytest.raises(ValueError, match="merge="):
+        cfg.replace(merge="max")
+    with pytest.raises(ValueError, match="unknown field"):
+        cfg.replace(ratio=0.5)

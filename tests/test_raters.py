@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from sparsevlm import select_raters, text_relevance
+from sparsevlm.raters import text_candidates
+
+
+def planted(seed=0, L=10, D=8):
+    """System token, 4 visual tokens (positions 1-4), 5 text tokens; text tokens 6 and 8 are
+    copies of visual tokens, so they relate to the image and must be the raters."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(1, L, D, generator=g) * 0.1
+    vis = torch.zeros(1, L, dtype=torch.bool)
+    vis[0, 1:5] = True
+    emb[0, 1:5] = torch.eye(D)[:4] * 4
+    emb[0, 6] = emb[0, 1] + emb[0, 2]
+    emb[0, 8] = emb[0, 3] + emb[0, 4]
+    return emb, vis, torch.ones(1, L, dtype=torch.bool)
+
+
+def test_text_tokens_that_match_the_image_become_raters():
+    emb, vis, valid = planted()
+    raters, rel = select_raters(emb, vis, valid)
+    assert raters[0].nonzero().flatten().tolist() == [6, 8]
+    # Relevance is a distribution over the text tokens, averaged over visual tokens.
+    assert rel[0, 5:].sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert (rel[0, :5] == 0).all()
+
+
+def test_relevance_equals_the_definition():
+    emb, vis, valid = planted(seed=3)
+    text = text_candidates(vis, valid)
+    rel = text_relevance(emb, vis, text)
+    v, t = emb[0, vis[0]], emb[0, text[0]]
+    expected = (v @ t.T).softmax(-1).mean(0)
+    torch.testing.assert_close(rel[0, text[0]], expected)
+
+
+def test_rules_all_and_last():
+    emb, vis, valid = planted()
+    all_raters, _ = select_raters(emb, vis, valid, rule="all")
+    assert all_raters[0].nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
+    last, _ = select_raters(emb, vis, valid, rule="last")
+    assert last[0].nonzero().flatten().tolist() == [9]
+    with pytest.raises(ValueError, match="rule='first'.*'mean', 'all', 'last'"):
+        select_raters(emb, vis, valid, rule="first")
+
+
+def test_batch_with_left_padding_equals_samples_alone():
+    lengths = [10, 12, 15]  # different prompt lengths, left-padded to the longest
+    samples = [planted(seed=s, L=n) for s, n in enumerate(lengths)]
+    L = max(lengths)
+    emb = torch.full((3, L, 8), 5.0)  # padding content must not matter
+    vis = torch.zeros(3, L, dtype=torch.bool)
+    valid = torch.zeros(3, L, dtype=torch.bool)
+    for b, ((e, v, m), n) in enumerate(zip(samples, lengths)):
+        emb[b, L - n:], vis[b, L - n:], valid[b, L - n:] = e[0], v[0], m[0]
+    raters, rel = select_raters(emb, vis, valid)
+    for b, ((e, v, m), n) in enumerate(zip(samples, lengths)):
+        r1, rel1 = select_raters(e, v, m)
+        assert torch.equal(raters[b, L - n:], r1[0]) and not raters[b, :L - n].any()
+        torch.testing.assert_close(rel[b, L - n:], rel1[0])
+
+
+def test_padding_and_visual_tokens_are_never_raters():
+    emb, vis, valid = planted()
+    valid = valid.clone()
+    valid[0, 6] = False  # the strongest text token is padding
+    raters, _ = select_raters(emb, vis, valid, rule="all")
+    assert not raters[0, 6] and not (raters & vis).any() and not raters[0, 0]
+
+
+def test_no_image_means_no_raters():
+    emb, _, valid = planted()
+    raters, rel = select_raters(emb, torch.zeros_like(valid), valid)
+    assert not raters.any() and (rel == 0).all()

@@ -1,0 +1,56 @@
+import torch
+
+from sparsevlm import mask_to_index, rater_attention, visual_scores
+
+
+def full_attention_reference(q, k, valid):
+    """Eager attention as the model computes it: the whole L×L matrix, causal + padding mask."""
+    B, H, L, Dh = q.shape
+    k = k.repeat_interleave(H // k.shape[1], dim=1)
+    logits = q @ k.transpose(-1, -2) / Dh ** 0.5
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    allowed = causal[None] & valid[:, None, :]
+    probs = logits.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+    return probs.mean(1)  # (B, L, L), averaged over heads
+
+
+def test_scores_equal_those_read_from_the_full_attention_matrix():
+    torch.manual_seed(0)
+    B, H, H_kv, L, Dh = 2, 8, 2, 20, 16  # grouped-query attention: 4 query heads per key head
+    q, k = torch.randn(B, H, L, Dh), torch.randn(B, H_kv, L, Dh)
+    valid = torch.ones(B, L, dtype=torch.bool)
+    valid[1, :3] = False  # left padding
+    vis = torch.zeros(B, L, dtype=torch.bool)
+    vis[:, 4:12] = True
+    raters = torch.zeros(B, L, dtype=torch.bool)
+    raters[0, [13, 15, 19]] = True
+    raters[1, [12, 18]] = True
+    full = full_attention_reference(q, k, valid)
+
+    r_idx, r_valid = mask_to_index(raters)
+    v_idx, v_valid = mask_to_index(vis)
+    q_r = torch.stack([q[b][:, r_idx[b]] for b in range(B)])  # only the raters' queries
+    attn = rater_attention(q_r, k, r_idx, r_valid, valid, v_idx, v_valid)
+    scores = visual_scores(attn, r_valid)
+    for b in range(B):
+        expected = full[b][raters[b]][:, vis[b]]  # (R, V)
+        n = int(raters[b].sum())
+        torch.testing.assert_close(attn[b, :n], expected)
+        torch.testing.assert_close(scores[b], expected.mean(0))
+    assert (attn[1, 2] == 0).all()  # the padded rater row of sample 1
+
+
+def test_a_rater_that_looks_at_one_token_gives_it_the_top_score():
+    B, H, L, Dh = 1, 2, 8, 4
+    k = torch.zeros(B, H, L, Dh)
+    k[0, :, 3, 0] = 10.0  # visual token at position 3 has a distinctive key
+    q = torch.zeros(B, H, 1, Dh)
+    q[0, :, 0, 0] = 10.0  # the rater's query matches it
+    vis = torch.zeros(B, L, dtype=torch.bool)
+    vis[0, 1:6] = True
+    v_idx, v_valid = mask_to_index(vis)
+    attn = rater_attention(q, k, torch.tensor([[7]]), torch.ones(1, 1, dtype=torch.bool),
+                           torch.ones(B, L, dtype=torch.bool), v_idx, v_valid)
+    scores = visual_scores(attn, torch.ones(1, 1, dtype=torch.bool))
+    assert scores.argmax().item() == 2  # third visual token = sequence position 3
+    assert scores[0, 2] > 0.99

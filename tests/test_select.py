@@ -1,0 +1,41 @@
+import torch
+
+from sparsevlm import compact_positions, gather, mask_to_index, plan_layout, topk_mask
+from sparsevlm.select import put
+
+
+def test_topk_per_sample_counts_and_ties_go_to_the_lower_index():
+    scores = torch.tensor([[0.1, 0.5, 0.5, 0.2, 0.5], [0.9, 0.1, 0.8, 0.0, 0.7]])
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    keep = topk_mask(scores, valid, torch.tensor([2, 4]))
+    assert keep.tolist() == [[False, True, True, False, False], [True, True, True, False, False]]
+
+
+def test_mask_to_index_and_put():
+    mask = torch.tensor([[0, 1, 0, 1], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    idx, valid = mask_to_index(mask)
+    assert idx.tolist() == [[1, 3, 0], [0, 1, 2], [0, 0, 0]]
+    assert valid.tolist() == [[True, True, False], [True, True, True], [False, False, False]]
+    out = put(torch.zeros(3, 4, dtype=torch.long), idx, valid, torch.tensor([[7, 8, 9]] * 3))
+    assert out.tolist() == [[0, 7, 0, 8], [7, 8, 9, 0], [0, 0, 0, 0]]
+
+
+def test_layout_puts_recycled_tokens_after_the_visual_span_and_left_pads():
+    # Sample 0: [s v v v t t], drops v at 2, one recycled token. Sample 1: [pad s v v t], drops both v.
+    keep = torch.tensor([[1, 1, 0, 1, 1, 1], [0, 1, 0, 0, 1, 0]], dtype=torch.bool)
+    anchor = torch.tensor([3, 3])  # last visual position
+    ins_valid = torch.tensor([[True, False], [True, True]])
+    layout = plan_layout(keep, anchor, ins_valid)
+    x = torch.arange(12).reshape(2, 6) * 10
+    ins = torch.tensor([[100, 101], [200, 201]])
+    out = layout.apply(x, ins)
+    assert out.tolist()[0] == [0, 10, 30, 100, 40, 50]
+    assert layout.valid.tolist()[1] == [False, False, True, True, True, True]
+    assert out.tolist()[1][2:] == [70, 200, 201, 100]
+    assert compact_positions(layout.valid).tolist() == [[0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 2, 3]]
+
+
+def test_gather_feature_rows():
+    x = torch.arange(24.0).reshape(2, 4, 3)
+    out = gather(x, torch.tensor([[3, 0], [1, 1]]))
+    assert torch.equal(out[0], x[0, [3, 0]]) and torch.equal(out[1], x[1, [1, 1]])

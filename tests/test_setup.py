@@ -1,0 +1,56 @@
+"""The project's promises about itself: dependency lists agree, notebooks are checkable by nbval."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", spec, maxsplit=1)[0].lower()
+
+
+def test_environment_yml_installs_what_pyproject_declares():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert sorted(pip) == sorted(declared), "environment.yml and pyproject.toml list different requirements"
+    assert len({_name(s) for s in declared}) == len(declared)
+
+
+def test_top_level_layout():
+    for name in ["sparsevlm", "notebooks", "data", "tests", "environment.yml", "pyproject.toml",
+                 "Makefile", "README.md", ".ci/run"]:
+        assert (ROOT / name).exists(), name
+    assert "make test" in (ROOT / ".ci/run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+
+
+def notebook_problems(path: Path) -> list[str]:
+    nb = json.loads(path.read_text())
+    problems = []
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
+    if kernel != "python3":
+        problems.append(f"kernel {kernel!r}, expected 'python3'")
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or not "".join(cell["source"]).strip():
+            continue
+        if "nbval-skip" in cell.get("metadata", {}).get("tags", []):
+            continue
+        if cell.get("execution_count") is None:
+            problems.append(f"cell {i} was never executed")
+        if re.search(r"/tmp/|/root/|/home/|/work/|0x[0-9a-f]{6,}", json.dumps(cell.get("outputs", []))):
+            problems.append(f"cell {i} output holds a machine path or memory address")
+    return problems
+
+
+def test_notebooks_are_executed_and_portable():
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks, "no notebooks found"
+    problems = {nb.name: p for nb in notebooks if (p := notebook_problems(nb))}
+    assert not problems, problems
