@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-.PHONY: install demo test unit notebooks lab clean
+.PHONY: install demo test unit notebooks run-notebooks lab clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ notebooks: install
 
 test: install
 	$(PY) -m pytest tests $(NBVAL) notebooks
+
+# Re-execute every notebook in place (after a library change), storing fresh outputs for nbval.
+run-notebooks: install
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks
