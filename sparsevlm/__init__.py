@@ -6,15 +6,18 @@ few merged ones, and the language model prunes progressively.
 """
 from .budget import attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
 from .config import PRESET_SCHEDULES, SparseVLMConfig
+from .models import report, sparsified, sparsify, unsparsify
 from .raters import select_raters, text_relevance
 from .recycle import Recycled, density_peak_clusters, merge_clusters, recycle
 from .scores import rater_attention, visual_scores
 from .select import Layout, compact_positions, gather, mask_to_index, plan_layout, topk_mask
+from .report import Report
 from .utils import seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "sparsify", "unsparsify", "sparsified", "report", "Report",
     "SparseVLMConfig", "PRESET_SCHEDULES",
     "select_raters", "text_relevance",
     "rater_attention", "visual_scores",

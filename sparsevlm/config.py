@@ -102,7 +102,8 @@ class SparseVLMConfig:
         on a 32-layer LLaVA-1.5-7B; other fields may be overridden."""
         if tokens not in PRESET_SCHEDULES:
             raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
-        return cls(mode="schedule", pruning_layers=PRESET_LAYERS, schedule=PRESET_SCHEDULES[tokens], **overrides)
+        fields_ = {"mode": "schedule", "pruning_layers": PRESET_LAYERS, "schedule": PRESET_SCHEDULES[tokens]}
+        return cls(**{**fields_, **overrides})
 
     def replace(self, **changes) -> "SparseVLMConfig":
         """A copy with some fields changed (validated again)."""

@@ -1,0 +1,68 @@
+"""The contract between model adapters and pruning methods.
+
+An adapter knows where the image tokens are and how to run the layers; a method knows which tokens
+to keep. At the start of a prefill the method sees the embeddings entering the language model
+(`begin`); after each of its pruning layers it sees that layer's output, queries and keys
+(`prune`) and returns a `Decision`. Adapters never look inside a decision beyond this contract.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class PruneInput:
+    """What a method sees after a pruning layer.
+
+    Shapes: hidden (B, L, D) the layer's output; valid (B, L) false on padding; vis_mask (B, L)
+    visual tokens (recycled ones included); queries (B, H, L, Dh) and keys (B, H_kv, L, Dh) of the
+    layer with RoPE applied; token_state: the method's own per-token tensors (B, L, ...), kept
+    aligned with the sequence by the adapter.
+    """
+
+    step: int
+    layer: int
+    hidden: torch.Tensor
+    valid: torch.Tensor
+    vis_mask: torch.Tensor
+    queries: torch.Tensor
+    keys: torch.Tensor
+    scaling: float
+    token_state: dict
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which tokens stay, and which new tokens are inserted after the visual span.
+
+    Shapes: keep (B, L) bool (text and padding untouched: true on valid text); inserted (B, K, D)
+    or None; inserted_valid (B, K); inserted_from (B, K) sequence index whose position an inserted
+    token takes when original positions are kept; info: per-sample tensors (B,) for the report.
+    """
+
+    keep: torch.Tensor
+    inserted: torch.Tensor | None = None
+    inserted_valid: torch.Tensor | None = None
+    inserted_from: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Method:
+    """Base class: a pruning method driven by a config."""
+
+    #: decoder layers after which `prune` is called
+    pruning_layers: tuple[int, ...] = ()
+    #: "compact" renumbers positions after pruning, "original" keeps them
+    positions: str = "compact"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def begin(self, embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Tensor) -> dict:
+        """Per-token state for this prefill (e.g. raters). Shapes: (B, L, D), (B, L), (B, L)."""
+        return {}
+
+    def prune(self, inp: PruneInput) -> Decision:
+        raise NotImplementedError

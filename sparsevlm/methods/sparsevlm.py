@@ -1,0 +1,54 @@
+"""SparseVLM (arXiv 2410.04417, §3): text raters score the visual tokens, the rank of their
+attention (or a fixed schedule) sets the keep count, and pruned tokens are recycled."""
+from __future__ import annotations
+
+import torch
+
+from ..budget import attention_rank, keep_count
+from ..config import SparseVLMConfig
+from ..raters import select_raters
+from ..recycle import recycle
+from ..scores import rater_attention, visual_scores
+from ..select import gather, mask_to_index, put, topk_mask
+from .base import Decision, Method, PruneInput
+
+
+class SparseVLM(Method):
+    def __init__(self, cfg: SparseVLMConfig):
+        super().__init__(cfg)
+        self.pruning_layers = cfg.pruning_layers
+        self.positions = cfg.positions
+
+    def begin(self, embeds, vis_mask, valid):
+        # Raters are chosen once, from the embeddings entering the language model (§3.2).
+        raters, _ = select_raters(embeds, vis_mask, valid, self.cfg.rater_rule)
+        return {"rater": raters}
+
+    def prune(self, inp: PruneInput) -> Decision:
+        cfg = self.cfg
+        r_idx, r_valid = mask_to_index(inp.token_state["rater"])  # (B, R)
+        v_idx, v_valid = mask_to_index(inp.vis_mask)  # (B, V)
+        # Significance: the raters' attention on the visual tokens, from their query rows only.
+        q_raters = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
+        attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling)
+        scores = visual_scores(attn, r_valid)  # (B, V)
+        n_vis = v_valid.sum(-1)  # (B,)
+        rank = attention_rank(attn, r_valid, v_valid) if cfg.mode == "rank" else None
+        keep_n = keep_count(cfg, inp.step, n_vis, rank)  # (B,)
+        # A sample without raters cannot be rated: it keeps all its visual tokens.
+        keep_n = keep_n.where(r_valid.any(-1), n_vis)
+        keep_vis = topk_mask(scores, v_valid, keep_n)  # (B, V)
+        keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)  # (B, L)
+        info = {"keep": keep_n, "raters": r_valid.sum(-1)}
+        if rank is not None:
+            info["rank"] = rank
+        if not cfg.recycle:
+            return Decision(keep=keep, info=info)
+        # Recycling (§3.3): the best of the pruned tokens are clustered and merged.
+        p_idx, p_valid = mask_to_index(v_valid & ~keep_vis)  # (B, P) into the visual tokens
+        p_seq = gather(v_idx, p_idx)  # (B, P) sequence index of each pruned token
+        rec = recycle(gather(inp.hidden, p_seq), gather(scores, p_idx), p_valid,
+                      cfg.recycle_ratio, cfg.cluster_ratio, cfg.merge)
+        info["recycled"] = rec.valid.sum(-1)
+        return Decision(keep=keep, inserted=rec.tokens, inserted_valid=rec.valid,
+                        inserted_from=gather(p_seq, rec.centre.clamp(min=0)), info=info)

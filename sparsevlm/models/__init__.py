@@ -1,0 +1,76 @@
+"""The public entry points: sparsify / unsparsify / sparsified / report.
+
+One adapter per host model family; the config passed to `sparsify` selects the method, and the
+adapter knows nothing about which method it runs.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from ..config import SparseVLMConfig
+from ..methods import build
+from ..report import Report
+from . import llava
+
+ADAPTERS = [llava]
+
+
+def _adapter(model):
+    reasons = []
+    for adapter in ADAPTERS:
+        reason = adapter.unsupported_reason(model)
+        if reason is None:
+            return adapter
+        reasons.append(reason)
+    raise TypeError("; ".join(reasons))
+
+
+def sparsify(model, cfg=None):
+    """Apply a pruning method (SparseVLM by default) to `model` in place and return it.
+
+    Idempotent: sparsifying again first removes the previous patch. Inference only.
+    """
+    cfg = SparseVLMConfig() if cfg is None else cfg
+    method = build(cfg)
+    adapter = _adapter(model)
+    unsparsify(model)
+    adapter.patch(model, method, {"cfg": cfg, "method": method, "method_name": type(method).__name__,
+                                  "adapter": adapter})
+    return model
+
+
+def unsparsify(model):
+    """Restore the model's exact original behaviour (classes, hooks, attributes). Returns it."""
+    state = getattr(model, "_sparsevlm", None)
+    if state is not None:
+        state["adapter"].unpatch(model)
+    return model
+
+
+def config_of(model):
+    """The config `model` is sparsified with, or None."""
+    state = getattr(model, "_sparsevlm", None)
+    return None if state is None else state["cfg"]
+
+
+@contextmanager
+def sparsified(model, cfg=None):
+    """`with sparsified(model, cfg): ...` — sparsify for the block, then restore what was before."""
+    previous = config_of(model)
+    sparsify(model, cfg)
+    try:
+        yield model
+    finally:
+        unsparsify(model)
+        if previous is not None:
+            sparsify(model, previous)
+
+
+def report(model) -> Report:
+    """What the last prefill of a sparsified model did."""
+    state = getattr(model, "_sparsevlm", None)
+    if state is None:
+        raise ValueError("model is not sparsified: call sparsevlm.sparsify(model, cfg) first")
+    if state["report"] is None:
+        raise ValueError("no forward pass yet: run the model (or generate) once, then ask for its report")
+    return state["report"]

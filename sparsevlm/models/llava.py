@@ -1,0 +1,234 @@
+"""Adapter for Hugging Face `LlavaForConditionalGeneration` (transformers 5.x; text backbone Llama,
+Qwen2 or Mistral with full attention).
+
+Two seams are used, nothing is vendored:
+- `LlavaModel.get_placeholder_mask` (where the image features are spliced in) records which
+  positions hold visual tokens;
+- the text model's `forward` runs the same decoder-layer loop, split into *stages* at the pruning
+  layers. After a pruning layer the method decides, and hidden states, positions, the padding mask
+  and the method's per-token state are gathered into a shorter, left-padded sequence. Each stage
+  builds its own causal mask and rotary embeddings against its own (shorter) KV cache.
+Queries and keys of a pruning layer are captured from its `q_proj` / `k_proj` outputs by forward
+hooks and rotated with the model's own `apply_rotary_pos_emb`, so scoring costs O(R·L) whatever the
+attention implementation (`eager`, `sdpa`; `flash_attention_2` takes the same path: it never
+needs the L×L matrix either, only the 2D padding mask that each stage passes on).
+
+Decoding reuses the shorter caches: stage s > 0 keeps its own padding mask and token count, and a
+new token's position there is the stage's count (compact positions, as the reference) or the
+model's own position (original positions).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from ..methods.base import PruneInput
+from ..report import Report, dense_report
+from ..select import compact_positions, gather, plan_layout
+
+SUPPORTED = "LlavaForConditionalGeneration with a full-attention Llama, Qwen2 or Mistral text model"
+
+
+def unsupported_reason(model) -> str | None:
+    """Why `model` cannot be sparsified by this adapter (None if it can)."""
+    from transformers import LlavaForConditionalGeneration
+
+    if not isinstance(model, LlavaForConditionalGeneration):
+        return f"{type(model).__name__} is not supported; supported: {SUPPORTED}"
+    text = model.model.language_model
+    if not all(hasattr(text, a) for a in ("layers", "norm", "rotary_emb")):
+        return f"text model {type(text).__name__} lacks layers/norm/rotary_emb; supported: {SUPPORTED}"
+    attn = text.layers[0].self_attn
+    if not (hasattr(attn, "q_proj") and hasattr(attn, "k_proj")
+            and hasattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb")):
+        return f"attention {type(attn).__name__} has no q_proj/k_proj with rotary embeddings; supported: {SUPPORTED}"
+    cfg = text.config
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or getattr(cfg, "sliding_window", None) is not None and not hasattr(cfg, "layer_types"):
+        return (f"text model {type(text).__name__} uses sliding-window attention, whose cache crops itself; "
+                f"supported: {SUPPORTED} (set text_config.sliding_window=None)")
+    return None
+
+
+class _SparseLlavaModel:
+    """Mixin for LlavaModel: remember where the image tokens are."""
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
+        mask = super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+        self._sparsevlm["vis_mask"] = mask[..., 0]  # (B, L)
+        return mask
+
+
+class _SparseTextModel:
+    """Mixin for the text model: the decoder loop in stages, pruning between them."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, **kwargs):
+        st = self._sparsevlm
+        vis_mask = st.pop("vis_mask", None)
+        decode = st.get("decode")
+        if vis_mask is None and decode is not None and past_key_values is decode["cache"]:
+            return self._sparse_decode(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, kwargs)
+        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        reason = None
+        if vis_mask is None or not vis_mask.any():
+            reason = "no image tokens in the input"
+        elif not is_prefill:
+            reason = "the KV cache already holds tokens; pruning happens at prefill only"
+        elif input_ids is not None or inputs_embeds is None:
+            reason = "the language model was called with input_ids instead of embeddings"
+        elif attention_mask is not None and attention_mask.dim() != 2:
+            reason = "a 4D attention mask was given; pruning needs the 2D padding mask"
+        elif any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states")):
+            reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
+        if reason is not None:
+            st["decode"] = None
+            if is_prefill:
+                B = (inputs_embeds if inputs_embeds is not None else input_ids).shape[0]
+                n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
+                st["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_vis.cpu(), reason)
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                                   use_cache=use_cache, **kwargs)
+        return self._sparse_prefill(inputs_embeds, vis_mask, attention_mask, position_ids, past_key_values,
+                                    use_cache, kwargs)
+
+    def _stage(self, hidden, mask2d, positions, cache, layer_idx):
+        """Causal mask and rotary embeddings for the layers from `layer_idx` on."""
+        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
+                                  past_key_values=cache, position_ids=positions, layer_idx=layer_idx)
+        return mask, self.rotary_emb(hidden, position_ids=positions)
+
+    def _queries_keys(self, layer_idx, captured, position_embeddings):
+        """The pruning layer's queries and keys, RoPE applied as in the model.
+        Shapes: -> q (B, H, L, Dh), k (B, H_kv, L, Dh)."""
+        attn = self.layers[layer_idx].self_attn
+        q, k = captured["q"], captured["k"]  # (B, L, H·Dh), (B, L, H_kv·Dh)
+        B, L = q.shape[:2]
+        q = q.view(B, L, -1, attn.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+        k = k.view(B, L, -1, attn.head_dim).transpose(1, 2)  # (B, H_kv, L, Dh)
+        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        return rope(q, k, *position_embeddings)
+
+    def _sparse_prefill(self, hidden, vis_mask, attention_mask, position_ids, cache, use_cache, kwargs):
+        st, method = self._sparsevlm, self._sparsevlm["method"]
+        B, L, _ = hidden.shape
+        dev = hidden.device
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        valid = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
+        positions = (position_ids if position_ids is not None else torch.arange(L, device=dev)[None]).expand(B, L)
+        vis_mask = vis_mask.to(dev) & valid
+        token_state = method.begin(hidden, vis_mask, valid)
+        origin = (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1)  # index into the image grid; −1 text
+        report = Report(method=st["method_name"], num_layers=self.config.num_hidden_layers,
+                        n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
+                        raters=[r.nonzero().flatten().tolist() for r in token_state.get("rater", [])])
+        stages, counts_in, counts_out = [], [], []
+        mask, pe = self._stage(hidden, attention_mask, positions, cache, 0)  # stage 0: exactly as dense
+        for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            counts_in.append(vis_mask.sum(-1))
+            prune_here = i in method.pruning_layers
+            if prune_here:
+                st["capture"] = {}
+            hidden = layer(hidden, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           use_cache=use_cache, position_embeddings=pe, **kwargs)
+            if prune_here:
+                q, k = self._queries_keys(i, st.pop("capture"), pe)
+                dec = method.prune(PruneInput(step=method.pruning_layers.index(i), layer=i, hidden=hidden,
+                                              valid=valid, vis_mask=vis_mask, queries=q, keys=k,
+                                              scaling=layer.self_attn.scaling, token_state=token_state))
+                pos_idx = torch.arange(hidden.shape[1], device=dev)
+                anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
+                layout = plan_layout(dec.keep, anchor, dec.inserted_valid)
+                ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
+                no = None if ins is None else torch.zeros_like(ins)
+                hidden = layout.apply(hidden, dec.inserted)
+                vis_mask = layout.apply(vis_mask, ins) & layout.valid
+                origin = layout.apply(origin, None if ins is None else torch.full_like(ins, -2, dtype=torch.long))
+                token_state = {n: layout.apply(t, None if ins is None else no.to(t.dtype)) for n, t in token_state.items()}
+                if method.positions == "compact":
+                    positions = compact_positions(layout.valid)
+                else:
+                    positions = layout.apply(positions, None if ins is None else gather(positions, dec.inserted_from))
+                valid = layout.valid
+                report.steps.append({"layer": i, **{n: v.cpu() for n, v in dec.info.items()},
+                                     "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
+                                     "kept": [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis_mask)]})
+                stages.append({"start": i + 1, "valid": valid, "count": valid.sum(-1)})
+                mask, pe = self._stage(hidden, valid, positions, cache, i + 1)
+            counts_out.append(vis_mask.sum(-1))
+        report.visual_in = torch.stack(counts_in, -1).cpu()
+        report.visual_out = torch.stack(counts_out, -1).cpu()
+        st["report"] = report
+        st["decode"] = {"cache": cache, "stages": stages} if use_cache else None
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=cache if use_cache else None)
+
+    def _sparse_decode(self, hidden, attention_mask, position_ids, cache, use_cache, kwargs):
+        st = self._sparsevlm
+        B, q = hidden.shape[:2]
+        dev = hidden.device
+        new_valid = attention_mask[:, -q:].bool() if attention_mask is not None else torch.ones(B, q, dtype=torch.bool, device=dev)
+        if position_ids is None:
+            position_ids = torch.arange(q, device=dev)[None] + cache.get_seq_length(0)
+        positions0 = position_ids.expand(B, q)
+        starts = {s["start"]: s for s in st["decode"]["stages"]}
+        mask, pe = self._stage(hidden, attention_mask, positions0, cache, 0)
+        for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            if i in starts:  # a shorter stage: its own mask, and its own positions when compact
+                s = starts[i]
+                s["valid"] = torch.cat([s["valid"], new_valid], dim=1)
+                pos = s["count"][:, None] + new_valid.long().cumsum(-1) - 1
+                s["count"] = s["count"] + new_valid.sum(-1)
+                positions = pos if st["method"].positions == "compact" else positions0
+                mask, pe = self._stage(hidden, s["valid"], positions, cache, i)
+            hidden = layer(hidden, attention_mask=mask, position_ids=positions0, past_key_values=cache,
+                           use_cache=use_cache, position_embeddings=pe, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=cache)
+
+
+def _swap_class(module, mixin) -> None:
+    cls = type(module)
+    module.__class__ = type(f"Sparse{cls.__name__}", (mixin, cls), {"_sparsevlm_original": cls})
+
+
+def patch(model, method, state: dict) -> None:
+    """Swap in the sparse classes, attach the shared state, hook the pruning layers' q/k."""
+    llava, text = model.model, model.model.language_model
+    n = text.config.num_hidden_layers
+    bad = [i for i in method.pruning_layers if i >= n]
+    if bad:
+        raise ValueError(f"pruning_layers {list(method.pruning_layers)}: layers {bad} do not exist; "
+                         f"this model has layers 0..{n - 1}")
+    state.update(vis_mask=None, decode=None, report=None, hooks=[])
+    for m in (model, llava, text):
+        m._sparsevlm = state
+    _swap_class(llava, _SparseLlavaModel)
+    _swap_class(text, _SparseTextModel)
+    for i in method.pruning_layers:
+        attn = text.layers[i].self_attn
+        for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
+            def hook(_mod, _inp, out, name=name):
+                if state.get("capture") is not None:
+                    state["capture"][name] = out
+            state["hooks"].append(proj.register_forward_hook(hook))
+
+
+def unpatch(model) -> None:
+    """Restore the original classes and remove every hook and attribute."""
+    state = getattr(model, "_sparsevlm", None)
+    if state is None:
+        return
+    for h in state["hooks"]:
+        h.remove()
+    llava, text = model.model, model.model.language_model
+    for m in (llava, text):
+        if hasattr(type(m), "_sparsevlm_original"):
+            m.__class__ = type(m)._sparsevlm_original
+    for m in (model, llava, text):
+        m.__dict__.pop("_sparsevlm", None)

@@ -1,0 +1,56 @@
+"""What the last prefill did: visual tokens per layer, kept indices, raters, recycled tokens and
+equivalent tokens counted both ways. Filled by model adapters, read by `sparsevlm.report(model)`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .budget import equivalent_tokens
+
+
+@dataclass
+class Report:
+    """Per-sample accounting of one prefill.
+
+    visual_in / visual_out: (B, num_layers) visual tokens entering / leaving each decoder layer
+    (recycled tokens count as visual). raters: per sample, positions in the input sequence.
+    steps: one dict per pruning layer with "layer", "kept" (per sample, indices into the original
+    image grid of the original visual tokens still present), "recycled" (B,) tokens merged in at
+    that layer, and the method's own per-sample numbers (e.g. "rank", "keep").
+    """
+
+    method: str
+    num_layers: int
+    n_visual: torch.Tensor
+    visual_in: torch.Tensor
+    visual_out: torch.Tensor
+    raters: list[list[int]] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    dense: bool = False
+    reason: str | None = None
+
+    @property
+    def equivalent_tokens(self) -> torch.Tensor:
+        """(B,) mean visual tokens per layer, counting each layer's output (the reference's count)."""
+        return equivalent_tokens(self.visual_out)
+
+    @property
+    def equivalent_tokens_input(self) -> torch.Tensor:
+        """(B,) mean visual tokens per layer, counting each layer's input."""
+        return equivalent_tokens(self.visual_in)
+
+    def summary(self) -> str:
+        if self.dense:
+            return f"{self.method}: ran dense ({self.reason})"
+        eq = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(self.equivalent_tokens.tolist(),
+                                                          self.equivalent_tokens_input.tolist()))
+        per_layer = [(s["layer"], self.visual_out[:, s["layer"]].tolist()) for s in self.steps]
+        return (f"{self.method}: visual tokens {self.n_visual.tolist()} -> after layers {per_layer}; "
+                f"equivalent tokens (output/input count) {eq}")
+
+
+def dense_report(method: str, num_layers: int, n_visual: torch.Tensor, reason: str) -> Report:
+    counts = n_visual.long()[:, None].expand(-1, num_layers).clone()
+    return Report(method=method, num_layers=num_layers, n_visual=n_visual, visual_in=counts,
+                  visual_out=counts.clone(), dense=True, reason=reason)

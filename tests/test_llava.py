@@ -1,0 +1,170 @@
+"""SparseVLM inside a real transformers LlavaForConditionalGeneration (tiny, random, in-process)."""
+import pytest
+import torch
+from conftest import N_VISUAL, batch, sample, tiny_llava
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import sparsevlm
+from sparsevlm import SparseVLMConfig
+
+torch.set_grad_enabled(False)
+
+KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 3), schedule=(N_VISUAL, 1000), recycle=False)
+RANK = SparseVLMConfig(pruning_layers=(1, 3), scale=3.0)
+PRESET = SparseVLMConfig.preset(64, pruning_layers=(1, 2, 4), schedule=(40, 20, 10))
+GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+
+
+@pytest.mark.parametrize("text", ["llama", "qwen2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("positions", ["compact", "original"])
+def test_keep_all_equals_the_dense_model(text, attn, positions):
+    model = tiny_llava(text, attn)
+    inputs = batch([7])
+    dense_logits = model(**inputs).logits
+    dense_ids = model.generate(**inputs, **GREEDY)
+    with sparsevlm.sparsified(model, KEEP_ALL.replace(positions=positions)):
+        logits = model(**inputs).logits
+        ids = model.generate(**inputs, **GREEDY)
+        rep = sparsevlm.report(model)
+    torch.testing.assert_close(logits, dense_logits, atol=1e-5, rtol=0)
+    assert torch.equal(ids, dense_ids)
+    assert not rep.dense and rep.visual_out[0].tolist() == [N_VISUAL] * 6
+    assert rep.steps[0]["kept"][0] == list(range(N_VISUAL))
+
+
+def test_unsparsify_restores_the_original_and_sparsify_is_idempotent(llama):
+    inputs = batch([4])
+    cls = type(llama.model.language_model)
+    before = llama(**inputs).logits
+
+    def hooks():
+        return sum(len(m._forward_hooks) for m in llama.modules())
+
+    base = hooks()  # transformers' own output-capture hooks
+    sparsevlm.sparsify(llama, RANK)
+    once = llama(**inputs).logits
+    assert hooks() == base + 4  # q/k at 2 pruning layers
+    sparsevlm.sparsify(llama, RANK)
+    assert hooks() == base + 4
+    assert type(llama.model.language_model).__mro__[2] is cls  # wrapped once, not twice
+    assert torch.equal(llama(**inputs).logits, once)
+    assert once.shape[1] < before.shape[1]  # pruned tokens are gone from the output
+    sparsevlm.unsparsify(llama)
+    assert type(llama.model.language_model) is cls and not hasattr(llama, "_sparsevlm")
+    assert hooks() == base
+    assert torch.equal(llama(**inputs).logits, before)
+    sparsevlm.unsparsify(llama)  # harmless when not sparsified
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original")], ids=["rank", "preset", "original"])
+def test_batched_equals_each_sample_alone(attn, cfg):
+    model = tiny_llava("llama", attn)
+    inputs = batch([9, 3, 6], seed=5)
+    sparsevlm.sparsify(model, cfg)
+    logits = model(**inputs).logits[:, -1]
+    rep = sparsevlm.report(model)
+    ids = model.generate(**inputs, **GREEDY)[:, -5:]
+    for b in range(3):
+        one = sample(inputs, b)
+        torch.testing.assert_close(model(**one).logits[0, -1], logits[b], atol=1e-4, rtol=1e-4)
+        rep1 = sparsevlm.report(model)
+        for step, step1 in zip(rep.steps, rep1.steps):
+            assert step["kept"][b] == step1["kept"][0]
+            assert step["recycled"][b] == step1["recycled"][0]
+        assert torch.equal(rep.visual_out[b], rep1.visual_out[0])
+        assert torch.equal(model.generate(**one, **GREEDY)[0, -5:], ids[b])
+
+
+def test_kept_tokens_are_the_top_scores_of_the_models_own_attention():
+    """Captured queries/keys with RoPE reproduce the eager attention weights the model computes."""
+    model = tiny_llava("llama", "eager")
+    inputs = batch([8], seed=2)
+    out = model(**inputs, output_attentions=True)
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(20,), recycle=False)
+    sparsevlm.sparsify(model, cfg)
+    model(**inputs)
+    rep = sparsevlm.report(model)
+    attn = out.attentions[2][0].mean(0)  # (L, L) head-averaged, layer 2
+    vis = (inputs["input_ids"][0] == 3).nonzero().flatten()
+    scores = attn[rep.raters[0]][:, vis].mean(0)
+    assert rep.steps[0]["kept"][0] == sorted(scores.topk(20).indices.tolist())
+
+
+def test_kv_cache_shrinks_after_each_pruning_layer(llama):
+    inputs = batch([6])
+    sparsevlm.sparsify(llama, PRESET)
+    out = llama(**inputs, use_cache=True)
+    rep = sparsevlm.report(llama)
+    L = inputs["input_ids"].shape[1]
+    lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    text = L - N_VISUAL
+    vis_after = rep.visual_out[0].tolist()
+    assert lengths[:2] == [L, L]  # layers 0-1 see everything, layer 1's output is pruned
+    assert lengths[2] == text + vis_after[1] and lengths[5] == text + vis_after[4]
+    assert lengths[2] > lengths[3] > lengths[5]
+    sparsevlm.unsparsify(llama)
+
+
+def test_report_accounts_for_every_token(llama):
+    inputs = batch([5, 8], seed=3)
+    sparsevlm.sparsify(llama, RANK)
+    llama(**inputs)
+    rep = sparsevlm.report(llama)
+    for step in rep.steps:
+        layer = step["layer"]
+        for b in range(2):
+            # tokens after the layer = kept originals + recycled, for every sample
+            assert rep.visual_out[b, layer] == step["keep"][b] + step["recycled"][b]
+            kept_originals = len(step["kept"][b])
+            assert kept_originals <= step["keep"][b]  # earlier recycled tokens may also be kept
+            assert step["keep"][b] <= rep.visual_in[b, layer]
+    assert rep.steps[0]["keep"].tolist() == [min(int(3.0 * r), N_VISUAL - 1) for r in rep.steps[0]["rank"].tolist()]
+    torch.testing.assert_close(rep.equivalent_tokens, rep.visual_out.double().mean(-1))
+    assert all(len(r) > 0 for r in rep.raters)
+    sparsevlm.unsparsify(llama)
+
+
+def test_sampling_and_greedy_agree_when_sampling_is_forced(llama):
+    inputs = batch([5, 2], seed=4)
+    sparsevlm.sparsify(llama, PRESET)
+    greedy = llama.generate(**inputs, **GREEDY)
+    sampled = llama.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=True, top_k=1)
+    assert torch.equal(greedy, sampled)
+    torch.manual_seed(0)
+    free = llama.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=True, temperature=5.0)
+    assert free.shape == greedy.shape and not torch.equal(free, greedy)
+    sparsevlm.unsparsify(llama)
+
+
+def test_text_only_input_runs_dense_and_says_so(llama):
+    inputs = batch([4])
+    text_only = {"input_ids": inputs["input_ids"][:, -4:], "attention_mask": inputs["attention_mask"][:, -4:]}
+    dense = llama(**text_only).logits
+    sparsevlm.sparsify(llama, RANK)
+    assert torch.equal(llama(**text_only).logits, dense)
+    rep = sparsevlm.report(llama)
+    assert rep.dense and rep.reason == "no image tokens in the input"
+    sparsevlm.unsparsify(llama)
+
+
+def test_budget_larger_than_the_visual_tokens_keeps_them_all(llama):
+    sparsevlm.sparsify(llama, SparseVLMConfig.preset(192, pruning_layers=(1, 2, 3)))  # 300/200/110 > 64
+    llama(**batch([4]))
+    assert sparsevlm.report(llama).visual_out[0].tolist() == [N_VISUAL] * 6
+    sparsevlm.unsparsify(llama)
+
+
+def test_errors_name_what_is_supported(llama):
+    text_model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                              num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(TypeError, match="LlamaForCausalLM is not supported; supported: LlavaForConditionalGeneration"):
+        sparsevlm.sparsify(text_model)
+    with pytest.raises(TypeError, match="cfg of type dict is not a method config; supported: SparseVLMConfig"):
+        sparsevlm.sparsify(llama, {"scale": 2})
+    with pytest.raises(ValueError, match=r"layers \[6, 15, 19\] do not exist; this model has layers 0..5"):
+        sparsevlm.sparsify(llama, SparseVLMConfig())
+    assert not hasattr(llama, "_sparsevlm")
+    with pytest.raises(ValueError, match="model is not sparsified"):
+        sparsevlm.report(llama)
