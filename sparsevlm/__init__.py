@@ -9,7 +9,7 @@ from .config import PRESET_SCHEDULES, SparseVLMConfig
 from .models import report, sparsified, sparsify, unsparsify
 from .raters import select_raters, text_relevance
 from .recycle import Recycled, density_peak_clusters, merge_clusters, recycle
-from .scores import rater_attention, visual_scores
+from .scores import rater_attention, rope_gravity, top_heads, visual_scores
 from .select import Layout, compact_positions, gather, mask_to_index, plan_layout, topk_mask
 from .report import Report
 from .utils import seed_everything
@@ -20,7 +20,7 @@ __all__ = [
     "sparsify", "unsparsify", "sparsified", "report", "Report",
     "SparseVLMConfig", "PRESET_SCHEDULES",
     "select_raters", "text_relevance",
-    "rater_attention", "visual_scores",
+    "rater_attention", "visual_scores", "rope_gravity", "top_heads",
     "attention_rank", "rank_keep_count", "keep_count", "layer_counts", "equivalent_tokens",
     "recycle", "Recycled", "density_peak_clusters", "merge_clusters",
     "Layout", "plan_layout", "gather", "mask_to_index", "topk_mask", "compact_positions",

@@ -59,6 +59,10 @@ class SparseVLMConfig:
     recycle_ratio: float = 0.3
     cluster_ratio: float = 0.1
     merge: str = "mean"
+    # SparseVLM+ (reference main, "V2.0"): divide the raters' attention by RoPE's distance bias,
+    # and average only the `top_heads` heads that attend most to the visual tokens (None: all).
+    rope_correction: bool = False
+    top_heads: int | None = None
     # Positions of the tokens that remain: "compact" renumbers them 0..n−1 in every layer after a
     # pruning layer (reference); "original" keeps each token's position in the full prompt.
     positions: str = "compact"
@@ -91,6 +95,8 @@ class SparseVLMConfig:
             if self.rank_form == "delete" and not 0 < self.scale <= 1:
                 raise ValueError(
                     f"scale={self.scale!r}: with rank_form='delete' scale is the paper's λ and must be in (0, 1]")
+        if self.top_heads is not None and (not isinstance(self.top_heads, int) or self.top_heads < 1):
+            raise ValueError(f"top_heads={self.top_heads!r} must be None (all heads) or an integer >= 1")
         if not 0 < self.recycle_ratio <= 1:
             raise ValueError(f"recycle_ratio={self.recycle_ratio!r} must be in (0, 1]")
         if not 0 < self.cluster_ratio <= 1:
@@ -104,6 +110,14 @@ class SparseVLMConfig:
             raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
         fields_ = {"mode": "schedule", "pruning_layers": PRESET_LAYERS, "schedule": PRESET_SCHEDULES[tokens]}
         return cls(**{**fields_, **overrides})
+
+    @classmethod
+    def plus(cls, tokens: int, **overrides) -> "SparseVLMConfig":
+        """SparseVLM+ at a preset budget: RoPE gravity correction, the 14 strongest of LLaVA-1.5-7B's
+        32 heads, no recycling, original positions (reference main branch, USE_VERSION=2_0).
+        Set `top_heads` for a model with another head count."""
+        plus = {"rope_correction": True, "top_heads": 14, "recycle": False, "positions": "original"}
+        return cls.preset(tokens, **{**plus, **overrides})
 
     def replace(self, **changes) -> "SparseVLMConfig":
         """A copy with some fields changed (validated again)."""

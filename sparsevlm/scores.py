@@ -18,8 +18,9 @@ from .select import gather
 
 def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, rater_valid: torch.Tensor,
                     key_valid: torch.Tensor, vis_idx: torch.Tensor, vis_valid: torch.Tensor,
-                    scaling: float | None = None) -> torch.Tensor:
-    """Head-averaged softmax attention of each rater on each visual token.
+                    scaling: float | None = None, per_head: bool = False) -> torch.Tensor:
+    """Head-averaged softmax attention of each rater on each visual token (per head if `per_head`,
+    then the shape is (B, H, R, V)).
 
     Grouped-query attention: H query heads share H / H_kv key heads, as in the model.
     Shapes: q (B, H, R, Dh) rater queries, k (B, H_kv, L, Dh) keys, rater_pos (B, R) sequence
@@ -38,9 +39,37 @@ def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, r
     pos = torch.arange(L, device=k.device)
     allowed = (pos[None, None, :] <= rater_pos[:, :, None]) & key_valid[:, None, :]  # (B, R, L)
     logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-    prob = logits.softmax(-1).nan_to_num(0.0).mean(dim=(1, 2))  # (B, R, L), averaged over heads
-    attn = gather(prob.transpose(1, 2), vis_idx).transpose(1, 2)  # (B, R, V)
-    return attn * (rater_valid[:, :, None] & vis_valid[:, None, :])
+    prob = logits.softmax(-1).nan_to_num(0.0).reshape(B, H, R, L)  # (B, H, R, L)
+    attn = gather(prob.permute(0, 3, 1, 2), vis_idx).permute(0, 2, 3, 1)  # (B, H, R, V)
+    attn = attn * (rater_valid[:, None, :, None] & vis_valid[:, None, None, :])
+    return attn if per_head else attn.mean(1)  # (B, H, R, V) or (B, R, V)
+
+
+def rope_gravity(cos: torch.Tensor, sin: torch.Tensor, rater_idx: torch.Tensor, vis_idx: torch.Tensor) -> torch.Tensor:
+    """RoPE's distance bias (SparseVLM+, §4.2 "gravity correction"): the scaled attention logit that
+    all-ones queries and keys get at each rater/visual position pair, using the model's own rotary
+    embeddings. Dividing attention by it removes the preference for nearby tokens.
+
+    Shapes: cos, sin (B, L, Dh) of the current positions, rater_idx (B, R), vis_idx (B, V) -> (B, R, V).
+    """
+    half = cos.shape[-1] // 2
+    sign = torch.cat([-torch.ones(half), torch.ones(cos.shape[-1] - half)]).to(cos)  # rotate_half(ones)
+    rotated_ones = (cos + sign * sin).float()  # (B, L, Dh): RoPE applied to an all-ones vector
+    return gather(rotated_ones, rater_idx) @ gather(rotated_ones, vis_idx).transpose(1, 2) / cos.shape[-1] ** 0.5
+
+
+def top_heads(attn: torch.Tensor, k: int) -> torch.Tensor:
+    """Average only the k heads that give the visual tokens the most attention (SparseVLM+, §4.3
+    "priority heads"); ties go to the lower head index.
+
+    Shapes: attn (B, H, R, V) -> (B, R, V).
+    """
+    H = attn.shape[1]
+    if not 1 <= k <= H:
+        raise ValueError(f"top_heads={k} must be between 1 and the model's {H} attention heads")
+    total = attn.sum(dim=(2, 3))  # (B, H)
+    order = torch.sort(total, dim=-1, descending=True, stable=True).indices[:, :k]  # (B, k)
+    return gather(attn, order).mean(1)
 
 
 def visual_scores(attn: torch.Tensor, rater_valid: torch.Tensor) -> torch.Tensor:

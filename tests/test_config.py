@@ -56,3 +56,12 @@ def test_config_is_frozen_and_replace_validates():
         cfg.replace(merge="max")
     with pytest.raises(ValueError, match="unknown field"):
         cfg.replace(ratio=0.5)
+
+
+def test_sparsevlm_plus_preset():
+    cfg = SparseVLMConfig.plus(128)
+    assert cfg.schedule == (303, 110, 36) and cfg.rope_correction and cfg.top_heads == 14
+    assert not cfg.recycle and cfg.positions == "original"
+    assert SparseVLMConfig.plus(64, top_heads=2).top_heads == 2
+    with pytest.raises(ValueError, match="^top_heads=0"):
+        SparseVLMConfig(top_heads=0)

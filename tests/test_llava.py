@@ -12,6 +12,7 @@ torch.set_grad_enabled(False)
 KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 3), schedule=(N_VISUAL, 1000), recycle=False)
 RANK = SparseVLMConfig(pruning_layers=(1, 3), scale=3.0)
 PRESET = SparseVLMConfig.preset(64, pruning_layers=(1, 2, 4), schedule=(40, 20, 10))
+PLUS = SparseVLMConfig.plus(64, pruning_layers=(1, 2, 4), schedule=(40, 20, 10), top_heads=2)
 GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
 
 
@@ -58,7 +59,8 @@ def test_unsparsify_restores_the_original_and_sparsify_is_idempotent(llama):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original")], ids=["rank", "preset", "original"])
+@pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original"), PLUS],
+                         ids=["rank", "preset", "original", "plus"])
 def test_batched_equals_each_sample_alone(attn, cfg):
     model = tiny_llava("llama", attn)
     inputs = batch([9, 3, 6], seed=5)
@@ -77,18 +79,30 @@ def test_batched_equals_each_sample_alone(attn, cfg):
         assert torch.equal(model.generate(**one, **GREEDY)[0, -5:], ids[b])
 
 
-def test_kept_tokens_are_the_top_scores_of_the_models_own_attention():
+@pytest.mark.parametrize("plus", [False, True], ids=["sparsevlm", "sparsevlm+"])
+def test_kept_tokens_are_the_top_scores_of_the_models_own_attention(plus):
     """Captured queries/keys with RoPE reproduce the eager attention weights the model computes."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     model = tiny_llava("llama", "eager")
     inputs = batch([8], seed=2)
     out = model(**inputs, output_attentions=True)
     cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(20,), recycle=False)
+    if plus:
+        cfg = cfg.replace(rope_correction=True, top_heads=2, positions="original")
     sparsevlm.sparsify(model, cfg)
     model(**inputs)
     rep = sparsevlm.report(model)
-    attn = out.attentions[2][0].mean(0)  # (L, L) head-averaged, layer 2
     vis = (inputs["input_ids"][0] == 3).nonzero().flatten()
-    scores = attn[rep.raters[0]][:, vis].mean(0)
+    attn = out.attentions[2][0][:, rep.raters[0]][:, :, vis]  # (H, R, V) at layer 2
+    if plus:  # divide by the logit all-ones q/k get at each distance, keep the 2 strongest heads
+        L, Dh = inputs["input_ids"].shape[1], 16
+        cos, sin = model.model.language_model.rotary_emb(torch.zeros(1, L, Dh), torch.arange(L)[None])
+        ones, _ = apply_rotary_pos_emb(torch.ones(1, 1, L, Dh), torch.ones(1, 1, L, Dh), cos, sin)
+        gravity = (ones[0, 0] @ ones[0, 0].T / Dh ** 0.5)[rep.raters[0]][:, vis]
+        attn = attn / gravity
+        attn = attn[attn.sum((1, 2)).topk(2).indices]
+    scores = attn.mean(0).mean(0)
     assert rep.steps[0]["kept"][0] == sorted(scores.topk(20).indices.tolist())
 
 
@@ -168,3 +182,22 @@ def test_errors_name_what_is_supported(llama):
     assert not hasattr(llama, "_sparsevlm")
     with pytest.raises(ValueError, match="model is not sparsified"):
         sparsevlm.report(llama)
+
+
+def test_the_llava_1_5_7b_architecture_is_accepted_without_weights():
+    """llava-hf/llava-1.5-7b-hf's shapes, built on the meta device (no download, no memory)."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(cfg)
+    sparsevlm.sparsify(model)  # the paper's rank mode: layers 2, 6, 15, 19
+    hooked = [i for i, layer in enumerate(model.model.language_model.layers) if layer.self_attn.q_proj._forward_hooks]
+    assert hooked == [2, 6, 15, 19]
+    sparsevlm.unsparsify(model)
+    assert not any(layer.self_attn.q_proj._forward_hooks for layer in model.model.language_model.layers)

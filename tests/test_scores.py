@@ -1,4 +1,5 @@
 import torch
+import pytest
 
 from sparsevlm import mask_to_index, rater_attention, visual_scores
 
@@ -54,3 +55,35 @@ def test_a_rater_that_looks_at_one_token_gives_it_the_top_score():
     scores = visual_scores(attn, torch.ones(1, 1, dtype=torch.bool))
     assert scores.argmax().item() == 2  # third visual token = sequence position 3
     assert scores[0, 2] > 0.99
+
+
+def test_rope_gravity_is_the_logit_of_all_ones_queries_and_keys():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from sparsevlm import rope_gravity
+
+    Dh, L = 16, 30
+    rope = LlamaRotaryEmbedding(LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=Dh))
+    positions = torch.arange(L)[None]
+    cos, sin = rope(torch.zeros(1, L, Dh), positions)
+    ones = torch.ones(1, 1, L, Dh)
+    q, k = apply_rotary_pos_emb(ones, ones, cos, sin)
+    full = (q @ k.transpose(-1, -2))[0, 0] / Dh ** 0.5  # (L, L)
+    raters, vis = torch.tensor([[20, 25, 29]]), torch.tensor([[2, 3, 4, 10]])
+    torch.testing.assert_close(rope_gravity(cos, sin, raters, vis)[0], full[raters[0]][:, vis[0]])
+    # It depends only on the distance between the two positions.
+    torch.testing.assert_close(full[20, 10], full[29, 19])
+
+
+def test_top_heads_averages_the_heads_that_look_at_the_image_most():
+    from sparsevlm import top_heads
+
+    attn = torch.zeros(1, 4, 2, 3)  # (B, H, R, V)
+    attn[0, 1] = 0.3
+    attn[0, 3] = 0.2
+    attn[0, 0] = 0.1
+    attn[0, 2, :, 0] = 0.05
+    torch.testing.assert_close(top_heads(attn, 2)[0], torch.full((2, 3), 0.25))
+    with pytest.raises(ValueError, match="top_heads=5 must be between 1 and the model's 4 attention heads"):
+        top_heads(attn, 5)

@@ -18,7 +18,8 @@ class PruneInput:
 
     Shapes: hidden (B, L, D) the layer's output; valid (B, L) false on padding; vis_mask (B, L)
     visual tokens (recycled ones included); queries (B, H, L, Dh) and keys (B, H_kv, L, Dh) of the
-    layer with RoPE applied; token_state: the method's own per-token tensors (B, L, ...), kept
+    layer with RoPE applied; position_embeddings: the stage's RoPE (cos, sin), each (B, L, Dh);
+    token_state: the method's own per-token tensors (B, L, ...), kept
     aligned with the sequence by the adapter.
     """
 
@@ -30,6 +31,7 @@ class PruneInput:
     queries: torch.Tensor
     keys: torch.Tensor
     scaling: float
+    position_embeddings: tuple
     token_state: dict
 
 

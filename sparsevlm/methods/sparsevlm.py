@@ -8,7 +8,7 @@ from ..budget import attention_rank, keep_count
 from ..config import SparseVLMConfig
 from ..raters import select_raters
 from ..recycle import recycle
-from ..scores import rater_attention, visual_scores
+from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
 from ..select import gather, mask_to_index, put, topk_mask
 from .base import Decision, Method, PruneInput
 
@@ -30,7 +30,11 @@ class SparseVLM(Method):
         v_idx, v_valid = mask_to_index(inp.vis_mask)  # (B, V)
         # Significance: the raters' attention on the visual tokens, from their query rows only.
         q_raters = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
-        attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling)
+        attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling,
+                               per_head=True)  # (B, H, R, V)
+        if cfg.rope_correction:  # SparseVLM+: remove RoPE's preference for nearby tokens
+            attn = attn / rope_gravity(*inp.position_embeddings, r_idx, v_idx)[:, None]
+        attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
         scores = visual_scores(attn, r_valid)  # (B, V)
         n_vis = v_valid.sum(-1)  # (B,)
         rank = attention_rank(attn, r_valid, v_valid) if cfg.mode == "rank" else None

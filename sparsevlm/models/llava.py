@@ -142,7 +142,8 @@ class _SparseTextModel:
                 q, k = self._queries_keys(i, st.pop("capture"), pe)
                 dec = method.prune(PruneInput(step=method.pruning_layers.index(i), layer=i, hidden=hidden,
                                               valid=valid, vis_mask=vis_mask, queries=q, keys=k,
-                                              scaling=layer.self_attn.scaling, token_state=token_state))
+                                              scaling=layer.self_attn.scaling, position_embeddings=pe,
+                                              token_state=token_state))
                 pos_idx = torch.arange(hidden.shape[1], device=dev)
                 anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
                 layout = plan_layout(dec.keep, anchor, dec.inserted_valid)
