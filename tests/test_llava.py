@@ -104,6 +104,7 @@ def test_kept_tokens_are_the_top_scores_of_the_models_own_attention(plus):
         attn = attn[attn.sum((1, 2)).topk(2).indices]
     scores = attn.mean(0).mean(0)
     assert rep.steps[0]["kept"][0] == sorted(scores.topk(20).indices.tolist())
+    torch.testing.assert_close(rep.steps[0]["scores"][0], scores)  # the report's grid of scores
 
 
 def test_kv_cache_shrinks_after_each_pruning_layer(llama):

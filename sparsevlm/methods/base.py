@@ -41,13 +41,16 @@ class Decision:
 
     Shapes: keep (B, L) bool (text and padding untouched: true on valid text); inserted (B, K, D)
     or None; inserted_valid (B, K); inserted_from (B, K) sequence index whose position an inserted
-    token takes when original positions are kept; info: per-sample tensors (B,) for the report.
+    token takes when original positions are kept; scores (B, L) the significance the method gave
+    each visual token (optional; the report maps it onto the image grid); info: per-sample
+    tensors (B,) for the report.
     """
 
     keep: torch.Tensor
     inserted: torch.Tensor | None = None
     inserted_valid: torch.Tensor | None = None
     inserted_from: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
 
 

@@ -43,11 +43,12 @@ class SparseVLM(Method):
         keep_n = keep_n.where(r_valid.any(-1), n_vis)
         keep_vis = topk_mask(scores, v_valid, keep_n)  # (B, V)
         keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)  # (B, L)
+        seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores)  # (B, L)
         info = {"keep": keep_n, "raters": r_valid.sum(-1)}
         if rank is not None:
             info["rank"] = rank
         if not cfg.recycle:
-            return Decision(keep=keep, info=info)
+            return Decision(keep=keep, scores=seq_scores, info=info)
         # Recycling (§3.3): the best of the pruned tokens are clustered and merged.
         p_idx, p_valid = mask_to_index(v_valid & ~keep_vis)  # (B, P) into the visual tokens
         p_seq = gather(v_idx, p_idx)  # (B, P) sequence index of each pruned token
@@ -55,4 +56,4 @@ class SparseVLM(Method):
                       cfg.recycle_ratio, cfg.cluster_ratio, cfg.merge)
         info["recycled"] = rec.valid.sum(-1)
         return Decision(keep=keep, inserted=rec.tokens, inserted_valid=rec.valid,
-                        inserted_from=gather(p_seq, rec.centre.clamp(min=0)), info=info)
+                        inserted_from=gather(p_seq, rec.centre.clamp(min=0)), scores=seq_scores, info=info)

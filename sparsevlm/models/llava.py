@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..methods.base import PruneInput
 from ..report import Report, dense_report
-from ..select import compact_positions, gather, plan_layout
+from ..select import compact_positions, gather, plan_layout, put
 
 SUPPORTED = "LlavaForConditionalGeneration with a full-attention Llama, Qwen2 or Mistral text model"
 
@@ -144,6 +144,10 @@ class _SparseTextModel:
                                               valid=valid, vis_mask=vis_mask, queries=q, keys=k,
                                               scaling=layer.self_attn.scaling, position_embeddings=pe,
                                               token_state=token_state))
+                step_report = {"layer": i, **{n: v.cpu() for n, v in dec.info.items()}}
+                if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
+                    grid = torch.full((B, int(report.n_visual.max())), float("nan"), device=dev)
+                    step_report["scores"] = put(grid, origin, vis_mask & (origin >= 0), dec.scores.float()).cpu()
                 pos_idx = torch.arange(hidden.shape[1], device=dev)
                 anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
                 layout = plan_layout(dec.keep, anchor, dec.inserted_valid)
@@ -158,8 +162,7 @@ class _SparseTextModel:
                 else:
                     positions = layout.apply(positions, None if ins is None else gather(positions, dec.inserted_from))
                 valid = layout.valid
-                report.steps.append({"layer": i, **{n: v.cpu() for n, v in dec.info.items()},
-                                     "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
+                report.steps.append({**step_report, "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
                                      "kept": [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis_mask)]})
                 stages.append({"start": i + 1, "valid": valid, "count": valid.sum(-1)})
                 mask, pe = self._stage(hidden, valid, positions, cache, i + 1)

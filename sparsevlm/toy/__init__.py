@@ -1,4 +1,63 @@
-"""The embedded default: small, offline examples that show SparseVLM's effects on a laptop CPU."""
+"""The embedded default: a tiny LLaVA trained on synthetic visual questions, its evaluation
+split, and a planted tensor example. Everything loads offline from `data/`."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .data import QUESTION_TYPES, REGION_TYPES, make_dataset, prompt
 from .tensors import planted_example, walkthrough
 
-__all__ = ["planted_example", "walkthrough"]
+CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "toy-llava"
+EVAL_SEED, EVAL_IMAGES = 20_250_501, 200
+
+
+def load(path: str | Path = CHECKPOINT, dtype=None):
+    """(model, processor) of the toy checkpoint, from local files only, model in eval mode."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers.utils import logging
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"path={str(path)!r} holds no checkpoint (config.json missing); "
+                                "train one with `python -m sparsevlm.toy.train --out PATH`")
+    bar = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # the weight-loading bar goes to stderr; the model is tiny
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    finally:
+        if bar:
+            logging.enable_progress_bar()
+    return model.eval(), processor
+
+
+def images_digest(images) -> str:
+    return hashlib.sha256(images.tobytes()).hexdigest()
+
+
+def write_eval_split(path: str | Path = CHECKPOINT, seed: int = EVAL_SEED, n_images: int = EVAL_IMAGES) -> None:
+    """Freeze the evaluation split: its questions, answers, focus and the digest of its images."""
+    samples, images = make_dataset(n_images, seed)
+    questions = [{"image_id": s.image_id, "type": s.qtype, "question": s.question, "answer": s.answer,
+                  "focus": list(s.focus)} for s in samples]
+    doc = {"seed": seed, "n_images": n_images, "images_sha256": images_digest(images), "questions": questions}
+    Path(path, "eval_split.json").write_text(json.dumps(doc) + "\n")
+
+
+def eval_split(path: str | Path = CHECKPOINT, limit: int | None = None) -> list[dict]:
+    """The shipped evaluation split as records for `sparsevlm.eval.evaluate`: image (uint8 array),
+    prompt, question, answer, type, focus, image_id. Images are re-rendered from the stored seed and
+    checked against the stored digest."""
+    doc = json.loads(Path(path, "eval_split.json").read_text())
+    samples, images = make_dataset(doc["n_images"], doc["seed"])
+    if images_digest(images) != doc["images_sha256"]:
+        raise RuntimeError("the evaluation images re-rendered here differ from the shipped split "
+                           "(a NumPy random-stream change?); re-run sparsevlm.toy.write_eval_split")
+    records = [{**q, "image": images[q["image_id"]], "prompt": prompt(q["question"])} for q in doc["questions"]]
+    return records[:limit] if limit is not None else records
+
+
+__all__ = ["load", "eval_split", "write_eval_split", "make_dataset", "planted_example", "walkthrough",
+           "QUESTION_TYPES", "REGION_TYPES", "CHECKPOINT"]

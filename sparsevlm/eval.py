@@ -1,0 +1,59 @@
+"""Accuracy harness: answer a dataset's questions (dense or with a pruning method) and return one
+row per question as a pandas DataFrame."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .models import report, sparsified
+
+
+def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_tokens: int = 2,
+             progress: bool = True) -> pd.DataFrame:
+    """Greedy answers for `dataset`: a sequence of dicts with "image", "prompt", "answer" and
+    "type". With `cfg`, the model runs sparsified with it for the duration of the call.
+
+    Returns one row per question: type, question, answer, prediction, correct, visual_tokens (per
+    layer, each layer's output), equivalent_tokens (mean of those, the reference's count) and
+    equivalent_tokens_input (counting each layer's input).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+    rows = []
+    device = next(model.parameters()).device
+    n_layers = model.config.text_config.num_hidden_layers
+    with torch.no_grad(), (sparsified(model, cfg) if cfg is not None else nullcontext()):
+        for start in tqdm(range(0, len(dataset), batch_size), desc=_name(cfg), disable=not progress,
+                          unit="batch"):
+            items = dataset[start:start + batch_size]
+            inputs = processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
+                               return_tensors="pt", padding=True).to(device)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+            if cfg is not None:
+                rep = report(model)
+                counts, eq, eq_in = rep.visual_out.tolist(), rep.equivalent_tokens.tolist(), rep.equivalent_tokens_input.tolist()
+            else:
+                n_vis = (inputs["input_ids"] == model.config.image_token_id).sum(-1).tolist()
+                counts, eq, eq_in = [[n] * n_layers for n in n_vis], [float(n) for n in n_vis], [float(n) for n in n_vis]
+            for i, it in enumerate(items):
+                pred = texts[i].strip().split(" ")[0] if texts[i].strip() else ""
+                rows.append({"type": it["type"], "question": it.get("question", it["prompt"]), "answer": it["answer"],
+                             "prediction": pred, "correct": pred == it["answer"], "visual_tokens": counts[i],
+                             "equivalent_tokens": eq[i], "equivalent_tokens_input": eq_in[i]})
+    return pd.DataFrame(rows)
+
+
+def accuracy_by_type(df: pd.DataFrame) -> pd.Series:
+    """Accuracy per question type, plus "all"."""
+    acc = df.groupby("type")["correct"].mean()
+    acc["all"] = df["correct"].mean()
+    return acc
+
+
+def _name(cfg) -> str:
+    return "dense" if cfg is None else type(cfg).__name__

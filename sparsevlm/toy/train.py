@@ -1,0 +1,257 @@
+"""Train the embedded toy model: `python -m sparsevlm.toy.train --out data/toy-llava`.
+
+Recipe (deterministic given --seed; see data/toy-llava/MODEL_CARD.md for what it means):
+1. Vision tower, as LLaVA's pre-trained CLIP: a per-patch objective — predict each patch's colour,
+   shape, row and column from its output token — then freeze it.
+2. Projector + language model: cross-entropy on the answer word and end-of-sequence, plus a
+   grounding loss (weight --ground-weight) on head 0 of two layers: in layer --ground-layer each
+   question word that names something visible (a colour, a shape, a cell) attends to the patches
+   it names; in the next layer the last prompt token attends to the patches the question is about.
+   Each is a cross-entropy between the head's attention, renormalised over the visual tokens, and
+   the normalised target patches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import LlavaForConditionalGeneration
+
+from ..scores import rater_attention
+from ..select import compact_positions
+from ..utils import seed_everything
+from .data import CELLS, COLORS, GRID, PATCHES, SHAPES, cell_patches, make_dataset, prompt, vocabulary
+from .model import build_config, build_processor
+
+VOCAB = {w: i for i, w in enumerate(vocabulary())}
+
+
+def image_stats(seed: int, n: int = 512):
+    """Per-channel mean and std of the generated images (as CLIP's processor uses ImageNet's)."""
+    _, images = make_dataset(n, seed + 7, questions_per_image=1)
+    x = images.reshape(-1, 3) / 255.0
+    return x.mean(0).round(4).tolist(), x.std(0).round(4).tolist()
+
+
+def to_pixels(images: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), as the processor computes it."""
+    x = torch.from_numpy(images).float() / 255.0
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def patch_targets(samples, n_images):
+    """Per-patch colour (0 = none), shape (0 = none) of the object in the patch's grid cell."""
+    color = torch.zeros(n_images, PATCHES * PATCHES, dtype=torch.long)
+    shape = torch.zeros_like(color)
+    seen = set()
+    per = PATCHES // GRID
+    for s in samples:
+        if s.image_id in seen:
+            continue
+        seen.add(s.image_id)
+        for o in s.objects:
+            r, c = divmod(o.cell, GRID)
+            for i in range(per):
+                for j in range(per):
+                    p = (r * per + i) * PATCHES + c * per + j
+                    color[s.image_id, p] = list(COLORS).index(o.color) + 1
+                    shape[s.image_id, p] = SHAPES.index(o.shape) + 1
+    return color, shape
+
+
+def train_tower(model, args, mean, std, log):
+    tower = model.model.vision_tower
+    d = tower.config.hidden_size
+    heads = torch.nn.ModuleDict({"color": torch.nn.Linear(d, len(COLORS) + 1), "shape": torch.nn.Linear(d, len(SHAPES) + 1),
+                                 "row": torch.nn.Linear(d, PATCHES), "col": torch.nn.Linear(d, PATCHES)})
+    opt = torch.optim.AdamW(list(tower.parameters()) + list(heads.parameters()), lr=args.lr)
+    idx = torch.arange(PATCHES * PATCHES)
+    row, col = (idx // PATCHES).expand(args.tower_batch, -1), (idx % PATCHES).expand(args.tower_batch, -1)
+    for step in range(args.tower_steps):
+        samples, images = make_dataset(args.tower_batch, args.seed * 100_003 + step, questions_per_image=1)
+        color, shape = patch_targets(samples, len(images))
+        h = tower(pixel_values=to_pixels(images, mean, std), output_hidden_states=True).hidden_states[-1][:, 1:]
+        logits = {k: head(h) for k, head in heads.items()}
+        targets = {"color": color, "shape": shape, "row": row, "col": col}
+        loss = sum(F.cross_entropy(logits[k].flatten(0, 1), targets[k].flatten()) for k in heads)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == args.tower_steps:
+            acc = {k: round((logits[k].argmax(-1) == targets[k]).float().mean().item(), 3) for k in heads}
+            log(f"tower {step + 1}/{args.tower_steps} loss {loss.item():.3f} acc {acc}")
+    tower.requires_grad_(False)
+    return acc
+
+
+def lm_batch(samples, images, mean, std):
+    """Teacher-forced batch: left-padded prompt + answer; returns inputs, targets, focus."""
+    seqs = [[VOCAB[w] for w in prompt(s.question).replace("<image>", " ".join(["<image>"] * PATCHES ** 2)).split()]
+            + [VOCAB[s.answer]] for s in samples]
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), VOCAB["<pad>"], dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, L - len(s):] = torch.tensor(s)
+        mask[b, L - len(s):] = 1
+    answer = torch.tensor([VOCAB[s.answer] for s in samples])
+    focus = torch.zeros(len(samples), PATCHES ** 2)
+    for b, s in enumerate(samples):
+        focus[b, list(s.focus)] = 1.0
+    image_of = torch.tensor([s.image_id for s in samples])
+    return ids, mask, to_pixels(images, mean, std), image_of, answer, focus, word_targets(samples, ids)
+
+
+def word_targets(samples, ids):
+    """For every question word that names something visible — a colour, a shape, a cell — the
+    patches it names. Shapes: ids (B, L) -> targets (B, L, V), all zero for other tokens."""
+    targets = torch.zeros(*ids.shape, PATCHES ** 2)
+    L = ids.shape[1]
+    for b, s in enumerate(samples):
+        words = s.question.split()
+        first = L - 4 - len(words)  # question words sit before "? answer :" and the answer word
+        for j, w in enumerate(words):
+            if w in COLORS:
+                objs = [o for o in s.objects if o.color == w]
+            elif w.rstrip("s") in SHAPES:
+                objs = [o for o in s.objects if o.shape == w.rstrip("s")]
+            elif w in CELLS:
+                targets[b, first + j, list(cell_patches(CELLS.index(w)))] = 1.0
+                continue
+            else:
+                continue
+            for o in objs:
+                targets[b, first + j, list(cell_patches(o.cell))] = 1.0
+    return targets
+
+
+def embed(model, ids, pixels, image_of):
+    """Embeddings entering the language model, running the frozen tower once per image (not once
+    per question) and the trainable projector on its output, spliced in as LlavaModel does."""
+    with torch.no_grad():
+        vis = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
+    feats = model.model.multi_modal_projector(vis)[image_of]  # (B, V, D)
+    embeds = model.get_input_embeddings()(ids)
+    slot = (ids == VOCAB["<image>"])[..., None]
+    return embeds.masked_scatter(slot, feats.to(embeds.dtype))
+
+
+def grounding_loss(layer, captured, ids, mask, position_embeddings, query_pos, targets):
+    """Cross-entropy between head 0's attention from each query position, renormalised over the
+    visual tokens, and the normalised target patches. Shapes: query_pos (B, R), targets (B, R, V)."""
+    B, L = ids.shape
+    hd = layer.head_dim
+    q = captured["q"].view(B, L, -1, hd).transpose(1, 2)[:, :1]  # head 0: (B, 1, L, Dh)
+    k = captured["k"].view(B, L, -1, hd).transpose(1, 2)[:, :1]
+    rope = sys.modules[type(layer).__module__].apply_rotary_pos_emb
+    q, k = rope(q, k, *position_embeddings)
+    q = q.gather(2, query_pos[:, None, :, None].expand(-1, 1, -1, hd))  # (B, 1, R, Dh)
+    has = targets.sum(-1) > 0  # (B, R)
+    vis_idx = torch.stack([(row == VOCAB["<image>"]).nonzero().flatten() for row in ids])  # (B, V)
+    attn = rater_attention(q, k, query_pos, has, mask.bool(), vis_idx, torch.ones_like(vis_idx, dtype=torch.bool),
+                           layer.scaling)  # (B, R, V)
+    p = attn / attn.sum(-1, keepdim=True).clamp(min=1e-9)
+    target = targets / targets.sum(-1, keepdim=True).clamp(min=1)
+    return -(target * p.clamp(min=1e-9).log()).sum(-1)[has].mean()
+
+
+def train(args, log=print) -> dict:
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    torch.use_deterministic_algorithms(True)
+    start = time.time()
+    mean, std = image_stats(args.seed)
+    model = LlavaForConditionalGeneration(build_config(layers=args.layers, hidden=args.hidden))
+    model.config._attn_implementation = "sdpa"
+    tower_acc = train_tower(model, args, mean, std, log)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    text = model.model.language_model
+    word_layer, focus_layer = text.layers[args.ground_layer].self_attn, text.layers[args.ground_layer + 1].self_attn
+    captured = {"word": {}, "focus": {}, "pe": None}
+    hooks = []
+    for name, attn in (("word", word_layer), ("focus", focus_layer)):
+        for proj in ("q", "k"):
+            hooks.append(getattr(attn, f"{proj}_proj").register_forward_hook(
+                lambda m, i, o, name=name, proj=proj: captured[name].__setitem__(proj, o)))
+    hooks.append(word_layer.register_forward_pre_hook(
+        lambda m, a, kw: captured.__setitem__("pe", kw["position_embeddings"]), with_kwargs=True))
+    model.train()
+    history = []
+    for step in range(args.steps):
+        samples, images = make_dataset(args.batch_images, args.seed * 1_000_003 + 10_000 + step, args.questions)
+        ids, mask, pixels, image_of, answer, focus, words = lm_batch(samples, images, mean, std)
+        positions = compact_positions(mask.bool())  # as generate() numbers a left-padded prompt
+        logits = model(inputs_embeds=embed(model, ids, pixels, image_of), attention_mask=mask,
+                       position_ids=positions, use_cache=False, logits_to_keep=2).logits  # (B, 2, vocab)
+        answer_loss = F.cross_entropy(logits[:, 0], answer) + F.cross_entropy(
+            logits[:, 1], torch.full_like(answer, VOCAB["</s>"]))
+        # Question words attend to what they name (layer g); the last prompt token to the question's
+        # focus (layer g + 1), where it can read those words.
+        B, L = ids.shape
+        word_pos = torch.arange(L - 12, L - 4).expand(B, -1)  # the question's last words (max 8)
+        last = torch.full((B, 1), L - 2)
+        ground = grounding_loss(word_layer, captured["word"], ids, mask, captured["pe"], word_pos,
+                                words.gather(1, word_pos[..., None].expand(-1, -1, words.shape[-1]))) + \
+            grounding_loss(focus_layer, captured["focus"], ids, mask, captured["pe"], last, focus[:, None])
+        loss = answer_loss + args.ground_weight * ground
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        acc = (logits[:, 0].argmax(-1) == answer).float().mean().item()
+        history.append((answer_loss.item(), ground.item(), acc))
+        if (step + 1) % 50 == 0 or step + 1 == args.steps:
+            a, g, c = np.mean(history[-50:], axis=0)
+            log(f"step {step + 1}/{args.steps} answer loss {a:.3f} grounding {g:.3f} train acc {c:.3f} "
+                f"({time.time() - start:.0f} s)")
+    for h in hooks:
+        h.remove()
+    model.eval()
+    return {"model": model, "processor": build_processor(mean, std), "tower_acc": tower_acc,
+            "seconds": time.time() - start, "final_train_acc": float(np.mean([h[2] for h in history[-100:]]))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="data/toy-llava", help="checkpoint folder to write (default data/toy-llava)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and order (default 0)")
+    p.add_argument("--steps", type=int, default=2000, help="language-model training steps (default 2000)")
+    p.add_argument("--tower-steps", type=int, default=300, help="vision-tower steps (default 300)")
+    p.add_argument("--tower-batch", type=int, default=64, help="images per vision-tower step (default 64)")
+    p.add_argument("--batch-images", type=int, default=16, help="images per language-model step (default 16)")
+    p.add_argument("--questions", type=int, default=4, help="questions per image (default 4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--layers", type=int, default=8, help="language-model layers (default 8)")
+    p.add_argument("--hidden", type=int, default=128, help="language-model width (default 128)")
+    p.add_argument("--ground-layer", type=int, default=1, help="layer whose head 0 is grounded (default 1)")
+    p.add_argument("--ground-weight", type=float, default=0.5, help="weight of the grounding loss (default 0.5)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    args = p.parse_args(argv)
+    out = train(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+    path = Path(args.out)
+    path.mkdir(parents=True, exist_ok=True)
+    out["model"].save_pretrained(path)
+    out["processor"].save_pretrained(path)
+    info = {"args": vars(args), "seconds": round(out["seconds"], 1), "tower_acc": out["tower_acc"],
+            "final_train_acc": round(out["final_train_acc"], 4),
+            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "python": platform.python_version()}
+    (path / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()
