@@ -126,3 +126,76 @@ class SparseVLMConfig:
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; fields are {sorted(names)}")
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RandomConfig:
+    """Random baseline, the floor: after each pruning layer keep `schedule[i]` visual tokens drawn
+    uniformly at random (seeded; the same draw for every sample of a batch, so a batch gives the
+    same result as its samples alone). No recycling."""
+
+    pruning_layers: tuple[int, ...] = PRESET_LAYERS
+    schedule: tuple[int, ...] = PRESET_SCHEDULES[192]
+    seed: int = 0
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        layers, sched = tuple(self.pruning_layers), tuple(self.schedule)
+        if not layers or any(not isinstance(i, int) or i < 0 for i in layers) or any(
+                a >= b for a, b in zip(layers, layers[1:])):
+            raise ValueError(f"pruning_layers={self.pruning_layers!r} must be strictly increasing layer indices >= 0")
+        if len(sched) != len(layers) or any(not isinstance(k, int) or k < 0 for k in sched):
+            raise ValueError(f"schedule={self.schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer")
+        object.__setattr__(self, "pruning_layers", layers)
+        object.__setattr__(self, "schedule", sched)
+
+
+def _layers(name: str, layers) -> tuple[int, ...]:
+    layers = tuple(layers)
+    if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers) or any(
+            a >= b for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"{name}={layers!r} must be a non-empty, strictly increasing tuple of layer indices >= 0")
+    return layers
+
+
+@dataclass(frozen=True)
+class FastVConfig:
+    """FastV (Chen et al., ECCV 2024, arXiv 2403.06764): after layer `layer` (K), drop the fraction
+    `prune_ratio` (R) of visual tokens that receive the least attention, averaged over heads and
+    over every query token ("all", the paper) or only the last token ("last"). Text-agnostic
+    beyond the attention itself; one pruning step; defaults K = 2, R = 50 %."""
+
+    layer: int = 2
+    prune_ratio: float = 0.5
+    rater: str = "all"
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _layers("layer", (self.layer,))
+        _choice("rater", self.rater, ("all", "last"))
+        _choice("positions", self.positions, POSITIONS)
+        if not 0 <= self.prune_ratio < 1:
+            raise ValueError(f"prune_ratio={self.prune_ratio!r} must be in [0, 1)")
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return (self.layer,)
+
+
+@dataclass(frozen=True)
+class PDropConfig:
+    """PyramidDrop (Xing et al., CVPR 2025, arXiv 2410.17247): at the end of each stage (after
+    each layer in `pruning_layers`) keep the fraction `keep_ratio` (λ) of the visual tokens left,
+    ranked by the attention of the last instruction token. Defaults for a 32-layer LLaVA-1.5:
+    layers 8, 16, 24 and λ = 0.5."""
+
+    pruning_layers: tuple[int, ...] = (8, 16, 24)
+    keep_ratio: float = 0.5
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pruning_layers", _layers("pruning_layers", self.pruning_layers))
+        _choice("positions", self.positions, POSITIONS)
+        if not 0 < self.keep_ratio <= 1:
+            raise ValueError(f"keep_ratio={self.keep_ratio!r} must be in (0, 1]")

@@ -57,3 +57,43 @@ def accuracy_by_type(df: pd.DataFrame) -> pd.Series:
 
 def _name(cfg) -> str:
     return "dense" if cfg is None else type(cfg).__name__
+
+
+def focus_mass(model, processor, dataset, layer: int, batch_size: int = 64) -> pd.DataFrame:
+    """Share of the raters' attention (SparseVLM's significance scores, renormalised over the
+    visual tokens) that falls on each question's focus patches, at decoder layer `layer`.
+    `dataset` records need "focus" (patch indices) and "image_id" besides "image" and "prompt".
+
+    Returns one row per question: image_id, type, focus, scores (per patch), mass.
+    """
+    from .config import SparseVLMConfig
+
+    keep_all = SparseVLMConfig(mode="schedule", pruning_layers=(layer,), schedule=(10 ** 9,), recycle=False)
+    rows = []
+    with torch.no_grad(), sparsified(model, keep_all):
+        for start in range(0, len(dataset), batch_size):
+            items = dataset[start:start + batch_size]
+            inputs = processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
+                               return_tensors="pt", padding=True).to(next(model.parameters()).device)
+            model(**inputs, use_cache=False)
+            scores = report(model).steps[0]["scores"]  # (B, n_visual)
+            scores = scores / scores.sum(-1, keepdim=True)
+            for i, it in enumerate(items):
+                rows.append({"image_id": it["image_id"], "type": it["type"], "focus": list(it["focus"]),
+                             "scores": scores[i], "mass": scores[i, list(it["focus"])].sum().item()})
+    return pd.DataFrame(rows)
+
+
+def question_dependence(masses: pd.DataFrame) -> float:
+    """Over pairs of questions on the same image about disjoint regions: the share of ordered pairs
+    (q, r) in which q's raters put more attention on q's focus than r's raters do."""
+    wins = total = 0
+    for _, group in masses.groupby("image_id"):
+        rows = list(group.itertuples())
+        for q in rows:
+            for r in rows:
+                if q.Index == r.Index or not q.focus or set(q.focus) & set(r.focus):
+                    continue
+                total += 1
+                wins += q.mass > r.scores[q.focus].sum().item()
+    return wins / total if total else float("nan")

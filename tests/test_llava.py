@@ -13,6 +13,9 @@ KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 3), schedule=(N_V
 RANK = SparseVLMConfig(pruning_layers=(1, 3), scale=3.0)
 PRESET = SparseVLMConfig.preset(64, pruning_layers=(1, 2, 4), schedule=(40, 20, 10))
 PLUS = SparseVLMConfig.plus(64, pruning_layers=(1, 2, 4), schedule=(40, 20, 10), top_heads=2)
+RANDOM = sparsevlm.RandomConfig(pruning_layers=(1, 3), schedule=(30, 10))
+FASTV = sparsevlm.FastVConfig(layer=1, prune_ratio=0.7)
+PDROP = sparsevlm.PDropConfig(pruning_layers=(1, 3), keep_ratio=0.5)
 GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
 
 
@@ -59,8 +62,8 @@ def test_unsparsify_restores_the_original_and_sparsify_is_idempotent(llama):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original"), PLUS],
-                         ids=["rank", "preset", "original", "plus"])
+@pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original"), PLUS, RANDOM, FASTV, PDROP],
+                         ids=["rank", "preset", "original", "plus", "random", "fastv", "pdrop"])
 def test_batched_equals_each_sample_alone(attn, cfg):
     model = tiny_llava("llama", attn)
     inputs = batch([9, 3, 6], seed=5)
@@ -202,3 +205,19 @@ def test_the_llava_1_5_7b_architecture_is_accepted_without_weights():
     assert hooked == [2, 6, 15, 19]
     sparsevlm.unsparsify(model)
     assert not any(layer.self_attn.q_proj._forward_hooks for layer in model.model.language_model.layers)
+
+
+def test_random_baseline_keeps_the_scheduled_count_and_depends_on_its_seed(llama):
+    inputs = batch([5, 3], seed=6)
+    sparsevlm.sparsify(llama, RANDOM)
+    llama(**inputs)
+    rep = sparsevlm.report(llama)
+    assert rep.visual_out[:, 1].tolist() == [30, 30] and rep.visual_out[:, 3].tolist() == [10, 10]
+    kept = rep.steps[1]["kept"]
+    assert set(kept[0]) <= set(rep.steps[0]["kept"][0])  # progressive: later layers keep a subset
+    sparsevlm.sparsify(llama, sparsevlm.RandomConfig(pruning_layers=(1, 3), schedule=(30, 10), seed=1))
+    llama(**inputs)
+    assert sparsevlm.report(llama).steps[1]["kept"] != kept
+    sparsevlm.unsparsify(llama)
+    with pytest.raises(ValueError, match="^schedule="):
+        sparsevlm.RandomConfig(pruning_layers=(1, 3), schedule=(30,))

@@ -46,3 +46,48 @@ def test_questions_an_image_cannot_carry_are_refused():
     assert ask(objs, "shape_of", rng)[1] == "circle"  # blue is unique
     with pytest.raises(ValueError, match="qtype='size'"):
         ask(objs, "size", rng)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model, processor = toy.load()
+    return model, processor, toy.eval_split()
+
+
+def test_the_checkpoint_loads_offline_as_a_standard_hf_folder(shipped):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model, processor, records = shipped
+    assert type(model) is LlavaForConditionalGeneration and not model.training
+    assert model.config.text_config.num_hidden_layers >= 8
+    inputs = processor(images=[records[0]["image"]], text=[records[0]["prompt"]], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == toy.TOY_VISUAL
+    again = LlavaForConditionalGeneration.from_pretrained(toy.CHECKPOINT, local_files_only=True)
+    assert isinstance(AutoProcessor.from_pretrained(toy.CHECKPOINT, local_files_only=True), type(processor))
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+    size = sum(f.stat().st_size for f in toy.CHECKPOINT.iterdir())
+    assert size < 25e6
+
+
+def test_shipped_model_reproduces_its_recorded_dense_accuracy(shipped):
+    from sparsevlm.eval import accuracy_by_type, evaluate
+
+    model, processor, records = shipped
+    recorded = json.loads((toy.CHECKPOINT / "results.json").read_text())
+    df = evaluate(model, processor, records, progress=False)
+    assert len(df) == recorded["n_questions"] == len(records)
+    assert {k: round(float(v), 4) for k, v in accuracy_by_type(df).items()} == recorded["dense_accuracy"]
+    assert set(df.columns) >= {"type", "answer", "prediction", "correct", "visual_tokens", "equivalent_tokens"}
+
+
+def test_evaluate_reports_tokens_per_question_when_sparsified(shipped):
+    from sparsevlm.eval import evaluate
+
+    model, processor, records = shipped
+    df = evaluate(model, processor, records[:16], toy.preset(64), batch_size=8, progress=False)
+    assert df["visual_tokens"].map(len).eq(model.config.text_config.num_hidden_layers).all()
+    # toy 64-preset keeps 7 / 3 / 2 (+ recycled) after layers 1, 2, 4
+    assert (df["visual_tokens"].map(lambda c: c[0]) == toy.TOY_VISUAL).all()
+    assert (df["equivalent_tokens"] < 16).all() and (df["equivalent_tokens_input"] > df["equivalent_tokens"]).all()
+    assert not hasattr(model, "_sparsevlm")  # evaluate() restores the model

@@ -1,12 +1,15 @@
 """Pruning methods behind one interface: a config selects the method."""
 from __future__ import annotations
 
-from ..config import SparseVLMConfig
+from ..config import FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig
 from .base import Decision, Method, PruneInput
+from .attention import FastV, PDrop
+from .random import RandomTokens
 from .sparsevlm import SparseVLM
 
 # Config class -> method class. Baselines register here.
-METHODS: dict[type, type[Method]] = {SparseVLMConfig: SparseVLM}
+METHODS: dict[type, type[Method]] = {SparseVLMConfig: SparseVLM, RandomConfig: RandomTokens, FastVConfig: FastV,
+                                     PDropConfig: PDrop}
 
 
 def build(cfg) -> Method:
@@ -18,4 +21,4 @@ def build(cfg) -> Method:
         raise TypeError(f"cfg of type {type(cfg).__name__} is not a method config; supported: {names}") from None
 
 
-__all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "METHODS"]
+__all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "METHODS"]

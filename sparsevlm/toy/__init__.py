@@ -9,8 +9,33 @@ from pathlib import Path
 from .data import QUESTION_TYPES, REGION_TYPES, make_dataset, prompt
 from .tensors import planted_example, walkthrough
 
+# LLaVA-1.5-7B prunes after layers 2, 6, 15 (presets) or 2, 6, 15, 19 (rank mode) of 32, i.e.
+# early, early, middle, later. The toy model has 8 layers and its layer 1 is where question words
+# learn to look at what they name, so the same shape maps onto layers 1, 2, 4 (and 5). Budgets
+# scale with the visual tokens: 576 -> 64, so 192/128/96/64 become about 21/14/11/7.
+TOY_LAYERS = (1, 2, 4)
+TOY_RANK_LAYERS = (1, 2, 4, 5)
+TOY_VISUAL = 64
+TOY_RANK_SCALE = 13.5 * TOY_VISUAL / 576  # 1.5: the reference's keep-per-rank, scaled
 CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "toy-llava"
 EVAL_SEED, EVAL_IMAGES = 20_250_501, 200
+
+
+def preset(tokens: int, **overrides):
+    """`SparseVLMConfig.preset(tokens)` scaled to the toy model: its layers, budgets × 64/576."""
+    from ..config import PRESET_SCHEDULES, SparseVLMConfig
+
+    if tokens not in PRESET_SCHEDULES:
+        raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
+    schedule = tuple(max(1, round(k * TOY_VISUAL / 576)) for k in PRESET_SCHEDULES[tokens])
+    return SparseVLMConfig.preset(tokens, **{"pruning_layers": TOY_LAYERS, "schedule": schedule, **overrides})
+
+
+def rank_config(**overrides):
+    """The paper's rank mode on the toy model: layers 1, 2, 4, 5, scale 13.5 × 64/576."""
+    from ..config import SparseVLMConfig
+
+    return SparseVLMConfig(**{"pruning_layers": TOY_RANK_LAYERS, "scale": TOY_RANK_SCALE, **overrides})
 
 
 def load(path: str | Path = CHECKPOINT, dtype=None):
@@ -59,5 +84,5 @@ def eval_split(path: str | Path = CHECKPOINT, limit: int | None = None) -> list[
     return records[:limit] if limit is not None else records
 
 
-__all__ = ["load", "eval_split", "write_eval_split", "make_dataset", "planted_example", "walkthrough",
+__all__ = ["load", "preset", "rank_config", "TOY_LAYERS", "TOY_RANK_LAYERS", "eval_split", "write_eval_split", "make_dataset", "planted_example", "walkthrough",
            "QUESTION_TYPES", "REGION_TYPES", "CHECKPOINT"]

@@ -228,7 +228,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/toy-llava", help="checkpoint folder to write (default data/toy-llava)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and order (default 0)")
-    p.add_argument("--steps", type=int, default=2000, help="language-model training steps (default 2000)")
+    p.add_argument("--steps", type=int, default=3000, help="language-model training steps (default 3000)")
     p.add_argument("--tower-steps", type=int, default=300, help="vision-tower steps (default 300)")
     p.add_argument("--tower-batch", type=int, default=64, help="images per vision-tower step (default 64)")
     p.add_argument("--batch-images", type=int, default=16, help="images per language-model step (default 16)")
@@ -251,6 +251,28 @@ def main(argv=None):
             "torch": torch.__version__, "python": platform.python_version()}
     (path / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
+    print(json.dumps(finalize(path), indent=2))
+
+
+def finalize(path) -> dict:
+    """Freeze the evaluation split beside the checkpoint, evaluate the checkpoint as loaded from
+    disk, and record dense accuracy per type and the question-dependence of the raters' attention
+    (results.json; tests demand that the shipped model reproduces it exactly)."""
+    from ..eval import accuracy_by_type, evaluate, focus_mass, question_dependence
+    from . import eval_split, load, write_eval_split
+
+    write_eval_split(path)
+    model, processor = load(path)
+    records = eval_split(path)
+    acc = accuracy_by_type(evaluate(model, processor, records, progress=False))
+    results = {"n_questions": len(records), "dense_accuracy": {k: round(float(v), 4) for k, v in acc.items()},
+               "question_dependence": {}, "focus_mass": {}}
+    for layer in range(model.config.text_config.num_hidden_layers):
+        fm = focus_mass(model, processor, records, layer)
+        results["question_dependence"][layer] = round(question_dependence(fm), 4)
+        results["focus_mass"][layer] = round(float(fm["mass"].mean()), 4)
+    Path(path, "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

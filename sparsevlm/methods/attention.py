@@ -1,0 +1,64 @@
+"""Attention-ranked baselines inside the language model: FastV and PyramidDrop.
+
+Both rank the visual tokens by the attention they receive at a pruning layer, as SparseVLM does,
+but without choosing text raters: FastV averages the attention of every token (or of the last
+one), PyramidDrop uses the last instruction token.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import FastVConfig, PDropConfig
+from ..scores import rater_attention, visual_scores
+from ..select import gather, mask_to_index, put, topk_mask
+from .base import Decision, Method, PruneInput
+
+
+def attention_received(inp: PruneInput, rater_mask: torch.Tensor) -> torch.Tensor:
+    """Attention each visual token receives from the rows in `rater_mask`, averaged over heads and
+    rows. Shapes: rater_mask (B, L) -> scores (B, V) over the visual tokens in sequence order."""
+    r_idx, r_valid = mask_to_index(rater_mask)  # (B, R)
+    v_idx, v_valid = mask_to_index(inp.vis_mask)  # (B, V)
+    q = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
+    attn = rater_attention(q, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling)
+    return visual_scores(attn, r_valid)
+
+
+def last_token(valid: torch.Tensor) -> torch.Tensor:
+    """Mask of each sample's last valid token. Shapes: (B, L) -> (B, L)."""
+    pos = torch.arange(valid.shape[1], device=valid.device)
+    return pos[None, :] == pos.where(valid, -1).amax(-1, keepdim=True)
+
+
+def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor) -> Decision:
+    """Keep the `keep_n` best-scoring visual tokens and every text token."""
+    v_idx, v_valid = mask_to_index(inp.vis_mask)
+    keep_vis = topk_mask(scores, v_valid, keep_n)
+    keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
+    seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores)
+    return Decision(keep=keep, scores=seq_scores, info={"keep": keep_n})
+
+
+class FastV(Method):
+    def __init__(self, cfg: FastVConfig):
+        super().__init__(cfg)
+        self.pruning_layers = cfg.pruning_layers
+        self.positions = cfg.positions
+
+    def prune(self, inp: PruneInput) -> Decision:
+        raters = inp.valid if self.cfg.rater == "all" else last_token(inp.valid)
+        n_vis = inp.vis_mask.sum(-1)
+        keep_n = n_vis - torch.trunc(n_vis.double() * self.cfg.prune_ratio).long()
+        return keep_top(inp, attention_received(inp, raters), keep_n)
+
+
+class PDrop(Method):
+    def __init__(self, cfg: PDropConfig):
+        super().__init__(cfg)
+        self.pruning_layers = cfg.pruning_layers
+        self.positions = cfg.positions
+
+    def prune(self, inp: PruneInput) -> Decision:
+        n_vis = inp.vis_mask.sum(-1)
+        keep_n = torch.trunc(n_vis.double() * self.cfg.keep_ratio).long()
+        return keep_top(inp, attention_received(inp, last_token(inp.valid)), keep_n)
