@@ -6,34 +6,36 @@ import sys
 
 
 def demo(args) -> int:
-    """The main job. For now: every SparseVLM step once on the planted tensor example."""
-    from .toy import walkthrough
+    """The main job: the embedded model answers its held-out questions dense, with SparseVLM
+    (rank mode and the presets scaled to it) and with random tokens at the same budgets."""
+    import pandas as pd
 
-    w = walkthrough(seed=args.seed)
-    ex = w["example"]
-    n_vis = int(ex["vis_mask"].sum())
-    kept_objects = ex["objects"][w["kept"]]
-    print(f"SparseVLM steps on a planted example ({n_vis} visual tokens, question about object {ex['target']})")
-    print(f"1. raters:     text tokens {(w['rater_mask'][0].nonzero().flatten() - 1 - n_vis).tolist()} "
-          f"of {int(ex['valid'].sum()) - 1 - n_vis}")
-    top = w["scores"][0].topk(4).indices
-    print(f"2. scores:     top visual tokens {top.tolist()} belong to objects {ex['objects'][top].tolist()}")
-    print(f"3. keep count: rank {int(w['rank'])} -> keep {int(w['keep_n'])} of {n_vis}; "
-          f"{int((kept_objects == ex['target']).sum())} of {int((ex['objects'] == ex['target']).sum())} "
-          "target tokens kept")
-    rec = w["recycled"]
-    print(f"4. recycling:  {int((rec.assign >= 0).sum())} pruned tokens merged into {int(rec.valid.sum())} token(s)")
-    print(f"5. gather:     sequence {ex['embeds'].shape[1]} -> {w['hidden'].shape[1]} tokens")
-    print(f"6. equivalent: {w['equivalent_out'].item():.2f} visual tokens per layer (reference count), "
-          f"{w['equivalent_in'].item():.2f} (by layer input), dense {n_vis}")
+    from . import RandomConfig, toy
+    from .eval import compare
+
+    model, processor = toy.load()
+    records = toy.eval_split(limit=args.limit)
+    configs = {"dense": None, "sparsevlm rank": toy.rank_config()}
+    for n in args.presets:
+        cfg = toy.preset(n)
+        configs[f"sparsevlm {n}"] = cfg
+        configs[f"random {n}"] = RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule)
+    table = compare(model, processor, records, configs, progress=not args.quiet)
+    print(f"{len(records)} held-out questions, {toy.TOY_VISUAL} visual tokens per image, "
+          f"presets scaled from LLaVA-1.5-7B's 576 tokens (see data/toy-llava/MODEL_CARD.md)")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.round(3).to_string())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparsevlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the main demonstration on the embedded default")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic example (default 0)")
+    p = sub.add_parser("demo", help="dense vs SparseVLM vs random on the embedded model's held-out questions")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N questions (default: all 800)")
+    p.add_argument("--presets", type=int, nargs="+", default=[192, 128, 64], choices=[192, 128, 96, 64],
+                   help="LLaVA-1.5 presets to scale to the toy model (default: 192 128 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=demo)
     args = parser.parse_args(argv)
     return args.func(args)

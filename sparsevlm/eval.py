@@ -97,3 +97,21 @@ def question_dependence(masses: pd.DataFrame) -> float:
                 total += 1
                 wins += q.mass > r.scores[q.focus].sum().item()
     return wins / total if total else float("nan")
+
+
+def compare(model, processor, dataset, configs: dict, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Evaluate several methods (name -> config, None = dense) on the same questions.
+
+    Returns one row per method: equivalent tokens both ways, accuracy overall and per type, and
+    accuracy retained relative to the dense row (when there is one).
+    """
+    rows = []
+    for name, cfg in configs.items():
+        df = evaluate(model, processor, dataset, cfg, batch_size=batch_size, progress=progress)
+        rows.append({"method": name, "equivalent_tokens": df["equivalent_tokens"].mean(),
+                     "equivalent_tokens_input": df["equivalent_tokens_input"].mean(),
+                     **{f"acc_{k}": v for k, v in accuracy_by_type(df).items()}})
+    table = pd.DataFrame(rows).set_index("method")
+    if "dense" in table.index:
+        table["retained"] = table["acc_all"] / table.loc["dense", "acc_all"]
+    return table

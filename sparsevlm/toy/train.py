@@ -228,7 +228,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/toy-llava", help="checkpoint folder to write (default data/toy-llava)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and order (default 0)")
-    p.add_argument("--steps", type=int, default=3000, help="language-model training steps (default 3000)")
+    p.add_argument("--steps", type=int, default=4500, help="language-model training steps (default 4500)")
     p.add_argument("--tower-steps", type=int, default=300, help="vision-tower steps (default 300)")
     p.add_argument("--tower-batch", type=int, default=64, help="images per vision-tower step (default 64)")
     p.add_argument("--batch-images", type=int, default=16, help="images per language-model step (default 16)")
