@@ -1,7 +1,7 @@
 """SparseVLM inside a real transformers LlavaForConditionalGeneration (tiny, random, in-process)."""
 import pytest
 import torch
-from conftest import N_VISUAL, batch, sample, tiny_llava
+from helpers import N_VISUAL, batch, sample, tiny_llava
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import sparsevlm

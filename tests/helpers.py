@@ -1,0 +1,52 @@
+"""Tiny random LLaVA models built in-process (no download) and inputs with image tokens."""
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+
+IMAGE_TOKEN = 3
+N_VISUAL = 64  # 32 px images, 4 px patches
+
+
+def tiny_llava(text: str = "llama", attn: str = "sdpa", kv_heads: int = 2, layers: int = 6, seed: int = 0):
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=4, projection_dim=32)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                  pad_token_id=0, initializer_range=0.2)
+    text_config = LlamaConfig(**common) if text == "llama" else Qwen2Config(**common, use_sliding_window=False)
+    cfg = LlavaConfig(vision_config=vision, text_config=text_config, image_token_id=IMAGE_TOKEN,
+                      vision_feature_layer=-1, vision_feature_select_strategy="default")
+    cfg._attn_implementation = attn
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.config.text_config._attn_implementation = attn
+    model.config.vision_config._attn_implementation = attn
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def prompt_ids(text_len: int, seed: int, sys_len: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    system = torch.randint(10, 128, (sys_len,), generator=g)
+    text = torch.randint(10, 128, (text_len,), generator=g)
+    return torch.cat([torch.tensor([1]), system, torch.full((N_VISUAL,), IMAGE_TOKEN), text])
+
+
+def batch(text_lens, seed: int = 0):
+    """Left-padded batch of prompts with different lengths, one image each."""
+    ids = [prompt_ids(n, seed + i) for i, n in enumerate(text_lens)]
+    L = max(len(x) for x in ids)
+    input_ids = torch.zeros(len(ids), L, dtype=torch.long)
+    attention_mask = torch.zeros(len(ids), L, dtype=torch.long)
+    for b, x in enumerate(ids):
+        input_ids[b, L - len(x):] = x
+        attention_mask[b, L - len(x):] = 1
+    g = torch.Generator().manual_seed(seed + 100)
+    pixel_values = torch.randn(len(ids), 3, 32, 32, generator=g)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+
+def sample(inputs, b):
+    """Sample b of a left-padded batch, unpadded."""
+    keep = inputs["attention_mask"][b].bool()
+    return {"input_ids": inputs["input_ids"][b:b + 1, keep], "attention_mask": inputs["attention_mask"][b:b + 1, keep],
+            "pixel_values": inputs["pixel_values"][b:b + 1]}
