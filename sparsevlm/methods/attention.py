@@ -10,8 +10,8 @@ import torch
 
 from ..config import FastVConfig, PDropConfig
 from ..scores import rater_attention, visual_scores
-from ..select import gather, mask_to_index, put, topk_mask
-from .base import Decision, Method, PruneInput
+from ..select import gather, mask_to_index
+from .base import Method, PruneInput, keep_top
 
 
 def attention_received(inp: PruneInput, rater_mask: torch.Tensor) -> torch.Tensor:
@@ -30,20 +30,8 @@ def last_token(valid: torch.Tensor) -> torch.Tensor:
     return pos[None, :] == pos.where(valid, -1).amax(-1, keepdim=True)
 
 
-def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor) -> Decision:
-    """Keep the `keep_n` best-scoring visual tokens and every text token."""
-    v_idx, v_valid = mask_to_index(inp.vis_mask)
-    keep_vis = topk_mask(scores, v_valid, keep_n)
-    keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
-    seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores)
-    return Decision(keep=keep, scores=seq_scores, info={"keep": keep_n})
-
-
 class FastV(Method):
-    def __init__(self, cfg: FastVConfig):
-        super().__init__(cfg)
-        self.pruning_layers = cfg.pruning_layers
-        self.positions = cfg.positions
+    cfg: FastVConfig
 
     def prune(self, inp: PruneInput) -> Decision:
         raters = inp.valid if self.cfg.rater == "all" else last_token(inp.valid)
@@ -53,10 +41,7 @@ class FastV(Method):
 
 
 class PDrop(Method):
-    def __init__(self, cfg: PDropConfig):
-        super().__init__(cfg)
-        self.pruning_layers = cfg.pruning_layers
-        self.positions = cfg.positions
+    cfg: PDropConfig
 
     def prune(self, inp: PruneInput) -> Decision:
         n_vis = inp.vis_mask.sum(-1)

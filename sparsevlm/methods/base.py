@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..select import mask_to_index, put, topk_mask
+
 
 @dataclass(frozen=True)
 class PruneInput:
@@ -64,6 +66,8 @@ class Method:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.pruning_layers = tuple(cfg.pruning_layers)
+        self.positions = cfg.positions
 
     def begin(self, embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Tensor) -> dict:
         """Per-token state for this prefill (e.g. raters). Shapes: (B, L, D), (B, L), (B, L)."""
@@ -71,3 +75,13 @@ class Method:
 
     def prune(self, inp: PruneInput) -> Decision:
         raise NotImplementedError
+
+
+def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor) -> Decision:
+    """Keep the `keep_n` best-scoring visual tokens and every text token.
+    Shapes: scores (B, V) over the visual tokens in sequence order, keep_n (B,)."""
+    v_idx, v_valid = mask_to_index(inp.vis_mask)
+    keep_vis = topk_mask(scores, v_valid, keep_n)
+    keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
+    seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores.float())
+    return Decision(keep=keep, scores=seq_scores, info={"keep": keep_n})

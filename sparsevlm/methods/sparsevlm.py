@@ -14,10 +14,7 @@ from .base import Decision, Method, PruneInput
 
 
 class SparseVLM(Method):
-    def __init__(self, cfg: SparseVLMConfig):
-        super().__init__(cfg)
-        self.pruning_layers = cfg.pruning_layers
-        self.positions = cfg.positions
+    cfg: SparseVLMConfig
 
     def begin(self, embeds, vis_mask, valid):
         # Raters are chosen once, from the embeddings entering the language model (§3.2).
