@@ -12,7 +12,7 @@ from .models import report, sparsified
 
 
 def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_tokens: int = 2,
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, desc: str | None = None) -> pd.DataFrame:
     """Greedy answers for `dataset`: a sequence of dicts with "image", "prompt", "answer" and
     "type". With `cfg`, the model runs sparsified with it for the duration of the call.
 
@@ -26,7 +26,7 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
     device = next(model.parameters()).device
     n_layers = model.config.text_config.num_hidden_layers
     with torch.no_grad(), (sparsified(model, cfg) if cfg is not None else nullcontext()):
-        for start in tqdm(range(0, len(dataset), batch_size), desc=_name(cfg), disable=not progress,
+        for start in tqdm(range(0, len(dataset), batch_size), desc=desc or _name(cfg), disable=not progress,
                           unit="batch"):
             items = dataset[start:start + batch_size]
             inputs = processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
@@ -107,7 +107,7 @@ def compare(model, processor, dataset, configs: dict, batch_size: int = 64, prog
     """
     rows = []
     for name, cfg in configs.items():
-        df = evaluate(model, processor, dataset, cfg, batch_size=batch_size, progress=progress)
+        df = evaluate(model, processor, dataset, cfg, batch_size=batch_size, progress=progress, desc=name)
         rows.append({"method": name, "equivalent_tokens": df["equivalent_tokens"].mean(),
                      "equivalent_tokens_input": df["equivalent_tokens_input"].mean(),
                      **{f"acc_{k}": v for k, v in accuracy_by_type(df).items()}})
