@@ -13,6 +13,7 @@ from .scores import rater_attention, rope_gravity, top_heads, visual_scores
 from .select import Layout, compact_positions, gather, mask_to_index, plan_layout, topk_mask
 from .report import Report
 from .utils import seed_everything
+from . import flops  # noqa: E402  (sparsevlm.flops.paper_table() etc.)
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,8 @@ class Report:
 
     method: str
     num_layers: int
-    n_visual: torch.Tensor
+    n_tokens: torch.Tensor  # (B,) valid prompt tokens
+    n_visual: torch.Tensor  # (B,) visual tokens in the prompt
     visual_in: torch.Tensor
     visual_out: torch.Tensor
     raters: list[list[int]] = field(default_factory=list)
@@ -50,7 +51,7 @@ class Report:
                 f"equivalent tokens (output/input count) {eq}")
 
 
-def dense_report(method: str, num_layers: int, n_visual: torch.Tensor, reason: str) -> Report:
+def dense_report(method: str, num_layers: int, n_tokens: torch.Tensor, n_visual: torch.Tensor, reason: str) -> Report:
     counts = n_visual.long()[:, None].expand(-1, num_layers).clone()
-    return Report(method=method, num_layers=num_layers, n_visual=n_visual, visual_in=counts,
+    return Report(method=method, num_layers=num_layers, n_tokens=n_tokens, n_visual=n_visual, visual_in=counts,
                   visual_out=counts.clone(), dense=True, reason=reason)

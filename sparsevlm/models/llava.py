@@ -88,9 +88,12 @@ class _SparseTextModel:
         if reason is not None:
             st["decode"] = None
             if is_prefill:
-                B = (inputs_embeds if inputs_embeds is not None else input_ids).shape[0]
+                B, L = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
                 n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
-                st["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_vis.cpu(), reason)
+                n_tok = attention_mask.sum(-1) if attention_mask is not None and attention_mask.dim() == 2 \
+                    else torch.full((B,), L)
+                st["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
+                                            n_vis.cpu(), reason)
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    past_key_values=past_key_values, inputs_embeds=inputs_embeds,
                                    use_cache=use_cache, **kwargs)
@@ -127,7 +130,7 @@ class _SparseTextModel:
         token_state = method.begin(hidden, vis_mask, valid)
         origin = (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1)  # index into the image grid; −1 text
         report = Report(method=st["method_name"], num_layers=self.config.num_hidden_layers,
-                        n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
+                        n_tokens=valid.sum(-1).cpu(), n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
                         raters=[r.nonzero().flatten().tolist() for r in token_state.get("rater", [])])
         stages, counts_in, counts_out = [], [], []
         mask, pe = self._stage(hidden, attention_mask, positions, cache, 0)  # stage 0: exactly as dense

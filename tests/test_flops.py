@@ -1,0 +1,34 @@
+import pytest
+import torch
+from helpers import batch, tiny_llava
+
+import sparsevlm
+from sparsevlm.flops import layer_flops, paper_table, report_flops
+
+
+def test_the_papers_llava_table_is_reproduced_from_the_architecture():
+    table = paper_table()
+    assert list(table.index) == ["dense", 192, 128, 64]
+    assert list(table.columns) == ["tflops", "tflops_paper", "ratio"]
+    # 4.627 / 2.116 / 1.707 / 1.301 TFLOPs vs the paper's 4.62 / 2.14 / 1.72 / 1.30
+    assert ((table["ratio"] - 1).abs() < 0.015).all()
+    assert table.loc["dense", "tflops"] == pytest.approx(32 * layer_flops(695, 4096, 11008) / 1e12, abs=1e-3)
+
+
+def test_report_flops_of_a_pruned_forward():
+    model = tiny_llava("llama")
+    inputs = batch([6, 2])
+    d, m = 64, 128
+    cfg = sparsevlm.SparseVLMConfig.preset(64, pruning_layers=(1, 3), schedule=(32, 8), recycle=False)
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        rep = sparsevlm.report(model)
+    n = inputs["attention_mask"].sum(-1)  # 64 visual + text tokens, per sample
+    # layers 0-1 see everything, 2-3 see 32 visual tokens, 4-5 see 8
+    expected = [2 * layer_flops(k, d, m) + 2 * layer_flops(k - 32, d, m) + 2 * layer_flops(k - 56, d, m)
+                for k in n.tolist()]
+    assert report_flops(rep, d, m).tolist() == expected
+    with sparsevlm.sparsified(model, sparsevlm.SparseVLMConfig(pruning_layers=(1,))):
+        model(input_ids=inputs["input_ids"][:1, -3:])  # text only: dense
+        dense = sparsevlm.report(model)
+    assert report_flops(dense, d, m).item() == 6 * layer_flops(3, d, m)
