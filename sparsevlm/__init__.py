@@ -13,7 +13,7 @@ from .scores import rater_attention, rope_gravity, top_heads, visual_scores
 from .select import Layout, compact_positions, gather, mask_to_index, plan_layout, topk_mask
 from .report import Report
 from .utils import seed_everything
-from . import flops  # noqa: E402  (sparsevlm.flops.paper_table() etc.)
+from . import flops  # sparsevlm.flops.paper_table() etc.
 
 __version__ = "0.1.0"
 
@@ -25,5 +25,5 @@ __all__ = [
     "attention_rank", "rank_keep_count", "keep_count", "layer_counts", "equivalent_tokens",
     "recycle", "Recycled", "density_peak_clusters", "merge_clusters",
     "Layout", "plan_layout", "gather", "mask_to_index", "topk_mask", "compact_positions",
-    "seed_everything",
+    "seed_everything", "flops",
 ]

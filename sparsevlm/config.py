@@ -30,6 +30,21 @@ def _choice(name: str, value, allowed) -> None:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
 
 
+def _layers(name: str, layers) -> tuple[int, ...]:
+    layers = tuple(layers)
+    if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers) or any(
+            a >= b for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"{name}={layers!r} must be a non-empty, strictly increasing tuple of layer indices >= 0")
+    return layers
+
+
+def _schedule(schedule, layers: tuple[int, ...]) -> tuple[int, ...]:
+    sched = tuple(schedule)
+    if len(sched) != len(layers) or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in sched):
+        raise ValueError(f"schedule={schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
+    return sched
+
+
 @dataclass(frozen=True)
 class SparseVLMConfig:
     """How SparseVLM prunes. `SparseVLMConfig()` is the paper's rank-based mode.
@@ -73,20 +88,12 @@ class SparseVLMConfig:
         _choice("rater_rule", self.rater_rule, RATER_RULES)
         _choice("merge", self.merge, MERGES)
         _choice("positions", self.positions, POSITIONS)
-        layers = tuple(self.pruning_layers)
-        if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
-            raise ValueError(f"pruning_layers={self.pruning_layers!r} must be a non-empty tuple of layer indices >= 0")
-        if any(a >= b for a, b in zip(layers, layers[1:])):
-            raise ValueError(f"pruning_layers={self.pruning_layers!r} must be strictly increasing")
+        layers = _layers("pruning_layers", self.pruning_layers)
         object.__setattr__(self, "pruning_layers", layers)
         if self.mode == "schedule":
             if self.schedule is None:
                 raise ValueError("schedule=None: mode='schedule' needs one keep count per pruning layer")
-            sched = tuple(self.schedule)
-            if len(sched) != len(layers) or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in sched):
-                raise ValueError(
-                    f"schedule={self.schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
-            object.__setattr__(self, "schedule", sched)
+            object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
         elif self.schedule is not None:
             raise ValueError(f"schedule={self.schedule!r} is only used with mode='schedule' (mode={self.mode!r})")
         if self.mode == "rank":
@@ -141,22 +148,9 @@ class RandomConfig:
 
     def __post_init__(self) -> None:
         _choice("positions", self.positions, POSITIONS)
-        layers, sched = tuple(self.pruning_layers), tuple(self.schedule)
-        if not layers or any(not isinstance(i, int) or i < 0 for i in layers) or any(
-                a >= b for a, b in zip(layers, layers[1:])):
-            raise ValueError(f"pruning_layers={self.pruning_layers!r} must be strictly increasing layer indices >= 0")
-        if len(sched) != len(layers) or any(not isinstance(k, int) or k < 0 for k in sched):
-            raise ValueError(f"schedule={self.schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer")
+        layers = _layers("pruning_layers", self.pruning_layers)
         object.__setattr__(self, "pruning_layers", layers)
-        object.__setattr__(self, "schedule", sched)
-
-
-def _layers(name: str, layers) -> tuple[int, ...]:
-    layers = tuple(layers)
-    if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers) or any(
-            a >= b for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"{name}={layers!r} must be a non-empty, strictly increasing tuple of layer indices >= 0")
-    return layers
+        object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
 
 
 @dataclass(frozen=True)

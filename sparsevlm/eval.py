@@ -11,6 +11,14 @@ from tqdm.auto import tqdm
 from .models import report, sparsified
 
 
+def _batches(processor, dataset, batch_size: int, device, progress: bool = False, desc: str = ""):
+    """(records, model inputs) for consecutive batches of `dataset`, left-padded by the processor."""
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress, unit="batch"):
+        items = dataset[start:start + batch_size]
+        yield items, processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
+                               return_tensors="pt", padding=True).to(device)
+
+
 def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_tokens: int = 2,
              progress: bool = True, desc: str | None = None) -> pd.DataFrame:
     """Greedy answers for `dataset`: a sequence of dicts with "image", "prompt", "answer" and
@@ -26,11 +34,7 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
     device = next(model.parameters()).device
     n_layers = model.config.text_config.num_hidden_layers
     with torch.no_grad(), (sparsified(model, cfg) if cfg is not None else nullcontext()):
-        for start in tqdm(range(0, len(dataset), batch_size), desc=desc or _name(cfg), disable=not progress,
-                          unit="batch"):
-            items = dataset[start:start + batch_size]
-            inputs = processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
-                               return_tensors="pt", padding=True).to(device)
+        for items, inputs in _batches(processor, dataset, batch_size, device, progress, desc or _name(cfg)):
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             new = out[:, inputs["input_ids"].shape[1]:]
             texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -71,10 +75,7 @@ def focus_mass(model, processor, dataset, layer: int, batch_size: int = 64) -> p
     keep_all = SparseVLMConfig(mode="schedule", pruning_layers=(layer,), schedule=(10 ** 9,), recycle=False)
     rows = []
     with torch.no_grad(), sparsified(model, keep_all):
-        for start in range(0, len(dataset), batch_size):
-            items = dataset[start:start + batch_size]
-            inputs = processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
-                               return_tensors="pt", padding=True).to(next(model.parameters()).device)
+        for items, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device):
             model(**inputs, use_cache=False)
             scores = report(model).steps[0]["scores"]  # (B, n_visual)
             scores = scores / scores.sum(-1, keepdim=True)

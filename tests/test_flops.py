@@ -1,5 +1,4 @@
 import pytest
-import torch
 from helpers import batch, tiny_llava
 
 import sparsevlm

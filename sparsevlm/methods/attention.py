@@ -11,7 +11,7 @@ import torch
 from ..config import FastVConfig, PDropConfig
 from ..scores import rater_attention, visual_scores
 from ..select import gather, mask_to_index
-from .base import Method, PruneInput, keep_top
+from .base import Decision, Method, PruneInput, keep_top
 
 
 def attention_received(inp: PruneInput, rater_mask: torch.Tensor) -> torch.Tensor:

@@ -2,15 +2,15 @@
 attention (or a fixed schedule) sets the keep count, and pruned tokens are recycled."""
 from __future__ import annotations
 
-import torch
+from dataclasses import replace
 
 from ..budget import attention_rank, keep_count
 from ..config import SparseVLMConfig
 from ..raters import select_raters
 from ..recycle import recycle
 from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
-from ..select import gather, mask_to_index, put, topk_mask
-from .base import Decision, Method, PruneInput
+from ..select import gather, mask_to_index
+from .base import Decision, Method, PruneInput, keep_top
 
 
 class SparseVLM(Method):
@@ -38,19 +38,14 @@ class SparseVLM(Method):
         keep_n = keep_count(cfg, inp.step, n_vis, rank)  # (B,)
         # A sample without raters cannot be rated: it keeps all its visual tokens.
         keep_n = keep_n.where(r_valid.any(-1), n_vis)
-        keep_vis = topk_mask(scores, v_valid, keep_n)  # (B, V)
-        keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)  # (B, L)
-        seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores)  # (B, L)
-        info = {"keep": keep_n, "raters": r_valid.sum(-1)}
-        if rank is not None:
-            info["rank"] = rank
+        dec = keep_top(inp, scores, keep_n)
+        info = {**dec.info, "raters": r_valid.sum(-1), **({"rank": rank} if rank is not None else {})}
         if not cfg.recycle:
-            return Decision(keep=keep, scores=seq_scores, info=info)
+            return replace(dec, info=info)
         # Recycling (§3.3): the best of the pruned tokens are clustered and merged.
-        p_idx, p_valid = mask_to_index(v_valid & ~keep_vis)  # (B, P) into the visual tokens
-        p_seq = gather(v_idx, p_idx)  # (B, P) sequence index of each pruned token
-        rec = recycle(gather(inp.hidden, p_seq), gather(scores, p_idx), p_valid,
+        p_seq, p_valid = mask_to_index(inp.vis_mask & ~dec.keep)  # (B, P) sequence index of each pruned token
+        rec = recycle(gather(inp.hidden, p_seq), gather(dec.scores, p_seq), p_valid,
                       cfg.recycle_ratio, cfg.cluster_ratio, cfg.merge)
-        info["recycled"] = rec.valid.sum(-1)
-        return Decision(keep=keep, inserted=rec.tokens, inserted_valid=rec.valid,
-                        inserted_from=gather(p_seq, rec.centre.clamp(min=0)), scores=seq_scores, info=info)
+        return replace(dec, inserted=rec.tokens, inserted_valid=rec.valid,
+                       inserted_from=gather(p_seq, rec.centre.clamp(min=0)),
+                       info={**info, "recycled": rec.valid.sum(-1)})
