@@ -65,13 +65,14 @@ def keep_count(cfg: SparseVLMConfig, step: int, n_visual: torch.Tensor, rank: to
 def layer_counts(n_visual: torch.Tensor, num_layers: int, after: dict[int, torch.Tensor]):
     """Visual tokens entering and leaving every decoder layer.
 
-    `after[layer]` is the count leaving that pruning layer (kept + recycled).
+    `after[layer]` is the count leaving that pruning layer (kept + recycled); `after[-1]`, if
+    present, the count entering the first layer (pruning before the language model).
     Shapes: n_visual (B,), after values (B,) -> counts_in (B, num_layers), counts_out (B, num_layers).
     """
-    bad = [i for i in after if not 0 <= i < num_layers]
+    bad = [i for i in after if not -1 <= i < num_layers]
     if bad:
         raise ValueError(f"pruning layers {bad} are outside the model's {num_layers} layers")
-    current = n_visual.long()
+    current = after.get(-1, n_visual).long()
     ins, outs = [], []
     for layer in range(num_layers):
         ins.append(current)

@@ -193,3 +193,54 @@ class PDropConfig:
         _choice("positions", self.positions, POSITIONS)
         if not 0 < self.keep_ratio <= 1:
             raise ValueError(f"keep_ratio={self.keep_ratio!r} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class VisionZipConfig:
+    """VisionZip-style (Yang et al., CVPR 2025, arXiv 2412.04467): before the language model, keep
+    the `dominant` visual tokens that the vision tower's [CLS] token attends to most (feature
+    layer, mean over heads) and merge the rest into `contextual` tokens: evenly spaced remaining
+    tokens are the centres, every other remaining token joins the centre whose vision-tower key is
+    most similar (cosine), and each group is averaged. Text-agnostic. VisionZip's LLaVA-1.5 settings
+    are 54 + 10 (64 tokens), 108 + 20 (128) and 162 + 30 (192). A budget at or above the visual
+    tokens present keeps them all."""
+
+    dominant: int = 54
+    contextual: int = 10
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        for name in ("dominant", "contextual"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}={v!r} must be an integer >= 0")
+        if self.dominant + self.contextual < 1:
+            raise ValueError("dominant + contextual must keep at least one visual token")
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return ()  # it prunes before the language model, not after a layer
+
+
+@dataclass(frozen=True)
+class ToMeConfig:
+    """ToMe-style merging (Bolya et al., ICLR 2023, arXiv 2210.09461; SparseVLM's Table 1 baseline):
+    before the language model, bipartite soft matching merges the most similar visual tokens —
+    split the tokens alternately into two sets, pair each token of the first with its most similar
+    token of the second (cosine of the vision tower's keys at the feature layer, as ToMe uses
+    keys), merge the r most similar pairs by a size-weighted mean — repeated until `keep` tokens
+    remain. Text-agnostic; the language model is not told the merged sizes (no proportional
+    attention). A budget at or above the visual tokens present keeps them all."""
+
+    keep: int = 64
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 1:
+            raise ValueError(f"keep={self.keep!r} must be an integer >= 1")
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return ()  # it merges before the language model, not after a layer

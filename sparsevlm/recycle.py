@@ -86,6 +86,14 @@ class Recycled:
     assign: torch.Tensor
 
 
+def recycle_counts(n_pruned: torch.Tensor, ratio: float = 0.3, cluster_ratio: float = 0.1):
+    """Of n pruned tokens, m = int(n·ratio) + 1 are recycled into c = int(m·cluster_ratio) + 1
+    merged tokens (both at most n). Shapes: (B,) -> m (B,), c (B,)."""
+    n = n_pruned.long()
+    m = torch.minimum(torch.trunc(n.double() * ratio).long() + 1, n)
+    return m, torch.minimum(torch.trunc(m.double() * cluster_ratio).long() + 1, m)
+
+
 def recycle(pruned: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, ratio: float = 0.3,
             cluster_ratio: float = 0.1, merge: str = "mean") -> Recycled:
     """Recycle the pruned tokens of every sample.
@@ -94,12 +102,10 @@ def recycle(pruned: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, rat
     int(m·cluster_ratio) + 1 groups (reference: top 30 %, then one cluster per ten tokens).
     Shapes: pruned (B, P, D), scores (B, P), valid (B, P) bool -> Recycled with K = max clusters.
     """
-    n = valid.sum(-1)  # (B,)
-    m = torch.minimum(torch.trunc(n.double() * ratio).long() + 1, n)  # (B,) tokens to recycle
+    m, c = recycle_counts(valid.sum(-1), ratio, cluster_ratio)  # (B,) tokens to recycle, clusters
     # The most significant pruned tokens are recycled, the rest are dropped for good.
     chosen = topk_mask(scores, valid, m)  # (B, P)
     sel_idx, sel_valid = mask_to_index(chosen)  # (B, M)
-    c = torch.minimum(torch.trunc(m.double() * cluster_ratio).long() + 1, m)  # (B,) clusters
     assign_sel, centres = density_peak_clusters(gather(pruned, sel_idx), sel_valid, c)  # (B, M), (B, K)
     tokens = merge_clusters(gather(pruned, sel_idx), assign_sel, centres.shape[1], merge)  # (B, K, D)
     assign = put(torch.full(valid.shape, -1, dtype=torch.long, device=valid.device), sel_idx, sel_valid, assign_sel)

@@ -15,7 +15,7 @@ class Report:
 
     visual_in / visual_out: (B, num_layers) visual tokens entering / leaving each decoder layer
     (recycled tokens count as visual). raters: per sample, positions in the input sequence.
-    steps: one dict per pruning layer with "layer", "kept" (per sample, indices into the original
+    steps: one dict per pruning layer (layer −1: before the first layer) with "layer", "kept" (per sample, indices into the original
     image grid of the original visual tokens still present), "recycled" (B,) tokens merged in at
     that layer, and the method's own per-sample numbers (e.g. "rank", "keep").
     """
@@ -46,7 +46,8 @@ class Report:
             return f"{self.method}: ran dense ({self.reason})"
         eq = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(self.equivalent_tokens.tolist(),
                                                           self.equivalent_tokens_input.tolist()))
-        per_layer = [(s["layer"], self.visual_out[:, s["layer"]].tolist()) for s in self.steps]
+        per_layer = [(s["layer"], (self.visual_out[:, s["layer"]] if s["layer"] >= 0 else self.visual_in[:, 0]).tolist())
+                     for s in self.steps]
         return (f"{self.method}: visual tokens {self.n_visual.tolist()} -> after layers {per_layer}; "
                 f"equivalent tokens (output/input count) {eq}")
 

@@ -2,8 +2,12 @@
 import pytest
 import torch
 
-from sparsevlm import FastVConfig, PDropConfig, RandomConfig
+from helpers import N_VISUAL, batch, tiny_llava
+
+import sparsevlm
+from sparsevlm import FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig
 from sparsevlm.methods import PruneInput, build
+from sparsevlm.methods.merge import tome_sample, zip_sample
 
 
 def planted_input():
@@ -60,3 +64,90 @@ def test_pdrop_config_validation():
         PDropConfig(keep_ratio=0)
     with pytest.raises(ValueError, match="^pruning_layers="):
         PDropConfig(pruning_layers=(16, 8))
+
+
+def test_visionzip_keeps_the_cls_favourites_and_merges_the_rest_by_key_similarity():
+    # 8 tokens; [CLS] attends most to 6 and 2. Of the rest (0 1 3 4 5 7), the 2 centres are evenly
+    # spaced (0 and 4); tokens 1, 3 have keys like 0's, tokens 5, 7 like 4's.
+    x = torch.arange(8.0)[:, None].expand(-1, 3)
+    cls = torch.tensor([0.0, 0, 5, 0, 0, 0, 9, 0])
+    keys = torch.tensor([[1.0, 0]] * 4 + [[0.0, 1]] * 4)
+    kept, merged, rep = zip_sample(x, cls, keys, dominant=2, contextual=2)
+    assert kept.nonzero().flatten().tolist() == [2, 6]
+    assert rep.tolist() == [0, 4]
+    torch.testing.assert_close(merged[:, 0], torch.tensor([(0 + 1 + 3) / 3, (4 + 5 + 7) / 3]))
+
+
+def test_tome_merges_the_most_similar_pairs_first():
+    # Keys: 0~1 and 2~3 identical pairs, 4 and 5 orthogonal to everything. Set A = 0 2 4, B = 1 3 5:
+    # the two best A->B matches are 0->1 and 2->3, so 4 tokens remain: {0,1}, {2,3}, 4, 5.
+    x = torch.tensor([[1.0], [3.0], [10.0], [20.0], [7.0], [8.0]])
+    keys = torch.tensor([[1.0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    kept, merged, rep = tome_sample(x, keys, keep=4)
+    assert kept.nonzero().flatten().tolist() == [4, 5]
+    assert rep.tolist() == [1, 3]  # each merged pair sits at its B token
+    torch.testing.assert_close(merged, torch.tensor([[2.0], [15.0]]))
+    _, merged2, _ = tome_sample(x, keys, keep=1)  # repeated until one is left: the size-weighted mean
+    torch.testing.assert_close(merged2, x.mean(0, keepdim=True))
+
+
+def test_vision_signals_equal_the_towers_own_attention():
+    from sparsevlm.models.llava import vision_attention, vision_signals
+    model = tiny_llava("llama", "eager")
+    pixels = batch([3])["pixel_values"]
+    attn = vision_attention(model)
+    captured = {}
+    hooks = [p.register_forward_hook(lambda m, i, o, n=n: captured.__setitem__(n, o))
+             for n, p in (("q", attn.q_proj), ("k", attn.k_proj))]
+    with torch.no_grad():
+        out = model.model.vision_tower(pixel_values=pixels, output_attentions=True)
+    for h in hooks:
+        h.remove()
+    cls, keys = vision_signals(attn, captured, "default")
+    torch.testing.assert_close(cls, out.attentions[-1].mean(1)[:, 0, 1:], atol=1e-6, rtol=0)
+    assert keys.shape == (1, N_VISUAL, model.config.vision_config.hidden_size)
+
+
+ALL_METHODS = [SparseVLMConfig.preset(128, pruning_layers=(1, 2, 4)), RandomConfig(pruning_layers=(1, 3), schedule=(30, 10)),
+               FastVConfig(layer=1, prune_ratio=0.7), PDropConfig(pruning_layers=(1, 3), keep_ratio=0.5),
+               VisionZipConfig(dominant=12, contextual=4), ToMeConfig(keep=20)]
+
+
+@pytest.mark.parametrize("cfg", ALL_METHODS, ids=lambda c: type(c).__name__)
+def test_planned_counts_are_what_the_model_reports(cfg):
+    model = tiny_llava("llama", "sdpa")
+    with sparsevlm.sparsified(model, cfg), torch.no_grad():
+        model(**batch([5, 7]))
+        rep = sparsevlm.report(model)
+    ins, outs = sparsevlm.planned_counts(cfg, N_VISUAL, 6)
+    assert rep.visual_in.tolist() == [ins, ins] and rep.visual_out.tolist() == [outs, outs]
+
+
+@pytest.mark.parametrize("cfg", ALL_METHODS, ids=lambda c: type(c).__name__)
+@pytest.mark.parametrize("counting", ["output", "input"])
+def test_match_budget_finds_each_methods_knob(cfg, counting):
+    for target in (24, 32, 40):
+        matched = sparsevlm.match_budget(cfg, target, N_VISUAL, 6, counting)
+        assert type(matched) is type(cfg)
+        assert abs(sparsevlm.planned_tokens(matched, N_VISUAL, 6, counting) - target) <= 1, (matched, target)
+
+
+def test_match_budget_refuses_what_a_method_cannot_reach():
+    # FastV after layer 3 of 6 processes all 64 tokens in layers 0-3: at least 32 equivalent tokens.
+    with pytest.raises(ValueError, match=r"^tokens=8 is out of reach for FastVConfig .* reaches 3[23]\.\d\.\.64\.0"):
+        sparsevlm.match_budget(FastVConfig(layer=3), 8, N_VISUAL, 6)
+    with pytest.raises(ValueError, match="^tokens=100 is out of reach"):
+        sparsevlm.match_budget(ToMeConfig(), 100, N_VISUAL, 6)
+    with pytest.raises(ValueError, match="mode='rank'"):
+        sparsevlm.match_budget(SparseVLMConfig(), 16, N_VISUAL, 32)
+    with pytest.raises(ValueError, match="^counting="):
+        sparsevlm.planned_tokens(ToMeConfig(), N_VISUAL, 6, counting="both")
+
+
+@pytest.mark.parametrize("cls,kwargs,field", [
+    (VisionZipConfig, dict(dominant=-1), "dominant"), (VisionZipConfig, dict(dominant=0, contextual=0), "dominant"),
+    (VisionZipConfig, dict(contextual=2.5), "contextual"), (ToMeConfig, dict(keep=0), "keep"),
+    (ToMeConfig, dict(positions="none"), "positions")])
+def test_pre_llm_config_validation(cls, kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        cls(**kwargs)

@@ -16,6 +16,8 @@ PLUS = SparseVLMConfig.plus(64, pruning_layers=(1, 2, 4), schedule=(40, 20, 10),
 RANDOM = sparsevlm.RandomConfig(pruning_layers=(1, 3), schedule=(30, 10))
 FASTV = sparsevlm.FastVConfig(layer=1, prune_ratio=0.7)
 PDROP = sparsevlm.PDropConfig(pruning_layers=(1, 3), keep_ratio=0.5)
+VISIONZIP = sparsevlm.VisionZipConfig(dominant=12, contextual=4)
+TOME = sparsevlm.ToMeConfig(keep=20)
 GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
 
 
@@ -35,6 +37,20 @@ def test_keep_all_equals_the_dense_model(text, attn, positions):
     assert torch.equal(ids, dense_ids)
     assert not rep.dense and rep.visual_out[0].tolist() == [N_VISUAL] * 6
     assert rep.steps[0]["kept"][0] == list(range(N_VISUAL))
+
+
+@pytest.mark.parametrize("cfg", [sparsevlm.VisionZipConfig(dominant=N_VISUAL, contextual=0),
+                                 sparsevlm.ToMeConfig(keep=N_VISUAL)], ids=["visionzip", "tome"])
+def test_pre_llm_methods_keeping_all_equal_the_dense_model(cfg):
+    model = tiny_llava("llama", "sdpa")
+    inputs = batch([5, 8])
+    dense_logits, dense_ids = model(**inputs).logits, model.generate(**inputs, **GREEDY)
+    with sparsevlm.sparsified(model, cfg):
+        # compact positions renumber the left-padded row from 0 (a forward without position_ids
+        # numbers padding too); RoPE is relative, so only float rounding differs
+        torch.testing.assert_close(model(**inputs).logits, dense_logits, atol=1e-4, rtol=0)
+        assert torch.equal(model.generate(**inputs, **GREEDY), dense_ids)
+        assert sparsevlm.report(model).visual_in[:, 0].tolist() == [N_VISUAL] * 2
 
 
 def test_unsparsify_restores_the_original_and_sparsify_is_idempotent(llama):
@@ -62,8 +78,10 @@ def test_unsparsify_restores_the_original_and_sparsify_is_idempotent(llama):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original"), PLUS, RANDOM, FASTV, PDROP],
-                         ids=["rank", "preset", "original", "plus", "random", "fastv", "pdrop"])
+@pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original"), PLUS, RANDOM, FASTV, PDROP,
+                                 VISIONZIP, TOME, sparsevlm.ToMeConfig(keep=20, positions="original")],
+                         ids=["rank", "preset", "original", "plus", "random", "fastv", "pdrop", "visionzip", "tome",
+                              "tome-original"])
 def test_batched_equals_each_sample_alone(attn, cfg):
     model = tiny_llava("llama", attn)
     inputs = batch([9, 3, 6], seed=5)

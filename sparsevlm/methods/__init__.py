@@ -1,15 +1,20 @@
 """Pruning methods behind one interface: a config selects the method."""
 from __future__ import annotations
 
-from ..config import FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig
+import torch
+
+from ..budget import equivalent_tokens, layer_counts
+from ..config import FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig
 from .base import Decision, Method, PruneInput
 from .attention import FastV, PDrop
+from .merge import ToMe, VisionZip
 from .random import RandomTokens
 from .sparsevlm import SparseVLM
 
 # Config class -> method class. Baselines register here.
 METHODS: dict[type, type[Method]] = {SparseVLMConfig: SparseVLM, RandomConfig: RandomTokens, FastVConfig: FastV,
-                                     PDropConfig: PDrop}
+                                     PDropConfig: PDrop, VisionZipConfig: VisionZip, ToMeConfig: ToMe}
+COUNTINGS = ("output", "input")
 
 
 def build(cfg) -> Method:
@@ -21,4 +26,50 @@ def build(cfg) -> Method:
         raise TypeError(f"cfg of type {type(cfg).__name__} is not a method config; supported: {names}") from None
 
 
-__all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "METHODS"]
+def planned_counts(cfg, n_visual: int, num_layers: int):
+    """Visual tokens entering and leaving each decoder layer under `cfg`, for a prompt with
+    `n_visual` visual tokens, without running a model (what the report will show for budgets that
+    do not depend on the input). Returns two lists of num_layers ints: counts_in, counts_out."""
+    method = build(cfg)
+    n = torch.tensor([n_visual])
+    after = {}
+    points = ([-1] if method.prunes_input else []) + list(method.pruning_layers)
+    for step, layer in enumerate(points):
+        n = method.counts_after(step, n)
+        after[layer] = n
+    ins, outs = layer_counts(torch.tensor([n_visual]), num_layers, after)
+    return ins[0].tolist(), outs[0].tolist()
+
+
+def planned_tokens(cfg, n_visual: int, num_layers: int, counting: str = "output") -> float:
+    """Equivalent visual tokens of `cfg` (mean over layers, counting each layer's output or input)."""
+    if counting not in COUNTINGS:
+        raise ValueError(f"counting={counting!r} is not supported; allowed: {', '.join(map(repr, COUNTINGS))}")
+    ins, outs = planned_counts(cfg, n_visual, num_layers)
+    return float(equivalent_tokens(torch.tensor([outs if counting == "output" else ins]))[0])
+
+
+def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: str = "output"):
+    """`cfg` with its budget knob set so that its equivalent tokens are as close as possible to
+    `tokens` (ties to the smaller budget): the schedule scaled (SparseVLM schedule mode, random),
+    the pruning ratio (FastV, PyramidDrop), the token count (VisionZip, split as in `cfg`; ToMe).
+    Raises ValueError when `tokens` is further than one token from everything the method can reach."""
+    if not isinstance(n_visual, int) or n_visual < 1:
+        raise ValueError(f"n_visual={n_visual!r} must be an integer >= 1")
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers={num_layers!r} must be an integer >= 1")
+    best, reach = None, []
+    for cand in build(cfg).budget_candidates(n_visual):
+        eq = planned_tokens(cand, n_visual, num_layers, counting)
+        reach.append(eq)
+        if best is None or abs(eq - tokens) < abs(best[0] - tokens):
+            best = (eq, cand)
+    if best is None or abs(best[0] - tokens) > 1:
+        lo, hi = (min(reach), max(reach)) if reach else (float("nan"),) * 2
+        raise ValueError(f"tokens={tokens!r} is out of reach for {type(cfg).__name__} with {n_visual} visual tokens "
+                         f"and {num_layers} layers; it reaches {lo:.1f}..{hi:.1f} equivalent tokens ({counting} count)")
+    return best[1]
+
+
+__all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "VisionZip",
+           "ToMe", "METHODS", "planned_counts", "planned_tokens", "match_budget"]

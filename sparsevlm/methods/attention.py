@@ -6,6 +6,8 @@ one), PyramidDrop uses the last instruction token.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..config import FastVConfig, PDropConfig
@@ -35,15 +37,25 @@ class FastV(Method):
 
     def prune(self, inp: PruneInput) -> Decision:
         raters = inp.valid if self.cfg.rater == "all" else last_token(inp.valid)
-        n_vis = inp.vis_mask.sum(-1)
-        keep_n = n_vis - torch.trunc(n_vis.double() * self.cfg.prune_ratio).long()
-        return keep_top(inp, attention_received(inp, raters), keep_n)
+        return keep_top(inp, attention_received(inp, raters), self.counts_after(inp.step, inp.vis_mask.sum(-1)))
+
+    def counts_after(self, step, n_visual):
+        return n_visual - torch.trunc(n_visual.double() * self.cfg.prune_ratio).long()
+
+    def budget_candidates(self, n_visual):
+        return (replace(self.cfg, prune_ratio=(n_visual - k) / n_visual) for k in range(1, n_visual + 1))
 
 
 class PDrop(Method):
     cfg: PDropConfig
 
     def prune(self, inp: PruneInput) -> Decision:
-        n_vis = inp.vis_mask.sum(-1)
-        keep_n = torch.trunc(n_vis.double() * self.cfg.keep_ratio).long()
+        keep_n = self.counts_after(inp.step, inp.vis_mask.sum(-1))
         return keep_top(inp, attention_received(inp, last_token(inp.valid)), keep_n)
+
+    def counts_after(self, step, n_visual):
+        return torch.trunc(n_visual.double() * self.cfg.keep_ratio).long()
+
+    def budget_candidates(self, n_visual):
+        ratios = sorted({k / n_visual for k in range(1, n_visual + 1)} | {i / 1000 for i in range(1, 1001)})
+        return (replace(self.cfg, keep_ratio=r) for r in ratios)

@@ -3,11 +3,14 @@
 An adapter knows where the image tokens are and how to run the layers; a method knows which tokens
 to keep. At the start of a prefill the method sees the embeddings entering the language model
 (`begin`); after each of its pruning layers it sees that layer's output, queries and keys
-(`prune`) and returns a `Decision`. Adapters never look inside a decision beyond this contract.
+(`prune`) and returns a `Decision`. A method with `prunes_input` is also asked once before the
+first layer (step 0, layer −1, the embeddings as `hidden`, no queries or keys); one with
+`needs_vision` gets per-token signals from the vision tower in `PruneInput.vision`. Adapters never
+look inside a decision beyond this contract.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,9 +23,12 @@ class PruneInput:
 
     Shapes: hidden (B, L, D) the layer's output; valid (B, L) false on padding; vis_mask (B, L)
     visual tokens (recycled ones included); queries (B, H, L, Dh) and keys (B, H_kv, L, Dh) of the
-    layer with RoPE applied; position_embeddings: the stage's RoPE (cos, sin), each (B, L, Dh);
-    token_state: the method's own per-token tensors (B, L, ...), kept
-    aligned with the sequence by the adapter.
+    layer with RoPE applied (None before the first layer); position_embeddings: the stage's RoPE
+    (cos, sin), each (B, L, Dh); token_state: the method's own per-token tensors (B, L, ...), kept
+    aligned with the sequence by the adapter; vision (for methods with `needs_vision`):
+    "cls_attention" (B, L) the vision tower's [CLS] attention on each visual token at the feature
+    layer (mean over heads) and "keys" (B, L, Dk) that layer's keys (heads concatenated), zero on
+    text.
     """
 
     step: int
@@ -30,11 +36,12 @@ class PruneInput:
     hidden: torch.Tensor
     valid: torch.Tensor
     vis_mask: torch.Tensor
-    queries: torch.Tensor
-    keys: torch.Tensor
-    scaling: float
+    queries: torch.Tensor | None
+    keys: torch.Tensor | None
+    scaling: float | None
     position_embeddings: tuple
     token_state: dict
+    vision: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class Method:
     pruning_layers: tuple[int, ...] = ()
     #: "compact" renumbers positions after pruning, "original" keeps them
     positions: str = "compact"
+    #: also prune once before the first decoder layer (step 0, layer -1)
+    prunes_input: bool = False
+    #: needs the vision tower's [CLS] attention and keys (PruneInput.vision)
+    needs_vision: bool = False
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -75,6 +86,25 @@ class Method:
 
     def prune(self, inp: PruneInput) -> Decision:
         raise NotImplementedError
+
+    def counts_after(self, step: int, n_visual: torch.Tensor) -> torch.Tensor:
+        """Visual tokens leaving pruning step `step` (kept + inserted) when `n_visual` enter it,
+        for budgets that do not depend on the input. Shapes: (B,) -> (B,) long."""
+        raise ValueError(f"{type(self).__name__}'s token counts depend on the input; they cannot be planned")
+
+    def budget_candidates(self, n_visual: int):
+        """Configs of this method spanning its budget knob, from the fewest tokens to all of them
+        (`sparsevlm.match_budget` picks the one closest to a target)."""
+        raise ValueError(f"{type(self).__name__} has no budget knob to search")
+
+
+def scaled_schedules(cfg, n_visual: int, steps: int = 2000):
+    """`cfg` with its schedule scaled by factors from 0 up to where every count reaches
+    `n_visual`, each count rounded and capped at `n_visual`."""
+    low = min([k for k in cfg.schedule if k > 0] or [1])
+    for i in range(steps + 1):
+        f = i / steps * n_visual / low
+        yield replace(cfg, schedule=tuple(min(n_visual, round(f * k)) for k in cfg.schedule))
 
 
 def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor) -> Decision:

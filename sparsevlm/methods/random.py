@@ -5,7 +5,7 @@ import torch
 
 from ..budget import schedule_keep_count
 from ..config import RandomConfig
-from .base import Decision, Method, PruneInput, keep_top
+from .base import Decision, Method, PruneInput, keep_top, scaled_schedules
 
 
 class RandomTokens(Method):
@@ -16,4 +16,10 @@ class RandomTokens(Method):
         # One draw per visual slot, shared by the batch: a sample's choice does not depend on its batch.
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + inp.step)
         draw = torch.rand(int(n_vis.max()), generator=g).to(inp.hidden.device).expand(len(n_vis), -1)  # (B, V)
-        return keep_top(inp, draw, schedule_keep_count(self.cfg.schedule[inp.step], n_vis))
+        return keep_top(inp, draw, self.counts_after(inp.step, n_vis))
+
+    def counts_after(self, step, n_visual):
+        return schedule_keep_count(self.cfg.schedule[step], n_visual)
+
+    def budget_candidates(self, n_visual):
+        return scaled_schedules(self.cfg, n_visual)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
 from ..budget import attention_rank, keep_count
 from ..config import SparseVLMConfig
 from ..raters import select_raters
-from ..recycle import recycle
+from ..recycle import recycle, recycle_counts
 from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
 from ..select import gather, mask_to_index
-from .base import Decision, Method, PruneInput, keep_top
+from .base import Decision, Method, PruneInput, keep_top, scaled_schedules
 
 
 class SparseVLM(Method):
@@ -49,3 +51,15 @@ class SparseVLM(Method):
         return replace(dec, inserted=rec.tokens, inserted_valid=rec.valid,
                        inserted_from=gather(p_seq, rec.centre.clamp(min=0)),
                        info={**info, "recycled": rec.valid.sum(-1)})
+
+    def counts_after(self, step, n_visual):
+        if self.cfg.mode == "rank":
+            raise ValueError("SparseVLM in mode='rank' keeps a number of tokens that depends on the input; "
+                             "plan budgets with mode='schedule' (SparseVLMConfig.preset or schedule=...)")
+        keep = keep_count(self.cfg, step, n_visual)
+        return keep + recycle_counts(n_visual - keep, self.cfg.recycle_ratio, self.cfg.cluster_ratio)[1] \
+            if self.cfg.recycle else keep
+
+    def budget_candidates(self, n_visual):
+        self.counts_after(0, torch.tensor([n_visual]))  # rank mode: a clear error
+        return scaled_schedules(self.cfg, n_visual)

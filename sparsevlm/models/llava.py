@@ -54,12 +54,51 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+def vision_attention(model):
+    """The vision tower's attention module at the feature layer LLaVA reads its image features from."""
+    f = model.config.vision_feature_layer
+    tower = model.model.vision_tower
+    encoder = getattr(getattr(tower, "vision_model", tower), "encoder", None)
+    if encoder is None or not hasattr(encoder, "layers"):
+        raise ValueError(f"vision tower {type(tower).__name__} has no encoder.layers; methods that read the vision "
+                         f"tower support CLIP/SigLIP-style towers")
+    layers = encoder.layers
+    if not isinstance(f, int) or f == 0:
+        raise ValueError(f"vision_feature_layer={f!r}: methods that read the vision tower need one feature layer "
+                         f"produced by an attention layer (an int other than 0)")
+    return (layers[f] if f < 0 else layers[f - 1]).self_attn
+
+
+def vision_signals(attn, captured, strategy: str):
+    """[CLS] attention (mean over heads) and keys (heads concatenated) of each image token at the
+    feature layer. Shapes: captured q, k (N_img, T, H·Dh) -> cls (N_img, V), keys (N_img, V, H·Dh)."""
+    q, k = captured["q"], captured["k"]
+    N, T, _ = q.shape
+    qh = q[:, :1].view(N, 1, -1, attn.head_dim).transpose(1, 2)  # (N, H, 1, Dh)
+    kh = k.view(N, T, -1, attn.head_dim).transpose(1, 2)  # (N, H, T, Dh)
+    cls = ((qh @ kh.transpose(-1, -2)).float() * attn.scale).softmax(-1).mean(1)[:, 0]  # (N, T)
+    first = 1 if strategy == "default" else 0  # "default" drops the [CLS] token from the features
+    return cls[:, first:], k[:, first:]
+
+
 class _SparseLlavaModel:
-    """Mixin for LlavaModel: remember where the image tokens are."""
+    """Mixin for LlavaModel: remember where the image tokens are (and, for methods that need them,
+    the vision tower's signals for each)."""
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
         mask = super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
-        self._sparsevlm["vis_mask"] = mask[..., 0]  # (B, L)
+        st = self._sparsevlm
+        st["vis_mask"] = vis = mask[..., 0]  # (B, L)
+        captured = st.pop("vision_capture", None)
+        if st["method"].needs_vision and captured:
+            cls, keys = vision_signals(st["vision_attn"], captured, self.config.vision_feature_select_strategy)
+            if cls.numel() != int(vis.sum()):
+                raise ValueError(f"{cls.numel()} vision-tower tokens for {int(vis.sum())} image positions: "
+                                 f"{st['method_name']} needs one image feature per vision-tower patch")
+            seq_cls = torch.zeros(vis.shape, dtype=cls.dtype, device=vis.device).masked_scatter(vis, cls.to(vis.device))
+            seq_keys = torch.zeros(*vis.shape, keys.shape[-1], dtype=keys.dtype, device=vis.device).masked_scatter(
+                vis[..., None], keys.to(vis.device))
+            st["vision"] = {"cls_attention": seq_cls, "keys": seq_keys}
         return mask
 
 
@@ -70,6 +109,7 @@ class _SparseTextModel:
                 inputs_embeds=None, use_cache=None, **kwargs):
         st = self._sparsevlm
         vis_mask = st.pop("vis_mask", None)
+        vision = st.pop("vision", {})
         decode = st.get("decode")
         if vis_mask is None and decode is not None and past_key_values is decode["cache"]:
             return self._sparse_decode(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, kwargs)
@@ -85,6 +125,8 @@ class _SparseTextModel:
             reason = "a 4D attention mask was given; pruning needs the 2D padding mask"
         elif any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states")):
             reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
+        elif st["method"].needs_vision and not vision:
+            reason = "the vision tower's signals for these image tokens were not captured"
         if reason is not None:
             st["decode"] = None
             if is_prefill:
@@ -97,7 +139,7 @@ class _SparseTextModel:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    past_key_values=past_key_values, inputs_embeds=inputs_embeds,
                                    use_cache=use_cache, **kwargs)
-        return self._sparse_prefill(inputs_embeds, vis_mask, attention_mask, position_ids, past_key_values,
+        return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, past_key_values,
                                     use_cache, kwargs)
 
     def _stage(self, hidden, mask2d, positions, cache, layer_idx):
@@ -117,7 +159,7 @@ class _SparseTextModel:
         rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         return rope(q, k, *position_embeddings)
 
-    def _sparse_prefill(self, hidden, vis_mask, attention_mask, position_ids, cache, use_cache, kwargs):
+    def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs):
         st, method = self._sparsevlm, self._sparsevlm["method"]
         B, L, _ = hidden.shape
         dev = hidden.device
@@ -127,54 +169,77 @@ class _SparseTextModel:
         valid = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
         positions = (position_ids if position_ids is not None else torch.arange(L, device=dev)[None]).expand(B, L)
         vis_mask = vis_mask.to(dev) & valid
-        token_state = method.begin(hidden, vis_mask, valid)
-        origin = (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1)  # index into the image grid; −1 text
+        token_state = {**method.begin(hidden, vis_mask, valid), **{f"vision.{k}": v for k, v in vision.items()}}
         report = Report(method=st["method_name"], num_layers=self.config.num_hidden_layers,
                         n_tokens=valid.sum(-1).cpu(), n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
                         raters=[r.nonzero().flatten().tolist() for r in token_state.get("rater", [])])
+        # The sequence as it shrinks: what each token is (origin: index into the image grid, −1 text,
+        # −2 merged), where it sits, and the method's per-token state, all kept aligned.
+        seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
+               "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state}
         stages, counts_in, counts_out = [], [], []
-        mask, pe = self._stage(hidden, attention_mask, positions, cache, 0)  # stage 0: exactly as dense
+        step = 0
+        if method.prunes_input:  # step 0: before the first layer, on the embeddings
+            pe = self.rotary_emb(hidden, position_ids=positions)
+            self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
+            step += 1
+        mask, pe = self._stage(seq["hidden"], seq["valid"] if stages else attention_mask, seq["positions"], cache, 0)
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            counts_in.append(vis_mask.sum(-1))
+            counts_in.append(seq["vis_mask"].sum(-1))
             prune_here = i in method.pruning_layers
             if prune_here:
                 st["capture"] = {}
-            hidden = layer(hidden, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           use_cache=use_cache, position_embeddings=pe, **kwargs)
+            seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=seq["positions"],
+                                  past_key_values=cache, use_cache=use_cache, position_embeddings=pe, **kwargs)
             if prune_here:
                 q, k = self._queries_keys(i, st.pop("capture"), pe)
-                dec = method.prune(PruneInput(step=method.pruning_layers.index(i), layer=i, hidden=hidden,
-                                              valid=valid, vis_mask=vis_mask, queries=q, keys=k,
-                                              scaling=layer.self_attn.scaling, position_embeddings=pe,
-                                              token_state=token_state))
-                step_report = {"layer": i, **{n: v.cpu() for n, v in dec.info.items()}}
-                if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
-                    grid = torch.full((B, int(report.n_visual.max())), float("nan"), device=dev)
-                    step_report["scores"] = put(grid, origin, vis_mask & (origin >= 0), dec.scores.float()).cpu()
-                pos_idx = torch.arange(hidden.shape[1], device=dev)
-                anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
-                layout = plan_layout(dec.keep, anchor, dec.inserted_valid)
-                ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
-                no = None if ins is None else torch.zeros_like(ins)
-                hidden = layout.apply(hidden, dec.inserted)
-                vis_mask = layout.apply(vis_mask, ins) & layout.valid
-                origin = layout.apply(origin, None if ins is None else torch.full_like(ins, -2, dtype=torch.long))
-                token_state = {n: layout.apply(t, None if ins is None else no.to(t.dtype)) for n, t in token_state.items()}
-                if method.positions == "compact":
-                    positions = compact_positions(layout.valid)
-                else:
-                    positions = layout.apply(positions, None if ins is None else gather(positions, dec.inserted_from))
-                valid = layout.valid
-                report.steps.append({**step_report, "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
-                                     "kept": [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis_mask)]})
-                stages.append({"start": i + 1, "valid": valid, "count": valid.sum(-1)})
-                mask, pe = self._stage(hidden, valid, positions, cache, i + 1)
-            counts_out.append(vis_mask.sum(-1))
+                self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe)
+                step += 1
+                mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1)
+            counts_out.append(seq["vis_mask"].sum(-1))
         report.visual_in = torch.stack(counts_in, -1).cpu()
         report.visual_out = torch.stack(counts_out, -1).cpu()
         st["report"] = report
         st["decode"] = {"cache": cache, "stages": stages} if use_cache else None
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=cache if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(seq["hidden"]),
+                                       past_key_values=cache if use_cache else None)
+
+    def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe):
+        """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
+        re-lay the sequence out: kept tokens in place, inserted ones after the visual span."""
+        B = seq["hidden"].shape[0]
+        dev = seq["hidden"].device
+        state = seq["state"]
+        vision = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("vision.")}
+        dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
+                                      vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
+                                      position_embeddings=pe, token_state={k: v for k, v in state.items()
+                                                                           if not k.startswith("vision.")},
+                                      vision=vision))
+        step_report = {"layer": layer, **{n: v.cpu() for n, v in dec.info.items()}}
+        origin, vis_mask = seq["origin"], seq["vis_mask"]
+        if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
+            grid = torch.full((B, int(report.n_visual.max())), float("nan"), device=dev)
+            step_report["scores"] = put(grid, origin, vis_mask & (origin >= 0), dec.scores.float()).cpu()
+        pos_idx = torch.arange(seq["hidden"].shape[1], device=dev)
+        anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
+        layout = plan_layout(dec.keep, anchor, dec.inserted_valid)
+        ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
+        seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
+        seq["vis_mask"] = vis_mask = layout.apply(vis_mask, ins) & layout.valid
+        seq["origin"] = origin = layout.apply(origin, None if ins is None else torch.full_like(ins, -2, dtype=torch.long))
+        seq["state"] = {n: layout.apply(t, None if ins is None else t.new_zeros(*ins.shape, *t.shape[2:]))
+                        for n, t in state.items()}
+        if method.positions == "compact":
+            seq["positions"] = compact_positions(layout.valid)
+        else:
+            seq["positions"] = layout.apply(seq["positions"],
+                                            None if ins is None else gather(seq["positions"], dec.inserted_from))
+        seq["valid"] = layout.valid
+        report.steps.append({**step_report,
+                             "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
+                             "kept": [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis_mask)]})
+        stages.append({"start": layer + 1, "valid": layout.valid, "count": layout.valid.sum(-1)})
 
     def _sparse_decode(self, hidden, attention_mask, position_ids, cache, use_cache, kwargs):
         st = self._sparsevlm
@@ -213,6 +278,12 @@ def patch(model, method, state: dict) -> None:
         raise ValueError(f"pruning_layers {list(method.pruning_layers)}: layers {bad} do not exist; "
                          f"this model has layers 0..{n - 1}")
     state.update(vis_mask=None, decode=None, report=None, hooks=[])
+    if method.needs_vision:  # capture the feature layer's queries and keys for the method
+        attn = state["vision_attn"] = vision_attention(model)
+        for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
+            def vhook(_mod, _inp, out, name=name):
+                state.setdefault("vision_capture", {})[name] = out
+            state["hooks"].append(proj.register_forward_hook(vhook))
     for m in (model, llava, text):
         m._sparsevlm = state
     _swap_class(llava, _SparseLlavaModel)

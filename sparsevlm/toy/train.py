@@ -134,6 +134,26 @@ def word_targets(samples, ids):
     return targets
 
 
+def drop_background(samples, ids, mask, focus, words, rate: float, generator) -> torch.Tensor:
+    """Background-token dropout: for a share `rate` of the questions, hide a random fraction (uniform
+    in [0, 1]) of the visual tokens that show no object and that the question does not name, by
+    zeroing them in the attention mask (positions are then renumbered around them, as compact
+    pruning does). The model learns that empty background carries nothing and that a location is
+    read from a token's content rather than its position. Returns the new mask."""
+    mask = mask.clone()
+    vis_pos = (ids == VOCAB["<image>"]).long().argmax(1)  # first visual position per row
+    for b, s in enumerate(samples):
+        if torch.rand((), generator=generator).item() >= rate:
+            continue
+        keep = {p for o in s.objects for p in cell_patches(o.cell)} | set(s.focus)
+        keep |= set(words[b].sum(0).nonzero().flatten().tolist())
+        free = torch.tensor(sorted(set(range(PATCHES ** 2)) - keep), dtype=torch.long)
+        n = int(round(torch.rand((), generator=generator).item() * len(free)))
+        hide = free[torch.randperm(len(free), generator=generator)[:n]]
+        mask[b, vis_pos[b] + hide] = 0
+    return mask
+
+
 def embed(model, ids, pixels, image_of):
     """Embeddings entering the language model, running the frozen tower once per image (not once
     per question) and the trainable projector on its output, spliced in as LlavaModel does."""
@@ -188,10 +208,13 @@ def train(args, log=print) -> dict:
     hooks.append(word_layer.register_forward_pre_hook(
         lambda m, a, kw: captured.__setitem__("pe", kw["position_embeddings"]), with_kwargs=True))
     model.train()
+    gen = torch.Generator().manual_seed(args.seed + 1)
     history = []
     for step in range(args.steps):
         samples, images = make_dataset(args.batch_images, args.seed * 1_000_003 + 10_000 + step, args.questions)
         ids, mask, pixels, image_of, answer, focus, words = lm_batch(samples, images, mean, std)
+        if args.drop_background > 0:
+            mask = drop_background(samples, ids, mask, focus, words, args.drop_background, gen)
         positions = compact_positions(mask.bool())  # as generate() numbers a left-padded prompt
         logits = model(inputs_embeds=embed(model, ids, pixels, image_of), attention_mask=mask,
                        position_ids=positions, use_cache=False, logits_to_keep=2).logits  # (B, 2, vocab)
@@ -238,6 +261,8 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=128, help="language-model width (default 128)")
     p.add_argument("--ground-layer", type=int, default=1, help="layer whose head 0 is grounded (default 1)")
     p.add_argument("--ground-weight", type=float, default=0.5, help="weight of the grounding loss (default 0.5)")
+    p.add_argument("--drop-background", type=float, default=0.5,
+                   help="share of questions trained with background-token dropout (default 0.5; 0 = off)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     args = p.parse_args(argv)
     out = train(args, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -1,0 +1,147 @@
+"""Baselines that reduce the visual tokens *before* the language model, from what the vision tower
+saw: VisionZip-style selection + merging and ToMe-style bipartite merging. Both are text-agnostic.
+
+They act on the embeddings entering the language model (the projector's output) and read two
+per-token signals that the adapter takes from the vision tower's feature layer: the [CLS] token's
+attention (`cls_attention`) and the attention keys (`keys`, heads concatenated). Kept tokens stay in
+place; merged tokens are inserted after the visual span, in image order, and take the position of
+their representative token when original positions are kept.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ToMeConfig, VisionZipConfig
+from ..select import gather, mask_to_index, put
+from .base import Decision, Method, PruneInput
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every row of a with every row of b. Shapes: (n, D), (m, D) -> (n, m)."""
+    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+
+
+def zip_sample(x, cls, keys, dominant: int, contextual: int):
+    """VisionZip on one sample's n visual tokens. Shapes: x (n, D), cls (n,), keys (n, Dk) ->
+    kept (n,) bool, merged (C, D), representative (C,) local index of each merged token's centre."""
+    n = x.shape[0]
+    kept = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if n <= dominant + contextual:  # the budget covers every token: keep all
+        return kept | True, x[:0], torch.zeros(0, dtype=torch.long, device=x.device)
+    order = torch.sort(cls.float(), descending=True, stable=True).indices  # ties to the lower index
+    kept[order[:dominant]] = True
+    rest = (~kept).nonzero().flatten()  # (n_rest,) ascending
+    if contextual == 0:
+        return kept, x[:0], rest[:0]
+    step = len(rest) // contextual
+    centres = rest[::step][:contextual]  # evenly spaced over the remaining tokens
+    others = rest[~torch.isin(rest, centres)]
+    group = _cosine(keys[others], keys[centres]).argmax(-1)  # (n_others,) ties to the lower centre
+    total = x[centres].float().clone()
+    size = torch.ones(len(centres), device=x.device)
+    total.index_add_(0, group, x[others].float())
+    size.index_add_(0, group, torch.ones(len(others), device=x.device))
+    return kept, (total / size[:, None]).to(x.dtype), centres
+
+
+def tome_sample(x, keys, keep: int):
+    """ToMe bipartite soft matching on one sample's n visual tokens, repeated until `keep` remain.
+    Shapes: x (n, D), keys (n, Dk) -> kept (n,) bool (tokens never merged), merged (M, D),
+    representative (M,) local index of the token each merged group collected into."""
+    n = x.shape[0]
+    tokens, metric = x.float(), keys.float()
+    size = torch.ones(n, device=x.device)
+    rep = torch.arange(n, device=x.device)  # the original token each current token is anchored at
+    while len(rep) > keep:
+        r = min(len(rep) - keep, len(rep) // 2)
+        a, b = torch.arange(0, len(rep), 2, device=x.device), torch.arange(1, len(rep), 2, device=x.device)
+        best, dst = _cosine(metric[a], metric[b]).max(-1)  # each a-token's most similar b-token
+        order = torch.sort(best, descending=True, stable=True).indices
+        src, stay = a[order[:r]], a[order[r:]]
+        dst = b[dst[order[:r]]]
+        w = size[src, None]  # merge sums, weighted by how many tokens each already holds
+        new_tokens, new_metric, new_size = tokens * size[:, None], metric * size[:, None], size.clone()
+        new_tokens.index_add_(0, dst, tokens[src] * w)
+        new_metric.index_add_(0, dst, metric[src] * w)
+        new_size.index_add_(0, dst, size[src])
+        survivors = torch.sort(torch.cat([stay, b])).values
+        size = new_size[survivors]
+        tokens = new_tokens[survivors] / size[:, None]
+        metric = new_metric[survivors] / size[:, None]
+        rep = rep[survivors]
+    kept = torch.zeros(n, dtype=torch.bool, device=x.device)
+    single = size == 1
+    kept[rep[single]] = True
+    return kept, tokens[~single].to(x.dtype), rep[~single]
+
+
+class _PreLLM(Method):
+    """Shared by the pre-LLM baselines: run a per-sample reducer, pad its results into a Decision."""
+
+    prunes_input = True
+    needs_vision = True
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.pruning_layers = ()
+        self.positions = cfg.positions
+
+    def reduce(self, x, cls, keys):
+        raise NotImplementedError
+
+    def prune(self, inp: PruneInput) -> Decision:
+        v_idx, v_valid = mask_to_index(inp.vis_mask)  # (B, V)
+        x = gather(inp.hidden, v_idx)
+        cls, keys = gather(inp.vision["cls_attention"], v_idx), gather(inp.vision["keys"], v_idx)
+        keep_vis = torch.zeros_like(v_valid)
+        merged, reps = [], []
+        for b in range(len(x)):
+            n = int(v_valid[b].sum())
+            kept, m, rep = self.reduce(x[b, :n], cls[b, :n], keys[b, :n])
+            keep_vis[b, :n] = kept
+            merged.append(m)
+            reps.append(v_idx[b, rep])
+        K = max(len(m) for m in merged)
+        B, D = len(x), x.shape[-1]
+        inserted = x.new_zeros(B, K, D)
+        inserted_from = torch.zeros(B, K, dtype=torch.long, device=x.device)
+        inserted_valid = torch.zeros(B, K, dtype=torch.bool, device=x.device)
+        for b, (m, rep) in enumerate(zip(merged, reps)):
+            inserted[b, :len(m)], inserted_from[b, :len(m)], inserted_valid[b, :len(m)] = m, rep, True
+        keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
+        scores = put(torch.zeros(inp.valid.shape, device=x.device), v_idx, v_valid, cls.float())
+        return Decision(keep=keep, inserted=inserted if K else None, inserted_valid=inserted_valid if K else None,
+                        inserted_from=inserted_from if K else None, scores=scores,
+                        info={"keep": keep_vis.sum(-1), "merged": inserted_valid.sum(-1)})
+
+
+class VisionZip(_PreLLM):
+    cfg: VisionZipConfig
+
+    def counts_after(self, step, n_visual):
+        return n_visual.clamp(max=self.cfg.dominant + self.cfg.contextual).long()
+
+    def budget_candidates(self, n_visual):
+        share = self.cfg.contextual / (self.cfg.dominant + self.cfg.contextual)  # the config's split
+        for total in range(1, n_visual + 1):
+            contextual = min(total - 1, round(total * share)) if total > 1 else 0
+            yield replace(self.cfg, dominant=total - contextual, contextual=contextual)
+
+    def reduce(self, x, cls, keys):
+        return zip_sample(x, cls, keys, self.cfg.dominant, self.cfg.contextual)
+
+
+class ToMe(_PreLLM):
+    cfg: ToMeConfig
+
+    def counts_after(self, step, n_visual):
+        return n_visual.clamp(max=self.cfg.keep).long()
+
+    def budget_candidates(self, n_visual):
+        return (replace(self.cfg, keep=k) for k in range(1, n_visual + 1))
+
+    def reduce(self, x, cls, keys):
+        return tome_sample(x, keys, self.cfg.keep)
