@@ -5,9 +5,18 @@ Per decoder layer with n tokens, hidden size d and MLP size m: 4·n·d² (q, k, 
 one FLOP (the MAC convention of the paper and of fvcore). A layer processes the tokens that enter
 it, so pruning after layer l first saves FLOPs in layer l + 1.
 
-fvcore's measured counts and torch's FlopCounterMode cross-check are not here yet (issue #6).
+Measured counts (`count_flops`) run the real, possibly sparsified model once under fvcore's
+`FlopCountAnalysis` or torch's `FlopCounterMode` and split the total by module: vision tower and
+projector, each decoder layer, the LM head, and the *overhead* — work the text model does outside
+its layers, which for a sparsified model is the method's own scoring, rank, clustering and
+re-layout. Both counters are reported as multiply-adds (torch's FlopCounterMode counts 2 per
+multiply-add; we halve it). Both count matrix products (linear layers, attention via a handle for
+`scaled_dot_product_attention`, which neither counts on CPU by itself) and neither counts
+element-wise work (norms, activations, softmax) — as the analytic formula does not.
 """
 from __future__ import annotations
+
+import warnings
 
 import pandas as pd
 import torch
@@ -21,21 +30,103 @@ PAPER_TFLOPS = {"dense": 4.62, 192: 2.14, 128: 1.72, 64: 1.30}
 LLAVA_1_5_7B = {"num_layers": 32, "hidden": 4096, "intermediate": 11008, "n_visual": 576, "n_tokens": 695}
 
 
-def layer_flops(n, hidden: int, intermediate: int):
-    """FLOPs (multiply-adds) of one decoder layer on n tokens; n may be a tensor."""
-    return 4 * n * hidden ** 2 + 2 * n ** 2 * hidden + 3 * n * hidden * intermediate
+def layer_flops(n, hidden: int, intermediate: int, kv_hidden: int | None = None):
+    """FLOPs (multiply-adds) of one decoder layer on n tokens; n may be a tensor. `kv_hidden`
+    (grouped-query attention: key/value heads × head size) defaults to `hidden`, the paper's form."""
+    kv = hidden if kv_hidden is None else kv_hidden
+    return 2 * n * hidden ** 2 + 2 * n * hidden * kv + 2 * n ** 2 * hidden + 3 * n * hidden * intermediate
 
 
-def prefill_flops(tokens_per_layer: torch.Tensor, hidden: int, intermediate: int) -> torch.Tensor:
+def prefill_flops(tokens_per_layer: torch.Tensor, hidden: int, intermediate: int,
+                  kv_hidden: int | None = None) -> torch.Tensor:
     """Sum over layers. Shapes: tokens_per_layer (B, num_layers) -> (B,) float64."""
-    return layer_flops(tokens_per_layer.double(), hidden, intermediate).sum(-1)
+    return layer_flops(tokens_per_layer.double(), hidden, intermediate, kv_hidden).sum(-1)
 
 
-def report_flops(report, hidden: int, intermediate: int) -> torch.Tensor:
+def dims(model) -> dict:
+    """hidden, intermediate and kv_hidden of a LLaVA model's language model (for the formula)."""
+    t = model.config.text_config
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    return {"hidden": t.hidden_size, "intermediate": t.intermediate_size,
+            "kv_hidden": (t.num_key_value_heads or t.num_attention_heads) * head_dim}
+
+
+def report_flops(report, hidden: int, intermediate: int, kv_hidden: int | None = None) -> torch.Tensor:
     """Prefill FLOPs of each sample of a forward, from `sparsevlm.report(model)`: every layer
     processes the sample's text tokens plus the visual tokens entering it. Shapes: -> (B,)."""
     n_text = (report.n_tokens - report.n_visual)[:, None]  # (B, 1)
-    return prefill_flops(n_text + report.visual_in, hidden, intermediate)
+    return prefill_flops(n_text + report.visual_in, hidden, intermediate, kv_hidden)
+
+
+def _sdpa_macs(q_shape, k_shape, v_shape) -> int:
+    """Multiply-adds of attention: scores (q·kᵀ) and the weighted sum of values, full matrix."""
+    *batch, lq, e = q_shape
+    n = 1
+    for b in batch:
+        n *= b
+    return n * lq * k_shape[-2] * (e + v_shape[-1])
+
+
+def _fvcore_sdpa(inputs, outputs):
+    from fvcore.nn.jit_handles import get_shape
+    return _sdpa_macs(*(get_shape(x) for x in inputs[:3]))
+
+
+def _torch_sdpa(q_shape, k_shape, v_shape, *args, **kwargs):
+    return 2 * _sdpa_macs(q_shape, k_shape, v_shape)  # FlopCounterMode counts FLOPs = 2 × MACs
+
+
+class _Logits(torch.nn.Module):
+    """The model as a function of tensors returning logits (what tracing needs)."""
+
+    def __init__(self, model, names):
+        super().__init__()
+        self.m, self.names = model, names
+
+    def forward(self, *tensors):
+        return self.m(**dict(zip(self.names, tensors)), use_cache=False).logits
+
+
+COUNTERS = ("fvcore", "torch")
+
+
+def count_flops(model, inputs: dict, counter: str = "fvcore") -> dict:
+    """Measured multiply-adds of one forward of `model` (dense or sparsified) on `inputs`
+    (input_ids, attention_mask, pixel_values). Returns {"total", "vision" (tower + projector),
+    "layers" (decoder layers, sum), "per_layer" (list), "lm_head", "overhead" (everything outside
+    the model's own modules: the pruning method's scoring, rank, clustering, re-layout; 0 for a
+    dense model)} as ints. The counters agree exactly on the decoder layers and the LM head; on the
+    vision tower fvcore also counts LayerNorm (5 per element), torch does not."""
+    if counter not in COUNTERS:
+        raise ValueError(f"counter={counter!r} is not supported; allowed: {', '.join(map(repr, COUNTERS))}")
+    names = [k for k in ("input_ids", "attention_mask", "pixel_values") if inputs.get(k) is not None]
+    wrapped = _Logits(model, names).eval()
+    args = tuple(inputs[k] for k in names)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about data-dependent branches
+        if counter == "fvcore":
+            from fvcore.nn import FlopCountAnalysis
+            fca = FlopCountAnalysis(wrapped, args).set_op_handle("aten::scaled_dot_product_attention", _fvcore_sdpa)
+            fca.unsupported_ops_warnings(False)
+            fca.uncalled_modules_warnings(False)
+            by = {k[2:] if k.startswith("m.") else ("" if k == "m" else k): v for k, v in fca.by_module().items()}
+            total = fca.total()
+        else:
+            from torch.utils.flop_counter import FlopCounterMode
+            ops = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _torch_sdpa}
+            with FlopCounterMode(display=False, custom_mapping=ops) as fc:
+                wrapped(*args)
+            prefix = f"{type(wrapped).__name__}.m"
+            by = {k[len(prefix) + 1:]: sum(v.values()) // 2 for k, v in fc.get_flop_counts().items()
+                  if k.startswith(prefix + ".")}
+            total = fc.get_total_flops() // 2
+    text = model.model.language_model
+    per_layer = [int(by.get(f"model.language_model.layers.{i}", 0)) for i in range(text.config.num_hidden_layers)]
+    text_parts = sum(int(by.get(f"model.language_model.{c}", 0)) for c, _ in text.named_children() if c != "layers")
+    vision = int(by.get("model.vision_tower", 0)) + int(by.get("model.multi_modal_projector", 0))
+    head = int(by.get("lm_head", 0))
+    return {"total": int(total), "vision": vision, "layers": sum(per_layer), "per_layer": per_layer, "lm_head": head,
+            "overhead": int(total) - vision - sum(per_layer) - text_parts - head}
 
 
 def paper_table() -> pd.DataFrame:

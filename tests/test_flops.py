@@ -2,7 +2,9 @@ import pytest
 from helpers import batch, tiny_llava
 
 import sparsevlm
-from sparsevlm.flops import layer_flops, paper_table, report_flops
+import torch
+
+from sparsevlm.flops import count_flops, dims, layer_flops, paper_table, report_flops
 
 
 def test_the_papers_llava_table_is_reproduced_from_the_architecture():
@@ -31,3 +33,35 @@ def test_report_flops_of_a_pruned_forward():
         model(input_ids=inputs["input_ids"][:1, -3:])  # text only: dense
         dense = sparsevlm.report(model)
     assert report_flops(dense, d, m).item() == 6 * layer_flops(3, d, m)
+
+
+PRESET = sparsevlm.SparseVLMConfig.preset(64, pruning_layers=(1, 3), schedule=(32, 8))
+
+
+@pytest.mark.parametrize("text,attn,cfg", [
+    ("llama", "sdpa", None), ("llama", "eager", None), ("llama", "sdpa", PRESET), ("llama", "eager", PRESET),
+    ("qwen2", "sdpa", PRESET), ("llama", "sdpa", sparsevlm.VisionZipConfig(dominant=10, contextual=4))],
+    ids=["dense-sdpa", "dense-eager", "sparse-sdpa", "sparse-eager", "qwen2-sparse", "visionzip"])
+def test_fvcore_torch_and_the_formula_agree(text, attn, cfg):
+    model = tiny_llava(text, attn)  # grouped-query attention: 2 key/value heads of 4
+    inputs = batch([6])
+    if cfg is not None:
+        sparsevlm.sparsify(model, cfg)
+    fv, tc = count_flops(model, inputs, "fvcore"), count_flops(model, inputs, "torch")
+    # the formula per layer, from the token counts the layers saw
+    n_text = inputs["input_ids"].shape[1] - 64
+    visual = sparsevlm.report(model).visual_in[0] if cfg is not None else torch.full((6,), 64)
+    formula = [layer_flops(n_text + int(v), **dims(model)) for v in visual]
+    assert fv["per_layer"] == tc["per_layer"] == formula  # exact: the same matrix products
+    last = sparsevlm.report(model).visual_out[0, -1] if cfg is not None else 64  # tokens reaching the head
+    assert fv["lm_head"] == tc["lm_head"] == model.config.text_config.hidden_size * 128 * (n_text + last)
+    if cfg is None:
+        assert fv["overhead"] == tc["overhead"] == 0
+    else:
+        assert fv["overhead"] > 0 and abs(fv["overhead"] - tc["overhead"]) <= 0.1 * fv["overhead"]
+    assert fv["total"] == fv["vision"] + fv["layers"] + fv["lm_head"] + fv["overhead"]
+
+
+def test_count_flops_rejects_unknown_counters():
+    with pytest.raises(ValueError, match="^counter='ptflops' is not supported; allowed: 'fvcore', 'torch'"):
+        count_flops(tiny_llava(), batch([2]), counter="ptflops")
