@@ -6,7 +6,7 @@ few merged ones, and the language model prunes progressively.
 """
 from .budget import attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
 from .config import PRESET_SCHEDULES, FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig
-from .methods import match_budget, planned_counts, planned_tokens
+from .methods import match_budget, matched_baselines, planned_counts, planned_tokens
 from .models import report, sparsified, sparsify, unsparsify
 from .raters import select_raters, text_relevance
 from .recycle import Recycled, density_peak_clusters, merge_clusters, recycle
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "sparsify", "unsparsify", "sparsified", "report", "Report",
     "SparseVLMConfig", "RandomConfig", "FastVConfig", "PDropConfig", "VisionZipConfig", "ToMeConfig", "PRESET_SCHEDULES",
-    "match_budget", "planned_counts", "planned_tokens",
+    "match_budget", "matched_baselines", "planned_counts", "planned_tokens",
     "select_raters", "text_relevance",
     "rater_attention", "visual_scores", "rope_gravity", "top_heads",
     "attention_rank", "rank_keep_count", "keep_count", "layer_counts", "equivalent_tokens",

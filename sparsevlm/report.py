@@ -30,6 +30,9 @@ class Report:
     steps: list[dict] = field(default_factory=list)
     dense: bool = False
     reason: str | None = None
+    #: wall time of the method's own work in this prefill (raters, scoring, rank, recycling,
+    #: re-layout), measured only when the model's state has "timing" set (sparsevlm.bench)
+    overhead_seconds: float | None = None
 
     @property
     def equivalent_tokens(self) -> torch.Tensor:

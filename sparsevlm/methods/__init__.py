@@ -71,5 +71,24 @@ def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: s
     return best[1]
 
 
+def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, counting: str = "output") -> dict:
+    """Every baseline at the equivalent tokens of a SparseVLM schedule `cfg`: random tokens on the
+    same schedule, FastV after cfg's first pruning layer, PyramidDrop at cfg's pruning layers (its
+    own 8/16/24 on LLaVA-1.5 cannot go below ~1/4 of the tokens), VisionZip (its 54:10 split) and
+    ToMe. Returns {name: config}; raises ValueError if one of them cannot reach the budget."""
+    target = planned_tokens(cfg, n_visual, num_layers, counting)
+    pdrop_layers = cfg.pruning_layers
+    return {
+        "random": RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule, positions=cfg.positions),
+        "fastv": match_budget(FastVConfig(layer=cfg.pruning_layers[0], positions=cfg.positions), target, n_visual,
+                              num_layers, counting),
+        "pdrop": match_budget(PDropConfig(pruning_layers=pdrop_layers, positions=cfg.positions), target, n_visual,
+                              num_layers, counting),
+        "visionzip": match_budget(VisionZipConfig(positions=cfg.positions), target, n_visual, num_layers, counting),
+        "tome": match_budget(ToMeConfig(positions=cfg.positions), target, n_visual, num_layers, counting),
+    }
+
+
 __all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "VisionZip",
-           "ToMe", "METHODS", "planned_counts", "planned_tokens", "match_budget"]
+           "ToMe", "METHODS", "planned_counts", "planned_tokens", "match_budget",
+           "matched_baselines"]

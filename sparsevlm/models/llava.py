@@ -20,6 +20,7 @@ model's own position (original positions).
 from __future__ import annotations
 
 import sys
+import time
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -81,6 +82,27 @@ def vision_signals(attn, captured, strategy: str):
     return cls[:, first:], k[:, first:]
 
 
+class _Clock:
+    """Adds the wall time of a block to state["overhead_s"] when state["timing"] is set
+    (synchronising CUDA around it); free otherwise."""
+
+    def __init__(self, st, device):
+        self.st, self.device = st, device
+
+    def __enter__(self):
+        if self.st.get("timing"):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if self.st.get("timing"):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.st["overhead_s"] = self.st.get("overhead_s", 0.0) + time.perf_counter() - self.t
+        return False
+
+
 class _SparseLlavaModel:
     """Mixin for LlavaModel: remember where the image tokens are (and, for methods that need them,
     the vision tower's signals for each)."""
@@ -91,15 +113,21 @@ class _SparseLlavaModel:
         st["vis_mask"] = vis = mask[..., 0]  # (B, L)
         captured = st.pop("vision_capture", None)
         if st["method"].needs_vision and captured:
-            cls, keys = vision_signals(st["vision_attn"], captured, self.config.vision_feature_select_strategy)
-            if cls.numel() != int(vis.sum()):
-                raise ValueError(f"{cls.numel()} vision-tower tokens for {int(vis.sum())} image positions: "
-                                 f"{st['method_name']} needs one image feature per vision-tower patch")
-            seq_cls = torch.zeros(vis.shape, dtype=cls.dtype, device=vis.device).masked_scatter(vis, cls.to(vis.device))
-            seq_keys = torch.zeros(*vis.shape, keys.shape[-1], dtype=keys.dtype, device=vis.device).masked_scatter(
-                vis[..., None], keys.to(vis.device))
-            st["vision"] = {"cls_attention": seq_cls, "keys": seq_keys}
+            with _Clock(st, vis.device):
+                st["vision"] = self._vision_per_token(captured, vis)
         return mask
+
+    def _vision_per_token(self, captured, vis):
+        """The vision tower's [CLS] attention and keys, placed at the image positions (B, L[, Dk])."""
+        st = self._sparsevlm
+        cls, keys = vision_signals(st["vision_attn"], captured, self.config.vision_feature_select_strategy)
+        if cls.numel() != int(vis.sum()):
+            raise ValueError(f"{cls.numel()} vision-tower tokens for {int(vis.sum())} image positions: "
+                             f"{st['method_name']} needs one image feature per vision-tower patch")
+        seq_cls = torch.zeros(vis.shape, dtype=cls.dtype, device=vis.device).masked_scatter(vis, cls.to(vis.device))
+        seq_keys = torch.zeros(*vis.shape, keys.shape[-1], dtype=keys.dtype, device=vis.device).masked_scatter(
+            vis[..., None], keys.to(vis.device))
+        return {"cls_attention": seq_cls, "keys": seq_keys}
 
 
 class _SparseTextModel:
@@ -169,7 +197,9 @@ class _SparseTextModel:
         valid = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
         positions = (position_ids if position_ids is not None else torch.arange(L, device=dev)[None]).expand(B, L)
         vis_mask = vis_mask.to(dev) & valid
-        token_state = {**method.begin(hidden, vis_mask, valid), **{f"vision.{k}": v for k, v in vision.items()}}
+        clock = _Clock(st, dev)
+        with clock:
+            token_state = {**method.begin(hidden, vis_mask, valid), **{f"vision.{k}": v for k, v in vision.items()}}
         report = Report(method=st["method_name"], num_layers=self.config.num_hidden_layers,
                         n_tokens=valid.sum(-1).cpu(), n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
                         raters=[r.nonzero().flatten().tolist() for r in token_state.get("rater", [])])
@@ -181,7 +211,8 @@ class _SparseTextModel:
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
             pe = self.rotary_emb(hidden, position_ids=positions)
-            self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
+            with clock:
+                self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
         mask, pe = self._stage(seq["hidden"], seq["valid"] if stages else attention_mask, seq["positions"], cache, 0)
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
@@ -192,13 +223,16 @@ class _SparseTextModel:
             seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=seq["positions"],
                                   past_key_values=cache, use_cache=use_cache, position_embeddings=pe, **kwargs)
             if prune_here:
-                q, k = self._queries_keys(i, st.pop("capture"), pe)
-                self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe)
+                with clock:
+                    q, k = self._queries_keys(i, st.pop("capture"), pe)
+                    self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe)
                 step += 1
                 mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1)
             counts_out.append(seq["vis_mask"].sum(-1))
         report.visual_in = torch.stack(counts_in, -1).cpu()
         report.visual_out = torch.stack(counts_out, -1).cpu()
+        if st.get("timing"):
+            report.overhead_seconds = st.pop("overhead_s", 0.0)
         st["report"] = report
         st["decode"] = {"cache": cache, "stages": stages} if use_cache else None
         return BaseModelOutputWithPast(last_hidden_state=self.norm(seq["hidden"]),

@@ -1,0 +1,260 @@
+"""Latency and memory of dense vs sparsified prefill and decoding, measured the same way for every
+method: `python -m sparsevlm.bench` or `sparsevlm bench` (`make bench`).
+
+For each method: prefill time (a forward over the prompt with a KV cache: the time to first token),
+per-token decode time ((median time of generate(1 + N) − median time of generate(1)) / N, greedy;
+its spread is that of generate(1 + N)), the KV-cache
+bytes after prefill, peak GPU memory of the prefill (CUDA only), and the time the method spends on
+its own work (raters, scoring, rank, recycling, re-layout: `Report.overhead_seconds`) as a share of
+dense prefill. Each time is the median of `repeats` runs after `warmup` runs, with the 25–75 %
+spread. Results are written as CSV and JSON with the machine, dtype, attention implementation and
+library versions.
+
+Models: the embedded toy (`toy`, CPU-friendly) or an LLaVA-1.5-7B-shaped model with random weights
+(`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .flops import dims, report_flops
+from .models import report, sparsified
+from .report import dense_report
+
+MODELS = ("toy", "llava-1.5-7b-shaped")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def llava_1_5_7b_config(attn: str = "sdpa"):
+    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336, Vicuna-7B), no weights."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                                pad_token_id=0),
+        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def random_llava(config, device: str, dtype: torch.dtype):
+    """A model with random weights built directly on `device` (no download)."""
+    from transformers import LlavaForConditionalGeneration
+
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config).to(dtype).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def synthetic_inputs(model, n_text: int, batch: int = 1, seed: int = 0) -> dict:
+    """A prompt as LLaVA builds it: <s>, a few system tokens, the image tokens, then `n_text`
+    question tokens; random pixels. For timing only."""
+    cfg = model.config
+    side = cfg.vision_config.image_size
+    n_visual = (side // cfg.vision_config.patch_size) ** 2
+    g = torch.Generator().manual_seed(seed)
+    vocab = cfg.text_config.vocab_size
+    ids = [torch.tensor([1]), torch.randint(10, min(vocab, 32000), (5,), generator=g),
+           torch.full((n_visual,), cfg.image_token_id), torch.randint(10, min(vocab, 32000), (n_text,), generator=g)]
+    input_ids = torch.cat(ids)[None].expand(batch, -1).clone()
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    return {"input_ids": input_ids.to(dev), "attention_mask": torch.ones_like(input_ids).to(dev),
+            "pixel_values": torch.randn(batch, 3, side, side, generator=g).to(dev, dtype)}
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _times(fn, device, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _median_spread(xs: list[float]):
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return statistics.median(xs), q[0], q[2]
+
+
+def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, new_tokens: int = 8) -> dict:
+    """One method's prefill/decode times, memory and accounting on `inputs` (see module doc)."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
+        state = getattr(model, "_sparsevlm", None)
+        if state is not None:
+            state["timing"] = True
+        prefill = _times(lambda: model(**inputs, use_cache=True), device, repeats, warmup)
+        overhead = None
+        if state is not None:
+            overhead = statistics.median(_times_overhead(model, inputs, device, repeats))
+        greedy = dict(do_sample=False, use_cache=True)
+        gen1 = _times(lambda: model.generate(**inputs, max_new_tokens=1, **greedy), device, repeats, 1)
+        genn = _times(lambda: model.generate(**inputs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
+                                             **greedy), device, repeats, 1)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        out = model(**inputs, use_cache=True)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if device.type == "cuda" else float("nan")
+        kv = sum(t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+        if state is not None:
+            rep = report(model)
+            eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
+            flops = float(report_flops(rep, **dims(model)).mean())
+            state["timing"] = False
+        else:
+            n_vis = int((inputs["input_ids"] == model.config.image_token_id).sum(-1)[0])
+            eq = eq_in = float(n_vis)
+            n = inputs["attention_mask"].sum(-1)[:1]
+            rep = dense_report("dense", model.config.text_config.num_hidden_layers, n.cpu(), torch.tensor([n_vis]), "dense")
+            flops = float(report_flops(rep, **dims(model))[0])
+    p50, p25, p75 = _median_spread(prefill)
+    first = statistics.median(gen1)  # prefill + one token; the rest is decoding
+    d50, d25, d75 = ((x - first) / new_tokens for x in _median_spread(genn))
+    return {"prefill_ms": p50 * 1e3, "prefill_ms_p25": p25 * 1e3, "prefill_ms_p75": p75 * 1e3,
+            "decode_ms_per_token": d50 * 1e3, "decode_ms_p25": d25 * 1e3, "decode_ms_p75": d75 * 1e3,
+            "overhead_ms": None if overhead is None else overhead * 1e3,
+            "kv_cache_mb": kv / 2 ** 20, "peak_prefill_mb": peak, "equivalent_tokens": eq,
+            "equivalent_tokens_input": eq_in, "tflops": flops / 1e12}
+
+
+def _times_overhead(model, inputs, device, repeats):
+    out = []
+    for _ in range(repeats):
+        model(**inputs, use_cache=True)
+        out.append(report(model).overhead_seconds or 0.0)
+    return out
+
+
+def machine(device, dtype, attn: str) -> dict:
+    """Where and how the numbers were taken."""
+    import transformers
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+            "attn_implementation": attn}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def methods_for(model_name: str, budgets) -> dict:
+    """{row name: config} — dense, SparseVLM at each budget, and every baseline matched to it."""
+    from . import SparseVLMConfig, toy
+    from .methods import matched_baselines
+
+    rows = {"dense": None}
+    for n in budgets:
+        if model_name == "toy":
+            cfg, n_vis, layers = toy.preset(n), toy.TOY_VISUAL, 8
+        else:
+            cfg, n_vis, layers = SparseVLMConfig.preset(n), 576, 32
+        rows[f"sparsevlm {n}"] = cfg
+        rows.update({f"{k} {n}": c for k, c in matched_baselines(cfg, n_vis, layers).items()})
+    return rows
+
+
+def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", attn: str = "sdpa",
+        budgets=(192, 128, 64), repeats: int = 5, warmup: int = 2, new_tokens: int = 8, out: str | None = None,
+        methods: list[str] | None = None, log=print) -> pd.DataFrame:
+    """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`."""
+    if model_name not in MODELS:
+        raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    torch.manual_seed(0)
+    if model_name == "toy":
+        from . import toy
+
+        model, processor = toy.load(dtype=DTYPES[dtype])
+        model.to(device)
+        model.config._attn_implementation = attn
+        model.config.text_config._attn_implementation = attn
+        rec = toy.eval_split(limit=1)[0]
+        inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(DTYPES[dtype])
+    else:
+        model = random_llava(llava_1_5_7b_config(attn), device, DTYPES[dtype])
+        inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # ~695 tokens, as the paper's prompts
+    rows = methods_for(model_name, budgets)
+    if methods:
+        rows = {k: v for k, v in rows.items() if k == "dense" or k.split()[0] in methods}
+    results = []
+    for name, cfg in rows.items():
+        r = measure(model, inputs, cfg, repeats, warmup, new_tokens)
+        results.append({"method": name, **r})
+        log(f"{name:>16}: prefill {r['prefill_ms']:.2f} ms, decode {r['decode_ms_per_token']:.2f} ms/token, "
+            f"KV {r['kv_cache_mb']:.2f} MB, {r['equivalent_tokens']:.1f} eq. tokens")
+    table = pd.DataFrame(results).set_index("method")
+    dense = table.loc["dense"]
+    table["flops_ratio"] = table["tflops"] / dense["tflops"]
+    table["prefill_ratio"] = table["prefill_ms"] / dense["prefill_ms"]
+    table["overhead_share"] = table["overhead_ms"].astype(float) / dense["prefill_ms"]
+    info = machine(device, DTYPES[dtype], attn)
+    info.update(model=model_name, prompt_tokens=int(inputs["input_ids"].shape[1]), repeats=repeats, warmup=warmup,
+                new_tokens=new_tokens)
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        stem = f"bench_{model_name}_{torch.device(device).type}"
+        table.to_csv(path / f"{stem}.csv")
+        (path / f"{stem}.json").write_text(json.dumps({"machine": info, "results": json.loads(
+            table.reset_index().to_json(orient="records"))}, indent=2) + "\n")
+        log(f"wrote {path / stem}.csv and .json")
+    table.attrs["machine"] = info
+    return table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="toy", choices=MODELS,
+                   help="toy: the embedded model; llava-1.5-7b-shaped: random weights, LLaVA-1.5-7B shapes (GPU)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations (default float32)")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")
+    p.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64], choices=[192, 128, 96, 64],
+                   help="SparseVLM presets (LLaVA-1.5 equivalent tokens; scaled on the toy) (default 192 128 64)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   choices=["sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome"],
+                   help="only these methods besides dense (default: all)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--new-tokens", type=int, default=8, help="tokens decoded to time decoding (default 8)")
+    p.add_argument("--out", default="results", help="folder for the CSV/JSON (default results)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sparsevlm.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    a = p.parse_args(argv)
+    run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
