@@ -100,6 +100,13 @@ def _median_spread(xs: list[float]):
     return statistics.median(xs), q[0], q[2]
 
 
+def prefill_time(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2) -> float:
+    """Median seconds of one prefill (a forward with a KV cache) of `inputs` under `cfg`."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
+        return statistics.median(_times(lambda: model(**inputs, use_cache=True), device, repeats, warmup))
+
+
 def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, new_tokens: int = 8) -> dict:
     """One method's prefill/decode times, memory and accounting on `inputs` (see module doc)."""
     device = next(model.parameters()).device
@@ -163,17 +170,17 @@ def machine(device, dtype, attn: str) -> dict:
     return info
 
 
-def methods_for(model_name: str, budgets) -> dict:
-    """{row name: config} — dense, SparseVLM at each budget, and every baseline matched to it."""
-    from . import SparseVLMConfig, toy
+def methods_for(model, budgets) -> dict:
+    """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
+    model), and every baseline matched to its equivalent tokens."""
+    from . import SparseVLMConfig
     from .methods import matched_baselines
 
+    v = model.config.vision_config
+    n_vis, layers = (v.image_size // v.patch_size) ** 2, model.config.text_config.num_hidden_layers
     rows = {"dense": None}
     for n in budgets:
-        if model_name == "toy":
-            cfg, n_vis, layers = toy.preset(n), toy.TOY_VISUAL, 8
-        else:
-            cfg, n_vis, layers = SparseVLMConfig.preset(n), 576, 32
+        cfg = SparseVLMConfig.preset(n, n_visual=n_vis, num_layers=layers)
         rows[f"sparsevlm {n}"] = cfg
         rows.update({f"{k} {n}": c for k, c in matched_baselines(cfg, n_vis, layers).items()})
     return rows
@@ -183,8 +190,6 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         budgets=(192, 128, 64), repeats: int = 5, warmup: int = 2, new_tokens: int = 8, out: str | None = None,
         methods: list[str] | None = None, log=print) -> pd.DataFrame:
     """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`."""
-    if model_name not in MODELS:
-        raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
     torch.manual_seed(0)
@@ -198,10 +203,18 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         rec = toy.eval_split(limit=1)[0]
         inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(DTYPES[dtype])
-    else:
+    elif model_name == "llava-1.5-7b-shaped":
         model = random_llava(llava_1_5_7b_config(attn), device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # ~695 tokens, as the paper's prompts
-    rows = methods_for(model_name, budgets)
+    elif Path(model_name).is_dir():  # a local checkpoint: timings depend on shapes only
+        from .cli import load_model
+
+        model, _ = load_model(model_name, device, dtype)
+        model.config.text_config._attn_implementation = attn
+        inputs = synthetic_inputs(model, n_text=113)
+    else:
+        raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
+    rows = methods_for(model, budgets)
     if methods:
         rows = {k: v for k, v in rows.items() if k == "dense" or k.split()[0] in methods}
     results = []
@@ -221,7 +234,7 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     if out is not None:
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)
-        stem = f"bench_{model_name}_{torch.device(device).type}"
+        stem = f"bench_{Path(model_name).name}_{torch.device(device).type}"
         table.to_csv(path / f"{stem}.csv")
         (path / f"{stem}.json").write_text(json.dumps({"machine": info, "results": json.loads(
             table.reset_index().to_json(orient="records"))}, indent=2) + "\n")
@@ -231,8 +244,9 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", choices=MODELS,
-                   help="toy: the embedded model; llava-1.5-7b-shaped: random weights, LLaVA-1.5-7B shapes (GPU)")
+    p.add_argument("--model", default="toy", metavar="{toy,llava-1.5-7b-shaped,PATH}",
+                   help="toy: the embedded model (default); llava-1.5-7b-shaped: random weights in LLaVA-1.5-7B's "
+                        "shapes (needs a GPU); PATH: a local LLaVA checkpoint folder (synthetic ~700-token prompt)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations (default float32)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")

@@ -1,44 +1,380 @@
-"""`sparsevlm` command line."""
+"""sparsevlm — SparseVLM and its baselines on LLaVA models, from the command line.
+
+Every subcommand runs on the embedded toy model by default (offline, CPU) and on any local
+LlavaForConditionalGeneration checkpoint folder with --model PATH.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
+METHOD_NAMES = ("dense", "sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome")
+BUDGETS = (192, 128, 96, 64)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CliError(Exception):
+    """A problem with the user's input: printed as one line, exit status 1."""
+
+
+# ---------------------------------------------------------------- loading and method choice
+
+def load_model(path: str | None, device: str, dtype: str):
+    """(model, processor) from the embedded default or a local LLaVA checkpoint folder."""
+    import torch
+
+    from . import toy
+
+    torch_dtype = getattr(torch, dtype)
+    if path is None:
+        model, processor = toy.load(dtype=torch_dtype)
+    else:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise CliError(f"--model {path}: no such folder (give a local checkpoint folder)")
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CliError(f"--model {path}: cannot read config.json ({e.__class__.__name__})") from None
+        if config.get("model_type") != "llava":
+            raise CliError(f"--model {path}: model_type {config.get('model_type')!r} is not LLaVA; "
+                           f"supported: LlavaForConditionalGeneration checkpoints")
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch_dtype).eval()
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise CliError(f"--device {device}: {str(e).splitlines()[0]}") from None
+    return model, processor
+
+
+def model_shape(model) -> tuple[int, int]:
+    """(visual tokens per image, language-model layers)."""
+    v = model.config.vision_config
+    return (v.image_size // v.patch_size) ** 2, model.config.text_config.num_hidden_layers
+
+
+def method_config(model, method: str, budget: int | None = None, tokens: float | None = None):
+    """The config of `method` at a LLaVA-1.5 preset `budget` (scaled to the model) or at
+    `tokens` equivalent tokens (baselines matched with `match_budget`). None for dense."""
+    from . import SparseVLMConfig, match_budget
+    from .methods import matched_baselines
+
+    if method == "dense":
+        return None
+    n_visual, layers = model_shape(model)
+    if method == "sparsevlm" and budget is None and tokens is None:
+        from . import toy
+
+        return toy.rank_config() if (n_visual, layers) == (toy.TOY_VISUAL, toy.TOY_NUM_LAYERS) else SparseVLMConfig()
+    cfg = SparseVLMConfig.preset(budget or 192, n_visual=n_visual, num_layers=layers)
+    if tokens is not None:
+        if not 0 < tokens <= n_visual:
+            raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")
+        if method == "sparsevlm":
+            return match_budget(cfg, tokens, n_visual, layers)
+        base = matched_baselines(cfg, n_visual, layers)[method]
+        return match_budget(base, tokens, n_visual, layers)
+    return cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers)[method]
+
+
+def add_model_args(p, methods: bool = True) -> None:
+    p.add_argument("--model", metavar="PATH", default=None,
+                   help="local LlavaForConditionalGeneration checkpoint folder (default: the embedded toy model)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (default float32)")
+    if methods:
+        p.add_argument("--method", default="sparsevlm", choices=METHOD_NAMES,
+                       help="pruning method (default sparsevlm); baselines are matched to the budget's "
+                            "equivalent tokens")
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--budget", type=int, choices=BUDGETS, default=None,
+                       help="LLaVA-1.5 preset in equivalent visual tokens of 576, scaled to the model "
+                            "(default: SparseVLM's rank mode; 192 for baselines)")
+        g.add_argument("--tokens", type=float, default=None,
+                       help="target equivalent visual tokens on this model instead of a preset")
+
+
+def _records(args):
+    """Evaluation records: the embedded split, or a JSONL file of {image, question, answer[, type]}."""
+    from . import toy
+
+    if args.data is None:
+        return toy.eval_split(limit=args.limit)
+    path = Path(args.data)
+    if not path.is_file():
+        raise CliError(f"--data {args.data}: no such file")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            image = _image(str(path.parent / r["image"]))
+            records.append({"image": image, "prompt": args.prompt.format(question=r["question"]),
+                            "question": r["question"], "answer": r["answer"], "type": r.get("type", "all")})
+        except (ValueError, KeyError) as e:
+            raise CliError(f"--data {args.data}: line {i + 1} is not a record with image, question, answer ({e})") from None
+    return records[:args.limit] if args.limit else records
+
+
+def _image(path: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"--image {path}: no such file")
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError):
+        raise CliError(f"--image {path}: not a readable image file") from None
+
+
+# ---------------------------------------------------------------- subcommands
 
 def demo(args) -> int:
-    """The main job: the embedded model answers its held-out questions dense, with SparseVLM
-    (rank mode and the presets scaled to it) and with random tokens at the same budgets."""
+    """The main job: held-out questions dense, with SparseVLM at each preset and with every baseline
+    at the same equivalent tokens; one table and plots in an output folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import pandas as pd
+    import torch
 
-    from . import RandomConfig, toy
+    from . import report, sparsified, toy
+    from .bench import prefill_time
     from .eval import compare
+    from .plots import draw_kept, model_view, tradeoff
 
-    model, processor = toy.load()
-    records = toy.eval_split(limit=args.limit)
-    configs = {"dense": None, "sparsevlm rank": toy.rank_config()}
+    model, processor = load_model(args.model, args.device, args.dtype)
+    records = _records(args)
+    n_visual, layers = model_shape(model)
+    configs = {"dense": None}
     for n in args.presets:
-        cfg = toy.preset(n)
+        cfg = method_config(model, "sparsevlm", n)
         configs[f"sparsevlm {n}"] = cfg
-        configs[f"random {n}"] = RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule)
+        for name in args.methods:
+            configs[f"{name} {n}"] = method_config(model, name, n)
     table = compare(model, processor, records, configs, progress=not args.quiet)
-    print(f"{len(records)} held-out questions, {toy.TOY_VISUAL} visual tokens per image, "
-          f"presets scaled from LLaVA-1.5-7B's 576 tokens (see data/toy-llava/MODEL_CARD.md)")
+    # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
+    inputs = processor(images=[r["image"] for r in records[:32]], text=[r["prompt"] for r in records[:32]],
+                       return_tensors="pt", padding=True).to(args.device)
+    table["prefill_ms"] = [prefill_time(model, inputs, cfg) * 1e3 for cfg in configs.values()]
+    out = pd.DataFrame({
+        "budget": [k.split()[1] if " " in k else "-" for k in table.index],
+        "equivalent_tokens": table["equivalent_tokens"], "accuracy": table["acc_all"],
+        "retained": table["retained"], "gflops": table["flops"] / 1e9, "flops_saved": table["flops_saved"],
+        "prefill_ms": table["prefill_ms"]}, index=table.index)
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "per_type.csv")
+    out.to_csv(folder / "table.csv")
+    tradeoff(table, "equivalent_tokens", xlabel="equivalent visual tokens").savefig(folder / "accuracy_vs_tokens.png", dpi=120)
+    tradeoff(table.assign(gflops=table["flops"] / 1e9), "gflops",
+             xlabel="prefill GFLOPs (language model)").savefig(folder / "accuracy_vs_flops.png", dpi=120)
+    rec = records[0]
+    one = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(args.device)
+    with sparsified(model, configs[f"sparsevlm {args.presets[-1]}"]), torch.no_grad():
+        model(**one)
+        fig = draw_kept(model_view(processor, one["pixel_values"][0]), report(model),
+                        title=f"SparseVLM {args.presets[-1]}: {rec.get('question', '')}")
+    fig.savefig(folder / "kept_tokens.png", dpi=120)
+    print(f"{len(records)} questions, {n_visual} visual tokens per image, {layers} layers; presets are LLaVA-1.5's "
+          f"(576 tokens, 32 layers) scaled to this model" + (" (see data/toy-llava/MODEL_CARD.md)" if args.model is None else ""))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.round(3).to_string())
+        print(out.to_string(float_format=lambda x: f"{x:.3f}"))
+    print(f"wrote {folder}/: table.csv, per_type.csv, accuracy_vs_tokens.png, accuracy_vs_flops.png, kept_tokens.png")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sparsevlm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="dense vs SparseVLM vs random on the embedded model's held-out questions")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N questions (default: all 800)")
-    p.add_argument("--presets", type=int, nargs="+", default=[192, 128, 64], choices=[192, 128, 96, 64],
-                   help="LLaVA-1.5 presets to scale to the toy model (default: 192 128 64)")
+def evaluate_cmd(args) -> int:
+    """Accuracy of one method on the embedded split (or --data), per question type."""
+    import pandas as pd
+
+    from .eval import accuracy_by_type, evaluate
+
+    model, processor = load_model(args.model, args.device, args.dtype)
+    cfg = method_config(model, args.method, args.budget, args.tokens)
+    df = evaluate(model, processor, _records(args), cfg, batch_size=args.batch_size, progress=not args.quiet)
+    acc = accuracy_by_type(df)
+    print(f"method: {args.method} ({cfg!r})")
+    print(f"equivalent tokens {df['equivalent_tokens'].mean():.2f} (input count {df['equivalent_tokens_input'].mean():.2f}), "
+          f"prefill {df['flops'].mean() / 1e9:.4f} GFLOPs per question")
+    print(pd.DataFrame({"accuracy": acc, "questions": df.groupby("type").size().reindex(acc.index).fillna(len(df))})
+          .to_string(float_format=lambda x: f"{x:.3f}"))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def bench_cmd(args) -> int:
+    """Latency and memory (see sparsevlm.bench)."""
+    from . import bench
+
+    bench.run(args.model, args.device, args.dtype, args.attn, args.budgets, args.repeats, args.warmup,
+              args.new_tokens, args.out, args.methods)
+    return 0
+
+
+def flops_cmd(args) -> int:
+    """FLOPs: the paper's LLaVA-1.5-7B table, and formula vs fvcore vs torch on one question."""
+    import pandas as pd
+    import torch
+
+    from . import report, sparsified
+    from .flops import count_flops, dims, paper_table, report_flops
+    from .report import dense_report
+
+    print("LLaVA-1.5-7B prefill TFLOPs (formula from the architecture and the presets) vs the paper:")
+    print(paper_table().to_string())
+    model, processor = load_model(args.model, args.device, args.dtype)
+    cfg = method_config(model, args.method, args.budget, args.tokens)
+    rec = _records(args)[0]
+    inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(args.device)
+    rows = {}
+    with sparsified(model, cfg) if cfg is not None else nullcontext(), torch.no_grad():
+        if cfg is not None:
+            model(**inputs)
+            rep = report(model)
+        else:
+            n_vis = (inputs["input_ids"] == model.config.image_token_id).sum(-1).cpu()
+            rep = dense_report("dense", model_shape(model)[1], inputs["attention_mask"].sum(-1).cpu(), n_vis, "dense")
+        formula = float(report_flops(rep, **dims(model))[0])
+        for counter in ("fvcore", "torch"):
+            c = count_flops(model, dict(inputs), counter)
+            rows[counter] = {"layers": c["layers"], "vision": c["vision"], "lm_head": c["lm_head"],
+                             "overhead": c["overhead"], "total": c["total"]}
+    rows["formula"] = {"layers": formula}
+    print(f"\nOne question, {args.method}: multiply-adds (fvcore also counts LayerNorm in the vision tower)")
+    print(pd.DataFrame(rows).T.to_string(float_format=lambda x: f"{x:,.0f}"))
+    return 0
+
+
+def show(args) -> int:
+    """Answer one question about an image, dense and sparsified, and draw the kept tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+
+    from . import report, sparsified, toy
+    from .plots import draw_kept, model_view
+
+    image = _image(args.image)
+    model, processor = load_model(args.model, args.device, args.dtype)
+    cfg = method_config(model, args.method, args.budget, args.tokens)
+    if cfg is None:
+        raise CliError("--method dense keeps every token; choose a pruning method to show")
+    if args.model:
+        text = args.prompt.format(question=args.question)
+    else:
+        words = args.question.rstrip(" ?").split()
+        unknown = [w for w in words if w not in processor.tokenizer.get_vocab()]
+        if unknown:
+            raise CliError(f"--question: the embedded model does not know {', '.join(map(repr, unknown))}; "
+                           f"it reads the toy questions, e.g. 'what color is the circle'")
+        text = toy.prompt(" ".join(words))
+    inputs = processor(images=image, text=text, return_tensors="pt").to(args.device)
+    greedy = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
+    n = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        dense = processor.tokenizer.decode(model.generate(**inputs, **greedy)[0, n:], skip_special_tokens=True)
+        with sparsified(model, cfg):
+            sparse = processor.tokenizer.decode(model.generate(**inputs, **greedy)[0, n:], skip_special_tokens=True)
+            rep = report(model)
+    print(f"dense : {dense.strip()}")
+    print(f"{args.method}: {sparse.strip()}    ({rep.summary()})")
+    fig = draw_kept(model_view(processor, inputs["pixel_values"][0]), rep, title=f"{args.method}: {args.question}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+
+
+def parser() -> argparse.ArgumentParser:
+    from . import bench
+
+    top = argparse.ArgumentParser(prog="sparsevlm", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_args(p):
+        p.add_argument("--data", metavar="JSONL", default=None,
+                       help="questions as JSON lines {image (path relative to the file), question, answer[, type]} "
+                            "(default: the embedded model's held-out split)")
+        p.add_argument("--prompt", default=LLAVA_PROMPT,
+                       help=f"prompt template for --data / --model, with {{question}} (default {LLAVA_PROMPT!r})")
+        p.add_argument("--limit", type=int, default=None, help="only the first N questions (default: all)")
+
+    p = sub.add_parser("demo", help="dense vs SparseVLM vs every baseline at each preset: table + plots",
+                       description=demo.__doc__)
+    add_model_args(p, methods=False)
+    data_args(p)
+    p.add_argument("--presets", type=int, nargs="+", default=[192, 128, 64], choices=BUDGETS,
+                   help="LLaVA-1.5 presets (equivalent tokens of 576), scaled to the model (default 192 128 64)")
+    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES[2:]), choices=METHOD_NAMES[2:],
+                   help="baselines to run at each preset (default: all)")
+    p.add_argument("--out", default="sparsevlm-demo", help="output folder (default ./sparsevlm-demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+
+    p = sub.add_parser("eval", help="accuracy of one method, per question type", description=evaluate_cmd.__doc__)
+    add_model_args(p)
+    data_args(p)
+    p.add_argument("--batch-size", type=int, default=64, help="questions per batch (default 64)")
+    p.add_argument("--out", default=None, help="CSV file for the per-question results (default: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=evaluate_cmd)
+
+    p = sub.add_parser("bench", help="prefill/decode latency, KV cache and peak memory per method",
+                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(p)
+    p.set_defaults(func=bench_cmd)
+
+    p = sub.add_parser("flops", help="FLOPs: paper table, and formula vs fvcore vs torch on one question",
+                       description=flops_cmd.__doc__)
+    add_model_args(p)
+    data_args(p)
+    p.set_defaults(func=flops_cmd)
+
+    p = sub.add_parser("show", help="answer a question about an image file and draw the kept tokens",
+                       description=show.__doc__)
+    add_model_args(p)
+    p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    p.add_argument("--question", required=True,
+                   help="the question; for the embedded model use its vocabulary, e.g. 'what color is the circle'")
+    p.add_argument("--prompt", default=LLAVA_PROMPT, help="prompt template with {question}, for --model "
+                                                          f"(default {LLAVA_PROMPT!r})")
+    p.add_argument("--max-new-tokens", type=int, default=8, help="answer length (default 8)")
+    p.add_argument("--out", default="sparsevlm-show.png", help="figure to write (default sparsevlm-show.png)")
+    p.set_defaults(func=show)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"sparsevlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as e:  # the library's own input errors
+        print(f"sparsevlm {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -110,12 +110,21 @@ class SparseVLMConfig:
             raise ValueError(f"cluster_ratio={self.cluster_ratio!r} must be in (0, 1]")
 
     @classmethod
-    def preset(cls, tokens: int, **overrides) -> "SparseVLMConfig":
+    def preset(cls, tokens: int, n_visual: int = 576, num_layers: int = 32, **overrides) -> "SparseVLMConfig":
         """The reference's fixed schedule meant to equal `tokens` visual tokens (192, 128, 96, 64)
-        on a 32-layer LLaVA-1.5-7B; other fields may be overridden."""
+        on a 32-layer LLaVA-1.5-7B with 576 visual tokens; other fields may be overridden. For
+        another model the schedule is scaled: layers 2/6/15 of 32 → ceil(l · num_layers / 32),
+        budgets × n_visual / 576 (at least 1)."""
         if tokens not in PRESET_SCHEDULES:
             raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
-        fields_ = {"mode": "schedule", "pruning_layers": PRESET_LAYERS, "schedule": PRESET_SCHEDULES[tokens]}
+        layers, schedule = PRESET_LAYERS, PRESET_SCHEDULES[tokens]
+        if (n_visual, num_layers) != (576, 32):
+            if not isinstance(num_layers, int) or num_layers < 3 or not isinstance(n_visual, int) or n_visual < 1:
+                raise ValueError(f"n_visual={n_visual!r}, num_layers={num_layers!r}: need n_visual >= 1 and "
+                                 f"num_layers >= 3 to scale a preset")
+            layers = tuple(sorted({-(-l * num_layers // 32) for l in PRESET_LAYERS}))
+            schedule = tuple(max(1, round(k * n_visual / 576)) for k in schedule)[:len(layers)]
+        fields_ = {"mode": "schedule", "pruning_layers": layers, "schedule": schedule}
         return cls(**{**fields_, **overrides})
 
     @classmethod

@@ -8,7 +8,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .flops import dims, report_flops
 from .models import report, sparsified
+from .report import dense_report
 
 
 def _batches(processor, dataset, batch_size: int, device, progress: bool = False, desc: str = ""):
@@ -25,14 +27,16 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
     "type". With `cfg`, the model runs sparsified with it for the duration of the call.
 
     Returns one row per question: type, question, answer, prediction, correct, visual_tokens (per
-    layer, each layer's output), equivalent_tokens (mean of those, the reference's count) and
-    equivalent_tokens_input (counting each layer's input).
+    layer, each layer's output), equivalent_tokens (mean of those, the reference's count),
+    equivalent_tokens_input (counting each layer's input) and flops (the language model's prefill
+    multiply-adds by the paper's formula, from the tokens each layer processed).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     rows = []
     device = next(model.parameters()).device
     n_layers = model.config.text_config.num_hidden_layers
+    fdims = dims(model)
     with torch.no_grad(), (sparsified(model, cfg) if cfg is not None else nullcontext()):
         for items, inputs in _batches(processor, dataset, batch_size, device, progress, desc or _name(cfg)):
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -40,15 +44,16 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
             texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
             if cfg is not None:
                 rep = report(model)
-                counts, eq, eq_in = rep.visual_out.tolist(), rep.equivalent_tokens.tolist(), rep.equivalent_tokens_input.tolist()
             else:
-                n_vis = (inputs["input_ids"] == model.config.image_token_id).sum(-1).tolist()
-                counts, eq, eq_in = [[n] * n_layers for n in n_vis], [float(n) for n in n_vis], [float(n) for n in n_vis]
+                n_vis = (inputs["input_ids"] == model.config.image_token_id).sum(-1)
+                rep = dense_report("dense", n_layers, inputs["attention_mask"].sum(-1).cpu(), n_vis.cpu(), "dense")
+            counts, eq, eq_in = rep.visual_out.tolist(), rep.equivalent_tokens.tolist(), rep.equivalent_tokens_input.tolist()
+            flops = report_flops(rep, **fdims).tolist()
             for i, it in enumerate(items):
                 pred = texts[i].strip().split(" ")[0] if texts[i].strip() else ""
                 rows.append({"type": it["type"], "question": it.get("question", it["prompt"]), "answer": it["answer"],
                              "prediction": pred, "correct": pred == it["answer"], "visual_tokens": counts[i],
-                             "equivalent_tokens": eq[i], "equivalent_tokens_input": eq_in[i]})
+                             "equivalent_tokens": eq[i], "equivalent_tokens_input": eq_in[i], "flops": flops[i]})
     return pd.DataFrame(rows)
 
 
@@ -103,16 +108,18 @@ def question_dependence(masses: pd.DataFrame) -> float:
 def compare(model, processor, dataset, configs: dict, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     """Evaluate several methods (name -> config, None = dense) on the same questions.
 
-    Returns one row per method: equivalent tokens both ways, accuracy overall and per type, and
-    accuracy retained relative to the dense row (when there is one).
+    Returns one row per method: equivalent tokens both ways, mean prefill FLOPs (formula),
+    accuracy overall and per type, and, relative to the dense row (when there is one), accuracy
+    retained and FLOPs saved.
     """
     rows = []
     for name, cfg in configs.items():
         df = evaluate(model, processor, dataset, cfg, batch_size=batch_size, progress=progress, desc=name)
         rows.append({"method": name, "equivalent_tokens": df["equivalent_tokens"].mean(),
-                     "equivalent_tokens_input": df["equivalent_tokens_input"].mean(),
+                     "equivalent_tokens_input": df["equivalent_tokens_input"].mean(), "flops": df["flops"].mean(),
                      **{f"acc_{k}": v for k, v in accuracy_by_type(df).items()}})
     table = pd.DataFrame(rows).set_index("method")
     if "dense" in table.index:
         table["retained"] = table["acc_all"] / table.loc["dense", "acc_all"]
+        table["flops_saved"] = 1 - table["flops"] / table.loc["dense", "flops"]
     return table

@@ -16,19 +16,17 @@ from .tensors import planted_example, walkthrough
 TOY_LAYERS = (1, 2, 4)
 TOY_RANK_LAYERS = (1, 2, 4, 5)
 TOY_VISUAL = 64
+TOY_NUM_LAYERS = 8
 TOY_RANK_SCALE = 13.5 * TOY_VISUAL / 576  # 1.5: the reference's keep-per-rank, scaled
 CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "toy-llava"
 EVAL_SEED, EVAL_IMAGES = 20_250_501, 200
 
 
 def preset(tokens: int, **overrides):
-    """`SparseVLMConfig.preset(tokens)` scaled to the toy model: its layers, budgets × 64/576."""
-    from ..config import PRESET_SCHEDULES, SparseVLMConfig
+    """`SparseVLMConfig.preset(tokens)` scaled to the toy model: layers 1, 2, 4, budgets × 64/576."""
+    from ..config import SparseVLMConfig
 
-    if tokens not in PRESET_SCHEDULES:
-        raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
-    schedule = tuple(max(1, round(k * TOY_VISUAL / 576)) for k in PRESET_SCHEDULES[tokens])
-    return SparseVLMConfig.preset(tokens, **{"pruning_layers": TOY_LAYERS, "schedule": schedule, **overrides})
+    return SparseVLMConfig.preset(tokens, n_visual=TOY_VISUAL, num_layers=TOY_NUM_LAYERS, **overrides)
 
 
 def rank_config(**overrides):
