@@ -76,10 +76,11 @@ def method_config(model, method: str, budget: int | None = None, tokens: float |
     if tokens is not None:
         if not 0 < tokens <= n_visual:
             raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")
-        if method == "sparsevlm":
-            return match_budget(cfg, tokens, n_visual, layers)
-        base = matched_baselines(cfg, n_visual, layers)[method]
-        return match_budget(base, tokens, n_visual, layers)
+        try:
+            base = cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers)[method]
+            return match_budget(base, tokens, n_visual, layers)
+        except ValueError as e:
+            raise CliError(f"--tokens {tokens:g}: {e}") from None
     return cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers)[method]
 
 

@@ -91,13 +91,3 @@ def test_evaluate_reports_tokens_per_question_when_sparsified(shipped):
     assert (df["visual_tokens"].map(lambda c: c[0]) == toy.TOY_VISUAL).all()
     assert (df["equivalent_tokens"] < 16).all() and (df["equivalent_tokens_input"] > df["equivalent_tokens"]).all()
     assert not hasattr(model, "_sparsevlm")  # evaluate() restores the model
-
-
-def test_demo_prints_the_comparison_table(capsys):
-    from sparsevlm.cli import main
-
-    assert main(["demo", "--limit", "24", "--presets", "64", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "24 held-out questions" in out
-    for row in ("dense", "sparsevlm rank", "sparsevlm 64", "random 64"):
-        assert f"\n{row} " in out

@@ -1,0 +1,104 @@
+"""The `sparsevlm` command line on the embedded model: outputs, files and every error path."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sparsevlm.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_demo_writes_the_table_and_plots(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--limit", "16", "--presets", "64", "--methods", "random", "tome",
+                       "--quiet", "--out", str(tmp_path))
+    assert code == 0
+    table = pd.read_csv(tmp_path / "table.csv", index_col=0)
+    assert list(table.index) == ["dense", "sparsevlm 64", "random 64", "tome 64"]
+    assert list(table.columns) == ["budget", "equivalent_tokens", "accuracy", "retained", "gflops", "flops_saved",
+                                   "prefill_ms"]
+    assert table.loc["dense", "retained"] == 1 and table.loc["dense", "flops_saved"] == 0
+    assert (table.loc["sparsevlm 64":, "flops_saved"] > 0.3).all() and (table["prefill_ms"] > 0).all()
+    assert table.loc["tome 64", "equivalent_tokens"] == 12  # matched to SparseVLM's 11.6
+    for f in ("per_type.csv", "accuracy_vs_tokens.png", "accuracy_vs_flops.png", "kept_tokens.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert "16 questions" in out and "\nsparsevlm 64 " in out
+
+
+def test_eval_prints_accuracy_per_type_and_writes_rows(capsys, tmp_path):
+    code, out, _ = run(capsys, "eval", "--method", "fastv", "--budget", "128", "--limit", "8", "--quiet",
+                       "--out", str(tmp_path / "rows.csv"))
+    assert code == 0 and "FastVConfig(layer=1" in out and "\nall " in out
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert len(rows) == 8 and {"prediction", "correct", "equivalent_tokens", "flops"} <= set(rows.columns)
+
+
+def test_show_draws_the_kept_tokens(capsys, tmp_path):
+    from sparsevlm import toy
+    image = toy.eval_split(limit=1)[0]["image"]
+    Image.fromarray(image).save(tmp_path / "img.png")
+    code, out, _ = run(capsys, "show", "--image", str(tmp_path / "img.png"), "--question", "what color is the circle",
+                       "--budget", "64", "--out", str(tmp_path / "fig.png"))
+    assert code == 0 and out.startswith("dense : ") and "SparseVLM: visual tokens [64]" in out
+    assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+def test_flops_prints_the_paper_table_and_the_three_counts(capsys):
+    code, out, _ = run(capsys, "flops", "--budget", "128")
+    assert code == 0 and "tflops_paper" in out
+    assert "fvcore" in out and "torch" in out and "formula" in out
+
+
+def test_bench_writes_csv_and_json(capsys, tmp_path):
+    code, out, _ = run(capsys, "bench", "--methods", "sparsevlm", "--budgets", "64", "--repeats", "1", "--warmup", "0",
+                       "--new-tokens", "1", "--out", str(tmp_path))
+    assert code == 0
+    doc = json.loads((tmp_path / "bench_toy_cpu.json").read_text())
+    assert {"torch", "transformers", "dtype", "attn_implementation", "cpu"} <= set(doc["machine"])
+    assert [r["method"] for r in doc["results"]] == ["dense", "sparsevlm 64"]
+    assert pd.read_csv(tmp_path / "bench_toy_cpu.csv").shape[0] == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["show", "--image", "missing.png", "--question", "what color is the circle"], "--image missing.png: no such file"),
+    (["show", "--image", "{bad}", "--question", "what color is the circle"], "not a readable image file"),
+    (["show", "--image", "{img}", "--question", "what is the meaning of life"], "does not know 'meaning'"),
+    (["eval", "--model", "{nollava}"], "model_type 'llama' is not LLaVA"),
+    (["eval", "--model", "no/such/folder"], "--model no/such/folder: no such folder"),
+    (["eval", "--method", "tome", "--tokens", "500"], "--tokens 500 is out of range; this model has 64 visual tokens"),
+    (["eval", "--method", "fastv", "--tokens", "3"], "--tokens 3: tokens=3.0 is out of reach for FastVConfig"),
+    (["eval", "--data", "none.jsonl"], "--data none.jsonl: no such file"),
+])
+def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
+    (tmp_path / "bad.png").write_text("not an image")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "nollava").mkdir()
+    (tmp_path / "nollava" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    argv = [a.format(bad=tmp_path / "bad.png", img=tmp_path / "img.png", nollava=tmp_path / "nollava") for a in argv]
+    code, out, err = run(capsys, *argv, *(["--limit", "2", "--quiet"] if argv[0] == "eval" else []))
+    assert code == 1
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["demo", "--presets", "100"], ["eval", "--budget", "7"], ["nosuch"],
+                                  ["eval", "--dtype", "int8"], ["eval", "--method", "magic"]])
+def test_unknown_choices_exit_2_with_usage(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    from sparsevlm.cli import parser
+    top = parser()
+    subs = next(a for a in top._actions if a.dest == "command").choices
+    assert set(subs) == {"demo", "eval", "bench", "flops", "show"}
+    for name, p in subs.items():
+        for action in p._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
