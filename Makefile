@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-.PHONY: install demo test unit notebooks run-notebooks lab clean
+.PHONY: install demo test unit notebooks bench run-notebooks lab clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/sparsevlm demo
 
+# Latency and memory of every method on the embedded model (CPU); results/bench_toy_cpu.{csv,json}.
+# On a GPU: make bench BENCH_ARGS="--model llava-1.5-7b-shaped --device cuda --dtype bfloat16"
+BENCH_ARGS ?=
+bench: install
+	$(VENV)/bin/sparsevlm bench --out results $(BENCH_ARGS)
+
 unit: install
 	$(PY) -m pytest tests
 
@@ -33,7 +39,7 @@ test: install
 
 # Re-execute every notebook in place (after a library change), storing fresh outputs for nbval.
 run-notebooks: install
-	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
+	$(PY) notebooks/execute.py notebooks/*.ipynb
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks
