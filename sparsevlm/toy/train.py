@@ -1,6 +1,9 @@
-"""Train the embedded toy model: `python -m sparsevlm.toy.train --out data/toy-llava`.
+"""Train the embedded toy model (see data/toy-llava/MODEL_CARD.md for the exact commands):
 
-Recipe (deterministic given --seed; see data/toy-llava/MODEL_CARD.md for what it means):
+    python -m sparsevlm.toy.train --out /tmp/stage1
+    python -m sparsevlm.toy.train --init /tmp/stage1 --seed 1 --steps 2500 --lr 3e-4 --out data/toy-llava
+
+Recipe (deterministic given --seed; see the model card for what it means):
 1. Vision tower, as LLaVA's pre-trained CLIP: a per-patch objective — predict each patch's colour,
    shape, row and column from its output token — then freeze it.
 2. Projector + language model: cross-entropy on the answer word and end-of-sequence, plus a
@@ -8,7 +11,11 @@ Recipe (deterministic given --seed; see data/toy-llava/MODEL_CARD.md for what it
    question word that names something visible (a colour, a shape, a cell) attends to the patches
    it names; in the next layer the last prompt token attends to the patches the question is about.
    Each is a cross-entropy between the head's attention, renormalised over the visual tokens, and
-   the normalised target patches.
+   the normalised target patches. Background-token dropout (--drop-background): on a share of the
+   questions a random fraction of the visual tokens that show no object and that the question does
+   not name are hidden (masked, positions renumbered around them).
+3. Optionally continue from a checkpoint (--init) with fresh data (another --seed) and a lower
+   learning rate.
 """
 from __future__ import annotations
 
@@ -189,10 +196,19 @@ def train(args, log=print) -> dict:
     seed_everything(args.seed)
     torch.use_deterministic_algorithms(True)
     start = time.time()
-    mean, std = image_stats(args.seed)
-    model = LlavaForConditionalGeneration(build_config(layers=args.layers, hidden=args.hidden))
+    if args.init:  # continue from a checkpoint: its frozen tower, projector, LM and normalisation
+        from transformers import AutoProcessor
+
+        model = LlavaForConditionalGeneration.from_pretrained(args.init, local_files_only=True)
+        ip = AutoProcessor.from_pretrained(args.init, local_files_only=True).image_processor
+        mean, std = list(ip.image_mean), list(ip.image_std)
+        model.model.vision_tower.requires_grad_(False)
+        tower_acc = json.loads(Path(args.init, "training.json").read_text()).get("tower_acc")
+    else:
+        mean, std = image_stats(args.seed)
+        model = LlavaForConditionalGeneration(build_config(layers=args.layers, hidden=args.hidden))
+        tower_acc = train_tower(model, args, mean, std, log)
     model.config._attn_implementation = "sdpa"
-    tower_acc = train_tower(model, args, mean, std, log)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -263,6 +279,9 @@ def main(argv=None):
     p.add_argument("--ground-weight", type=float, default=0.5, help="weight of the grounding loss (default 0.5)")
     p.add_argument("--drop-background", type=float, default=0.5,
                    help="share of questions trained with background-token dropout (default 0.5; 0 = off)")
+    p.add_argument("--init", default=None,
+                   help="continue from this checkpoint folder (skips the tower stage; use another --seed "
+                        "for fresh data)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     args = p.parse_args(argv)
     out = train(args, log=lambda m: print(m, file=sys.stderr, flush=True))
