@@ -91,3 +91,22 @@ def test_evaluate_reports_tokens_per_question_when_sparsified(shipped):
     assert (df["visual_tokens"].map(lambda c: c[0]) == toy.TOY_VISUAL).all()
     assert (df["equivalent_tokens"] < 16).all() and (df["equivalent_tokens_input"] > df["equivalent_tokens"]).all()
     assert not hasattr(model, "_sparsevlm")  # evaluate() restores the model
+
+
+def test_background_dropout_hides_only_unnamed_empty_patches():
+    from sparsevlm.toy.train import VOCAB, drop_background, image_stats, lm_batch
+
+    mean, std = image_stats(0, n=16)
+    samples, images = make_dataset(8, 3, 4)
+    ids, mask, _, _, _, focus, words = lm_batch(samples, images, mean, std)
+    hidden = mask.bool() & ~drop_background(samples, ids, mask, focus, words, 1.0, torch.Generator().manual_seed(0)).bool()
+    image = ids == VOCAB["<image>"]
+    first = image.long().argmax(1)  # first image position per row
+    assert hidden.any() and not (hidden & ~image).any()  # only image tokens are hidden
+    for b, s in enumerate(samples):
+        patches = set((hidden[b].nonzero().flatten() - first[b]).tolist())
+        protected = {p for o in s.objects for p in cell_patches(o.cell)} | set(s.focus)
+        protected |= set(words[b].sum(0).nonzero().flatten().tolist())
+        assert not patches & protected
+    untouched = drop_background(samples, ids, mask, focus, words, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(untouched, mask)
