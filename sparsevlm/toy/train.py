@@ -1,7 +1,7 @@
 """Train the embedded toy model (see data/toy-llava/MODEL_CARD.md for the exact commands):
 
-    python -m sparsevlm.toy.train --out /tmp/stage1
-    python -m sparsevlm.toy.train --init /tmp/stage1 --seed 1 --steps 2500 --lr 3e-4 --out data/toy-llava
+    python -m sparsevlm.toy.train --out stage1
+    python -m sparsevlm.toy.train --init stage1 --seed 1 --steps 2500 --lr 3e-4 --out data/toy-llava
 
 Recipe (deterministic given --seed; see the model card for what it means):
 1. Vision tower, as LLaVA's pre-trained CLIP: a per-patch objective — predict each patch's colour,
@@ -293,6 +293,8 @@ def main(argv=None):
             "final_train_acc": round(out["final_train_acc"], 4),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "python": platform.python_version()}
+    if args.init:  # keep the record of the stage this one continued
+        info["init_training"] = json.loads(Path(args.init, "training.json").read_text())
     (path / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
     print(json.dumps(finalize(path), indent=2))
