@@ -16,6 +16,13 @@ BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`sparsevlm demo: error: ...`) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 class CliError(Exception):
     """A problem with the user's input: printed as one line, exit status 1."""
 
@@ -309,7 +316,7 @@ LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 def parser() -> argparse.ArgumentParser:
     from . import bench
 
-    top = argparse.ArgumentParser(prog="sparsevlm", description=__doc__,
+    top = _Parser(prog="sparsevlm", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
