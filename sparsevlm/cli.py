@@ -156,20 +156,16 @@ def demo(args) -> int:
     import pandas as pd
     import torch
 
-    from . import report, sparsified, toy
-    from .bench import prefill_time
+    from . import report, sparsified
+    from .bench import methods_for, prefill_time
     from .eval import compare
     from .plots import draw_kept, model_view, tradeoff
 
     model, processor = load_model(args.model, args.device, args.dtype)
     records = _records(args)
     n_visual, layers = model_shape(model)
-    configs = {"dense": None}
-    for n in args.presets:
-        cfg = method_config(model, "sparsevlm", n)
-        configs[f"sparsevlm {n}"] = cfg
-        for name in args.methods:
-            configs[f"{name} {n}"] = method_config(model, name, n)
+    configs = {k: c for k, c in methods_for(model, args.presets).items()
+               if k == "dense" or k.split()[0] in ["sparsevlm", *args.methods]}
     table = compare(model, processor, records, configs, progress=not args.quiet)
     # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
     inputs = processor(images=[r["image"] for r in records[:32]], text=[r["prompt"] for r in records[:32]],

@@ -84,11 +84,6 @@ class _PreLLM(Method):
     prunes_input = True
     needs_vision = True
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.pruning_layers = ()
-        self.positions = cfg.positions
-
     def reduce(self, x, cls, keys):
         raise NotImplementedError
 

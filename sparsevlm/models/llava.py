@@ -199,14 +199,15 @@ class _SparseTextModel:
         vis_mask = vis_mask.to(dev) & valid
         clock = _Clock(st, dev)
         with clock:
-            token_state = {**method.begin(hidden, vis_mask, valid), **{f"vision.{k}": v for k, v in vision.items()}}
+            token_state = method.begin(hidden, vis_mask, valid)
         report = Report(method=st["method_name"], num_layers=self.config.num_hidden_layers,
                         n_tokens=valid.sum(-1).cpu(), n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
                         raters=[r.nonzero().flatten().tolist() for r in token_state.get("rater", [])])
         # The sequence as it shrinks: what each token is (origin: index into the image grid, −1 text,
         # −2 merged), where it sits, and the method's per-token state, all kept aligned.
         seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
-               "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state}
+               "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
+               "vision": vision}
         stages, counts_in, counts_out = [], [], []
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
@@ -243,13 +244,9 @@ class _SparseTextModel:
         re-lay the sequence out: kept tokens in place, inserted ones after the visual span."""
         B = seq["hidden"].shape[0]
         dev = seq["hidden"].device
-        state = seq["state"]
-        vision = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("vision.")}
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
                                       vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
-                                      position_embeddings=pe, token_state={k: v for k, v in state.items()
-                                                                           if not k.startswith("vision.")},
-                                      vision=vision))
+                                      position_embeddings=pe, token_state=seq["state"], vision=seq["vision"]))
         step_report = {"layer": layer, **{n: v.cpu() for n, v in dec.info.items()}}
         origin, vis_mask = seq["origin"], seq["vis_mask"]
         if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
@@ -262,8 +259,9 @@ class _SparseTextModel:
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
         seq["vis_mask"] = vis_mask = layout.apply(vis_mask, ins) & layout.valid
         seq["origin"] = origin = layout.apply(origin, None if ins is None else torch.full_like(ins, -2, dtype=torch.long))
-        seq["state"] = {n: layout.apply(t, None if ins is None else t.new_zeros(*ins.shape, *t.shape[2:]))
-                        for n, t in state.items()}
+        for part in ("state", "vision"):  # per-token tensors follow their tokens; inserted ones get zeros
+            seq[part] = {n: layout.apply(t, None if ins is None else t.new_zeros(*ins.shape, *t.shape[2:]))
+                         for n, t in seq[part].items()}
         if method.positions == "compact":
             seq["positions"] = compact_positions(layout.valid)
         else:
