@@ -112,12 +112,12 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, ne
     device = next(model.parameters()).device
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
         state = getattr(model, "_sparsevlm", None)
-        if state is not None:
-            state["timing"] = True
         prefill = _times(lambda: model(**inputs, use_cache=True), device, repeats, warmup)
         overhead = None
-        if state is not None:
+        if state is not None:  # separately: timing the method's work synchronises around it
+            state["timing"] = True
             overhead = statistics.median(_times_overhead(model, inputs, device, repeats))
+            state["timing"] = False
         greedy = dict(do_sample=False, use_cache=True)
         gen1 = _times(lambda: model.generate(**inputs, max_new_tokens=1, **greedy), device, repeats, 1)
         genn = _times(lambda: model.generate(**inputs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
@@ -132,7 +132,6 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, ne
             rep = report(model)
             eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
             flops = float(report_flops(rep, **dims(model)).mean())
-            state["timing"] = False
         else:
             n_vis = int((inputs["input_ids"] == model.config.image_token_id).sum(-1)[0])
             eq = eq_in = float(n_vis)

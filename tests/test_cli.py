@@ -62,6 +62,9 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     doc = json.loads((tmp_path / "bench_toy_cpu.json").read_text())
     assert {"torch", "transformers", "dtype", "attn_implementation", "cpu"} <= set(doc["machine"])
     assert [r["method"] for r in doc["results"]] == ["dense", "sparsevlm 64"]
+    dense, sparse = doc["results"]
+    assert dense["overhead_ms"] is None and sparse["overhead_ms"] > 0  # the method's own work, timed
+    assert sparse["kv_cache_mb"] < dense["kv_cache_mb"] and sparse["flops_ratio"] < 1
     assert pd.read_csv(tmp_path / "bench_toy_cpu.csv").shape[0] == 2
 
 
