@@ -29,7 +29,7 @@ import torch
 
 from .flops import dims, report_flops
 from .models import report, sparsified
-from .report import dense_report
+from .report import dense_report_for
 
 MODELS = ("toy", "llava-1.5-7b-shaped")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,16 +128,9 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, ne
         out = model(**inputs, use_cache=True)
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if device.type == "cuda" else float("nan")
         kv = sum(t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
-        if state is not None:
-            rep = report(model)
-            eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
-            flops = float(report_flops(rep, **dims(model)).mean())
-        else:
-            n_vis = int((inputs["input_ids"] == model.config.image_token_id).sum(-1)[0])
-            eq = eq_in = float(n_vis)
-            n = inputs["attention_mask"].sum(-1)[:1]
-            rep = dense_report("dense", model.config.text_config.num_hidden_layers, n.cpu(), torch.tensor([n_vis]), "dense")
-            flops = float(report_flops(rep, **dims(model))[0])
+        rep = report(model) if state is not None else dense_report_for(model, inputs)
+        eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
+        flops = float(report_flops(rep, **dims(model)).mean())
     p50, p25, p75 = _median_spread(prefill)
     first = statistics.median(gen1)  # prefill + one token; the rest is decoding
     d50, d25, d75 = ((x - first) / new_tokens for x in _median_spread(genn))
@@ -169,14 +162,19 @@ def machine(device, dtype, attn: str) -> dict:
     return info
 
 
+def model_shape(model) -> tuple[int, int]:
+    """(visual tokens per image, language-model layers) of a LLaVA model."""
+    v = model.config.vision_config
+    return (v.image_size // v.patch_size) ** 2, model.config.text_config.num_hidden_layers
+
+
 def methods_for(model, budgets) -> dict:
     """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
     model), and every baseline matched to its equivalent tokens."""
     from . import SparseVLMConfig
     from .methods import matched_baselines
 
-    v = model.config.vision_config
-    n_vis, layers = (v.image_size // v.patch_size) ** 2, model.config.text_config.num_hidden_layers
+    n_vis, layers = model_shape(model)
     rows = {"dense": None}
     for n in budgets:
         cfg = SparseVLMConfig.preset(n, n_visual=n_vis, num_layers=layers)

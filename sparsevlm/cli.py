@@ -11,6 +11,8 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from .bench import model_shape
+
 METHOD_NAMES = ("dense", "sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome")
 BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -58,12 +60,6 @@ def load_model(path: str | None, device: str, dtype: str):
     except (RuntimeError, AssertionError) as e:
         raise CliError(f"--device {device}: {str(e).splitlines()[0]}") from None
     return model, processor
-
-
-def model_shape(model) -> tuple[int, int]:
-    """(visual tokens per image, language-model layers)."""
-    v = model.config.vision_config
-    return (v.image_size // v.patch_size) ** 2, model.config.text_config.num_hidden_layers
 
 
 def method_config(model, method: str, budget: int | None = None, tokens: float | None = None):
@@ -236,7 +232,7 @@ def flops_cmd(args) -> int:
 
     from . import report, sparsified
     from .flops import count_flops, dims, paper_table, report_flops
-    from .report import dense_report
+    from .report import dense_report_for
 
     print("LLaVA-1.5-7B prefill TFLOPs (formula from the architecture and the presets) vs the paper:")
     print(paper_table().to_string())
@@ -250,8 +246,7 @@ def flops_cmd(args) -> int:
             model(**inputs)
             rep = report(model)
         else:
-            n_vis = (inputs["input_ids"] == model.config.image_token_id).sum(-1).cpu()
-            rep = dense_report("dense", model_shape(model)[1], inputs["attention_mask"].sum(-1).cpu(), n_vis, "dense")
+            rep = dense_report_for(model, inputs)
         formula = float(report_flops(rep, **dims(model))[0])
         for counter in ("fvcore", "torch"):
             c = count_flops(model, dict(inputs), counter)

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .flops import dims, report_flops
 from .models import report, sparsified
-from .report import dense_report
+from .report import dense_report_for
 
 
 def _batches(processor, dataset, batch_size: int, device, progress: bool = False, desc: str = ""):
@@ -45,8 +45,7 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
             if cfg is not None:
                 rep = report(model)
             else:
-                n_vis = (inputs["input_ids"] == model.config.image_token_id).sum(-1)
-                rep = dense_report("dense", n_layers, inputs["attention_mask"].sum(-1).cpu(), n_vis.cpu(), "dense")
+                rep = dense_report_for(model, inputs)
             counts, eq, eq_in = rep.visual_out.tolist(), rep.equivalent_tokens.tolist(), rep.equivalent_tokens_input.tolist()
             flops = report_flops(rep, **fdims).tolist()
             for i, it in enumerate(items):

@@ -59,3 +59,12 @@ def dense_report(method: str, num_layers: int, n_tokens: torch.Tensor, n_visual:
     counts = n_visual.long()[:, None].expand(-1, num_layers).clone()
     return Report(method=method, num_layers=num_layers, n_tokens=n_tokens, n_visual=n_visual, visual_in=counts,
                   visual_out=counts.clone(), dense=True, reason=reason)
+
+
+def dense_report_for(model, inputs) -> Report:
+    """The report of a dense (unpruned) forward of `inputs` on a LLaVA `model`: every layer sees
+    every visual token. Used where dense runs are accounted like sparsified ones."""
+    n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(-1).cpu()
+    mask = inputs.get("attention_mask")
+    n_tokens = mask.sum(-1).cpu() if mask is not None else torch.full_like(n_visual, inputs["input_ids"].shape[1])
+    return dense_report("dense", model.config.text_config.num_hidden_layers, n_tokens, n_visual, "dense")

@@ -208,14 +208,11 @@ def test_errors_name_what_is_supported(llama):
 
 def test_the_llava_1_5_7b_architecture_is_accepted_without_weights():
     """llava-hf/llava-1.5-7b-hf's shapes, built on the meta device (no download, no memory)."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
-        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    from sparsevlm.bench import llava_1_5_7b_config
+
+    cfg = llava_1_5_7b_config()
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(cfg)
     sparsevlm.sparsify(model)  # the paper's rank mode: layers 2, 6, 15, 19
