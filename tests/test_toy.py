@@ -110,3 +110,24 @@ def test_background_dropout_hides_only_unnamed_empty_patches():
         assert not patches & protected
     untouched = drop_background(samples, ids, mask, focus, words, 0.0, torch.Generator().manual_seed(0))
     assert torch.equal(untouched, mask)
+
+
+def test_word_targets_name_what_each_word_names():
+    from sparsevlm.toy.data import Obj, Sample
+    from sparsevlm.toy.train import VOCAB, word_targets
+
+    objs = (Obj("red", "circle", 0), Obj("red", "square", 5), Obj("blue", "circle", 10))
+    s = Sample(0, objs, "where", "where is the red circle", "a1", cell_patches(0))
+    words = s.question.split()
+    ids = torch.tensor([[VOCAB[w] for w in words + ["?", "answer", ":", "a1"]]])
+    patches = lambda cells: {p for c in cells for p in cell_patches(c)}
+    for phrases, circle in ((False, {0, 10}), (True, {0})):
+        t = word_targets([s], ids, phrases)[0]
+        named = {w: set(t[j].nonzero().flatten().tolist()) for j, w in enumerate(words)}
+        assert named["red"] == patches({0, 5})  # a colour word: every red object
+        assert named["circle"] == patches(circle)  # the phrase "red circle" only with phrases
+        assert named["where"] == named["is"] == named["the"] == set()
+    absent = Sample(0, objs, "exists", "is there a blue square", "no", ())
+    ids = torch.tensor([[VOCAB[w] for w in absent.question.split() + ["?", "answer", ":", "no"]]])
+    t = word_targets([absent], ids, True)[0]
+    assert t[4].sum() == 0 and t[3].sum() == 4  # no blue square to name; "blue" names the blue circle

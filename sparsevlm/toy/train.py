@@ -1,19 +1,23 @@
 """Train the embedded toy model (see data/toy-llava/MODEL_CARD.md for the exact commands):
 
     python -m sparsevlm.toy.train --out stage1
-    python -m sparsevlm.toy.train --init stage1 --seed 1 --steps 2500 --lr 3e-4 --out data/toy-llava
+    python -m sparsevlm.toy.train --init stage1 --seed 1 --steps 2500 --lr 3e-4 --out stage2
+    python -m sparsevlm.toy.train --init stage2 --seed 2 --steps 2500 --lr 3e-4 --ground-phrases --out stage3
+    python -m sparsevlm.toy.train --init stage3 --seed 3 --steps 2500 --lr 3e-4 --ground-phrases \
+        --focus-layer 3 --out data/toy-llava
 
 Recipe (deterministic given --seed; see the model card for what it means):
 1. Vision tower, as LLaVA's pre-trained CLIP: a per-patch objective — predict each patch's colour,
    shape, row and column from its output token — then freeze it.
 2. Projector + language model: cross-entropy on the answer word and end-of-sequence, plus a
    grounding loss (weight --ground-weight) on head 0 of two layers: in layer --ground-layer each
-   question word that names something visible (a colour, a shape, a cell) attends to the patches
-   it names; in the next layer the last prompt token attends to the patches the question is about.
-   Each is a cross-entropy between the head's attention, renormalised over the visual tokens, and
-   the normalised target patches. Background-token dropout (--drop-background): on a share of the
-   questions a random fraction of the visual tokens that show no object and that the question does
-   not name are hidden (masked, positions renumbered around them).
+   question word that names something visible (a colour, a shape, a cell; with --ground-phrases a
+   shape word after a colour word names the phrase, "red circle") attends to the patches it names;
+   in layer --focus-layer (default: the next one) the last prompt token attends to the patches the
+   question is about. Each is a cross-entropy between the head's attention, renormalised over the
+   visual tokens, and the normalised target patches. Background-token dropout (--drop-background):
+   on a share of the questions a random fraction of the visual tokens that show no object and that
+   the question does not name are hidden (masked, positions renumbered around them).
 3. Optionally continue from a checkpoint (--init) with fresh data (another --seed) and a lower
    learning rate.
 """
@@ -100,7 +104,7 @@ def train_tower(model, args, mean, std, log):
     return acc
 
 
-def lm_batch(samples, images, mean, std):
+def lm_batch(samples, images, mean, std, phrases: bool = False):
     """Teacher-forced batch: left-padded prompt + answer; returns inputs, targets, focus."""
     seqs = [[VOCAB[w] for w in prompt(s.question).replace("<image>", " ".join(["<image>"] * PATCHES ** 2)).split()]
             + [VOCAB[s.answer]] for s in samples]
@@ -115,12 +119,14 @@ def lm_batch(samples, images, mean, std):
     for b, s in enumerate(samples):
         focus[b, list(s.focus)] = 1.0
     image_of = torch.tensor([s.image_id for s in samples])
-    return ids, mask, to_pixels(images, mean, std), image_of, answer, focus, word_targets(samples, ids)
+    return ids, mask, to_pixels(images, mean, std), image_of, answer, focus, word_targets(samples, ids, phrases)
 
 
-def word_targets(samples, ids):
+def word_targets(samples, ids, phrases: bool = False):
     """For every question word that names something visible — a colour, a shape, a cell — the
-    patches it names. Shapes: ids (B, L) -> targets (B, L, V), all zero for other tokens."""
+    patches it names. With `phrases`, a shape word after a colour word names the phrase ("red
+    circle": the red circles only; nothing if there is none). Shapes: ids (B, L) -> targets
+    (B, L, V), all zero for other tokens."""
     targets = torch.zeros(*ids.shape, PATCHES ** 2)
     L = ids.shape[1]
     for b, s in enumerate(samples):
@@ -131,6 +137,8 @@ def word_targets(samples, ids):
                 objs = [o for o in s.objects if o.color == w]
             elif w.rstrip("s") in SHAPES:
                 objs = [o for o in s.objects if o.shape == w.rstrip("s")]
+                if phrases and j > 0 and words[j - 1] in COLORS:
+                    objs = [o for o in objs if o.color == words[j - 1]]
             elif w in CELLS:
                 targets[b, first + j, list(cell_patches(CELLS.index(w)))] = 1.0
                 continue
@@ -214,7 +222,11 @@ def train(args, log=print) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     text = model.model.language_model
-    word_layer, focus_layer = text.layers[args.ground_layer].self_attn, text.layers[args.ground_layer + 1].self_attn
+    focus_at = args.ground_layer + 1 if args.focus_layer is None else args.focus_layer
+    if not 0 <= args.ground_layer < focus_at < len(text.layers):
+        raise ValueError(f"need 0 <= ground_layer < focus_layer < {len(text.layers)} (the model's layers), got "
+                         f"ground_layer={args.ground_layer}, focus_layer={focus_at}")
+    word_layer, focus_layer = text.layers[args.ground_layer].self_attn, text.layers[focus_at].self_attn
     captured = {"word": {}, "focus": {}, "pe": None}
     hooks = []
     for name, attn in (("word", word_layer), ("focus", focus_layer)):
@@ -228,7 +240,7 @@ def train(args, log=print) -> dict:
     history = []
     for step in range(args.steps):
         samples, images = make_dataset(args.batch_images, args.seed * 1_000_003 + 10_000 + step, args.questions)
-        ids, mask, pixels, image_of, answer, focus, words = lm_batch(samples, images, mean, std)
+        ids, mask, pixels, image_of, answer, focus, words = lm_batch(samples, images, mean, std, args.ground_phrases)
         if args.drop_background > 0:
             mask = drop_background(samples, ids, mask, focus, words, args.drop_background, gen)
         positions = compact_positions(mask.bool())  # as generate() numbers a left-padded prompt
@@ -237,7 +249,7 @@ def train(args, log=print) -> dict:
         answer_loss = F.cross_entropy(logits[:, 0], answer) + F.cross_entropy(
             logits[:, 1], torch.full_like(answer, VOCAB["</s>"]))
         # Question words attend to what they name (layer g); the last prompt token to the question's
-        # focus (layer g + 1), where it can read those words.
+        # focus (a later layer, where it can read those words).
         B, L = ids.shape
         word_pos = torch.arange(L - 12, L - 4).expand(B, -1)  # the question's last words (max 8)
         last = torch.full((B, 1), L - 2)
@@ -277,6 +289,12 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=128, help="language-model width (default 128)")
     p.add_argument("--ground-layer", type=int, default=1, help="layer whose head 0 is grounded (default 1)")
     p.add_argument("--ground-weight", type=float, default=0.5, help="weight of the grounding loss (default 0.5)")
+    p.add_argument("--focus-layer", type=int, default=None,
+                   help="layer whose head 0 grounds the last prompt token on the question's focus "
+                        "(default: --ground-layer + 1)")
+    p.add_argument("--ground-phrases", action="store_true",
+                   help="ground a shape word after a colour word on the phrase (\"red circle\": the red circles) "
+                        "instead of on every object of that shape")
     p.add_argument("--drop-background", type=float, default=0.5,
                    help="share of questions trained with background-token dropout (default 0.5; 0 = off)")
     p.add_argument("--init", default=None,
