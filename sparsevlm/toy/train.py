@@ -4,6 +4,8 @@
     python -m sparsevlm.toy.train --init stage1 --seed 1 --steps 2500 --lr 3e-4 --out stage2
     python -m sparsevlm.toy.train --init stage2 --seed 2 --steps 2500 --lr 3e-4 --ground-phrases --out stage3
     python -m sparsevlm.toy.train --init stage3 --seed 3 --steps 2500 --lr 3e-4 --ground-phrases \
+        --focus-layer 3 --out stage4
+    python -m sparsevlm.toy.train --init stage4 --seed 4 --steps 2500 --lr 5e-4 --ground-phrases \
         --focus-layer 3 --out data/toy-llava
 
 Recipe (deterministic given --seed; see the model card for what it means):
