@@ -29,6 +29,7 @@ import torch
 
 from .flops import dims, report_flops
 from .models import report, sparsified
+from .models.llava import CACHE
 from .report import dense_report_for
 
 MODELS = ("toy", "llava-1.5-7b-shaped")
@@ -127,7 +128,7 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, ne
             base = torch.cuda.memory_allocated(device)
         out = model(**inputs, use_cache=True)
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if device.type == "cuda" else float("nan")
-        kv = sum(t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+        kv = sum(t.numel() * t.element_size() for layer in getattr(out, CACHE).layers for t in (layer.keys, layer.values))
         rep = report(model) if state is not None else dense_report_for(model, inputs)
         eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
         flops = float(report_flops(rep, **dims(model)).mean())

@@ -6,6 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
+from sparsevlm.models.llava import CACHE
 
 torch.set_grad_enabled(False)
 
@@ -134,7 +135,7 @@ def test_kv_cache_shrinks_after_each_pruning_layer(llama):
     out = llama(**inputs, use_cache=True)
     rep = sparsevlm.report(llama)
     L = inputs["input_ids"].shape[1]
-    lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    lengths = [layer.keys.shape[-2] for layer in getattr(out, CACHE).layers]
     text = L - N_VISUAL
     vis_after = rep.visual_out[0].tolist()
     assert lengths[:2] == [L, L]  # layers 0-1 see everything, layer 1's output is pruned

@@ -22,6 +22,24 @@ def test_environment_yml_installs_what_pyproject_declares():
     assert len({_name(s) for s in declared}) == len(declared)
 
 
+def test_constraints_pin_every_requirement_inside_its_declared_range():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    pins = {canonicalize_name(k): v for k, v in pins.items()}
+    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        if name == "torch":  # pinned by the Makefile's TORCH, so GPU machines can pick their build
+            assert name not in pins
+            continue
+        assert name in pins, f"constraints.txt does not pin {req.name}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {spec}"
+
+
 def test_top_level_layout():
     for name in ["sparsevlm", "notebooks", "data", "tests", "environment.yml", "pyproject.toml",
                  "Makefile", "README.md", ".ci/run"]:

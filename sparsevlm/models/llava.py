@@ -19,6 +19,7 @@ model's own position (original positions).
 """
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 
@@ -30,6 +31,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from ..methods.base import PruneInput
 from ..report import Report, dense_report
 from ..select import compact_positions, gather, plan_layout, put
+
+# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
+# name still works there, deprecated). The adapter speaks whichever name the installed version uses.
+CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 SUPPORTED = "LlavaForConditionalGeneration with a full-attention Llama, Qwen2 or Mistral text model"
 
@@ -133,15 +138,19 @@ class _SparseLlavaModel:
 class _SparseTextModel:
     """Mixin for the text model: the decoder loop in stages, pruning between them."""
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, use_cache=None, **kwargs):
+        if "past_key_values" in kwargs:  # the name before transformers 5.24 (and its deprecated alias after)
+            if cache is not None:
+                raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
+            cache = kwargs.pop("past_key_values")
         st = self._sparsevlm
         vis_mask = st.pop("vis_mask", None)
         vision = st.pop("vision", {})
         decode = st.get("decode")
-        if vis_mask is None and decode is not None and past_key_values is decode["cache"]:
-            return self._sparse_decode(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, kwargs)
-        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        if vis_mask is None and decode is not None and cache is decode["cache"]:
+            return self._sparse_decode(inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
+        is_prefill = cache is None or cache.get_seq_length() == 0
         reason = None
         if vis_mask is None or not vis_mask.any():
             reason = "no image tokens in the input"
@@ -165,15 +174,14 @@ class _SparseTextModel:
                 st["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
                                             n_vis.cpu(), reason)
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                                   use_cache=use_cache, **kwargs)
-        return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, past_key_values,
+                                   inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
+        return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
                                     use_cache, kwargs)
 
     def _stage(self, hidden, mask2d, positions, cache, layer_idx):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on."""
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  past_key_values=cache, position_ids=positions, layer_idx=layer_idx)
+                                  position_ids=positions, layer_idx=layer_idx, **{CACHE: cache})
         return mask, self.rotary_emb(hidden, position_ids=positions)
 
     def _queries_keys(self, layer_idx, captured, position_embeddings):
@@ -222,7 +230,7 @@ class _SparseTextModel:
             if prune_here:
                 st["capture"] = {}
             seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=seq["positions"],
-                                  past_key_values=cache, use_cache=use_cache, position_embeddings=pe, **kwargs)
+                                  use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
             if prune_here:
                 with clock:
                     q, k = self._queries_keys(i, st.pop("capture"), pe)
@@ -236,8 +244,7 @@ class _SparseTextModel:
             report.overhead_seconds = st.pop("overhead_s", 0.0)
         st["report"] = report
         st["decode"] = {"cache": cache, "stages": stages} if use_cache else None
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(seq["hidden"]),
-                                       past_key_values=cache if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(seq["hidden"]), **{CACHE: cache if use_cache else None})
 
     def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe):
         """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
@@ -291,9 +298,9 @@ class _SparseTextModel:
                 s["count"] = s["count"] + new_valid.sum(-1)
                 positions = pos if st["method"].positions == "compact" else positions0
                 mask, pe = self._stage(hidden, s["valid"], positions, cache, i)
-            hidden = layer(hidden, attention_mask=mask, position_ids=positions0, past_key_values=cache,
-                           use_cache=use_cache, position_embeddings=pe, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=cache)
+            hidden = layer(hidden, attention_mask=mask, position_ids=positions0, use_cache=use_cache,
+                           position_embeddings=pe, **{CACHE: cache}, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
 
 
 def _swap_class(module, mixin) -> None:
