@@ -31,6 +31,13 @@ class CliError(Exception):
 
 # ---------------------------------------------------------------- loading and method choice
 
+def _model_folder(path: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CliError(f"--model {path}: no such folder (give a local checkpoint folder)")
+    return folder
+
+
 def load_model(path: str | None, device: str, dtype: str):
     """(model, processor) from the embedded default or a local LLaVA checkpoint folder."""
     import torch
@@ -41,9 +48,7 @@ def load_model(path: str | None, device: str, dtype: str):
     if path is None:
         model, processor = toy.load(dtype=torch_dtype)
     else:
-        folder = Path(path)
-        if not folder.is_dir():
-            raise CliError(f"--model {path}: no such folder (give a local checkpoint folder)")
+        folder = _model_folder(path)
         try:
             config = json.loads((folder / "config.json").read_text())
         except (OSError, ValueError) as e:
@@ -105,11 +110,16 @@ def add_model_args(p, methods: bool = True) -> None:
 
 
 def _records(args):
-    """Evaluation records: the embedded split, or a JSONL file of {image, question, answer[, type]}."""
+    """Evaluation records: a JSONL file of {image, question, answer[, type]}, or else the toy split
+    stored beside the model (the embedded one, or one written by `python -m sparsevlm.toy.train`)."""
     from . import toy
 
     if args.data is None:
-        return toy.eval_split(limit=args.limit)
+        folder = _model_folder(args.model) if args.model is not None else toy.CHECKPOINT
+        if not (folder / "eval_split.json").is_file():
+            raise CliError(f"--model {args.model}: the folder has no eval_split.json (the toy questions), and its "
+                           f"prompt format and images may differ from the toy's; give questions with --data JSONL")
+        return toy.eval_split(folder, limit=args.limit)
     path = Path(args.data)
     if not path.is_file():
         raise CliError(f"--data {args.data}: no such file")
@@ -157,8 +167,8 @@ def demo(args) -> int:
     from .eval import compare
     from .plots import draw_kept, model_view, tradeoff
 
+    records = _records(args)  # before loading: a missing split should not wait for a large model
     model, processor = load_model(args.model, args.device, args.dtype)
-    records = _records(args)
     n_visual, layers = model_shape(model)
     configs = {k: c for k, c in methods_for(model, args.presets).items()
                if k == "dense" or k.split()[0] in ["sparsevlm", *args.methods]}
@@ -200,9 +210,10 @@ def evaluate_cmd(args) -> int:
 
     from .eval import accuracy_by_type, evaluate
 
+    records = _records(args)
     model, processor = load_model(args.model, args.device, args.dtype)
     cfg = method_config(model, args.method, args.budget, args.tokens)
-    df = evaluate(model, processor, _records(args), cfg, batch_size=args.batch_size, progress=not args.quiet)
+    df = evaluate(model, processor, records, cfg, batch_size=args.batch_size, progress=not args.quiet)
     acc = accuracy_by_type(df)
     print(f"method: {args.method} ({cfg!r})")
     print(f"equivalent tokens {df['equivalent_tokens'].mean():.2f} (input count {df['equivalent_tokens_input'].mean():.2f}), "
@@ -314,7 +325,7 @@ def parser() -> argparse.ArgumentParser:
     def data_args(p):
         p.add_argument("--data", metavar="JSONL", default=None,
                        help="questions as JSON lines {image (path relative to the file), question, answer[, type]} "
-                            "(default: the embedded model's held-out split)")
+                            "(default: the toy split stored beside the model, eval_split.json; required for other checkpoints)")
         p.add_argument("--prompt", default=LLAVA_PROMPT,
                        help=f"prompt template for --data / --model, with {{question}} (default {LLAVA_PROMPT!r})")
         p.add_argument("--limit", type=int, default=None, help="only the first N questions (default: all)")

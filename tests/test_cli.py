@@ -1,11 +1,13 @@
 """The `sparsevlm` command line on the embedded model: outputs, files and every error path."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from sparsevlm import toy
 from sparsevlm.cli import main
 
 
@@ -37,6 +39,10 @@ def test_eval_prints_accuracy_per_type_and_writes_rows(capsys, tmp_path):
     assert code == 0 and "FastVConfig(layer=1" in out and "\nall " in out
     rows = pd.read_csv(tmp_path / "rows.csv")
     assert len(rows) == 8 and {"prediction", "correct", "equivalent_tokens", "flops"} <= set(rows.columns)
+    # a toy checkpoint named by path (as `python -m sparsevlm.toy.train` writes one) brings its own split
+    code, out2, _ = run(capsys, "eval", "--model", str(toy.CHECKPOINT), "--method", "fastv", "--budget", "128",
+                        "--limit", "8", "--quiet", "--out", str(tmp_path / "rows2.csv"))
+    assert code == 0 and pd.read_csv(tmp_path / "rows2.csv").equals(rows)
 
 
 def test_show_draws_the_kept_tokens(capsys, tmp_path):
@@ -74,6 +80,7 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     (["show", "--image", "{img}", "--question", "what is the meaning of life"], "does not know 'meaning'"),
     (["eval", "--model", "{nollava}"], "model_type 'llama' is not LLaVA"),
     (["eval", "--model", "no/such/folder"], "--model no/such/folder: no such folder"),
+    (["eval", "--model", "{nosplit}"], "has no eval_split.json (the toy questions)"),
     (["eval", "--method", "tome", "--tokens", "500"], "--tokens 500 is out of range; this model has 64 visual tokens"),
     (["eval", "--method", "fastv", "--tokens", "3"], "--tokens 3: tokens=3.0 is out of reach for FastVConfig"),
     (["eval", "--data", "none.jsonl"], "--data none.jsonl: no such file"),
@@ -83,7 +90,11 @@ def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
     (tmp_path / "nollava").mkdir()
     (tmp_path / "nollava" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    argv = [a.format(bad=tmp_path / "bad.png", img=tmp_path / "img.png", nollava=tmp_path / "nollava") for a in argv]
+    shutil.copy(toy.CHECKPOINT / "eval_split.json", tmp_path / "nollava")
+    (tmp_path / "nosplit").mkdir()  # a LLaVA checkpoint without the toy questions, and no --data
+    (tmp_path / "nosplit" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    argv = [a.format(bad=tmp_path / "bad.png", img=tmp_path / "img.png", nollava=tmp_path / "nollava",
+                     nosplit=tmp_path / "nosplit") for a in argv]
     code, out, err = run(capsys, *argv, *(["--limit", "2", "--quiet"] if argv[0] == "eval" else []))
     assert code == 1
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
