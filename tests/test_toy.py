@@ -131,3 +131,17 @@ def test_word_targets_name_what_each_word_names():
     ids = torch.tensor([[VOCAB[w] for w in absent.question.split() + ["?", "answer", ":", "no"]]])
     t = word_targets([absent], ids, True)[0]
     assert t[4].sum() == 0 and t[3].sum() == 4  # no blue square to name; "blue" names the blue circle
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--focus-layer", "8"], "need 0 <= --ground-layer < --focus-layer < 8"),
+    (["--ground-layer", "3", "--focus-layer", "2"], "got --ground-layer 3, --focus-layer 2"),
+    (["--init", str(toy.CHECKPOINT), "--focus-layer", "9"], "< 8 (the model's layers)"),
+    (["--init", "no/such/folder"], "--init no/such/folder: no readable LLaVA config.json"),
+])
+def test_train_rejects_bad_grounding_layers_before_training(capsys, tmp_path, argv, message):
+    from sparsevlm.toy.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "out").exists()

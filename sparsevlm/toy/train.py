@@ -201,6 +201,15 @@ def grounding_loss(layer, captured, ids, mask, position_embeddings, query_pos, t
     return -(target * p.clamp(min=1e-9).log()).sum(-1)[has].mean()
 
 
+def grounding_layers(args, num_layers: int) -> int:
+    """The focus layer (default: the one after --ground-layer), checked against the model's layers."""
+    focus_at = args.ground_layer + 1 if args.focus_layer is None else args.focus_layer
+    if not 0 <= args.ground_layer < focus_at < num_layers:
+        raise ValueError(f"need 0 <= --ground-layer < --focus-layer < {num_layers} (the model's layers), got "
+                         f"--ground-layer {args.ground_layer}, --focus-layer {focus_at}")
+    return focus_at
+
+
 def train(args, log=print) -> dict:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -224,10 +233,7 @@ def train(args, log=print) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     text = model.model.language_model
-    focus_at = args.ground_layer + 1 if args.focus_layer is None else args.focus_layer
-    if not 0 <= args.ground_layer < focus_at < len(text.layers):
-        raise ValueError(f"need 0 <= ground_layer < focus_layer < {len(text.layers)} (the model's layers), got "
-                         f"ground_layer={args.ground_layer}, focus_layer={focus_at}")
+    focus_at = grounding_layers(args, len(text.layers))
     word_layer, focus_layer = text.layers[args.ground_layer].self_attn, text.layers[focus_at].self_attn
     captured = {"word": {}, "focus": {}, "pe": None}
     hooks = []
@@ -304,6 +310,16 @@ def main(argv=None):
                         "for fresh data)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     args = p.parse_args(argv)
+    layers = args.layers  # checked before the vision-tower stage, from the layer count the model will have
+    if args.init:
+        try:
+            layers = json.loads(Path(args.init, "config.json").read_text())["text_config"]["num_hidden_layers"]
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--init {args.init}: no readable LLaVA config.json ({e.__class__.__name__})")
+    try:
+        grounding_layers(args, layers)
+    except ValueError as e:
+        p.error(str(e))
     out = train(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     path = Path(args.out)
     path.mkdir(parents=True, exist_ok=True)
