@@ -186,6 +186,17 @@ def test_text_only_input_runs_dense_and_says_so(llama):
     sparsevlm.unsparsify(llama)
 
 
+def test_a_static_cache_runs_dense_and_says_so(llama):
+    inputs = batch([4, 6])
+    static = dict(GREEDY, cache_implementation="static")
+    dense = llama.generate(**inputs, **static)
+    with sparsevlm.sparsified(llama, PRESET):
+        assert torch.equal(llama.generate(**inputs, **static), dense)
+        rep = sparsevlm.report(llama)
+        assert rep.dense and rep.reason.startswith("the KV cache is pre-allocated (StaticCache)")
+        assert not torch.equal(llama.generate(**inputs, **GREEDY), dense)  # the default cache is pruned
+
+
 def test_budget_larger_than_the_visual_tokens_keeps_them_all(llama):
     sparsevlm.sparsify(llama, SparseVLMConfig.preset(192, pruning_layers=(1, 2, 3)))  # 300/200/110 > 64
     llama(**batch([4]))

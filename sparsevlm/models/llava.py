@@ -24,7 +24,7 @@ import sys
 import time
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, StaticLayer
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -156,6 +156,9 @@ class _SparseTextModel:
             reason = "no image tokens in the input"
         elif not is_prefill:
             reason = "the KV cache already holds tokens; pruning happens at prefill only"
+        elif cache is not None and any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())):
+            reason = (f"the KV cache is pre-allocated ({type(cache).__name__}); pruning needs layers that hold "
+                      f"different numbers of tokens (DynamicCache, generate's default)")
         elif input_ids is not None or inputs_embeds is None:
             reason = "the language model was called with input_ids instead of embeddings"
         elif attention_mask is not None and attention_mask.dim() != 2:
