@@ -186,6 +186,18 @@ def test_text_only_input_runs_dense_and_says_so(llama):
     sparsevlm.unsparsify(llama)
 
 
+def test_beam_search_reorders_the_shorter_caches_consistently(llama):
+    inputs = batch([4, 7], seed=2)
+    beams = dict(GREEDY, num_beams=3)
+    dense = llama.generate(**inputs, **beams)
+    with sparsevlm.sparsified(llama, KEEP_ALL):
+        assert torch.equal(llama.generate(**inputs, **beams), dense)
+    with sparsevlm.sparsified(llama, PRESET):
+        ids = llama.generate(**inputs, **beams)[:, -5:]
+        for b in range(2):
+            assert torch.equal(llama.generate(**sample(inputs, b), **beams)[0, -5:], ids[b])
+
+
 def test_a_static_cache_runs_dense_and_says_so(llama):
     inputs = batch([4, 6])
     static = dict(GREEDY, cache_implementation="static")
