@@ -6,12 +6,16 @@ per-token decode time ((median time of generate(1 + N) − median time of genera
 its spread is that of generate(1 + N)), the KV-cache
 bytes after prefill, peak GPU memory of the prefill (CUDA only), and the time the method spends on
 its own work (raters, scoring, rank, recycling, re-layout: `Report.overhead_seconds`) as a share of
-dense prefill. Each time is the median of `repeats` runs after `warmup` runs, with the 25–75 %
+dense prefill. The image features (vision tower and projector) are timed alone once, so that
+`lm_prefill_ratio` — the language model's prefill time against dense — can be set beside
+`flops_ratio`, which counts the language model's FLOPs. Each time is the median of `repeats` runs after `warmup` runs, with the 25–75 %
 spread. Results are written as CSV and JSON with the machine, dtype, attention implementation and
 library versions.
 
 Models: the embedded toy (`toy`, CPU-friendly) or an LLaVA-1.5-7B-shaped model with random weights
-(`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU).
+(`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU). With
+`--text-hidden 1024` its language model is narrowed (same 576 visual tokens, ~700-token prompt, 32
+layers, pruning layers and vision tower) so that it runs on a CPU in float32.
 """
 from __future__ import annotations
 
@@ -36,16 +40,21 @@ MODELS = ("toy", "llava-1.5-7b-shaped")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def llava_1_5_7b_config(attn: str = "sdpa"):
-    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336, Vicuna-7B), no weights."""
+def llava_1_5_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
+    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336, Vicuna-7B), no weights.
+    `text_hidden` < 4096 narrows the language model (head size 128 and the MLP's 11008/4096 ratio
+    kept), leaving the tokens, the layers and the vision tower as they are: a model that fits a CPU."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
+    if not (isinstance(text_hidden, int) and 128 <= text_hidden <= 4096 and text_hidden % 128 == 0):
+        raise ValueError(f"text_hidden={text_hidden!r}: allowed a multiple of 128 from 128 to 4096")
+    heads = text_hidden // 128
     cfg = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                        num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                                pad_token_id=0),
+        text_config=LlamaConfig(vocab_size=32064, hidden_size=text_hidden, intermediate_size=text_hidden * 11008 // 4096,
+                                num_hidden_layers=32, num_attention_heads=heads, num_key_value_heads=heads,
+                                max_position_embeddings=4096, pad_token_id=0),
         image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
     cfg._attn_implementation = attn
     return cfg
@@ -106,6 +115,17 @@ def prefill_time(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 
     device = next(model.parameters()).device
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
         return statistics.median(_times(lambda: model(**inputs, use_cache=True), device, repeats, warmup))
+
+
+def vision_time(model, inputs: dict, repeats: int = 5, warmup: int = 2) -> float:
+    """Median seconds of the image features alone (vision tower and projector): the part of
+    every prefill that no method inside the language model can shorten."""
+    device = next(model.parameters()).device
+    cfg = model.config
+    with torch.no_grad():
+        return statistics.median(_times(lambda: model.model.get_image_features(
+            pixel_values=inputs["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy), device, repeats, warmup))
 
 
 def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, new_tokens: int = 8) -> dict:
@@ -186,10 +206,13 @@ def methods_for(model, budgets) -> dict:
 
 def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", attn: str = "sdpa",
         budgets=(192, 128, 64), repeats: int = 5, warmup: int = 2, new_tokens: int = 8, out: str | None = None,
-        methods: list[str] | None = None, log=print) -> pd.DataFrame:
-    """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`."""
+        methods: list[str] | None = None, log=print, text_hidden: int | None = None) -> pd.DataFrame:
+    """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`
+    (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    if text_hidden is not None and model_name != "llava-1.5-7b-shaped":
+        raise ValueError(f"text_hidden={text_hidden} narrows llava-1.5-7b-shaped only, not model={model_name!r}")
     torch.manual_seed(0)
     if model_name == "toy":
         from . import toy
@@ -202,7 +225,7 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(DTYPES[dtype])
     elif model_name == "llava-1.5-7b-shaped":
-        model = random_llava(llava_1_5_7b_config(attn), device, DTYPES[dtype])
+        model = random_llava(llava_1_5_7b_config(attn, text_hidden or 4096), device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # ~695 tokens, as the paper's prompts
     elif Path(model_name).is_dir():  # a local checkpoint: timings depend on shapes only
         from .cli import load_model
@@ -215,6 +238,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     rows = methods_for(model, budgets)
     if methods:
         rows = {k: v for k, v in rows.items() if k == "dense" or k.split()[0] in methods}
+    vision_ms = vision_time(model, inputs, repeats, warmup) * 1e3
+    log(f"image features (vision tower + projector): {vision_ms:.2f} ms")
     results = []
     for name, cfg in rows.items():
         r = measure(model, inputs, cfg, repeats, warmup, new_tokens)
@@ -225,14 +250,17 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     dense = table.loc["dense"]
     table["flops_ratio"] = table["tflops"] / dense["tflops"]
     table["prefill_ratio"] = table["prefill_ms"] / dense["prefill_ms"]
+    # The language model's share of prefill, comparable with flops_ratio (language-model FLOPs)
+    table["lm_prefill_ratio"] = (table["prefill_ms"] - vision_ms) / (dense["prefill_ms"] - vision_ms)
     table["overhead_share"] = table["overhead_ms"].astype(float) / dense["prefill_ms"]
     info = machine(device, DTYPES[dtype], attn)
-    info.update(model=model_name, prompt_tokens=int(inputs["input_ids"].shape[1]), repeats=repeats, warmup=warmup,
+    info.update(model=model_name, text_hidden=model.config.text_config.hidden_size, vision_ms=vision_ms,
+                prompt_tokens=int(inputs["input_ids"].shape[1]), repeats=repeats, warmup=warmup,
                 new_tokens=new_tokens)
     if out is not None:
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)
-        stem = f"bench_{Path(model_name).name}_{torch.device(device).type}"
+        stem = f"bench_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}_{torch.device(device).type}"
         table.to_csv(path / f"{stem}.csv")
         (path / f"{stem}.json").write_text(json.dumps({"machine": info, "results": json.loads(
             table.reset_index().to_json(orient="records"))}, indent=2) + "\n")
@@ -245,6 +273,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="toy", metavar="{toy,llava-1.5-7b-shaped,PATH}",
                    help="toy: the embedded model (default); llava-1.5-7b-shaped: random weights in LLaVA-1.5-7B's "
                         "shapes (needs a GPU); PATH: a local LLaVA checkpoint folder (synthetic ~700-token prompt)")
+    p.add_argument("--text-hidden", type=int, default=None,
+                   help="llava-1.5-7b-shaped only: narrow the language model to this width (multiple of 128; "
+                        "same tokens, layers and vision tower), e.g. 1024 to fit a CPU (default 4096)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations (default float32)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")
@@ -264,7 +295,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     a = p.parse_args(argv)
-    run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods)
+    run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods,
+        text_hidden=a.text_hidden)
     return 0
 
 

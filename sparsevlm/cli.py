@@ -232,7 +232,7 @@ def bench_cmd(args) -> int:
     from . import bench
 
     bench.run(args.model, args.device, args.dtype, args.attn, args.budgets, args.repeats, args.warmup,
-              args.new_tokens, args.out, args.methods)
+              args.new_tokens, args.out, args.methods, text_hidden=args.text_hidden)
     return 0
 
 

@@ -71,6 +71,7 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     dense, sparse = doc["results"]
     assert dense["overhead_ms"] is None and sparse["overhead_ms"] > 0  # the method's own work, timed
     assert sparse["kv_cache_mb"] < dense["kv_cache_mb"] and sparse["flops_ratio"] < 1
+    assert 0 < doc["machine"]["vision_ms"] < dense["prefill_ms"] and dense["lm_prefill_ratio"] == 1
     assert pd.read_csv(tmp_path / "bench_toy_cpu.csv").shape[0] == 2
 
 
@@ -84,6 +85,7 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     (["eval", "--method", "tome", "--tokens", "500"], "--tokens 500 is out of range; this model has 64 visual tokens"),
     (["eval", "--method", "fastv", "--tokens", "3"], "--tokens 3: tokens=3.0 is out of reach for FastVConfig"),
     (["eval", "--data", "none.jsonl"], "--data none.jsonl: no such file"),
+    (["bench", "--text-hidden", "1024"], "text_hidden=1024 narrows llava-1.5-7b-shaped only"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     (tmp_path / "bad.png").write_text("not an image")
