@@ -8,9 +8,9 @@ bytes after prefill, peak GPU memory of the prefill (CUDA only), and the time th
 its own work (raters, scoring, rank, recycling, re-layout: `Report.overhead_seconds`) as a share of
 dense prefill. The image features (vision tower and projector) are timed alone once, so that
 `lm_prefill_ratio` — the language model's prefill time against dense — can be set beside
-`flops_ratio`, which counts the language model's FLOPs. Each time is the median of `repeats` runs after `warmup` runs, with the 25–75 %
-spread. Results are written as CSV and JSON with the machine, dtype, attention implementation and
-library versions.
+`flops_ratio`, which counts the language model's FLOPs. Each time is the median of `repeats` runs
+after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the machine,
+dtype, attention implementation and library versions.
 
 Models: the embedded toy (`toy`, CPU-friendly) or an LLaVA-1.5-7B-shaped model with random weights
 (`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU). With
@@ -272,7 +272,7 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="toy", metavar="{toy,llava-1.5-7b-shaped,PATH}",
                    help="toy: the embedded model (default); llava-1.5-7b-shaped: random weights in LLaVA-1.5-7B's "
-                        "shapes (needs a GPU); PATH: a local LLaVA checkpoint folder (synthetic ~700-token prompt)")
+                        "shapes (needs a GPU unless --text-hidden narrows it); PATH: a local LLaVA checkpoint folder (synthetic ~700-token prompt)")
     p.add_argument("--text-hidden", type=int, default=None,
                    help="llava-1.5-7b-shaped only: narrow the language model to this width (multiple of 128; "
                         "same tokens, layers and vision tower), e.g. 1024 to fit a CPU (default 4096)")
