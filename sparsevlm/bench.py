@@ -35,9 +35,13 @@ from .flops import dims, report_flops
 from .models import report, sparsified
 from .models.llava import CACHE
 from .report import dense_report_for
+from .utils import shipped_path
 
 MODELS = ("toy", "llava-1.5-7b-shaped")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: the committed benchmark results (results/ in a checkout, sparsevlm/results/ when installed)
+RESULTS = shipped_path("results")
 
 
 def llava_1_5_7b_config(attn: str = "sdpa", text_hidden: int = 4096):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -104,21 +105,88 @@ def question_dependence(masses: pd.DataFrame) -> float:
     return wins / total if total else float("nan")
 
 
-def compare(model, processor, dataset, configs: dict, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+def compare(model, processor, dataset, configs: dict, batch_size: int = 64, progress: bool = True,
+            reference: str | None = None) -> pd.DataFrame:
     """Evaluate several methods (name -> config, None = dense) on the same questions.
 
     Returns one row per method: equivalent tokens both ways, mean prefill FLOPs (formula),
-    accuracy overall and per type, and, relative to the dense row (when there is one), accuracy
-    retained and FLOPs saved.
+    accuracy overall with its 95 % bootstrap interval (acc_low, acc_high) and per type, and,
+    relative to the dense row (when there is one), accuracy retained and FLOPs saved. With
+    `reference` (a name in `configs`), every row also gets its accuracy difference to that row with
+    a paired-bootstrap 95 % interval (diff, diff_low, diff_high) and a verdict ("better", "worse",
+    or "tie" when the interval contains 0). The per-question results are in `table.attrs["questions"]`.
     """
-    rows = []
+    if reference is not None and reference not in configs:
+        raise ValueError(f"reference={reference!r} is not one of the configs: {', '.join(map(repr, configs))}")
+    rows, per_question = [], {}
     for name, cfg in configs.items():
         df = evaluate(model, processor, dataset, cfg, batch_size=batch_size, progress=progress, desc=name)
+        per_question[name] = df
+        low, high = accuracy_ci(df)
         rows.append({"method": name, "equivalent_tokens": df["equivalent_tokens"].mean(),
                      "equivalent_tokens_input": df["equivalent_tokens_input"].mean(), "flops": df["flops"].mean(),
-                     **{f"acc_{k}": v for k, v in accuracy_by_type(df).items()}})
+                     **{f"acc_{k}": v for k, v in accuracy_by_type(df).items()}, "acc_low": low, "acc_high": high})
     table = pd.DataFrame(rows).set_index("method")
     if "dense" in table.index:
         table["retained"] = table["acc_all"] / table.loc["dense", "acc_all"]
         table["flops_saved"] = 1 - table["flops"] / table.loc["dense", "flops"]
+    if reference is not None:
+        for name, df in per_question.items():
+            r = paired_bootstrap(df, per_question[reference])
+            table.loc[name, ["diff", "diff_low", "diff_high"]] = r["diff"], r["low"], r["high"]
+            table.loc[name, "verdict"] = {"a better": "better", "b better": "worse", "tie": "tie"}[r["verdict"]]
+    table.attrs["questions"] = per_question
     return table
+
+
+def paired_bootstrap(a, b, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    """Accuracy difference a − b on the same questions, with a paired bootstrap confidence interval.
+
+    `a`, `b`: per-question correctness (bool arrays, or `evaluate` DataFrames) in the same order.
+    Questions are resampled with replacement `n_boot` times (seeded: the same call gives the same
+    interval); the interval is the central `level` share of the resampled differences. A
+    difference whose interval contains 0 is a tie at that level.
+    Returns diff, low, high and verdict ("a better", "b better" or "tie").
+    """
+    a = np.asarray(a["correct"] if isinstance(a, pd.DataFrame) else a, dtype=float)
+    b = np.asarray(b["correct"] if isinstance(b, pd.DataFrame) else b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"a and b must be per-question results of the same questions; got shapes {a.shape} and {b.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} must be between 0 and 1")
+    d = a - b
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    boots = d[idx].mean(1)
+    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    verdict = "a better" if low > 0 else "b better" if high < 0 else "tie"
+    return {"diff": float(d.mean()), "low": float(low), "high": float(high), "verdict": verdict}
+
+
+def accuracy_ci(correct, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap confidence interval of one accuracy (per-question correctness, or an `evaluate`
+    DataFrame)."""
+    c = np.asarray(correct["correct"] if isinstance(correct, pd.DataFrame) else correct, dtype=float)
+    r = paired_bootstrap(c, np.zeros_like(c), n_boot, seed, level)
+    return r["low"], r["high"]
+
+
+def rater_words(model, processor, dataset, rule: str = "mean", batch_size: int = 64) -> list[list[str]]:
+    """The raters SparseVLM picks for every question of `dataset`, as tokens (from the report of a
+    keep-everything run: raters do not depend on the budget)."""
+    from .config import SparseVLMConfig
+
+    keep_all = SparseVLMConfig(mode="schedule", pruning_layers=(0,), schedule=(10 ** 9,), recycle=False, rater_rule=rule)
+    out = []
+    with torch.no_grad(), sparsified(model, keep_all):
+        for _, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device):
+            model(**inputs, use_cache=False)
+            for i, pos in enumerate(report(model).raters):
+                out.append(processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][i, pos].tolist()))
+    return out
+
+
+def rater_precision(raters: list[list[str]], naming: set[str]) -> float:
+    """Share of all raters (pooled over questions) that are words in `naming` (on the toy model:
+    a colour, a shape or a cell — words that name something that can be in the image)."""
+    total = sum(map(len, raters))
+    return sum(w in naming for r in raters for w in r) / total if total else float("nan")

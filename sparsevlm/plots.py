@@ -68,7 +68,8 @@ def method_family(name: str) -> str:
 
 
 def tradeoff(table, x: str, y: str = "acc_all", ax=None, xlabel: str | None = None):
-    """Accuracy against a cost column, one line per method family, dense as a star."""
+    """Accuracy against a cost column, one line (and marker) per method family, dense as a star, with
+    the 95 % intervals of `compare` as error bars when the table has them."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -77,12 +78,15 @@ def tradeoff(table, x: str, y: str = "acc_all", ax=None, xlabel: str | None = No
     data = table.reset_index().rename(columns={"index": "method"})
     data["family"] = data["method"].map(method_family)
     rest = data[data["family"] != "dense"]
-    sns.lineplot(data=rest, x=x, y=y, hue="family", marker="o", ax=ax, sort=True)
+    sns.lineplot(data=rest, x=x, y=y, hue="family", style="family", markers=True, ax=ax, sort=True)
+    if y == "acc_all" and {"acc_low", "acc_high"} <= set(rest.columns):  # 95 % intervals
+        ax.errorbar(rest[x], rest[y], yerr=[rest[y] - rest["acc_low"], rest["acc_high"] - rest[y]], fmt="none",
+                    ecolor="grey", elinewidth=0.8, capsize=2, alpha=0.7)
     dense = data[data["family"] == "dense"]
     if len(dense):
         ax.scatter(dense[x], dense[y], marker="*", s=160, color="black", label="dense", zorder=3)
     ax.set_xlabel(xlabel or x.replace("_", " "))
-    ax.set_ylabel("accuracy" if y == "acc_all" else y)
+    ax.set_ylabel("accuracy (95 % interval)" if y == "acc_all" else y)
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,3 +13,12 @@ def seed_everything(seed: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def shipped_path(folder: str, *parts: str) -> Path:
+    """A folder shipped with the library (`data`, `results`): inside the installed package
+    (sparsevlm/<folder>/..., where `pip install .` puts it), else in the source checkout beside the
+    package (<checkout>/<folder>/..., also what an editable install sees)."""
+    package = Path(__file__).resolve().parent
+    installed = package.joinpath(folder, *parts)
+    return installed if installed.exists() else package.parent.joinpath(folder, *parts)

@@ -23,8 +23,9 @@ def test_demo_writes_the_table_and_plots(capsys, tmp_path):
     assert code == 0
     table = pd.read_csv(tmp_path / "table.csv", index_col=0)
     assert list(table.index) == ["dense", "sparsevlm 64", "random 64", "tome 64"]
-    assert list(table.columns) == ["budget", "equivalent_tokens", "accuracy", "retained", "gflops", "flops_saved",
-                                   "prefill_ms"]
+    assert list(table.columns) == ["budget", "equivalent_tokens", "accuracy", "acc_low", "acc_high", "retained", "gflops",
+                                   "flops_saved", "prefill_ms"]
+    assert (table["acc_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["acc_high"]).all()
     assert table.loc["dense", "retained"] == 1 and table.loc["dense", "flops_saved"] == 0
     assert (table.loc["sparsevlm 64":, "flops_saved"] > 0.3).all() and (table["prefill_ms"] > 0).all()
     assert table.loc["tome 64", "equivalent_tokens"] == 12  # matched to SparseVLM's 11.6

@@ -75,3 +75,42 @@ def test_notebooks_are_executed_and_portable():
     assert notebooks, "no notebooks found"
     problems = {nb.name: p for nb in notebooks if (p := notebook_problems(nb))}
     assert not problems, problems
+
+
+def test_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
+    """`pip install .` (not editable): the wheel holds the embedded model, its evaluation split and
+    the committed results; installed in a fresh virtual environment and imported from a folder
+    outside the repository, it loads the model and answers from the package's own files."""
+    import subprocess
+    import sys
+    import sysconfig
+    import zipfile
+
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
+                    str(ROOT)], check=True, capture_output=True)
+    wheel = next(dist.glob("sparsevlm-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ["sparsevlm/data/toy-llava/model.safetensors", "sparsevlm/data/toy-llava/eval_split.json",
+                   "sparsevlm/data/toy-llava/MODEL_CARD.md", "sparsevlm/results/bench_toy_cpu.json", "sparsevlm/course.py"]:
+        assert needed in names, needed
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    # The dependencies (torch, transformers, ...) come from this environment's site-packages as a plain
+    # path entry (its .pth files, among them the editable install of the checkout, are not processed).
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
+    code = ("import sparsevlm, torch; from sparsevlm import toy, bench\n"
+            "model, processor = toy.load(); rec = toy.eval_split(limit=1)[0]\n"
+            "x = processor(images=rec['image'], text=rec['prompt'], return_tensors='pt')\n"
+            "out = model.generate(**x, max_new_tokens=1, do_sample=False)\n"
+            "print(sparsevlm.__file__); print(toy.CHECKPOINT); print(bench.RESULTS)\n"
+            "print(processor.tokenizer.decode(out[0, -1:]).strip() == rec['answer'])")
+    run = subprocess.run([py, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True)
+    module, checkpoint, results, right = run.stdout.split()
+    for path in (module, checkpoint, results):
+        assert path.startswith(str(venv)) and not path.startswith(str(ROOT)), path
+    assert right == "True"

@@ -145,3 +145,50 @@ def test_train_rejects_bad_grounding_layers_before_training(capsys, tmp_path, ar
     with pytest.raises(SystemExit) as e:
         main([*argv, "--out", str(tmp_path / "out")])
     assert e.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_patch_descriptions_name_colour_shape_and_cell():
+    from sparsevlm.toy.train import VOCAB, patch_words
+
+    samples, _ = make_dataset(4, seed=7, questions_per_image=1)
+    target = patch_words(samples, 4, smoothing=0.0)  # (4, 64, vocab)
+    torch.testing.assert_close(target.sum(-1), torch.ones(4, 64))
+    for s in samples[:4]:
+        occupied = {p: o for o in s.objects for p in cell_patches(o.cell)}
+        for p in range(64):
+            named = {w for w, i in VOCAB.items() if target[s.image_id, p, i] > 0}
+            cell = CELLS[(p // 8) // 2 * 4 + (p % 8) // 2]
+            o = occupied.get(p)
+            assert named == ({o.color, o.shape, o.shape + "s", cell} if o else {cell})
+    smooth = patch_words(samples, 4, smoothing=0.1)
+    assert torch.allclose(smooth.min(-1).values, torch.full((4, 64), 0.1 / len(VOCAB)))
+
+
+def test_alignment_stage_trains_the_projector_only(tmp_path):
+    import argparse
+
+    from transformers import LlavaForConditionalGeneration
+    from sparsevlm.toy.model import build_config
+    from sparsevlm.toy.train import align_projector, image_stats
+
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(build_config(layers=2, hidden=32))
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    mean, std = image_stats(0, n=8)
+    args = argparse.Namespace(align_steps=3, align_lr=1e-2, tower_batch=4, seed=0)
+    loss = align_projector(model, args, mean, std, log=lambda m: None)
+    assert np.isfinite(loss)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("model.multi_modal_projector") for n in changed)
+
+
+def test_shipped_model_raters_are_words_as_recorded(shipped):
+    from sparsevlm.eval import rater_precision, rater_words
+
+    model, processor, records = shipped
+    recorded = json.loads((toy.CHECKPOINT / "results.json").read_text())["rater_precision"]
+    words = rater_words(model, processor, records)
+    assert round(rater_precision(words, toy.naming_words()), 4) == recorded
+    assert rater_precision([["red", "?"], ["b3"]], toy.naming_words()) == pytest.approx(2 / 3)

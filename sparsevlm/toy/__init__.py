@@ -6,7 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .data import QUESTION_TYPES, REGION_TYPES, make_dataset, prompt
+from ..utils import shipped_path
+from .data import QUESTION_TYPES, REGION_TYPES, make_dataset, naming_words, prompt
 from .tensors import planted_example, walkthrough
 
 # LLaVA-1.5-7B prunes after layers 2, 6, 15 (presets) or 2, 6, 15, 19 (rank mode) of 32, i.e.
@@ -18,7 +19,7 @@ TOY_RANK_LAYERS = (1, 2, 4, 5)
 TOY_VISUAL = 64
 TOY_NUM_LAYERS = 8
 TOY_RANK_SCALE = 13.5 * TOY_VISUAL / 576  # 1.5: the reference's keep-per-rank, scaled
-CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "toy-llava"
+CHECKPOINT = shipped_path("data", "toy-llava")
 EVAL_SEED, EVAL_IMAGES = 20_250_501, 200
 
 
@@ -83,4 +84,4 @@ def eval_split(path: str | Path = CHECKPOINT, limit: int | None = None) -> list[
 
 
 __all__ = ["load", "preset", "rank_config", "TOY_LAYERS", "TOY_RANK_LAYERS", "eval_split", "write_eval_split", "make_dataset", "planted_example", "walkthrough",
-           "QUESTION_TYPES", "REGION_TYPES", "CHECKPOINT"]
+           "QUESTION_TYPES", "REGION_TYPES", "CHECKPOINT", "naming_words"]

@@ -55,6 +55,12 @@ def vocabulary() -> list[str]:
     return list(dict.fromkeys(words))
 
 
+def naming_words() -> set[str]:
+    """Words that name something an image can show: a colour, a shape (singular or plural) or a
+    cell. A rater that is one of these is a word about the image (`sparsevlm.eval.rater_precision`)."""
+    return set(COLORS) | set(SHAPES) | {s + "s" for s in SHAPES} | set(CELLS)
+
+
 def cell_patches(cell: int) -> tuple[int, ...]:
     """The 4 visual patches (row-major over 8×8) covering a grid cell."""
     r, c = divmod(cell, GRID)

@@ -22,6 +22,12 @@ Recipe (deterministic given --seed; see the model card for what it means):
    the question does not name are hidden (masked, positions renumbered around them).
 3. Optionally continue from a checkpoint (--init) with fresh data (another --seed) and a lower
    learning rate.
+4. Optionally align the projector with the word embeddings (--align-steps, --align-weight), as
+   LLaVA-1.5 first trains its projector on captions: each patch's projected token is read through
+   the language model's embedding matrix (logits = token · Eᵀ) and trained towards the words that
+   describe it — its object's colour, shape (singular and plural) and cell, or only its cell for
+   empty background — with label smoothing. First --align-steps steps train the projector alone on
+   this loss (language model frozen), then the recipe above adds it with weight --align-weight.
 """
 from __future__ import annotations
 
@@ -171,11 +177,59 @@ def drop_background(samples, ids, mask, focus, words, rate: float, generator) ->
     return mask
 
 
-def embed(model, ids, pixels, image_of):
+def patch_words(samples, n_images, smoothing: float = 0.1) -> torch.Tensor:
+    """Per-patch description as a distribution over the vocabulary: the words naming the object in
+    the patch's cell (colour, shape, plural shape, cell) or only the cell for empty background,
+    mixed with `smoothing` of the uniform distribution (so that no other word is preferred).
+    Shapes: -> (n_images, V, vocab)."""
+    target = torch.zeros(n_images, PATCHES ** 2, len(VOCAB))
+    for cell in range(GRID * GRID):
+        target[:, list(cell_patches(cell)), VOCAB[CELLS[cell]]] = 1.0
+    seen = set()
+    for s in samples:
+        if s.image_id in seen:
+            continue
+        seen.add(s.image_id)
+        for o in s.objects:
+            for w in (o.color, o.shape, o.shape + "s"):
+                target[s.image_id, list(cell_patches(o.cell)), VOCAB[w]] = 1.0
+    target = target / target.sum(-1, keepdim=True)
+    return (1 - smoothing) * target + smoothing / len(VOCAB)
+
+
+def alignment_loss(model, vis, targets) -> torch.Tensor:
+    """Cross-entropy between each projected patch read through the word embeddings
+    (softmax over the vocabulary of token · Eᵀ) and its description. Shapes: vis (N, V, D_vision),
+    targets (N, V, vocab)."""
+    feats = model.model.multi_modal_projector(vis)  # (N, V, D)
+    logits = feats @ model.get_input_embeddings().weight.T  # (N, V, vocab)
+    return -(targets * logits.log_softmax(-1)).sum(-1).mean()
+
+
+def tower_tokens(model, pixels) -> torch.Tensor:
+    with torch.no_grad():
+        return model.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
+
+
+def align_projector(model, args, mean, std, log) -> float:
+    """LLaVA-like first stage: only the projector trains, on the patch descriptions."""
+    proj = model.model.multi_modal_projector
+    opt = torch.optim.AdamW(proj.parameters(), lr=args.align_lr, weight_decay=0.0)
+    for step in range(args.align_steps):
+        samples, images = make_dataset(args.tower_batch, args.seed * 100_019 + 50_000 + step, questions_per_image=1)
+        loss = alignment_loss(model, tower_tokens(model, to_pixels(images, mean, std)), patch_words(samples, len(images)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == args.align_steps:
+            log(f"align {step + 1}/{args.align_steps} loss {loss.item():.3f}")
+    return loss.item()
+
+
+def embed(model, ids, pixels, image_of, vis=None):
     """Embeddings entering the language model, running the frozen tower once per image (not once
     per question) and the trainable projector on its output, spliced in as LlavaModel does."""
-    with torch.no_grad():
-        vis = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
+    vis = tower_tokens(model, pixels) if vis is None else vis
     feats = model.model.multi_modal_projector(vis)[image_of]  # (B, V, D)
     embeds = model.get_input_embeddings()(ids)
     slot = (ids == VOCAB["<image>"])[..., None]
@@ -228,6 +282,7 @@ def train(args, log=print) -> dict:
         model = LlavaForConditionalGeneration(build_config(layers=args.layers, hidden=args.hidden))
         tower_acc = train_tower(model, args, mean, std, log)
     model.config._attn_implementation = "sdpa"
+    align_loss = align_projector(model, args, mean, std, log) if args.align_steps else None
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -252,7 +307,8 @@ def train(args, log=print) -> dict:
         if args.drop_background > 0:
             mask = drop_background(samples, ids, mask, focus, words, args.drop_background, gen)
         positions = compact_positions(mask.bool())  # as generate() numbers a left-padded prompt
-        logits = model(inputs_embeds=embed(model, ids, pixels, image_of), attention_mask=mask,
+        vis = tower_tokens(model, pixels)
+        logits = model(inputs_embeds=embed(model, ids, pixels, image_of, vis), attention_mask=mask,
                        position_ids=positions, use_cache=False, logits_to_keep=2).logits  # (B, 2, vocab)
         answer_loss = F.cross_entropy(logits[:, 0], answer) + F.cross_entropy(
             logits[:, 1], torch.full_like(answer, VOCAB["</s>"]))
@@ -265,6 +321,8 @@ def train(args, log=print) -> dict:
                                 words.gather(1, word_pos[..., None].expand(-1, -1, words.shape[-1]))) + \
             grounding_loss(focus_layer, captured["focus"], ids, mask, captured["pe"], last, focus[:, None])
         loss = answer_loss + args.ground_weight * ground
+        if args.align_weight > 0:  # keep the projected patches readable as the words describing them
+            loss = loss + args.align_weight * alignment_loss(model, vis, patch_words(samples, len(images)))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -279,7 +337,7 @@ def train(args, log=print) -> dict:
     for h in hooks:
         h.remove()
     model.eval()
-    return {"model": model, "processor": build_processor(mean, std), "tower_acc": tower_acc,
+    return {"model": model, "processor": build_processor(mean, std), "tower_acc": tower_acc, "align_loss": align_loss,
             "seconds": time.time() - start, "final_train_acc": float(np.mean([h[2] for h in history[-100:]]))}
 
 
@@ -308,6 +366,12 @@ def main(argv=None):
     p.add_argument("--init", default=None,
                    help="continue from this checkpoint folder (skips the tower stage; use another --seed "
                         "for fresh data)")
+    p.add_argument("--align-steps", type=int, default=0,
+                   help="projector-only steps aligning projected patches with the words describing them, "
+                        "before the language-model steps (default 0 = none)")
+    p.add_argument("--align-lr", type=float, default=3e-3, help="learning rate of those steps (default 3e-3)")
+    p.add_argument("--align-weight", type=float, default=0.0,
+                   help="weight of that alignment loss during the language-model steps (default 0)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     args = p.parse_args(argv)
     layers = args.layers  # checked before the vision-tower stage, from the layer count the model will have
@@ -326,7 +390,7 @@ def main(argv=None):
     out["model"].save_pretrained(path)
     out["processor"].save_pretrained(path)
     info = {"args": vars(args), "seconds": round(out["seconds"], 1), "tower_acc": out["tower_acc"],
-            "final_train_acc": round(out["final_train_acc"], 4),
+            "final_train_acc": round(out["final_train_acc"], 4), "align_loss": out["align_loss"],
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "python": platform.python_version()}
     if args.init:  # keep the record of the stage this one continued
@@ -338,16 +402,18 @@ def main(argv=None):
 
 def finalize(path) -> dict:
     """Freeze the evaluation split beside the checkpoint, evaluate the checkpoint as loaded from
-    disk, and record dense accuracy per type and the question-dependence of the raters' attention
+    disk, and record dense accuracy per type, the rater precision (share of SparseVLM's raters that
+    name a colour, shape or cell) and the question-dependence of the raters' attention
     (results.json; tests demand that the shipped model reproduces it exactly)."""
-    from ..eval import accuracy_by_type, evaluate, focus_mass, question_dependence
-    from . import eval_split, load, write_eval_split
+    from ..eval import accuracy_by_type, evaluate, focus_mass, question_dependence, rater_precision, rater_words
+    from . import eval_split, load, naming_words, write_eval_split
 
     write_eval_split(path)
     model, processor = load(path)
     records = eval_split(path)
     acc = accuracy_by_type(evaluate(model, processor, records, progress=False))
     results = {"n_questions": len(records), "dense_accuracy": {k: round(float(v), 4) for k, v in acc.items()},
+               "rater_precision": round(rater_precision(rater_words(model, processor, records), naming_words()), 4),
                "question_dependence": {}, "focus_mass": {}}
     for layer in range(model.config.text_config.num_hidden_layers):
         fm = focus_mass(model, processor, records, layer)

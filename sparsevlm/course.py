@@ -1,0 +1,314 @@
+"""The course's exercises: `check("04.1", answer)` says right or wrong, and why.
+
+Each exercise belongs to a notebook (its id starts with the notebook's number) and has a reference
+solution computed live from the library and the embedded model — never a stored number — so an
+exercise cannot silently go stale: `make test` runs every solution and checks that `check` accepts
+it and refuses a wrong answer. Notebooks call `check`; they never print a solution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str
+    question: str
+    kind: str  # "number" (within `tol`), "int", "choice" (one of `choices`) or "set" (of ints)
+    solve: Callable[[], Any]
+    hint: str
+    tol: float = 0.0
+    choices: tuple = ()
+
+
+@lru_cache(maxsize=1)
+def _toy():
+    from . import toy
+
+    model, processor = toy.load()
+    return model, processor, toy.eval_split()
+
+
+def _inputs(rec):
+    _, processor, _ = _toy()
+    return processor(images=rec["image"], text=rec["prompt"], return_tensors="pt")
+
+
+# --- 01: redundancy and question dependence --------------------------------------------------
+
+def _s01_1():
+    from .config import RandomConfig
+    from .eval import compare
+
+    model, processor, records = _toy()
+    t = compare(model, processor, records[:240], {"dense": None, "random 16": RandomConfig(pruning_layers=(1,), schedule=(16,))},
+                progress=False)
+    return float(t.loc["random 16", "retained"])
+
+
+def _s01_2():
+    from .eval import focus_mass, question_dependence
+
+    model, processor, records = _toy()
+    per_layer = {layer: question_dependence(focus_mass(model, processor, records[:400], layer)) for layer in range(8)}
+    return max(per_layer, key=per_layer.get)
+
+
+# --- 02: raters -------------------------------------------------------------------------------
+
+def _s02_1():
+    from .raters import select_raters
+    from .toy import planted_example
+
+    ex = planted_example(seed=0)
+    _, rel = select_raters(ex["embeds"], ex["vis_mask"], ex["valid"])
+    return float(rel[0].sum())
+
+
+def _s02_2():
+    from .raters import select_raters
+    from .toy import planted_example
+
+    ex = planted_example(seed=0)
+    embeds = torch.where(ex["vis_mask"][..., None], 4 * ex["embeds"], ex["embeds"])
+    raters, _ = select_raters(embeds, ex["vis_mask"], ex["valid"])
+    first_text = int(ex["vis_mask"][0].nonzero().max()) + 1
+    return set((raters[0].nonzero().flatten() - first_text).tolist())
+
+
+# --- 03: scoring ------------------------------------------------------------------------------
+
+def _every_layer_scores(rec):
+    from .config import SparseVLMConfig
+    from .models import report, sparsified
+
+    model, _, _ = _toy()
+    every = SparseVLMConfig(mode="schedule", pruning_layers=tuple(range(8)), schedule=(10 ** 6,) * 8, recycle=False)
+    with torch.no_grad(), sparsified(model, every):
+        model(**_inputs(rec))
+        return [s["scores"][0] for s in report(model).steps]
+
+
+def _s03_1():
+    _, _, records = _toy()
+    return float(_every_layer_scores(records[5])[1].sum())
+
+
+def _s03_2():
+    _, _, records = _toy()
+    rec = records[5]
+    share = [float(s[list(rec["focus"])].sum() / s.sum()) for s in _every_layer_scores(rec)]
+    return max(range(len(share)), key=share.__getitem__)
+
+
+# --- 04: the rank -----------------------------------------------------------------------------
+
+def _s04_1():
+    from .budget import attention_rank
+
+    g = torch.Generator().manual_seed(4)
+    p = torch.rand(2, 64, generator=g).softmax(-1)
+    P = torch.stack([p[0], p[1], (p[0] + p[1]) / 2])[None]  # (1, 3, 64)
+    return int(attention_rank(P, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 64, dtype=torch.bool))[0])
+
+
+def _s04_2():
+    from .budget import rank_keep_count
+    from .toy import TOY_RANK_SCALE
+
+    return int(rank_keep_count(torch.tensor([3]), torch.tensor([64]), scale=TOY_RANK_SCALE)[0])
+
+
+# --- 05: recycling ----------------------------------------------------------------------------
+
+def _s05_1():
+    from .recycle import recycle
+
+    g = torch.Generator().manual_seed(5)
+    out = recycle(torch.randn(1, 40, 16, generator=g), torch.rand(1, 40, generator=g), torch.ones(1, 40, dtype=torch.bool))
+    return int(out.valid.sum())
+
+
+def _s05_2():
+    from .recycle import merge_clusters
+
+    x = torch.ones(1, 5, 8)
+    assign = torch.zeros(1, 5, dtype=torch.long)
+    summed, mean = merge_clusters(x, assign, 1, "sum"), merge_clusters(x, assign, 1, "mean")
+    return float(summed.norm() / mean.norm())
+
+
+# --- 06: FLOPs --------------------------------------------------------------------------------
+
+def _s06_1():
+    from .flops import layer_flops
+
+    return float(layer_flops(695, 4096, 11008)) / 1e9
+
+
+def _s06_2():
+    from .config import SparseVLMConfig
+    from .methods import planned_tokens
+
+    return planned_tokens(SparseVLMConfig.preset(64), 576, 32, "input")
+
+
+# --- 07: ablations ----------------------------------------------------------------------------
+
+def _ablate(**overrides):
+    from . import toy
+    from .eval import evaluate
+
+    model, processor, records = _toy()
+    return evaluate(model, processor, records[:240], toy.preset(128, **overrides), batch_size=64, progress=False)
+
+
+def _s07_1():
+    base = _ablate()["correct"].mean()
+    changes = {"no recycling": {"recycle": False}, "original positions": {"positions": "original"},
+               "raters = last token": {"rater_rule": "last"}, "raters = all text": {"rater_rule": "all"}}
+    drop = {name: base - _ablate(**kw)["correct"].mean() for name, kw in changes.items()}
+    return max(drop, key=drop.get)
+
+
+def _s07_2():
+    from .eval import paired_bootstrap
+
+    return paired_bootstrap(_ablate(rater_rule="all"), _ablate())["verdict"]
+
+
+# --- 08: baselines ----------------------------------------------------------------------------
+
+def _s08_1():
+    from . import toy
+    from .methods import matched_baselines
+
+    return float(matched_baselines(toy.preset(64), 64, 8)["fastv"].prune_ratio)
+
+
+def _s08_2():
+    from . import toy
+    from .eval import evaluate, paired_bootstrap
+    from .methods import matched_baselines
+
+    model, processor, records = _toy()
+    cfg = toy.preset(192)
+    a = evaluate(model, processor, records, cfg, batch_size=64, progress=False)
+    b = evaluate(model, processor, records, matched_baselines(cfg, 64, 8)["pdrop"], batch_size=64, progress=False)
+    return {"a better": "sparsevlm", "b better": "pdrop", "tie": "tie"}[paired_bootstrap(a, b)["verdict"]]
+
+
+EXERCISES = {e.id: e for e in [
+    Exercise("01.1", "Random pruning to 16 tokens after layer 1: what share of dense accuracy is retained on "
+             "records[:240]? (a fraction, ±0.01)", "number", _s01_1,
+             "read the `retained` column of the table for random 16", tol=0.01),
+    Exercise("01.2", "At which decoder layer (0-7) is the raters' attention most question-dependent on "
+             "records[:400]?", "int", _s01_2,
+             "take the layer with the largest value of `per_layer`; then compare it with the layers the model card "
+             "says the training recipe grounds"),
+    Exercise("02.1", "The relevance of a sample's text tokens always sums to the same number. Which? (±1e-4)",
+             "number", _s02_1, "each visual token's softmax over the text sums to 1; what does averaging over "
+             "visual tokens do to that?", tol=1e-4),
+    Exercise("02.2", "Multiply every visual embedding of the planted example by 4. Which text tokens are raters "
+             "now? (a set of positions 0-5, counted from the first text token after the image)", "set", _s02_2,
+             "scaling V sharpens every softmax over the text (a lower temperature); recompute with "
+             "sparsevlm.select_raters"),
+    Exercise("03.1", "For records[5] at layer 1, what share of the raters' attention falls on visual tokens at "
+             "all? (the sum of the scores, ±0.005)", "number", _s03_1,
+             "an attention row sums to 1 over every key; sum the visual columns only", tol=0.005),
+    Exercise("03.2", "For records[5], at which layer (0-7) do the raters put the largest share of their visual "
+             "attention on the question's focus patches?", "int", _s03_2,
+             "divide each layer's scores by their sum and add up the focus patches"),
+    Exercise("04.1", "Three raters whose attention rows over 64 visual tokens are p1, p2 and (p1 + p2) / 2: "
+             "what is the rank of the 3 × 64 matrix?", "int", _s04_1,
+             "a row that is a combination of the others adds no dimension; check with sparsevlm.attention_rank"),
+    Exercise("04.2", "Toy rank mode (scale 1.5, bias 0), 64 visual tokens, 3 raters with linearly independent "
+             "rows: how many tokens are kept?", "int", _s04_2,
+             "the rank is 3; apply the reference's keep rule min(int(scale·rank + bias), V − 1)"),
+    Exercise("05.1", "Recycling 40 pruned tokens with the default ratios: how many merged tokens come out?",
+             "int", _s05_1, "first int(0.3·n) + 1 tokens are recycled, then int(0.1·m) + 1 clusters"),
+    Exercise("05.2", "A cluster of 5 identical tokens: how many times larger is the norm of the paper's summed "
+             "token than the reference's mean token? (±1e-6)", "number", _s05_2,
+             "sum = size × mean", tol=1e-6),
+    Exercise("06.1", "Prefill cost of one LLaVA-1.5-7B decoder layer (d = 4096, m = 11008) on n = 695 tokens, by "
+             "the paper's formula, in GFLOPs (multiply-adds, ±0.5)", "number", _s06_1,
+             "4·n·d² + 2·n²·d + 3·n·d·m", tol=0.5),
+    Exercise("06.2", "Equivalent tokens of LLaVA-1.5-7B's 64-token preset counted at each layer's *input* "
+             "(±0.01)", "number", _s06_2,
+             "a pruning layer processes its input tokens; use sparsevlm.planned_tokens(..., 'input')", tol=0.01),
+    Exercise("07.1", "From the 128-token defaults, which one-knob change costs the most accuracy on the 240 "
+             "questions: 'no recycling', 'original positions', 'raters = last token' or 'raters = all text'?",
+             "choice", _s07_1, "run ablation() with each change and compare acc_all with the defaults",
+             choices=("no recycling", "original positions", "raters = last token", "raters = all text")),
+    Exercise("07.2", "Raters = all text against the paper's mean rule at the 128 preset, 240 questions: is the "
+             "difference significant at 95 % (paired bootstrap)? Answer 'a better' (all text), 'b better' "
+             "(mean) or 'tie'.", "choice", _s07_2,
+             "sparsevlm.eval.paired_bootstrap on the two per-question results",
+             choices=("a better", "b better", "tie")),
+    Exercise("08.1", "What FastV prune ratio does matched_baselines choose to match the toy 64 preset? (±1e-3)",
+             "number", _s08_1, "sparsevlm.matched_baselines(toy.preset(64), 64, 8)['fastv']", tol=1e-3),
+    Exercise("08.2", "At the 192 preset, SparseVLM against PyramidDrop on all 800 questions: 'sparsevlm', "
+             "'pdrop' or 'tie' at 95 % (paired bootstrap)?", "choice", _s08_2,
+             "evaluate both on the same questions, then sparsevlm.eval.paired_bootstrap",
+             choices=("sparsevlm", "pdrop", "tie")),
+]}
+
+
+@lru_cache(maxsize=None)
+def solution(exercise: str):
+    """The reference answer of an exercise, computed now (used by the tests; notebooks never print it)."""
+    return _get(exercise).solve()
+
+
+def _get(exercise: str) -> Exercise:
+    if exercise not in EXERCISES:
+        raise ValueError(f"exercise={exercise!r} does not exist; allowed: {', '.join(EXERCISES)}")
+    return EXERCISES[exercise]
+
+
+def _verdict(ex: Exercise, answer, ref) -> tuple[bool, str]:
+    if ex.kind == "number":
+        try:
+            value = float(answer)
+        except (TypeError, ValueError):
+            return False, f"expected a number, got {answer!r}"
+        if abs(value - ref) <= ex.tol:
+            return True, ""
+        return False, f"{value:g} is too {'high' if value > ref else 'low'}"
+    if ex.kind == "int":
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            return False, f"expected a whole number, got {answer!r}"
+        return answer == ref, "" if answer == ref else f"{answer} is too {'high' if answer > ref else 'low'}"
+    if ex.kind == "choice":
+        if answer not in ex.choices:
+            return False, f"{answer!r} is not one of {', '.join(map(repr, ex.choices))}"
+        return answer == ref, "" if answer == ref else f"not {answer!r}"
+    try:
+        given = {int(x) for x in answer}
+    except (TypeError, ValueError):
+        return False, f"expected a set of whole numbers, got {answer!r}"
+    if given == ref:
+        return True, ""
+    missing, extra = len(ref - given), len(given - ref)
+    return False, f"{missing} missing, {extra} that should not be there"
+
+
+def check(exercise: str, answer=None, quiet: bool = False) -> bool | None:
+    """Say whether `answer` solves `exercise` ("04.1", ...), and if not, why and a hint.
+    None (the default) means not answered yet. Returns True / False (None if unanswered)."""
+    ex = _get(exercise)
+    if answer is None:
+        if not quiet:
+            print(f"{ex.id}: not answered yet — {ex.question}")
+        return None
+    ok, why = _verdict(ex, answer, solution(exercise))
+    if not quiet:
+        print(f"{ex.id}: right." if ok else f"{ex.id}: wrong — {why}. Hint: {ex.hint}.")
+    return ok
+
+
+__all__ = ["check", "solution", "EXERCISES", "Exercise"]
