@@ -62,6 +62,7 @@ def test_the_checkpoint_loads_offline_as_a_standard_hf_folder(shipped):
     assert model.config.text_config.num_hidden_layers >= 8
     inputs = processor(images=[records[0]["image"]], text=[records[0]["prompt"]], return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == toy.TOY_VISUAL
+    assert model.config.image_seq_length == toy.TOY_VISUAL  # the config says what the processor does
     again = LlavaForConditionalGeneration.from_pretrained(toy.CHECKPOINT, local_files_only=True)
     assert isinstance(AutoProcessor.from_pretrained(toy.CHECKPOINT, local_files_only=True), type(processor))
     with torch.no_grad():
@@ -161,7 +162,14 @@ def test_patch_descriptions_name_colour_shape_and_cell():
             o = occupied.get(p)
             assert named == ({o.color, o.shape, o.shape + "s", cell} if o else {cell})
     smooth = patch_words(samples, 4, smoothing=0.1)
-    assert torch.allclose(smooth.min(-1).values, torch.full((4, 64), 0.1 / len(VOCAB)))
+    naming = torch.tensor([w in toy.naming_words() for w in VOCAB])
+    assert (smooth[..., ~naming] == 0).all()  # "what", "?", ":" never describe a patch
+    assert torch.allclose(smooth[..., naming].min(-1).values, torch.full((4, 64), 0.1 / int(naming.sum())))
+    with_objects = patch_words(samples, 4, smoothing=0.0, objects=True)
+    occupied = torch.zeros(4, 64, dtype=torch.bool)
+    for s in samples[:4]:
+        occupied[s.image_id, [p for o in s.objects for p in cell_patches(o.cell)]] = True
+    assert ((with_objects[..., VOCAB["objects"]] > 0) == occupied).all()
 
 
 def test_alignment_stage_trains_the_projector_only(tmp_path):
@@ -177,7 +185,7 @@ def test_alignment_stage_trains_the_projector_only(tmp_path):
     model.model.multi_modal_projector.requires_grad_(True)
     before = {n: p.clone() for n, p in model.named_parameters()}
     mean, std = image_stats(0, n=8)
-    args = argparse.Namespace(align_steps=3, align_lr=1e-2, tower_batch=4, seed=0)
+    args = argparse.Namespace(align_steps=3, align_lr=1e-2, tower_batch=4, seed=0, align_objects=True)
     loss = align_projector(model, args, mean, std, log=lambda m: None)
     assert np.isfinite(loss)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -192,3 +200,17 @@ def test_shipped_model_raters_are_words_as_recorded(shipped):
     words = rater_words(model, processor, records)
     assert round(rater_precision(words, toy.naming_words()), 4) == recorded
     assert rater_precision([["red", "?"], ["b3"]], toy.naming_words()) == pytest.approx(2 / 3)
+
+
+def test_compare_gives_intervals_and_paired_verdicts(shipped):
+    from sparsevlm.eval import compare
+
+    model, processor, records = shipped
+    configs = {"dense": None, "same": None, "64": toy.preset(64)}
+    table = compare(model, processor, records[:48], configs, progress=False, reference="dense")
+    assert ((table["acc_low"] <= table["acc_all"]) & (table["acc_all"] <= table["acc_high"])).all()
+    assert table.loc["same", "verdict"] == "tie" and table.loc["same", "diff"] == 0
+    assert set(table["verdict"]) <= {"better", "worse", "tie"}
+    assert set(table.attrs["questions"]) == set(configs) and len(table.attrs["questions"]["64"]) == 48
+    with pytest.raises(ValueError, match="reference='nope'"):
+        compare(model, processor, records[:4], configs, progress=False, reference="nope")

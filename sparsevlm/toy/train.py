@@ -26,7 +26,8 @@ Recipe (deterministic given --seed; see the model card for what it means):
    LLaVA-1.5 first trains its projector on captions: each patch's projected token is read through
    the language model's embedding matrix (logits = token · Eᵀ) and trained towards the words that
    describe it — its object's colour, shape (singular and plural) and cell, or only its cell for
-   empty background — with label smoothing. First --align-steps steps train the projector alone on
+   empty background — with label smoothing over those describing words only (no patch is ever
+   described by "what", "?" or ":"). First --align-steps steps train the projector alone on
    this loss (language model frozen), then the recipe above adds it with weight --align-weight.
 """
 from __future__ import annotations
@@ -177,11 +178,14 @@ def drop_background(samples, ids, mask, focus, words, rate: float, generator) ->
     return mask
 
 
-def patch_words(samples, n_images, smoothing: float = 0.1) -> torch.Tensor:
+def patch_words(samples, n_images, smoothing: float = 0.1, objects: bool = False) -> torch.Tensor:
     """Per-patch description as a distribution over the vocabulary: the words naming the object in
-    the patch's cell (colour, shape, plural shape, cell) or only the cell for empty background,
-    mixed with `smoothing` of the uniform distribution (so that no other word is preferred).
-    Shapes: -> (n_images, V, vocab)."""
+    the patch's cell (colour, shape, plural shape, cell; with `objects` also the word "objects") or
+    only the cell for empty background, mixed with `smoothing` spread evenly over the words that can
+    describe a patch (colours, shapes, cells). Words that describe no patch ("what", "?", ":")
+    get no mass: a patch is never described by them. Shapes: -> (n_images, V, vocab)."""
+    from .data import naming_words
+
     target = torch.zeros(n_images, PATCHES ** 2, len(VOCAB))
     for cell in range(GRID * GRID):
         target[:, list(cell_patches(cell)), VOCAB[CELLS[cell]]] = 1.0
@@ -191,10 +195,12 @@ def patch_words(samples, n_images, smoothing: float = 0.1) -> torch.Tensor:
             continue
         seen.add(s.image_id)
         for o in s.objects:
-            for w in (o.color, o.shape, o.shape + "s"):
+            for w in (o.color, o.shape, o.shape + "s") + (("objects",) if objects else ()):
                 target[s.image_id, list(cell_patches(o.cell)), VOCAB[w]] = 1.0
     target = target / target.sum(-1, keepdim=True)
-    return (1 - smoothing) * target + smoothing / len(VOCAB)
+    content = torch.zeros(len(VOCAB))
+    content[[VOCAB[w] for w in naming_words()]] = 1.0
+    return (1 - smoothing) * target + smoothing * content / content.sum()
 
 
 def alignment_loss(model, vis, targets) -> torch.Tensor:
@@ -217,7 +223,8 @@ def align_projector(model, args, mean, std, log) -> float:
     opt = torch.optim.AdamW(proj.parameters(), lr=args.align_lr, weight_decay=0.0)
     for step in range(args.align_steps):
         samples, images = make_dataset(args.tower_batch, args.seed * 100_019 + 50_000 + step, questions_per_image=1)
-        loss = alignment_loss(model, tower_tokens(model, to_pixels(images, mean, std)), patch_words(samples, len(images)))
+        loss = alignment_loss(model, tower_tokens(model, to_pixels(images, mean, std)),
+                              patch_words(samples, len(images), objects=args.align_objects))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -322,7 +329,8 @@ def train(args, log=print) -> dict:
             grounding_loss(focus_layer, captured["focus"], ids, mask, captured["pe"], last, focus[:, None])
         loss = answer_loss + args.ground_weight * ground
         if args.align_weight > 0:  # keep the projected patches readable as the words describing them
-            loss = loss + args.align_weight * alignment_loss(model, vis, patch_words(samples, len(images)))
+            loss = loss + args.align_weight * alignment_loss(
+                model, vis, patch_words(samples, len(images), objects=args.align_objects))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -370,6 +378,9 @@ def main(argv=None):
                    help="projector-only steps aligning projected patches with the words describing them, "
                         "before the language-model steps (default 0 = none)")
     p.add_argument("--align-lr", type=float, default=3e-3, help="learning rate of those steps (default 3e-3)")
+    p.add_argument("--align-objects", action="store_true",
+                   help="describe an object's patches also by the word \"objects\" (what \"how many objects "
+                        "are there\" asks about)")
     p.add_argument("--align-weight", type=float, default=0.0,
                    help="weight of that alignment loss during the language-model steps (default 0)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
