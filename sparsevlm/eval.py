@@ -106,7 +106,7 @@ def question_dependence(masses: pd.DataFrame) -> float:
 
 
 def compare(model, processor, dataset, configs: dict, batch_size: int = 64, progress: bool = True,
-            reference: str | None = None) -> pd.DataFrame:
+            reference: str | None = None, per_question: bool = False):
     """Evaluate several methods (name -> config, None = dense) on the same questions.
 
     Returns one row per method: equivalent tokens both ways, mean prefill FLOPs (formula),
@@ -114,14 +114,15 @@ def compare(model, processor, dataset, configs: dict, batch_size: int = 64, prog
     relative to the dense row (when there is one), accuracy retained and FLOPs saved. With
     `reference` (a name in `configs`), every row also gets its accuracy difference to that row with
     a paired-bootstrap 95 % interval (diff, diff_low, diff_high) and a verdict ("better", "worse",
-    or "tie" when the interval contains 0). The per-question results are in `table.attrs["questions"]`.
+    or "tie" when the interval contains 0). With `per_question`, returns (table, {name: the
+    `evaluate` DataFrame of that method}) for paired comparisons of your own.
     """
     if reference is not None and reference not in configs:
         raise ValueError(f"reference={reference!r} is not one of the configs: {', '.join(map(repr, configs))}")
-    rows, per_question = [], {}
+    rows, frames = [], {}
     for name, cfg in configs.items():
         df = evaluate(model, processor, dataset, cfg, batch_size=batch_size, progress=progress, desc=name)
-        per_question[name] = df
+        frames[name] = df
         low, high = accuracy_ci(df)
         rows.append({"method": name, "equivalent_tokens": df["equivalent_tokens"].mean(),
                      "equivalent_tokens_input": df["equivalent_tokens_input"].mean(), "flops": df["flops"].mean(),
@@ -131,12 +132,11 @@ def compare(model, processor, dataset, configs: dict, batch_size: int = 64, prog
         table["retained"] = table["acc_all"] / table.loc["dense", "acc_all"]
         table["flops_saved"] = 1 - table["flops"] / table.loc["dense", "flops"]
     if reference is not None:
-        for name, df in per_question.items():
-            r = paired_bootstrap(df, per_question[reference])
+        for name, df in frames.items():
+            r = paired_bootstrap(df, frames[reference])
             table.loc[name, ["diff", "diff_low", "diff_high"]] = r["diff"], r["low"], r["high"]
             table.loc[name, "verdict"] = {"a better": "better", "b better": "worse", "tie": "tie"}[r["verdict"]]
-    table.attrs["questions"] = per_question
-    return table
+    return (table, frames) if per_question else table
 
 
 def paired_bootstrap(a, b, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:

@@ -207,10 +207,10 @@ def test_compare_gives_intervals_and_paired_verdicts(shipped):
 
     model, processor, records = shipped
     configs = {"dense": None, "same": None, "64": toy.preset(64)}
-    table = compare(model, processor, records[:48], configs, progress=False, reference="dense")
+    table, frames = compare(model, processor, records[:48], configs, progress=False, reference="dense", per_question=True)
     assert ((table["acc_low"] <= table["acc_all"]) & (table["acc_all"] <= table["acc_high"])).all()
     assert table.loc["same", "verdict"] == "tie" and table.loc["same", "diff"] == 0
     assert set(table["verdict"]) <= {"better", "worse", "tie"}
-    assert set(table.attrs["questions"]) == set(configs) and len(table.attrs["questions"]["64"]) == 48
+    assert set(frames) == set(configs) and len(frames["64"]) == 48 and table.attrs == {}
     with pytest.raises(ValueError, match="reference='nope'"):
         compare(model, processor, records[:4], configs, progress=False, reference="nope")
