@@ -180,7 +180,8 @@ def demo(args) -> int:
     out = pd.DataFrame({
         "budget": [k.split()[1] if " " in k else "-" for k in table.index],
         "equivalent_tokens": table["equivalent_tokens"], "accuracy": table["acc_all"],
-        "acc_low": table["acc_low"], "acc_high": table["acc_high"], "retained": table["retained"], "gflops": table["flops"] / 1e9, "flops_saved": table["flops_saved"],
+        "acc_low": table["acc_low"], "acc_high": table["acc_high"], "retained": table["retained"],
+        "gflops": table["flops"] / 1e9, "flops_saved": table["flops_saved"],
         "prefill_ms": table["prefill_ms"]}, index=table.index)
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,8 @@ def _s01_1():
     from .eval import compare
 
     model, processor, records = _toy()
-    t = compare(model, processor, records[:240], {"dense": None, "random 16": RandomConfig(pruning_layers=(1,), schedule=(16,))},
-                progress=False)
+    configs = {"dense": None, "random 16": RandomConfig(pruning_layers=(1,), schedule=(16,))}
+    t = compare(model, processor, records[:240], configs, progress=False)
     return float(t.loc["random 16", "retained"])
 
 
@@ -129,7 +129,8 @@ def _s05_1():
     from .recycle import recycle
 
     g = torch.Generator().manual_seed(5)
-    out = recycle(torch.randn(1, 40, 16, generator=g), torch.rand(1, 40, generator=g), torch.ones(1, 40, dtype=torch.bool))
+    hidden, scores = torch.randn(1, 40, 16, generator=g), torch.rand(1, 40, generator=g)
+    out = recycle(hidden, scores, torch.ones(1, 40, dtype=torch.bool))
     return int(out.valid.sum())
 
 

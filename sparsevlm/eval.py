@@ -151,7 +151,8 @@ def paired_bootstrap(a, b, n_boot: int = 10_000, seed: int = 0, level: float = 0
     a = np.asarray(a["correct"] if isinstance(a, pd.DataFrame) else a, dtype=float)
     b = np.asarray(b["correct"] if isinstance(b, pd.DataFrame) else b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
-        raise ValueError(f"a and b must be per-question results of the same questions; got shapes {a.shape} and {b.shape}")
+        raise ValueError("a and b must be per-question results of the same questions; "
+                         f"got shapes {a.shape} and {b.shape}")
     if not 0 < level < 1:
         raise ValueError(f"level={level!r} must be between 0 and 1")
     d = a - b

@@ -43,5 +43,6 @@ def build_config(layers: int = 8, hidden: int = 128, vision_hidden: int = 128, v
                        max_position_embeddings=128, pad_token_id=vocab.index("<pad>"),
                        bos_token_id=vocab.index("<s>"), eos_token_id=vocab.index("</s>"), tie_word_embeddings=False)
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=vocab.index(IMAGE_TOKEN),
-                       image_seq_length=(IMAGE // PATCH) ** 2, vision_feature_layer=-1, vision_feature_select_strategy="default",
+                       image_seq_length=(IMAGE // PATCH) ** 2, vision_feature_layer=-1,
+                       vision_feature_select_strategy="default",
                        projector_hidden_act="gelu", tie_word_embeddings=False)
