@@ -5,6 +5,8 @@ where the paper (arXiv 2410.04417) says something else, a field selects the pape
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, fields, replace
 
 # Keep counts per pruning layer of the reference's fixed schedules (tag v1.5 and later), for a
@@ -30,7 +32,25 @@ def _choice(name: str, value, allowed) -> None:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
 
 
+def _number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = False) -> None:
+    """A real, finite number (not a bool or a string) in the given range, or ValueError naming the field."""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value < low or value > high or (low_open and value == low) or (
+            high_open and value == high):
+        lo, hi = "(" if low_open or low == -math.inf else "[", ")" if high_open or high == math.inf else "]"
+        where = "" if (low, high) == (-math.inf, math.inf) else f" in {lo}{low:g}, {high:g}{hi}"
+        raise ValueError(f"{name}={value!r} must be a finite number{where}")
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True or False")
+
+
 def _layers(name: str, layers) -> tuple[int, ...]:
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise ValueError(f"{name}={layers!r} must be a non-empty, strictly increasing tuple of layer indices >= 0")
     layers = tuple(layers)
     if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers) or any(
             a >= b for a, b in zip(layers, layers[1:])):
@@ -39,6 +59,8 @@ def _layers(name: str, layers) -> tuple[int, ...]:
 
 
 def _schedule(schedule, layers: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__iter__"):
+        raise ValueError(f"schedule={schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
     sched = tuple(schedule)
     if len(sched) != len(layers) or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in sched):
         raise ValueError(f"schedule={schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
@@ -96,18 +118,18 @@ class SparseVLMConfig:
             object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
         elif self.schedule is not None:
             raise ValueError(f"schedule={self.schedule!r} is only used with mode='schedule' (mode={self.mode!r})")
-        if self.mode == "rank":
-            if self.rank_form == "keep" and not self.scale > 0:
-                raise ValueError(f"scale={self.scale!r} must be > 0")
-            if self.rank_form == "delete" and not 0 < self.scale <= 1:
-                raise ValueError(
-                    f"scale={self.scale!r}: with rank_form='delete' scale is the paper's λ and must be in (0, 1]")
-        if self.top_heads is not None and (not isinstance(self.top_heads, int) or self.top_heads < 1):
+        if self.rank_form == "delete" and self.mode == "rank":  # the paper's λ
+            _number("scale", self.scale, 0, 1, low_open=True)
+        else:
+            _number("scale", self.scale, 0, low_open=True)
+        _number("bias", self.bias, -math.inf)
+        if self.top_heads is not None and (not isinstance(self.top_heads, int) or isinstance(self.top_heads, bool)
+                                           or self.top_heads < 1):
             raise ValueError(f"top_heads={self.top_heads!r} must be None (all heads) or an integer >= 1")
-        if not 0 < self.recycle_ratio <= 1:
-            raise ValueError(f"recycle_ratio={self.recycle_ratio!r} must be in (0, 1]")
-        if not 0 < self.cluster_ratio <= 1:
-            raise ValueError(f"cluster_ratio={self.cluster_ratio!r} must be in (0, 1]")
+        _flag("recycle", self.recycle)
+        _flag("rope_correction", self.rope_correction)
+        _number("recycle_ratio", self.recycle_ratio, 0, 1, low_open=True)
+        _number("cluster_ratio", self.cluster_ratio, 0, 1, low_open=True)
 
     @classmethod
     def preset(cls, tokens: int, n_visual: int = 576, num_layers: int = 32, **overrides) -> "SparseVLMConfig":
@@ -160,6 +182,8 @@ class RandomConfig:
         layers = _layers("pruning_layers", self.pruning_layers)
         object.__setattr__(self, "pruning_layers", layers)
         object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63)")
 
 
 @dataclass(frozen=True)
@@ -178,8 +202,7 @@ class FastVConfig:
         _layers("layer", (self.layer,))
         _choice("rater", self.rater, ("all", "last"))
         _choice("positions", self.positions, POSITIONS)
-        if not 0 <= self.prune_ratio < 1:
-            raise ValueError(f"prune_ratio={self.prune_ratio!r} must be in [0, 1)")
+        _number("prune_ratio", self.prune_ratio, 0, 1, high_open=True)
 
     @property
     def pruning_layers(self) -> tuple[int, ...]:
@@ -200,8 +223,7 @@ class PDropConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "pruning_layers", _layers("pruning_layers", self.pruning_layers))
         _choice("positions", self.positions, POSITIONS)
-        if not 0 < self.keep_ratio <= 1:
-            raise ValueError(f"keep_ratio={self.keep_ratio!r} must be in (0, 1]")
+        _number("keep_ratio", self.keep_ratio, 0, 1, low_open=True)
 
 
 @dataclass(frozen=True)

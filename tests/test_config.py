@@ -1,6 +1,6 @@
 import pytest
 
-from sparsevlm import PRESET_SCHEDULES, SparseVLMConfig
+from sparsevlm import PRESET_SCHEDULES, FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig
 
 
 def test_defaults_are_the_reference_rank_mode():
@@ -65,3 +65,33 @@ def test_sparsevlm_plus_preset():
     assert SparseVLMConfig.plus(64, top_heads=2).top_heads == 2
     with pytest.raises(ValueError, match="^top_heads=0"):
         SparseVLMConfig(top_heads=0)
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: SparseVLMConfig(bias=float("nan")), "bias"),
+    (lambda: SparseVLMConfig(scale="13"), "scale"),
+    (lambda: SparseVLMConfig(scale=float("inf")), "scale"),
+    (lambda: SparseVLMConfig(pruning_layers=5), "pruning_layers"),
+    (lambda: SparseVLMConfig(mode="schedule", pruning_layers=(1,), schedule=7), "schedule"),
+    (lambda: SparseVLMConfig(top_heads=True), "top_heads"),
+    (lambda: SparseVLMConfig(recycle="yes"), "recycle"),
+    (lambda: SparseVLMConfig(recycle_ratio=float("nan")), "recycle_ratio"),
+    (lambda: RandomConfig(seed=2 ** 70), "seed"),
+    (lambda: RandomConfig(seed="x"), "seed"),
+    (lambda: FastVConfig(prune_ratio="0.5"), "prune_ratio"),
+    (lambda: PDropConfig(keep_ratio=float("nan")), "keep_ratio"),
+])
+def test_numeric_fields_are_checked_for_type_finiteness_and_range(make, field):
+    with pytest.raises(ValueError, match=rf"^{field}="):
+        make()
+
+
+def test_match_budget_refuses_a_target_that_is_not_a_finite_number():
+    import numpy as np
+
+    from sparsevlm import match_budget
+
+    for bad in (float("nan"), float("inf"), -1, "64", True):
+        with pytest.raises(ValueError, match="tokens="):
+            match_budget(SparseVLMConfig.preset(64), bad, 576, 32)
+    assert match_budget(SparseVLMConfig.preset(64), np.float32(64.8), 576, 32).schedule  # NumPy numbers are fine

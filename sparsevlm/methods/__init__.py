@@ -1,6 +1,9 @@
 """Pruning methods behind one interface: a config selects the method."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from ..budget import equivalent_tokens, layer_counts
@@ -58,6 +61,8 @@ def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: s
         raise ValueError(f"n_visual={n_visual!r} must be an integer >= 1")
     if not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers={num_layers!r} must be an integer >= 1")
+    if isinstance(tokens, bool) or not isinstance(tokens, numbers.Real) or not math.isfinite(tokens) or tokens < 0:
+        raise ValueError(f"tokens={tokens!r} must be a finite number >= 0")
     best, reach = None, []
     for cand in build(cfg).budget_candidates(n_visual):
         eq = planned_tokens(cand, n_visual, num_layers, counting)
