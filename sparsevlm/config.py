@@ -48,21 +48,24 @@ def _flag(name: str, value) -> None:
         raise ValueError(f"{name}={value!r} must be True or False")
 
 
+def _counts(value) -> tuple | None:
+    """`value` as a tuple of non-negative integers, or None when it is not one (a bare number, a string)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return None
+    out = tuple(value)
+    return out if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in out) else None
+
+
 def _layers(name: str, layers) -> tuple[int, ...]:
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+    out = _counts(layers)
+    if not out or any(a >= b for a, b in zip(out, out[1:])):
         raise ValueError(f"{name}={layers!r} must be a non-empty, strictly increasing tuple of layer indices >= 0")
-    layers = tuple(layers)
-    if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers) or any(
-            a >= b for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"{name}={layers!r} must be a non-empty, strictly increasing tuple of layer indices >= 0")
-    return layers
+    return out
 
 
 def _schedule(schedule, layers: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__iter__"):
-        raise ValueError(f"schedule={schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
-    sched = tuple(schedule)
-    if len(sched) != len(layers) or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in sched):
+    sched = _counts(schedule)
+    if sched is None or len(sched) != len(layers):
         raise ValueError(f"schedule={schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
     return sched
 

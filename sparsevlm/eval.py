@@ -68,6 +68,13 @@ def _name(cfg) -> str:
     return "dense" if cfg is None else type(cfg).__name__
 
 
+def _keep_all(layer: int, **overrides):
+    """SparseVLM that prunes nothing, after `layer`: its report carries that layer's scores and the raters."""
+    from .config import SparseVLMConfig
+
+    return SparseVLMConfig(mode="schedule", pruning_layers=(layer,), schedule=(10 ** 9,), recycle=False, **overrides)
+
+
 def focus_mass(model, processor, dataset, layer: int, batch_size: int = 64) -> pd.DataFrame:
     """Share of the raters' attention (SparseVLM's significance scores, renormalised over the
     visual tokens) that falls on each question's focus patches, at decoder layer `layer`.
@@ -75,11 +82,8 @@ def focus_mass(model, processor, dataset, layer: int, batch_size: int = 64) -> p
 
     Returns one row per question: image_id, type, focus, scores (per patch), mass.
     """
-    from .config import SparseVLMConfig
-
-    keep_all = SparseVLMConfig(mode="schedule", pruning_layers=(layer,), schedule=(10 ** 9,), recycle=False)
     rows = []
-    with torch.no_grad(), sparsified(model, keep_all):
+    with torch.no_grad(), sparsified(model, _keep_all(layer)):
         for items, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device):
             model(**inputs, use_cache=False)
             scores = report(model).steps[0]["scores"]  # (B, n_visual)
@@ -174,11 +178,8 @@ def accuracy_ci(correct, n_boot: int = 10_000, seed: int = 0, level: float = 0.9
 def rater_words(model, processor, dataset, rule: str = "mean", batch_size: int = 64) -> list[list[str]]:
     """The raters SparseVLM picks for every question of `dataset`, as tokens (from the report of a
     keep-everything run: raters do not depend on the budget)."""
-    from .config import SparseVLMConfig
-
-    keep_all = SparseVLMConfig(mode="schedule", pruning_layers=(0,), schedule=(10 ** 9,), recycle=False, rater_rule=rule)
     out = []
-    with torch.no_grad(), sparsified(model, keep_all):
+    with torch.no_grad(), sparsified(model, _keep_all(0, rater_rule=rule)):
         for _, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device):
             model(**inputs, use_cache=False)
             for i, pos in enumerate(report(model).raters):

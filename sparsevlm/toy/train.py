@@ -48,7 +48,8 @@ from transformers import LlavaForConditionalGeneration
 from ..scores import rater_attention
 from ..select import compact_positions
 from ..utils import seed_everything
-from .data import CELLS, COLORS, GRID, PATCHES, SHAPES, cell_patches, make_dataset, prompt, vocabulary
+from .data import (CELLS, COLORS, GRID, PATCHES, SHAPES, cell_patches, make_dataset, naming_words, prompt,
+                   vocabulary)
 from .model import build_config, build_processor
 
 VOCAB = {w: i for i, w in enumerate(vocabulary())}
@@ -68,23 +69,19 @@ def to_pixels(images: np.ndarray, mean, std) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
+def image_objects(samples) -> dict[int, tuple]:
+    """The objects of each image in a batch of questions (several questions share an image)."""
+    return {s.image_id: s.objects for s in samples}
+
+
 def patch_targets(samples, n_images):
     """Per-patch colour (0 = none), shape (0 = none) of the object in the patch's grid cell."""
     color = torch.zeros(n_images, PATCHES * PATCHES, dtype=torch.long)
     shape = torch.zeros_like(color)
-    seen = set()
-    per = PATCHES // GRID
-    for s in samples:
-        if s.image_id in seen:
-            continue
-        seen.add(s.image_id)
-        for o in s.objects:
-            r, c = divmod(o.cell, GRID)
-            for i in range(per):
-                for j in range(per):
-                    p = (r * per + i) * PATCHES + c * per + j
-                    color[s.image_id, p] = list(COLORS).index(o.color) + 1
-                    shape[s.image_id, p] = SHAPES.index(o.shape) + 1
+    for image, objects in image_objects(samples).items():
+        for o in objects:
+            color[image, list(cell_patches(o.cell))] = list(COLORS).index(o.color) + 1
+            shape[image, list(cell_patches(o.cell))] = SHAPES.index(o.shape) + 1
     return color, shape
 
 
@@ -184,19 +181,13 @@ def patch_words(samples, n_images, smoothing: float = 0.1, objects: bool = False
     only the cell for empty background, mixed with `smoothing` spread evenly over the words that can
     describe a patch (colours, shapes, cells). Words that describe no patch ("what", "?", ":")
     get no mass: a patch is never described by them. Shapes: -> (n_images, V, vocab)."""
-    from .data import naming_words
-
     target = torch.zeros(n_images, PATCHES ** 2, len(VOCAB))
     for cell in range(GRID * GRID):
         target[:, list(cell_patches(cell)), VOCAB[CELLS[cell]]] = 1.0
-    seen = set()
-    for s in samples:
-        if s.image_id in seen:
-            continue
-        seen.add(s.image_id)
-        for o in s.objects:
+    for image, objs in image_objects(samples).items():
+        for o in objs:
             for w in (o.color, o.shape, o.shape + "s") + (("objects",) if objects else ()):
-                target[s.image_id, list(cell_patches(o.cell)), VOCAB[w]] = 1.0
+                target[image, list(cell_patches(o.cell)), VOCAB[w]] = 1.0
     target = target / target.sum(-1, keepdim=True)
     content = torch.zeros(len(VOCAB))
     content[[VOCAB[w] for w in naming_words()]] = 1.0
