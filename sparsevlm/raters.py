@@ -3,6 +3,11 @@
 Relevance of text token t: softmax over the text tokens of the similarity V·Tᵀ between the visual
 and text embeddings entering the language model, averaged over the visual tokens. The paper's
 raters are the text tokens whose relevance is above the mean relevance.
+
+"Above" means above by more than float noise: a token within `TIE_RTOL` × mean of the mean is not
+a rater. The reference compares with a bare `>`, which lets rounding decide near-ties, and rounding
+depends on the batch a sample sits in (padding changes the order of sums): without the margin a
+sample's raters could differ alone and batched. Beyond the margin the two rules agree.
 """
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ import torch
 
 from .config import RATER_RULES
 from .select import gather, mask_to_index
+
+#: relative margin above the mean relevance that makes a rater (float32 rounding of the relevance
+#: of a few hundred visual tokens is ~1e-6 relative; see the module docstring)
+TIE_RTOL = 1e-5
 
 
 def text_candidates(vis_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -43,7 +52,8 @@ def text_relevance(embeds: torch.Tensor, vis_mask: torch.Tensor, text_mask: torc
 def select_raters(embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Tensor, rule: str = "mean"):
     """The rater tokens of every sample.
 
-    rule "mean": relevance above the mean relevance of the sample's text tokens (paper);
+    rule "mean": relevance above the mean relevance of the sample's text tokens (paper), by more
+    than float noise (`TIE_RTOL`);
     "all": every text token after the image; "last": the last valid token only.
     Padded positions and visual tokens are never raters.
 
@@ -62,4 +72,4 @@ def select_raters(embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Ten
         return (pos[None, :] == last[:, None]) & text_mask, relevance
     n_text = text_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
     mean = relevance.sum(-1, keepdim=True) / n_text  # (B, 1); relevance is 0 off text
-    return (relevance > mean) & text_mask, relevance
+    return (relevance > mean * (1 + TIE_RTOL)) & text_mask, relevance

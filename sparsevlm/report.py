@@ -30,6 +30,12 @@ class Report:
     steps: list[dict] = field(default_factory=list)
     dense: bool = False
     reason: str | None = None
+    #: (B, L) bool: input positions whose token reached the last layer. The model's outputs are
+    #: aligned with the input; at a pruned position the last hidden state is 0 (so are the logits
+    #: of a bias-free LM head) and `labels=` leaves the next label out of the loss. None when dense.
+    present: torch.Tensor | None = None
+    #: what the caller should know about this prefill that is not an error (e.g. right padding)
+    notes: list[str] = field(default_factory=list)
     #: wall time of the method's own work in this prefill (raters, scoring, rank, recycling,
     #: re-layout), measured only when the model's state has "timing" set (sparsevlm.bench)
     overhead_seconds: float | None = None
@@ -51,8 +57,9 @@ class Report:
                                                           self.equivalent_tokens_input.tolist()))
         per_layer = [(s["layer"], (self.visual_out[:, s["layer"]] if s["layer"] >= 0 else self.visual_in[:, 0]).tolist())
                      for s in self.steps]
+        notes = "".join(f"; note: {n}" for n in self.notes)
         return (f"{self.method}: visual tokens {self.n_visual.tolist()} -> after layers {per_layer}; "
-                f"equivalent tokens (output/input count) {eq}")
+                f"equivalent tokens (output/input count) {eq}{notes}")
 
 
 def dense_report(method: str, num_layers: int, n_tokens: torch.Tensor, n_visual: torch.Tensor, reason: str) -> Report:

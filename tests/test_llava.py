@@ -70,7 +70,9 @@ def test_unsparsify_restores_the_original_and_sparsify_is_idempotent(llama):
     assert hooks() == base + 4
     assert type(llama.model.language_model).__mro__[2] is cls  # wrapped once, not twice
     assert torch.equal(llama(**inputs).logits, once)
-    assert once.shape[1] < before.shape[1]  # pruned tokens are gone from the output
+    assert once.shape == before.shape  # outputs stay aligned with the input positions
+    present = sparsevlm.report(llama).present
+    assert 0 < present.sum() < present.numel() and (once[~present] == 0).all()  # pruned positions: zeros
     sparsevlm.unsparsify(llama)
     assert type(llama.model.language_model) is cls and not hasattr(llama, "_sparsevlm")
     assert hooks() == base

@@ -28,11 +28,13 @@ def _adapter(model):
 def sparsify(model, cfg=None):
     """Apply a pruning method (SparseVLM by default) to `model` in place and return it.
 
-    Idempotent: sparsifying again first removes the previous patch. Inference only.
+    Idempotent: sparsifying again first removes the previous patch. Everything is checked before
+    the model is touched: on an error the model stays exactly as it was. Inference only.
     """
     cfg = SparseVLMConfig() if cfg is None else cfg
     method = build(cfg)
     adapter = _adapter(model)
+    adapter.check(model, method)
     unsparsify(model)
     adapter.patch(model, method, {"cfg": cfg, "method": method, "method_name": type(method).__name__,
                                   "adapter": adapter})
@@ -67,10 +69,11 @@ def sparsified(model, cfg=None):
 
 
 def report(model) -> Report:
-    """What the last prefill of a sparsified model did."""
+    """What the last prefill of a sparsified model did (in this thread)."""
     state = getattr(model, "_sparsevlm", None)
     if state is None:
         raise ValueError("model is not sparsified: call sparsevlm.sparsify(model, cfg) first")
-    if state["report"] is None:
+    rep = llava.per_call(state)["report"]
+    if rep is None:
         raise ValueError("no forward pass yet: run the model (or generate) once, then ask for its report")
-    return state["report"]
+    return rep

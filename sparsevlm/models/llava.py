@@ -19,14 +19,17 @@ model's own position (original positions).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import sys
+import threading
 import time
+import warnings
 
 import torch
 from transformers.cache_utils import DynamicCache, StaticLayer
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 
 from ..methods.base import PruneInput
 from ..report import Report, dense_report
@@ -37,6 +40,15 @@ from ..select import compact_positions, gather, plan_layout, put
 CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 SUPPORTED = "LlavaForConditionalGeneration with a full-attention Llama, Qwen2 or Mistral text model"
+
+
+def per_call(state: dict) -> dict:
+    """The part of a sparsified model's state that belongs to one call (image positions, captured
+    queries and keys, the last report), kept per thread: one model may serve several threads."""
+    local = state["local"]
+    if not hasattr(local, "call"):
+        local.call = {"report": None}
+    return local.call
 
 
 def unsupported_reason(model) -> str | None:
@@ -88,11 +100,11 @@ def vision_signals(attn, captured, strategy: str):
 
 
 class _Clock:
-    """Adds the wall time of a block to state["overhead_s"] when state["timing"] is set
+    """Adds the wall time of a block to the call's "overhead_s" when state["timing"] is set
     (synchronising CUDA around it); free otherwise."""
 
     def __init__(self, st, device):
-        self.st, self.device = st, device
+        self.st, self.call, self.device = st, per_call(st), device
 
     def __enter__(self):
         if self.st.get("timing"):
@@ -104,8 +116,84 @@ class _Clock:
         if self.st.get("timing"):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.st["overhead_s"] = self.st.get("overhead_s", 0.0) + time.perf_counter() - self.t
+            self.call["overhead_s"] = self.call.get("overhead_s", 0.0) + time.perf_counter() - self.t
         return False
+
+
+class _SparseLlava:
+    """Mixin for LlavaForConditionalGeneration: the parts of `generate` and of the loss that see
+    the whole call, and copying.
+
+    - Beams and `num_return_sequences`: transformers encodes each image once and expands the
+      features for the copies of a prompt; the vision tower's signals are expanded the same way.
+    - `generate(prefill_chunk_size=k)` with a prompt longer than k runs dense (said in the report):
+      pruning needs the whole prompt in one forward.
+    - `labels=`: outputs are aligned with the input positions; a position whose token was pruned
+      predicts nothing, so its next label is left out of the loss (the seam: `loss_function`).
+    """
+
+    def generate(self, *args, **kwargs):
+        call = per_call(self._sparsevlm)
+        config = kwargs.get("generation_config") or self.generation_config
+
+        def option(name):
+            return kwargs[name] if name in kwargs else getattr(config, name, None)
+
+        chunk = option("prefill_chunk_size")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if chunk and (ids is None or ids.shape[-1] > chunk):
+            call["dense_reason"] = (f"generate(prefill_chunk_size={chunk}) splits the prompt into chunks; pruning "
+                                    f"needs the whole prompt in one forward")
+        if option("use_cache") is False:
+            warnings.warn("generate(use_cache=False) with a sparsified model prunes again at every step, with the "
+                          "tokens generated so far among the raters: answers differ from the cached run, and nothing "
+                          "is saved", stacklevel=2)
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            call.pop("dense_reason", None)
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        out = super()._expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size=expand_size,
+                                                 inputs_embeds=inputs_embeds)
+        call = per_call(self._sparsevlm)
+        signals = call.get("vision_signals")
+        if signals is not None:  # expand each image's signals exactly as transformers expands its features
+            call["vision_signals"] = [
+                super(_SparseLlava, self)._expand_multimodal_outputs(
+                    input_ids, {"image": BaseModelOutputWithPooling(pooler_output=t)}, expand_size=expand_size,
+                    inputs_embeds=inputs_embeds)["image"].pooler_output for t in signals]
+        return out
+
+    @property
+    def loss_function(self):
+        base, call = super().loss_function, per_call(self._sparsevlm)
+
+        def loss(logits, labels, *args, **kwargs):
+            present = call.get("present")  # set by this forward's prefill; None when it ran dense
+            if present is not None and labels is not None:
+                labels = labels.clone()
+                labels[:, 1:][~present[:, :-1].to(labels.device)] = -100  # a pruned position predicts nothing
+            return base(logits, labels, *args, **kwargs)
+        return loss
+
+    def __deepcopy__(self, memo):
+        from . import sparsify, unsparsify
+
+        st = self._sparsevlm
+        cfg, last = st["cfg"], per_call(st)["report"]
+        unsparsify(self)  # copy the dense model, then sparsify both: the copy gets its own state and hooks
+        try:
+            twin = copy.deepcopy(self, memo)
+        finally:
+            sparsify(self, cfg)
+            per_call(self._sparsevlm)["report"] = last
+        return sparsify(twin, cfg)
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"a sparsified {type(self).__name__} cannot be pickled (its classes are made by sparsify): "
+                        f"save model.state_dict() or sparsevlm.unsparsify(model).save_pretrained(path), and call "
+                        f"sparsevlm.sparsify after loading")
 
 
 class _SparseLlavaModel:
@@ -115,20 +203,20 @@ class _SparseLlavaModel:
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
         mask = super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
         st = self._sparsevlm
-        st["vis_mask"] = vis = mask[..., 0]  # (B, L)
-        captured = st.pop("vision_capture", None)
-        if st["method"].needs_vision and captured:
+        call = per_call(st)
+        call["vis_mask"] = vis = mask[..., 0]  # (B, L)
+        signals = call.pop("vision_signals", None)
+        if st["method"].needs_vision and signals is not None:
             with _Clock(st, vis.device):
-                st["vision"] = self._vision_per_token(captured, vis)
+                call["vision"] = self._vision_per_token(signals, vis)
         return mask
 
-    def _vision_per_token(self, captured, vis):
+    def _vision_per_token(self, signals, vis):
         """The vision tower's [CLS] attention and keys, placed at the image positions (B, L[, Dk])."""
-        st = self._sparsevlm
-        cls, keys = vision_signals(st["vision_attn"], captured, self.config.vision_feature_select_strategy)
+        cls, keys = signals
         if cls.numel() != int(vis.sum()):
             raise ValueError(f"{cls.numel()} vision-tower tokens for {int(vis.sum())} image positions: "
-                             f"{st['method_name']} needs one image feature per vision-tower patch")
+                             f"{self._sparsevlm['method_name']} needs one image feature per vision-tower patch")
         seq_cls = torch.zeros(vis.shape, dtype=cls.dtype, device=vis.device).masked_scatter(vis, cls.to(vis.device))
         seq_keys = torch.zeros(*vis.shape, keys.shape[-1], dtype=keys.dtype, device=vis.device).masked_scatter(
             vis[..., None], keys.to(vis.device))
@@ -145,15 +233,22 @@ class _SparseTextModel:
                 raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
             cache = kwargs.pop("past_key_values")
         st = self._sparsevlm
-        vis_mask = st.pop("vis_mask", None)
-        vision = st.pop("vision", {})
-        decode = st.get("decode")
-        if vis_mask is None and decode is not None and cache is decode["cache"]:
-            return self._sparse_decode(inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs)
+        call = per_call(st)
+        vis_mask = call.pop("vis_mask", None)
+        vision = call.pop("vision", {})
+        call["present"] = None
+        stages = getattr(cache, "_sparsevlm_stages", None)  # the cache was shortened by a pruned prefill
+        if stages is not None:
+            if vis_mask is not None:
+                raise ValueError("this KV cache was shortened by pruning; a continuation with image tokens cannot be "
+                                 "appended to it (pass the whole prompt in one forward, or unsparsify the model)")
+            return self._sparse_decode(inputs_embeds, attention_mask, position_ids, cache, stages, use_cache, kwargs)
         is_prefill = cache is None or cache.get_seq_length() == 0
         reason = None
         if vis_mask is None or not vis_mask.any():
             reason = "no image tokens in the input"
+        elif call.get("dense_reason"):
+            reason = call["dense_reason"]
         elif not is_prefill:
             reason = "the KV cache already holds tokens; pruning happens at prefill only"
         elif cache is not None and any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())):
@@ -168,14 +263,13 @@ class _SparseTextModel:
         elif st["method"].needs_vision and not vision:
             reason = "the vision tower's signals for these image tokens were not captured"
         if reason is not None:
-            st["decode"] = None
             if is_prefill:
                 B, L = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
                 n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
                 n_tok = attention_mask.sum(-1) if attention_mask is not None and attention_mask.dim() == 2 \
                     else torch.full((B,), L)
-                st["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
-                                            n_vis.cpu(), reason)
+                call["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
+                                              n_vis.cpu(), reason)
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
         return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
@@ -200,7 +294,8 @@ class _SparseTextModel:
 
     def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs):
         st, method = self._sparsevlm, self._sparsevlm["method"]
-        B, L, _ = hidden.shape
+        call = per_call(st)
+        B, L, D = hidden.shape
         dev = hidden.device
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
@@ -218,6 +313,7 @@ class _SparseTextModel:
         # −2 merged), where it sits, and the method's per-token state, all kept aligned.
         seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
                "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
+               "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
                "vision": vision}
         stages, counts_in, counts_out = [], [], []
         step = 0
@@ -231,12 +327,12 @@ class _SparseTextModel:
             counts_in.append(seq["vis_mask"].sum(-1))
             prune_here = i in method.pruning_layers
             if prune_here:
-                st["capture"] = {}
+                call["capture"] = {}
             seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=seq["positions"],
                                   use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
             if prune_here:
                 with clock:
-                    q, k = self._queries_keys(i, st.pop("capture"), pe)
+                    q, k = self._queries_keys(i, call.pop("capture"), pe)
                     self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe)
                 step += 1
                 mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1)
@@ -244,10 +340,20 @@ class _SparseTextModel:
         report.visual_in = torch.stack(counts_in, -1).cpu()
         report.visual_out = torch.stack(counts_out, -1).cpu()
         if st.get("timing"):
-            report.overhead_seconds = st.pop("overhead_s", 0.0)
-        st["report"] = report
-        st["decode"] = {"cache": cache, "stages": stages} if use_cache else None
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(seq["hidden"]), **{CACHE: cache if use_cache else None})
+            report.overhead_seconds = call.pop("overhead_s", 0.0)
+        # Outputs go back to the input positions; a position whose token was pruned gets zeros.
+        present = seq["valid"] & (seq["index"] >= 0)
+        slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
+        out = hidden.new_zeros(B, L + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), self.norm(seq["hidden"]))
+        call["present"] = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
+        report.present = call["present"].cpu()
+        if (valid.long().diff(dim=-1) < 0).any():
+            report.notes.append("right padding: inside the language model the shorter sequence is laid out with "
+                                "left padding; outputs are returned at the input positions")
+        call["report"] = report
+        if use_cache:  # decoding reads each stage's padding mask and token count from the cache itself
+            cache._sparsevlm_stages = stages
+        return BaseModelOutputWithPast(last_hidden_state=out[:, :L], **{CACHE: cache if use_cache else None})
 
     def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe):
         """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
@@ -277,13 +383,14 @@ class _SparseTextModel:
         else:
             seq["positions"] = layout.apply(seq["positions"],
                                             None if ins is None else gather(seq["positions"], dec.inserted_from))
+        seq["index"] = layout.apply(seq["index"], None if ins is None else torch.full_like(ins, -1, dtype=torch.long))
         seq["valid"] = layout.valid
         report.steps.append({**step_report,
                              "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
                              "kept": [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis_mask)]})
         stages.append({"start": layer + 1, "valid": layout.valid, "count": layout.valid.sum(-1)})
 
-    def _sparse_decode(self, hidden, attention_mask, position_ids, cache, use_cache, kwargs):
+    def _sparse_decode(self, hidden, attention_mask, position_ids, cache, stages, use_cache, kwargs):
         st = self._sparsevlm
         B, q = hidden.shape[:2]
         dev = hidden.device
@@ -291,7 +398,7 @@ class _SparseTextModel:
         if position_ids is None:
             position_ids = torch.arange(q, device=dev)[None] + cache.get_seq_length(0)
         positions0 = position_ids.expand(B, q)
-        starts = {s["start"]: s for s in st["decode"]["stages"]}
+        starts = {s["start"]: s for s in stages}
         mask, pe = self._stage(hidden, attention_mask, positions0, cache, 0)
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if i in starts:  # a shorter stage: its own mask, and its own positions when compact
@@ -308,34 +415,57 @@ class _SparseTextModel:
 
 def _swap_class(module, mixin) -> None:
     cls = type(module)
-    module.__class__ = type(f"Sparse{cls.__name__}", (mixin, cls), {"_sparsevlm_original": cls})
+    module.__class__ = type(f"Sparse{cls.__name__}", (mixin, cls), {"_sparsevlm_original": cls,
+                                                                   "__module__": cls.__module__})
+    try:  # transformers records outputs (output_attentions, ...) per class name: register ours like the original
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:
+        return
+    _CAN_RECORD_REGISTRY[module] = cls._can_record_outputs
+
+
+def check(model, method) -> None:
+    """Raise if `method` cannot run on `model`; touches nothing (sparsify checks before it patches)."""
+    n = model.model.language_model.config.num_hidden_layers
+    bad = [i for i in method.pruning_layers if i >= n]
+    if bad:
+        raise ValueError(f"pruning_layers {list(method.pruning_layers)}: layers {bad} do not exist; "
+                         f"this model has layers 0..{n - 1}")
+    if method.needs_vision:
+        vision_attention(model)
 
 
 def patch(model, method, state: dict) -> None:
     """Swap in the sparse classes, attach the shared state, hook the pruning layers' q/k."""
     llava, text = model.model, model.model.language_model
-    n = text.config.num_hidden_layers
-    bad = [i for i in method.pruning_layers if i >= n]
-    if bad:
-        raise ValueError(f"pruning_layers {list(method.pruning_layers)}: layers {bad} do not exist; "
-                         f"this model has layers 0..{n - 1}")
-    state.update(vis_mask=None, decode=None, report=None, hooks=[])
-    if method.needs_vision:  # capture the feature layer's queries and keys for the method
-        attn = state["vision_attn"] = vision_attention(model)
+    check(model, method)
+    state.update(local=threading.local(), hooks=[])
+    if method.needs_vision:  # the feature layer's [CLS] attention and keys, for each image
+        attn = vision_attention(model)
+        strategy = model.config.vision_feature_select_strategy
+
+        def vhook(_mod, _inp, out, name):
+            call = per_call(state)
+            captured = call.setdefault("vision_capture", {})
+            captured[name] = out
+            if len(captured) == 2:
+                with _Clock(state, out.device):
+                    call["vision_signals"] = list(vision_signals(attn, call.pop("vision_capture"), strategy))
+
         for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
-            def vhook(_mod, _inp, out, name=name):
-                state.setdefault("vision_capture", {})[name] = out
-            state["hooks"].append(proj.register_forward_hook(vhook))
+            state["hooks"].append(proj.register_forward_hook(lambda m, i, o, name=name: vhook(m, i, o, name)))
     for m in (model, llava, text):
         m._sparsevlm = state
+    _swap_class(model, _SparseLlava)
     _swap_class(llava, _SparseLlavaModel)
     _swap_class(text, _SparseTextModel)
     for i in method.pruning_layers:
         attn = text.layers[i].self_attn
         for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
             def hook(_mod, _inp, out, name=name):
-                if state.get("capture") is not None:
-                    state["capture"][name] = out
+                captured = per_call(state).get("capture")
+                if captured is not None:
+                    captured[name] = out
             state["hooks"].append(proj.register_forward_hook(hook))
 
 
@@ -347,7 +477,7 @@ def unpatch(model) -> None:
     for h in state["hooks"]:
         h.remove()
     llava, text = model.model, model.model.language_model
-    for m in (llava, text):
+    for m in (model, llava, text):
         if hasattr(type(m), "_sparsevlm_original"):
             m.__class__ = type(m)._sparsevlm_original
     for m in (model, llava, text):
