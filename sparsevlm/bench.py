@@ -35,7 +35,7 @@ from .flops import dims, report_flops
 from .models import report, sparsified
 from .models.llava import CACHE
 from .report import dense_report_for
-from .utils import shipped_path
+from .utils import positive_int, shipped_path
 
 MODELS = ("toy", "llava-1.5-7b-shaped")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -215,6 +215,9 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r}: allowed an integer ≥ {low}")
     if text_hidden is not None and model_name != "llava-1.5-7b-shaped":
         raise ValueError(f"text_hidden={text_hidden} narrows llava-1.5-7b-shaped only, not model={model_name!r}")
     torch.manual_seed(0)
@@ -288,9 +291,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=None,
                    choices=["sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome"],
                    help="only these methods besides dense (default: all)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (default 5)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per method (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    p.add_argument("--new-tokens", type=int, default=8, help="tokens decoded to time decoding (default 8)")
+    p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded to time decoding (default 8)")
     p.add_argument("--out", default="results", help="folder for the CSV/JSON (default results)")
 
 

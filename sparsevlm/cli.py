@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .bench import model_shape
+from .utils import positive_int
 
 METHOD_NAMES = ("dense", "sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome")
 BUDGETS = (192, 128, 96, 64)
@@ -29,6 +30,49 @@ class CliError(Exception):
     """A problem with the user's input: printed as one line, exit status 1."""
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before anything is loaded."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_out(path: str | None, folder: bool) -> None:
+    """Refuse an --out that cannot be written, before the run (not after it)."""
+    if path is None:
+        return
+    target = Path(path) if folder else Path(path).parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / ".sparsevlm-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise CliError(f"--out {path}: cannot write there ({e.strerror or e.__class__.__name__})") from None
+    if not folder and Path(path).is_dir():
+        raise CliError(f"--out {path}: is a folder; give a file name")
+
+
+def check_prompt(prompt: str) -> None:
+    """A prompt template must hold {question} and no other field."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None}
+    except ValueError as e:
+        raise CliError(f"--prompt {prompt!r}: not a template ({e})") from None
+    if fields != {"question"}:
+        raise CliError(f"--prompt {prompt!r}: must contain {{question}} and no other {{field}} (found "
+                       f"{', '.join(sorted(fields)) or 'none'}); write literal braces as {{{{ }}}}")
+
+
 # ---------------------------------------------------------------- loading and method choice
 
 def _model_folder(path: str) -> Path:
@@ -44,6 +88,7 @@ def load_model(path: str | None, device: str, dtype: str):
 
     from . import toy
 
+    check_device(device)
     torch_dtype = getattr(torch, dtype)
     if path is None:
         model, processor = toy.load(dtype=torch_dtype)
@@ -56,10 +101,16 @@ def load_model(path: str | None, device: str, dtype: str):
         if config.get("model_type") != "llava":
             raise CliError(f"--model {path}: model_type {config.get('model_type')!r} is not LLaVA; "
                            f"supported: LlavaForConditionalGeneration checkpoints")
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise CliError(f"--model {path}: the folder has config.json but no weights (*.safetensors or *.bin)")
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch_dtype).eval()
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        try:
+            model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True,
+                                                                  dtype=torch_dtype).eval()
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        except OSError as e:
+            raise CliError(f"--model {path}: cannot load ({str(e).splitlines()[0]})") from None
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as e:
@@ -123,6 +174,7 @@ def _records(args):
     path = Path(args.data)
     if not path.is_file():
         raise CliError(f"--data {args.data}: no such file")
+    check_prompt(args.prompt)
     records = []
     for i, line in enumerate(path.read_text().splitlines()):
         if not line.strip():
@@ -134,7 +186,9 @@ def _records(args):
                             "question": r["question"], "answer": r["answer"], "type": r.get("type", "all")})
         except (ValueError, KeyError) as e:
             raise CliError(f"--data {args.data}: line {i + 1} is not a record with image, question, answer ({e})") from None
-    return records[:args.limit] if args.limit else records
+    if not records:
+        raise CliError(f"--data {args.data}: the file holds no records")
+    return records[:args.limit] if args.limit is not None else records
 
 
 def _image(path: str):
@@ -167,6 +221,7 @@ def demo(args) -> int:
     from .eval import compare
     from .plots import draw_kept, model_view, tradeoff
 
+    check_out(args.out, folder=True)
     records = _records(args)  # before loading: a missing split should not wait for a large model
     model, processor = load_model(args.model, args.device, args.dtype)
     n_visual, layers = model_shape(model)
@@ -211,6 +266,7 @@ def evaluate_cmd(args) -> int:
 
     from .eval import accuracy_by_type, evaluate
 
+    check_out(args.out, folder=False)
     records = _records(args)
     model, processor = load_model(args.model, args.device, args.dtype)
     cfg = method_config(model, args.method, args.budget, args.tokens)
@@ -232,6 +288,8 @@ def bench_cmd(args) -> int:
     """Latency and memory (see sparsevlm.bench)."""
     from . import bench
 
+    check_device(args.device)
+    check_out(args.out, folder=True)
     bench.run(args.model, args.device, args.dtype, args.attn, args.budgets, args.repeats, args.warmup,
               args.new_tokens, args.out, args.methods, text_hidden=args.text_hidden)
     return 0
@@ -280,6 +338,9 @@ def show(args) -> int:
     from . import report, sparsified, toy
     from .plots import draw_kept, model_view
 
+    check_out(args.out, folder=False)
+    if args.model:
+        check_prompt(args.prompt)
     image = _image(args.image)
     model, processor = load_model(args.model, args.device, args.dtype)
     cfg = method_config(model, args.method, args.budget, args.tokens)
@@ -329,7 +390,7 @@ def parser() -> argparse.ArgumentParser:
                             "(default: the toy split stored beside the model, eval_split.json; required for other checkpoints)")
         p.add_argument("--prompt", default=LLAVA_PROMPT,
                        help=f"prompt template for --data / --model, with {{question}} (default {LLAVA_PROMPT!r})")
-        p.add_argument("--limit", type=int, default=None, help="only the first N questions (default: all)")
+        p.add_argument("--limit", type=positive_int, default=None, help="only the first N questions (default: all)")
 
     p = sub.add_parser("demo", help="dense vs SparseVLM vs every baseline at each preset: table + plots",
                        description=demo.__doc__)
@@ -346,7 +407,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of one method, per question type", description=evaluate_cmd.__doc__)
     add_model_args(p)
     data_args(p)
-    p.add_argument("--batch-size", type=int, default=64, help="questions per batch (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="questions per batch (default 64)")
     p.add_argument("--out", default=None, help="CSV file for the per-question results (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=evaluate_cmd)
@@ -370,7 +431,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the question; for the embedded model use its vocabulary, e.g. 'what color is the circle'")
     p.add_argument("--prompt", default=LLAVA_PROMPT, help="prompt template with {question}, for --model "
                                                           f"(default {LLAVA_PROMPT!r})")
-    p.add_argument("--max-new-tokens", type=int, default=8, help="answer length (default 8)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=8, help="answer length (default 8)")
     p.add_argument("--out", default="sparsevlm-show.png", help="figure to write (default sparsevlm-show.png)")
     p.set_defaults(func=show)
     return top

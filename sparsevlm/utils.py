@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from argparse import ArgumentTypeError
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +23,14 @@ def shipped_path(folder: str, *parts: str) -> Path:
     package = Path(__file__).resolve().parent
     installed = package.joinpath(folder, *parts)
     return installed if installed.exists() else package.parent.joinpath(folder, *parts)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise ArgumentTypeError(f"{value} is not allowed; give an integer ≥ 1")
+    return value

@@ -87,6 +87,15 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     (["eval", "--method", "fastv", "--tokens", "3"], "--tokens 3: tokens=3.0 is out of reach for FastVConfig"),
     (["eval", "--data", "none.jsonl"], "--data none.jsonl: no such file"),
     (["bench", "--text-hidden", "1024"], "text_hidden=1024 narrows llava-1.5-7b-shaped only"),
+    (["eval", "--data", "{empty}"], "the file holds no records"),
+    (["eval", "--data", "{data}", "--prompt", "USER: <image> describe"], "must contain {question} and no other"),
+    (["eval", "--data", "{data}", "--prompt", "{question} {lang}"], "(found lang, question)"),
+    (["eval", "--model", "{noweights}"], "has config.json but no weights (*.safetensors or *.bin)"),
+    (["bench", "--device", "cuda"], "--device cuda: CUDA is not available here"),
+    (["eval", "--device", "gpu0"], "--device gpu0: not a torch device"),
+    (["eval", "--out", "{bad}/rows.csv"], "cannot write there"),
+    (["demo", "--out", "{bad}/folder"], "cannot write there"),
+    (["bench", "--out", "{bad}/folder"], "cannot write there"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     (tmp_path / "bad.png").write_text("not an image")
@@ -96,8 +105,15 @@ def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     shutil.copy(toy.CHECKPOINT / "eval_split.json", tmp_path / "nollava")
     (tmp_path / "nosplit").mkdir()  # a LLaVA checkpoint without the toy questions, and no --data
     (tmp_path / "nosplit" / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    argv = [a.format(bad=tmp_path / "bad.png", img=tmp_path / "img.png", nollava=tmp_path / "nollava",
-                     nosplit=tmp_path / "nosplit") for a in argv]
+    shutil.copytree(tmp_path / "nosplit", tmp_path / "noweights")  # config and questions, no weights
+    shutil.copy(toy.CHECKPOINT / "eval_split.json", tmp_path / "noweights")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "img.png", "question": "q", "answer": "a"}) + "\n")
+    names = {n: tmp_path / f for n, f in [("bad", "bad.png"), ("img", "img.png"), ("nollava", "nollava"),
+                                           ("nosplit", "nosplit"), ("noweights", "noweights"),
+                                           ("empty", "empty.jsonl"), ("data", "data.jsonl")]}
+    for key, path in names.items():  # "{key}" names a file made here; other braces are the user's
+        argv = [a.replace("{%s}" % key, str(path)) for a in argv]
     code, out, err = run(capsys, *argv, *(["--limit", "2", "--quiet"] if argv[0] == "eval" else []))
     assert code == 1
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -110,6 +126,16 @@ def test_unknown_choices_exit_2_with_one_line(capsys, argv):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["eval", "--limit", "0"], ["eval", "--limit", "-1"], ["demo", "--limit", "0"],
+                                  ["bench", "--new-tokens", "0"], ["bench", "--repeats", "0"],
+                                  ["eval", "--batch-size", "0"]])
+def test_counts_below_one_exit_2_with_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "not allowed; give an integer ≥ 1" in err and len(err.strip().splitlines()) == 1
 
 
 def test_every_option_has_help():
