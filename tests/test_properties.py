@@ -1,0 +1,166 @@
+"""Seeded property test: random tiny LLaVA models (Llama, Qwen2 or Mistral text models, grouped-query
+attention, 3–6 layers, 4–25 visual tokens per image, eager or sdpa) and random batches (1–4 rows,
+left padding, 0–2 images per row), every method with random settings, both position modes.
+
+For every case: no NaN where outputs exist; the report accounts for every token; each sample of
+the batch equals the sample alone (kept tokens and last logits); keeping every token equals the
+dense model; `unsparsify` restores the dense logits bit for bit; beam search with several
+returned sequences runs, and its first sample equals that sample alone."""
+import random
+
+import pytest
+import torch
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig,
+                          Qwen2Config)
+
+import sparsevlm
+from sparsevlm import FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig
+
+torch.set_grad_enabled(False)
+
+IMAGE = 3
+N_MODELS, CASES_PER_MODEL = 50, 10  # 500 cases
+METHODS = ("sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome")
+
+
+def random_model(rng: random.Random):
+    side = rng.choice([2, 3, 4, 5])  # visual tokens per image: side²
+    heads = rng.choice([2, 4])
+    layers = rng.randint(3, 6)
+    torch.manual_seed(rng.randrange(2 ** 31))
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=4 * side, patch_size=4)
+    common = dict(vocab_size=64, hidden_size=8 * heads, intermediate_size=32, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=rng.choice([1, heads // 2, heads]),
+                  max_position_embeddings=256, pad_token_id=0, initializer_range=0.3)
+    family = rng.choice(["llama", "qwen2", "mistral"])
+    text = {"llama": lambda: LlamaConfig(**common), "qwen2": lambda: Qwen2Config(**common, use_sliding_window=False),
+            "mistral": lambda: MistralConfig(**common, sliding_window=None)}[family]()
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE, vision_feature_layer=-1,
+                      vision_feature_select_strategy="default", image_seq_length=side * side)
+    attn = rng.choice(["eager", "sdpa"])
+    for c in (cfg, cfg.text_config, cfg.vision_config):
+        c._attn_implementation = attn
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.generation_config.pad_token_id = 0
+    return model, side * side, layers
+
+
+def random_batch(rng: random.Random, n_visual: int, side: int):
+    """Left-padded rows with 0–2 images each (at least one image in the batch)."""
+    rows, images = [], []
+    while not images:
+        rows, images = [], []
+        for _ in range(rng.randint(1, 4)):
+            ids = [1] + [rng.randrange(4, 64) for _ in range(rng.randint(0, 3))]
+            n_img = rng.choice([0, 1, 1, 1, 2])
+            for _ in range(n_img):
+                ids += [IMAGE] * n_visual + [rng.randrange(4, 64) for _ in range(rng.randint(0, 3))]
+            ids += [rng.randrange(4, 64) for _ in range(rng.randint(1, 6))]
+            rows.append((ids, n_img))
+            images += [torch.randn(3, 4 * side, 4 * side, generator=torch.Generator().manual_seed(rng.randrange(999)))
+                       for _ in range(n_img)]
+    L = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([[0] * (L - len(ids)) + ids for ids, _ in rows])
+    mask = torch.tensor([[0] * (L - len(ids)) + [1] * len(ids) for ids, _ in rows])
+    inputs = {"input_ids": input_ids, "attention_mask": mask, "pixel_values": torch.stack(images)}
+    alone, first = [], 0
+    for ids, n_img in rows:
+        one = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        if n_img:
+            one["pixel_values"] = inputs["pixel_values"][first:first + n_img]
+        first += n_img
+        alone.append(one)
+    return inputs, alone
+
+
+def random_layers(rng, layers, k=None):
+    k = k or rng.randint(1, min(3, layers - 1))
+    return tuple(sorted(rng.sample(range(layers - 1), k)))
+
+
+def random_config(rng, method, n_visual, layers, positions):
+    """(a config with random settings, a config of the same method that keeps every token)."""
+    if method == "sparsevlm":
+        where = random_layers(rng, layers)
+        kind = rng.choice(["rank", "schedule", "plus"])
+        keep_all = SparseVLMConfig(mode="schedule", pruning_layers=where, schedule=(1000,) * len(where),
+                                   recycle=False, positions=positions)
+        counts = tuple(sorted((rng.randint(1, 2 * n_visual) for _ in where), reverse=True))
+        if kind == "rank":
+            cfg = SparseVLMConfig(pruning_layers=where, scale=rng.uniform(0.5, 4), recycle=rng.random() < 0.7,
+                                  rater_rule=rng.choice(["mean", "mean", "all", "last"]), positions=positions)
+        elif kind == "schedule":
+            cfg = SparseVLMConfig(mode="schedule", pruning_layers=where, schedule=counts,
+                                  recycle=rng.random() < 0.7, positions=positions)
+        else:
+            cfg = SparseVLMConfig.plus(64, pruning_layers=where, schedule=counts, top_heads=rng.choice([None, 1]),
+                                       positions=positions)
+        return cfg, keep_all
+    if method == "random":
+        where = random_layers(rng, layers)
+        counts = tuple(sorted((rng.randint(1, 2 * n_visual) for _ in where), reverse=True))
+        return (RandomConfig(pruning_layers=where, schedule=counts, seed=rng.randrange(100), positions=positions),
+                RandomConfig(pruning_layers=where, schedule=(1000,) * len(where), positions=positions))
+    if method == "fastv":
+        layer = rng.randrange(layers - 1)
+        return (FastVConfig(layer=layer, prune_ratio=rng.uniform(0.1, 0.9), rater=rng.choice(["all", "last"]),
+                            positions=positions), FastVConfig(layer=layer, prune_ratio=0.0, positions=positions))
+    if method == "pdrop":
+        where = random_layers(rng, layers)
+        return (PDropConfig(pruning_layers=where, keep_ratio=rng.uniform(0.2, 0.9), positions=positions),
+                PDropConfig(pruning_layers=where, keep_ratio=1.0, positions=positions))
+    if method == "visionzip":
+        return (VisionZipConfig(dominant=rng.randint(1, n_visual), contextual=rng.randint(0, 3), positions=positions),
+                VisionZipConfig(dominant=1000, contextual=0, positions=positions))
+    return ToMeConfig(keep=rng.randint(1, n_visual), positions=positions), ToMeConfig(keep=1000, positions=positions)
+
+
+def check_case(model, inputs, alone, cfg, keep_all, label):
+    valid = inputs["attention_mask"].bool()
+    dense = model(**inputs).logits
+    sparsevlm.sparsify(model, cfg)
+    out = model(**inputs).logits
+    rep = sparsevlm.report(model)
+    assert not rep.dense, label
+    present = rep.present
+    assert torch.isfinite(out[present]).all(), label
+    n_visual = (inputs["input_ids"] == IMAGE).sum(-1)
+    assert torch.equal(rep.n_visual, n_visual), label
+    before_llm = rep.steps and rep.steps[0]["layer"] == -1  # VisionZip/ToMe-style: pruned before layer 0
+    assert (rep.visual_in[:, 0] <= n_visual).all() if before_llm else torch.equal(rep.visual_in[:, 0], n_visual), label
+    assert torch.equal(rep.visual_out[:, :-1], rep.visual_in[:, 1:]), label
+    last_kept = [len(k) for k in rep.steps[-1]["kept"]] if rep.steps else n_visual.tolist()
+    # every position with an output is a valid text token or an original visual token still present
+    assert present.sum(-1).tolist() == [int(t - v) + k for t, v, k in zip(rep.n_tokens, n_visual, last_kept)], label
+    for b, one in enumerate(alone):
+        logits = model(**one).logits
+        rep1 = sparsevlm.report(model)
+        if "pixel_values" not in one:
+            assert rep1.dense, label
+            continue
+        for step, step1 in zip(rep.steps, rep1.steps):
+            assert step["kept"][b] == step1["kept"][0], f"{label} sample {b} layer {step['layer']}"
+        assert torch.equal(rep.visual_out[b], rep1.visual_out[0]), label
+        torch.testing.assert_close(logits[0, -1], out[b, -1], atol=2e-4, rtol=2e-4, msg=label)
+    beams = dict(max_new_tokens=2, min_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
+    ids = model.generate(**inputs, **beams)
+    assert ids.shape == (2 * len(alone), inputs["input_ids"].shape[1] + 2), label
+    assert torch.equal(model.generate(**alone[0], **beams)[:, -2:], ids[:2, -2:]), label
+    sparsevlm.sparsify(model, keep_all)
+    torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=2e-4, rtol=2e-4, msg=label)
+    sparsevlm.unsparsify(model)
+    assert torch.equal(model(**inputs).logits, dense), label
+
+
+@pytest.mark.parametrize("model_seed", range(N_MODELS))
+def test_random_models_and_batches(model_seed):
+    rng = random.Random(1000 + model_seed)
+    model, n_visual, layers = random_model(rng)
+    side = int(n_visual ** 0.5)
+    for case in range(CASES_PER_MODEL):
+        i = model_seed * CASES_PER_MODEL + case
+        method, positions = METHODS[i % len(METHODS)], ("compact", "original")[(i // len(METHODS)) % 2]
+        inputs, alone = random_batch(rng, n_visual, side)
+        cfg, keep_all = random_config(rng, method, n_visual, layers, positions)
+        check_case(model, inputs, alone, cfg, keep_all, f"model {model_seed} case {case}: {cfg!r}")
