@@ -120,6 +120,19 @@ class _Clock:
         return False
 
 
+def _vision_signals(model) -> list | None:
+    """The [CLS] attention and keys of each image the vision tower last encoded in this call
+    (computed here, outside the tower, so that counters charge them to the method)."""
+    st = model._sparsevlm
+    call = per_call(st)
+    captured = call.pop("vision_capture", None)
+    if captured is not None and len(captured) == 2:
+        with _Clock(st, captured["k"].device):
+            call["vision_signals"] = list(vision_signals(st["vision_attn"], captured,
+                                                         model.config.vision_feature_select_strategy))
+    return call.get("vision_signals")
+
+
 class _SparseLlava:
     """Mixin for LlavaForConditionalGeneration: the parts of `generate` and of the loss that see
     the whole call, and copying.
@@ -157,7 +170,7 @@ class _SparseLlava:
         out = super()._expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size=expand_size,
                                                  inputs_embeds=inputs_embeds)
         call = per_call(self._sparsevlm)
-        signals = call.get("vision_signals")
+        signals = _vision_signals(self)
         if signals is not None:  # expand each image's signals exactly as transformers expands its features
             call["vision_signals"] = [
                 super(_SparseLlava, self)._expand_multimodal_outputs(
@@ -205,8 +218,9 @@ class _SparseLlavaModel:
         st = self._sparsevlm
         call = per_call(st)
         call["vis_mask"] = vis = mask[..., 0]  # (B, L)
-        signals = call.pop("vision_signals", None)
-        if st["method"].needs_vision and signals is not None:
+        signals = _vision_signals(self) if st["method"].needs_vision else None
+        call.pop("vision_signals", None)  # consumed: the next prefill encodes its own images
+        if signals is not None:
             with _Clock(st, vis.device):
                 call["vision"] = self._vision_per_token(signals, vis)
         return mask
@@ -440,20 +454,12 @@ def patch(model, method, state: dict) -> None:
     llava, text = model.model, model.model.language_model
     check(model, method)
     state.update(local=threading.local(), hooks=[])
-    if method.needs_vision:  # the feature layer's [CLS] attention and keys, for each image
-        attn = vision_attention(model)
-        strategy = model.config.vision_feature_select_strategy
-
-        def vhook(_mod, _inp, out, name):
-            call = per_call(state)
-            captured = call.setdefault("vision_capture", {})
-            captured[name] = out
-            if len(captured) == 2:
-                with _Clock(state, out.device):
-                    call["vision_signals"] = list(vision_signals(attn, call.pop("vision_capture"), strategy))
-
+    if method.needs_vision:  # capture the feature layer's queries and keys for the method
+        state["vision_attn"] = attn = vision_attention(model)
         for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
-            state["hooks"].append(proj.register_forward_hook(lambda m, i, o, name=name: vhook(m, i, o, name)))
+            def vhook(_mod, _inp, out, name=name):
+                per_call(state).setdefault("vision_capture", {})[name] = out
+            state["hooks"].append(proj.register_forward_hook(vhook))
     for m in (model, llava, text):
         m._sparsevlm = state
     _swap_class(model, _SparseLlava)
