@@ -33,7 +33,7 @@ import torch
 
 from .flops import dims, report_flops
 from .models import report, sparsified
-from .models.llava import CACHE
+from .models.staged import CACHE
 from .report import dense_report_for
 from .utils import positive_int, shipped_path
 

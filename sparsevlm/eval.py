@@ -36,7 +36,6 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     rows = []
     device = next(model.parameters()).device
-    n_layers = model.config.text_config.num_hidden_layers
     fdims = dims(model)
     with torch.no_grad(), (sparsified(model, cfg) if cfg is not None else nullcontext()):
         for items, inputs in _batches(processor, dataset, batch_size, device, progress, desc or _name(cfg)):

@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
-from sparsevlm.models.llava import CACHE
+from sparsevlm.models.staged import CACHE
 
 torch.set_grad_enabled(False)
 

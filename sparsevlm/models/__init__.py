@@ -11,6 +11,7 @@ from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
 from . import llava
+from .staged import per_call
 
 ADAPTERS = [llava]
 
@@ -73,7 +74,7 @@ def report(model) -> Report:
     state = getattr(model, "_sparsevlm", None)
     if state is None:
         raise ValueError("model is not sparsified: call sparsevlm.sparsify(model, cfg) first")
-    rep = llava.per_call(state)["report"]
+    rep = per_call(state)["report"]
     if rep is None:
         raise ValueError("no forward pass yet: run the model (or generate) once, then ask for its report")
     return rep

@@ -1,54 +1,22 @@
-"""Adapter for Hugging Face `LlavaForConditionalGeneration` (transformers 5.x; text backbone Llama,
-Qwen2 or Mistral with full attention).
+"""Adapter for the LLaVA family of transformers 5.x: `LlavaForConditionalGeneration` (LLaVA-1.5),
+with a Llama, Mistral, Qwen2 or Qwen3 text model and full attention.
 
-Two seams are used, nothing is vendored:
-- `LlavaModel.get_placeholder_mask` (where the image features are spliced in) records which
-  positions hold visual tokens;
-- the text model's `forward` runs the same decoder-layer loop, split into *stages* at the pruning
-  layers. After a pruning layer the method decides, and hidden states, positions, the padding mask
-  and the method's per-token state are gathered into a shorter, left-padded sequence. Each stage
-  builds its own causal mask and rotary embeddings against its own (shorter) KV cache.
-Queries and keys of a pruning layer are captured from its `q_proj` / `k_proj` outputs by forward
-hooks and rotated with the model's own `apply_rotary_pos_emb`, so scoring costs O(R·L) whatever the
-attention implementation (`eager`, `sdpa`; `flash_attention_2` takes the same path: it never
-needs the L×L matrix either, only the 2D padding mask that each stage passes on).
-
-Decoding reuses the shorter caches: stage s > 0 keeps its own padding mask and token count, and a
-new token's position there is the stage's count (compact positions, as the reference) or the
-model's own position (original positions).
+One seam is used here, nothing is vendored: `get_placeholder_mask` (where the image features are
+spliced in) records which positions hold visual tokens, and, for methods that read the vision
+tower (VisionZip/ToMe-style), its [CLS] attention and keys are captured at the feature layer. The
+decoder loop in stages is `staged.py`'s.
 """
 from __future__ import annotations
 
-import copy
-import inspect
-import sys
 import threading
-import time
-import warnings
 
 import torch
-from transformers.cache_utils import DynamicCache, StaticLayer
-from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..methods.base import PruneInput
-from ..report import Report, dense_report
-from ..select import compact_positions, gather, plan_layout, put
+from .staged import (SparseTextModel, SparseTop, _Clock, check_layers, hook_queries_keys, per_call, swap_class,
+                     text_unsupported_reason, unpatch_modules)
 
-# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
-# name still works there, deprecated). The adapter speaks whichever name the installed version uses.
-CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-
-SUPPORTED = "LlavaForConditionalGeneration with a full-attention Llama, Qwen2 or Mistral text model"
-
-
-def per_call(state: dict) -> dict:
-    """The part of a sparsified model's state that belongs to one call (image positions, captured
-    queries and keys, the last report), kept per thread: one model may serve several threads."""
-    local = state["local"]
-    if not hasattr(local, "call"):
-        local.call = {"report": None}
-    return local.call
+SUPPORTED = "LlavaForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model"
 
 
 def unsupported_reason(model) -> str | None:
@@ -57,19 +25,7 @@ def unsupported_reason(model) -> str | None:
 
     if not isinstance(model, LlavaForConditionalGeneration):
         return f"{type(model).__name__} is not supported; supported: {SUPPORTED}"
-    text = model.model.language_model
-    if not all(hasattr(text, a) for a in ("layers", "norm", "rotary_emb")):
-        return f"text model {type(text).__name__} lacks layers/norm/rotary_emb; supported: {SUPPORTED}"
-    attn = text.layers[0].self_attn
-    if not (hasattr(attn, "q_proj") and hasattr(attn, "k_proj")
-            and hasattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb")):
-        return f"attention {type(attn).__name__} has no q_proj/k_proj with rotary embeddings; supported: {SUPPORTED}"
-    cfg = text.config
-    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
-    if kinds != {"full_attention"} or getattr(cfg, "sliding_window", None) is not None and not hasattr(cfg, "layer_types"):
-        return (f"text model {type(text).__name__} uses sliding-window attention, whose cache crops itself; "
-                f"supported: {SUPPORTED} (set text_config.sliding_window=None)")
-    return None
+    return text_unsupported_reason(model.model.language_model, SUPPORTED)
 
 
 def vision_attention(model):
@@ -98,28 +54,6 @@ def vision_signals(attn, captured, strategy: str):
     first = 1 if strategy == "default" else 0  # "default" drops the [CLS] token from the features
     return cls[:, first:], k[:, first:]
 
-
-class _Clock:
-    """Adds the wall time of a block to the call's "overhead_s" when state["timing"] is set
-    (synchronising CUDA around it); free otherwise."""
-
-    def __init__(self, st, device):
-        self.st, self.call, self.device = st, per_call(st), device
-
-    def __enter__(self):
-        if self.st.get("timing"):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.t = time.perf_counter()
-
-    def __exit__(self, *exc):
-        if self.st.get("timing"):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.call["overhead_s"] = self.call.get("overhead_s", 0.0) + time.perf_counter() - self.t
-        return False
-
-
 def _vision_signals(model) -> list | None:
     """The [CLS] attention and keys of each image the vision tower last encoded in this call
     (computed here, outside the tower, so that counters charge them to the method)."""
@@ -133,38 +67,9 @@ def _vision_signals(model) -> list | None:
     return call.get("vision_signals")
 
 
-class _SparseLlava:
-    """Mixin for LlavaForConditionalGeneration: the parts of `generate` and of the loss that see
-    the whole call, and copying.
-
-    - Beams and `num_return_sequences`: transformers encodes each image once and expands the
-      features for the copies of a prompt; the vision tower's signals are expanded the same way.
-    - `generate(prefill_chunk_size=k)` with a prompt longer than k runs dense (said in the report):
-      pruning needs the whole prompt in one forward.
-    - `labels=`: outputs are aligned with the input positions; a position whose token was pruned
-      predicts nothing, so its next label is left out of the loss (the seam: `loss_function`).
-    """
-
-    def generate(self, *args, **kwargs):
-        call = per_call(self._sparsevlm)
-        config = kwargs.get("generation_config") or self.generation_config
-
-        def option(name):
-            return kwargs[name] if name in kwargs else getattr(config, name, None)
-
-        chunk = option("prefill_chunk_size")
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if chunk and (ids is None or ids.shape[-1] > chunk):
-            call["dense_reason"] = (f"generate(prefill_chunk_size={chunk}) splits the prompt into chunks; pruning "
-                                    f"needs the whole prompt in one forward")
-        if option("use_cache") is False:
-            warnings.warn("generate(use_cache=False) with a sparsified model prunes again at every step, with the "
-                          "tokens generated so far among the raters: answers differ from the cached run, and nothing "
-                          "is saved", stacklevel=2)
-        try:
-            return super().generate(*args, **kwargs)
-        finally:
-            call.pop("dense_reason", None)
+class _SparseLlava(SparseTop):
+    """Beams and `num_return_sequences`: transformers encodes each image once and expands the
+    features for the copies of a prompt; the vision tower's signals are expanded the same way."""
 
     def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
         out = super()._expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size=expand_size,
@@ -177,36 +82,6 @@ class _SparseLlava:
                     input_ids, {"image": BaseModelOutputWithPooling(pooler_output=t)}, expand_size=expand_size,
                     inputs_embeds=inputs_embeds)["image"].pooler_output for t in signals]
         return out
-
-    @property
-    def loss_function(self):
-        base, call = super().loss_function, per_call(self._sparsevlm)
-
-        def loss(logits, labels, *args, **kwargs):
-            present = call.get("present")  # set by this forward's prefill; None when it ran dense
-            if present is not None and labels is not None:
-                labels = labels.clone()
-                labels[:, 1:][~present[:, :-1].to(labels.device)] = -100  # a pruned position predicts nothing
-            return base(logits, labels, *args, **kwargs)
-        return loss
-
-    def __deepcopy__(self, memo):
-        from . import sparsify, unsparsify
-
-        st = self._sparsevlm
-        cfg, last = st["cfg"], per_call(st)["report"]
-        unsparsify(self)  # copy the dense model, then sparsify both: the copy gets its own state and hooks
-        try:
-            twin = copy.deepcopy(self, memo)
-        finally:
-            sparsify(self, cfg)
-            per_call(self._sparsevlm)["report"] = last
-        return sparsify(twin, cfg)
-
-    def __reduce_ex__(self, protocol):
-        raise TypeError(f"a sparsified {type(self).__name__} cannot be pickled (its classes are made by sparsify): "
-                        f"save model.state_dict() or sparsevlm.unsparsify(model).save_pretrained(path), and call "
-                        f"sparsevlm.sparsify after loading")
 
 
 class _SparseLlavaModel:
@@ -236,215 +111,9 @@ class _SparseLlavaModel:
             vis[..., None], keys.to(vis.device))
         return {"cls_attention": seq_cls, "keys": seq_keys}
 
-
-class _SparseTextModel:
-    """Mixin for the text model: the decoder loop in stages, pruning between them."""
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
-                inputs_embeds=None, use_cache=None, **kwargs):
-        if "past_key_values" in kwargs:  # the name before transformers 5.24 (and its deprecated alias after)
-            if cache is not None:
-                raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
-            cache = kwargs.pop("past_key_values")
-        st = self._sparsevlm
-        call = per_call(st)
-        vis_mask = call.pop("vis_mask", None)
-        vision = call.pop("vision", {})
-        call["present"] = None
-        stages = getattr(cache, "_sparsevlm_stages", None)  # the cache was shortened by a pruned prefill
-        if stages is not None:
-            if vis_mask is not None:
-                raise ValueError("this KV cache was shortened by pruning; a continuation with image tokens cannot be "
-                                 "appended to it (pass the whole prompt in one forward, or unsparsify the model)")
-            return self._sparse_decode(inputs_embeds, attention_mask, position_ids, cache, stages, use_cache, kwargs)
-        is_prefill = cache is None or cache.get_seq_length() == 0
-        reason = None
-        if vis_mask is None or not vis_mask.any():
-            reason = "no image tokens in the input"
-        elif call.get("dense_reason"):
-            reason = call["dense_reason"]
-        elif not is_prefill:
-            reason = "the KV cache already holds tokens; pruning happens at prefill only"
-        elif cache is not None and any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())):
-            reason = (f"the KV cache is pre-allocated ({type(cache).__name__}); pruning needs layers that hold "
-                      f"different numbers of tokens (DynamicCache, generate's default)")
-        elif input_ids is not None or inputs_embeds is None:
-            reason = "the language model was called with input_ids instead of embeddings"
-        elif attention_mask is not None and attention_mask.dim() != 2:
-            reason = "a 4D attention mask was given; pruning needs the 2D padding mask"
-        elif any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states")):
-            reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
-        elif st["method"].needs_vision and not vision:
-            reason = "the vision tower's signals for these image tokens were not captured"
-        if reason is not None:
-            if is_prefill:
-                B, L = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
-                n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
-                n_tok = attention_mask.sum(-1) if attention_mask is not None and attention_mask.dim() == 2 \
-                    else torch.full((B,), L)
-                call["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
-                                              n_vis.cpu(), reason)
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
-        return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
-                                    use_cache, kwargs)
-
-    def _stage(self, hidden, mask2d, positions, cache, layer_idx):
-        """Causal mask and rotary embeddings for the layers from `layer_idx` on."""
-        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  position_ids=positions, layer_idx=layer_idx, **{CACHE: cache})
-        return mask, self.rotary_emb(hidden, position_ids=positions)
-
-    def _queries_keys(self, layer_idx, captured, position_embeddings):
-        """The pruning layer's queries and keys, RoPE applied as in the model.
-        Shapes: -> q (B, H, L, Dh), k (B, H_kv, L, Dh)."""
-        attn = self.layers[layer_idx].self_attn
-        q, k = captured["q"], captured["k"]  # (B, L, H·Dh), (B, L, H_kv·Dh)
-        B, L = q.shape[:2]
-        q = q.view(B, L, -1, attn.head_dim).transpose(1, 2)  # (B, H, L, Dh)
-        k = k.view(B, L, -1, attn.head_dim).transpose(1, 2)  # (B, H_kv, L, Dh)
-        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        return rope(q, k, *position_embeddings)
-
-    def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs):
-        st, method = self._sparsevlm, self._sparsevlm["method"]
-        call = per_call(st)
-        B, L, D = hidden.shape
-        dev = hidden.device
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        valid = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
-        positions = (position_ids if position_ids is not None else torch.arange(L, device=dev)[None]).expand(B, L)
-        vis_mask = vis_mask.to(dev) & valid
-        clock = _Clock(st, dev)
-        with clock:
-            token_state = method.begin(hidden, vis_mask, valid)
-        report = Report(method=st["method_name"], num_layers=self.config.num_hidden_layers,
-                        n_tokens=valid.sum(-1).cpu(), n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
-                        raters=[r.nonzero().flatten().tolist() for r in token_state.get("rater", [])])
-        # The sequence as it shrinks: what each token is (origin: index into the image grid, −1 text,
-        # −2 merged), where it sits, and the method's per-token state, all kept aligned.
-        seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
-               "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
-               "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
-               "vision": vision}
-        stages, counts_in, counts_out = [], [], []
-        step = 0
-        if method.prunes_input:  # step 0: before the first layer, on the embeddings
-            pe = self.rotary_emb(hidden, position_ids=positions)
-            with clock:
-                self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
-            step += 1
-        mask, pe = self._stage(seq["hidden"], seq["valid"] if stages else attention_mask, seq["positions"], cache, 0)
-        for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            counts_in.append(seq["vis_mask"].sum(-1))
-            prune_here = i in method.pruning_layers
-            if prune_here:
-                call["capture"] = {}
-            seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=seq["positions"],
-                                  use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
-            if prune_here:
-                with clock:
-                    q, k = self._queries_keys(i, call.pop("capture"), pe)
-                    self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe)
-                step += 1
-                mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1)
-            counts_out.append(seq["vis_mask"].sum(-1))
-        report.visual_in = torch.stack(counts_in, -1).cpu()
-        report.visual_out = torch.stack(counts_out, -1).cpu()
-        if st.get("timing"):
-            report.overhead_seconds = call.pop("overhead_s", 0.0)
-        # Outputs go back to the input positions; a position whose token was pruned gets zeros.
-        present = seq["valid"] & (seq["index"] >= 0)
-        slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
-        out = hidden.new_zeros(B, L + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), self.norm(seq["hidden"]))
-        call["present"] = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
-        report.present = call["present"].cpu()
-        if (valid.long().diff(dim=-1) < 0).any():
-            report.notes.append("right padding: inside the language model the shorter sequence is laid out with "
-                                "left padding; outputs are returned at the input positions")
-        call["report"] = report
-        if use_cache:  # decoding reads each stage's padding mask and token count from the cache itself
-            cache._sparsevlm_stages = stages
-        return BaseModelOutputWithPast(last_hidden_state=out[:, :L], **{CACHE: cache if use_cache else None})
-
-    def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe):
-        """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
-        re-lay the sequence out: kept tokens in place, inserted ones after the visual span."""
-        B = seq["hidden"].shape[0]
-        dev = seq["hidden"].device
-        dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
-                                      vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
-                                      position_embeddings=pe, token_state=seq["state"], vision=seq["vision"]))
-        step_report = {"layer": layer, **{n: v.cpu() for n, v in dec.info.items()}}
-        origin, vis_mask = seq["origin"], seq["vis_mask"]
-        if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
-            grid = torch.full((B, int(report.n_visual.max())), float("nan"), device=dev)
-            step_report["scores"] = put(grid, origin, vis_mask & (origin >= 0), dec.scores.float()).cpu()
-        pos_idx = torch.arange(seq["hidden"].shape[1], device=dev)
-        anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
-        layout = plan_layout(dec.keep, anchor, dec.inserted_valid)
-        ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
-        seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
-        seq["vis_mask"] = vis_mask = layout.apply(vis_mask, ins) & layout.valid
-        seq["origin"] = origin = layout.apply(origin, None if ins is None else torch.full_like(ins, -2, dtype=torch.long))
-        for part in ("state", "vision"):  # per-token tensors follow their tokens; inserted ones get zeros
-            seq[part] = {n: layout.apply(t, None if ins is None else t.new_zeros(*ins.shape, *t.shape[2:]))
-                         for n, t in seq[part].items()}
-        if method.positions == "compact":
-            seq["positions"] = compact_positions(layout.valid)
-        else:
-            seq["positions"] = layout.apply(seq["positions"],
-                                            None if ins is None else gather(seq["positions"], dec.inserted_from))
-        seq["index"] = layout.apply(seq["index"], None if ins is None else torch.full_like(ins, -1, dtype=torch.long))
-        seq["valid"] = layout.valid
-        report.steps.append({**step_report,
-                             "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
-                             "kept": [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis_mask)]})
-        stages.append({"start": layer + 1, "valid": layout.valid, "count": layout.valid.sum(-1)})
-
-    def _sparse_decode(self, hidden, attention_mask, position_ids, cache, stages, use_cache, kwargs):
-        st = self._sparsevlm
-        B, q = hidden.shape[:2]
-        dev = hidden.device
-        new_valid = attention_mask[:, -q:].bool() if attention_mask is not None else torch.ones(B, q, dtype=torch.bool, device=dev)
-        if position_ids is None:
-            position_ids = torch.arange(q, device=dev)[None] + cache.get_seq_length(0)
-        positions0 = position_ids.expand(B, q)
-        starts = {s["start"]: s for s in stages}
-        mask, pe = self._stage(hidden, attention_mask, positions0, cache, 0)
-        for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if i in starts:  # a shorter stage: its own mask, and its own positions when compact
-                s = starts[i]
-                s["valid"] = torch.cat([s["valid"], new_valid], dim=1)
-                pos = s["count"][:, None] + new_valid.long().cumsum(-1) - 1
-                s["count"] = s["count"] + new_valid.sum(-1)
-                positions = pos if st["method"].positions == "compact" else positions0
-                mask, pe = self._stage(hidden, s["valid"], positions, cache, i)
-            hidden = layer(hidden, attention_mask=mask, position_ids=positions0, use_cache=use_cache,
-                           position_embeddings=pe, **{CACHE: cache}, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
-
-
-def _swap_class(module, mixin) -> None:
-    cls = type(module)
-    module.__class__ = type(f"Sparse{cls.__name__}", (mixin, cls), {"_sparsevlm_original": cls,
-                                                                   "__module__": cls.__module__})
-    try:  # transformers records outputs (output_attentions, ...) per class name: register ours like the original
-        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-    except ImportError:
-        return
-    _CAN_RECORD_REGISTRY[module] = cls._can_record_outputs
-
-
 def check(model, method) -> None:
     """Raise if `method` cannot run on `model`; touches nothing (sparsify checks before it patches)."""
-    n = model.model.language_model.config.num_hidden_layers
-    bad = [i for i in method.pruning_layers if i >= n]
-    if bad:
-        raise ValueError(f"pruning_layers {list(method.pruning_layers)}: layers {bad} do not exist; "
-                         f"this model has layers 0..{n - 1}")
+    check_layers(model.model.language_model, method)
     if method.needs_vision:
         vision_attention(model)
 
@@ -462,29 +131,14 @@ def patch(model, method, state: dict) -> None:
             state["hooks"].append(proj.register_forward_hook(vhook))
     for m in (model, llava, text):
         m._sparsevlm = state
-    _swap_class(model, _SparseLlava)
-    _swap_class(llava, _SparseLlavaModel)
-    _swap_class(text, _SparseTextModel)
-    for i in method.pruning_layers:
-        attn = text.layers[i].self_attn
-        for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
-            def hook(_mod, _inp, out, name=name):
-                captured = per_call(state).get("capture")
-                if captured is not None:
-                    captured[name] = out
-            state["hooks"].append(proj.register_forward_hook(hook))
+    swap_class(model, _SparseLlava)
+    swap_class(llava, _SparseLlavaModel)
+    swap_class(text, SparseTextModel)
+    hook_queries_keys(text, method, state)
 
 
 def unpatch(model) -> None:
     """Restore the original classes and remove every hook and attribute."""
     state = getattr(model, "_sparsevlm", None)
-    if state is None:
-        return
-    for h in state["hooks"]:
-        h.remove()
-    llava, text = model.model, model.model.language_model
-    for m in (model, llava, text):
-        if hasattr(type(m), "_sparsevlm_original"):
-            m.__class__ = type(m)._sparsevlm_original
-    for m in (model, llava, text):
-        m.__dict__.pop("_sparsevlm", None)
+    if state is not None:
+        unpatch_modules((model, model.model, model.model.language_model), state)
