@@ -1,6 +1,7 @@
 """Tiny random LLaVA models built in-process (no download) and inputs with image tokens."""
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config,
+                          Qwen3Config)
 
 IMAGE_TOKEN = 3
 N_VISUAL = 64  # 32 px images, 4 px patches
@@ -13,7 +14,9 @@ def tiny_llava(text: str = "llama", attn: str = "sdpa", kv_heads: int = 2, layer
     common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=512,
                   pad_token_id=0, initializer_range=0.2)
-    text_config = LlamaConfig(**common) if text == "llama" else Qwen2Config(**common, use_sliding_window=False)
+    text_config = {"llama": lambda: LlamaConfig(**common),
+                   "qwen2": lambda: Qwen2Config(**common, use_sliding_window=False),
+                   "qwen3": lambda: Qwen3Config(**common, head_dim=16, use_sliding_window=False)}[text]()
     cfg = LlavaConfig(vision_config=vision, text_config=text_config, image_token_id=IMAGE_TOKEN,
                       vision_feature_layer=-1, vision_feature_select_strategy="default")
     cfg._attn_implementation = attn

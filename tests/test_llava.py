@@ -103,12 +103,14 @@ def test_batched_equals_each_sample_alone(attn, cfg):
         assert torch.equal(model.generate(**one, **GREEDY)[0, -5:], ids[b])
 
 
-@pytest.mark.parametrize("plus", [False, True], ids=["sparsevlm", "sparsevlm+"])
-def test_kept_tokens_are_the_top_scores_of_the_models_own_attention(plus):
-    """Captured queries/keys with RoPE reproduce the eager attention weights the model computes."""
+@pytest.mark.parametrize("text,plus", [("llama", False), ("llama", True), ("qwen2", False), ("qwen3", False)],
+                         ids=["sparsevlm", "sparsevlm+", "qwen2", "qwen3-qk-norm"])
+def test_kept_tokens_are_the_top_scores_of_the_models_own_attention(text, plus):
+    """Captured queries/keys with RoPE reproduce the eager attention weights the model computes
+    (for Qwen3, after its q/k norm)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    model = tiny_llava("llama", "eager")
+    model = tiny_llava(text, "eager")
     inputs = batch([8], seed=2)
     out = model(**inputs, output_attentions=True)
     cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(20,), recycle=False)
@@ -230,6 +232,11 @@ def test_errors_name_what_is_supported(llama):
     assert not hasattr(llama, "_sparsevlm")
     with pytest.raises(ValueError, match="model is not sparsified"):
         sparsevlm.report(llama)
+    model = tiny_llava("llama", layers=2)  # an attention whose q/k the library does not know: refused, not guessed
+    attn = model.model.language_model.layers[0].self_attn
+    attn.__class__ = type("CustomAttention", (type(attn),), {"__module__": "my_models.modeling_custom"})
+    with pytest.raises(TypeError, match="attention CustomAttention is not one whose queries and keys this library"):
+        sparsevlm.sparsify(model, SparseVLMConfig(pruning_layers=(0,)))
 
 
 def test_the_llava_1_5_7b_architecture_is_accepted_without_weights():
