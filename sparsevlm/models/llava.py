@@ -1,10 +1,16 @@
-"""Adapter for the LLaVA family of transformers 5.x: `LlavaForConditionalGeneration` (LLaVA-1.5),
-with a Llama, Mistral, Qwen2 or Qwen3 text model and full attention.
+"""Adapter for the LLaVA family of transformers 5.x — `LlavaForConditionalGeneration` (LLaVA-1.5),
+`LlavaNextForConditionalGeneration` (LLaVA-NeXT) and `LlavaOnevisionForConditionalGeneration`
+(LLaVA-OneVision, images and video) — with a Llama, Mistral, Qwen2 or Qwen3 text model and full
+attention. All three use 1D RoPE.
 
-One seam is used here, nothing is vendored: `get_placeholder_mask` (where the image features are
-spliced in) records which positions hold visual tokens, and, for methods that read the vision
-tower (VisionZip/ToMe-style), its [CLS] attention and keys are captured at the feature layer. The
-decoder loop in stages is `staged.py`'s.
+One seam is used here, nothing is vendored: `get_placeholder_mask` (where the image and video
+features are spliced in) records which positions hold visual tokens: image and video tokens alike,
+several images per prompt, a video's frames as one span. LLaVA-NeXT and OneVision end each row of
+their high-resolution grid with an `image_newline` token; it is a visual token here, scored and
+pruned like any other (it carries image features too — the learned separator — and the reference
+code has no rule for it). For methods that read the vision tower (VisionZip/ToMe-style) its
+[CLS] attention and keys are captured at the feature layer: LLaVA-1.5 only, where each image
+feature is one tower patch. The decoder loop in stages is `staged.py`'s.
 """
 from __future__ import annotations
 
@@ -16,14 +22,20 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .staged import (SparseTextModel, SparseTop, _Clock, check_layers, hook_queries_keys, per_call, swap_class,
                      text_unsupported_reason, unpatch_modules)
 
-SUPPORTED = "LlavaForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model"
+SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration or "
+             "LlavaOnevisionForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model")
+
+
+def _families():
+    from transformers import (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
+                              LlavaOnevisionForConditionalGeneration)
+
+    return LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration
 
 
 def unsupported_reason(model) -> str | None:
     """Why `model` cannot be sparsified by this adapter (None if it can)."""
-    from transformers import LlavaForConditionalGeneration
-
-    if not isinstance(model, LlavaForConditionalGeneration):
+    if not isinstance(model, _families()):
         return f"{type(model).__name__} is not supported; supported: {SUPPORTED}"
     return text_unsupported_reason(model.model.language_model, SUPPORTED)
 
@@ -88,11 +100,12 @@ class _SparseLlavaModel:
     """Mixin for LlavaModel: remember where the image tokens are (and, for methods that need them,
     the vision tower's signals for each)."""
 
-    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
-        mask = super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+    def get_placeholder_mask(self, *args, **kwargs):
+        mask = super().get_placeholder_mask(*args, **kwargs)  # one mask, or (image, video) masks
         st = self._sparsevlm
         call = per_call(st)
-        call["vis_mask"] = vis = mask[..., 0]  # (B, L)
+        vis = mask[0][..., 0] | mask[1][..., 0] if isinstance(mask, tuple) else mask[..., 0]  # (B, L)
+        call["vis_mask"] = vis
         signals = _vision_signals(self) if st["method"].needs_vision else None
         call.pop("vision_signals", None)  # consumed: the next prefill encodes its own images
         if signals is not None:
@@ -111,10 +124,16 @@ class _SparseLlavaModel:
             vis[..., None], keys.to(vis.device))
         return {"cls_attention": seq_cls, "keys": seq_keys}
 
+
 def check(model, method) -> None:
     """Raise if `method` cannot run on `model`; touches nothing (sparsify checks before it patches)."""
     check_layers(model.model.language_model, method)
     if method.needs_vision:
+        if isinstance(model, _families()[1:]):
+            raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention for each image "
+                             f"feature; {type(model).__name__} builds its features from high-resolution crops "
+                             f"(pooled, with newline tokens), not one per tower patch. Use a method that prunes "
+                             f"inside the language model (SparseVLM, FastV, PyramidDrop, random)")
         vision_attention(model)
 
 

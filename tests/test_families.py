@@ -1,0 +1,142 @@
+"""LLaVA-NeXT and LLaVA-OneVision (images and video): tiny random models built in-process. The same
+properties as LLaVA-1.5: keep-all equals dense, batched equals each sample alone (images of
+different sizes, so different visual counts), the report accounts for every visual token, the
+shorter KV caches decode, unsparsify restores the dense model exactly."""
+import pytest
+import torch
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                          LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
+                          SiglipVisionConfig)
+
+import sparsevlm
+from sparsevlm import SparseVLMConfig
+
+torch.set_grad_enabled(False)
+
+IMAGE, VIDEO = 3, 4
+PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 2), schedule=(1000, 1000), recycle=False)
+METHODS = [SparseVLMConfig(pruning_layers=(1, 2), scale=2.0), SparseVLMConfig.preset(64, pruning_layers=(1, 2, 3),
+                                                                                       schedule=(30, 20, 10)),
+           sparsevlm.FastVConfig(layer=1, prune_ratio=0.6), sparsevlm.PDropConfig(pruning_layers=(1, 2), keep_ratio=0.5),
+           sparsevlm.RandomConfig(pruning_layers=(1, 2), schedule=(25, 12))]
+IDS = ["rank", "preset", "fastv", "pdrop", "random"]
+GREEDY = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+
+
+def tiny(family: str):
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, pad_token_id=0, initializer_range=0.2)
+    if family == "next":
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  image_size=16, patch_size=4)
+        cfg = LlavaNextConfig(vision_config=vision, text_config=LlamaConfig(**common), image_token_id=IMAGE,
+                              image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
+                              vision_feature_select_strategy="default")
+        model = LlavaNextForConditionalGeneration(cfg)
+    else:
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    image_size=16, patch_size=4)
+        cfg = LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**common, use_sliding_window=False),
+                                   image_token_id=IMAGE, video_token_id=VIDEO, image_grid_pinpoints=PINPOINTS,
+                                   vision_feature_layer=-1, vision_feature_select_strategy="full")
+        model = LlavaOnevisionForConditionalGeneration(cfg)
+    model.eval().generation_config.pad_token_id = 0
+    return model
+
+
+def rows_to_batch(rows, extra):
+    """Left-pad token rows into one batch; `extra` holds the pixel tensors."""
+    L = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask, **extra}
+
+
+def image_batch(model, text_lens, seed=0):
+    """One image per row, sizes alternating 16×32 and 32×16 (different numbers of visual tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(text_lens)
+    pixels = torch.randn(B, 3, 3, 16, 16, generator=g)
+    sizes = torch.tensor([[16, 32], [32, 16]] * B)[:B]
+    counts = [len(f) for f in model.model.get_image_features(pixels, sizes, return_dict=True).pooler_output]
+    rows = [[1, 7, 8] + [IMAGE] * n + torch.randint(10, 128, (t,), generator=g).tolist() for n, t in zip(counts, text_lens)]
+    full = rows_to_batch(rows, {"pixel_values": pixels, "image_sizes": sizes})
+    alone = [rows_to_batch([r], {"pixel_values": pixels[b:b + 1], "image_sizes": sizes[b:b + 1]})
+             for b, r in enumerate(rows)]
+    return full, alone, counts
+
+
+def video_batch(model, text_lens, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B = len(text_lens)
+    frames = torch.randn(B, 4, 3, 16, 16, generator=g)
+    n = model.model.get_video_features(frames[:1], return_dict=True).pooler_output.shape[1]
+    rows = [[1, 7] + [VIDEO] * n + torch.randint(10, 128, (t,), generator=g).tolist() for t in text_lens]
+    full = rows_to_batch(rows, {"pixel_values_videos": frames})
+    alone = [rows_to_batch([r], {"pixel_values_videos": frames[b:b + 1]}) for b, r in enumerate(rows)]
+    return full, alone, [n] * B
+
+
+BATCHES = [("next", image_batch), ("onevision", image_batch), ("onevision", video_batch)]
+BATCH_IDS = ["next-images", "onevision-images", "onevision-video"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"next": tiny("next"), "onevision": tiny("onevision")}
+
+
+@pytest.mark.parametrize("family,make", BATCHES, ids=BATCH_IDS)
+def test_keep_all_equals_dense_and_unsparsify_restores_it(models, family, make):
+    model = models[family]
+    inputs, _, counts = make(model, [5, 8])
+    dense, dense_ids = model(**inputs).logits, model.generate(**inputs, **GREEDY)
+    valid = inputs["attention_mask"].bool()
+    with sparsevlm.sparsified(model, KEEP_ALL):
+        torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=1e-4, rtol=1e-4)
+        rep = sparsevlm.report(model)
+        assert not rep.dense and rep.n_visual.tolist() == counts  # newline tokens are visual tokens
+        assert torch.equal(model.generate(**inputs, **GREEDY), dense_ids)
+    assert torch.equal(model(**inputs).logits, dense)
+
+
+@pytest.mark.parametrize("cfg", METHODS, ids=IDS)
+@pytest.mark.parametrize("family,make", BATCHES, ids=BATCH_IDS)
+def test_batched_equals_each_sample_alone(models, family, make, cfg):
+    model = models[family]
+    inputs, alone, counts = make(model, [6, 3], seed=1)
+    with sparsevlm.sparsified(model, cfg):
+        logits = model(**inputs).logits[:, -1]
+        rep = sparsevlm.report(model)
+        assert not rep.dense and rep.n_visual.tolist() == counts
+        assert (rep.visual_out[:, -1] < torch.tensor(counts)).all()  # pruned
+        ids = model.generate(**inputs, **GREEDY)[:, -4:]
+        for b, one in enumerate(alone):
+            torch.testing.assert_close(model(**one).logits[0, -1], logits[b], atol=1e-4, rtol=1e-4)
+            rep1 = sparsevlm.report(model)
+            assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps]
+            assert torch.equal(model.generate(**one, **GREEDY)[0, -4:], ids[b])
+
+
+def test_an_image_and_a_video_in_one_prompt_are_one_visual_set(models):
+    model = models["onevision"]
+    img, _, n_img = image_batch(model, [3])
+    vid, _, n_vid = video_batch(model, [4])
+    ids = img["input_ids"][0].tolist() + vid["input_ids"][0, 1:].tolist()
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+              "pixel_values": img["pixel_values"], "image_sizes": img["image_sizes"],
+              "pixel_values_videos": vid["pixel_values_videos"]}
+    with sparsevlm.sparsified(model, METHODS[1]):
+        model.generate(**inputs, **GREEDY)
+        rep = sparsevlm.report(model)
+    assert rep.n_visual.tolist() == [n_img[0] + n_vid[0]] and len(rep.steps[-1]["kept"][0]) == 10  # one budget
+
+
+@pytest.mark.parametrize("family", ["next", "onevision"])
+def test_methods_that_read_the_vision_tower_are_refused(models, family):
+    model = models[family]
+    with pytest.raises(ValueError, match=f"{type(model).__name__} builds its features from high-resolution crops"):
+        sparsevlm.sparsify(model, sparsevlm.VisionZipConfig())
+    assert not hasattr(model, "_sparsevlm")
