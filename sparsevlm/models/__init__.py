@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
-from . import llava
+from . import llava, qwen2_vl
 from .staged import per_call
 
-ADAPTERS = [llava]
+ADAPTERS = [llava, qwen2_vl]
 
 
 def _adapter(model):
@@ -23,7 +23,10 @@ def _adapter(model):
         if reason is None:
             return adapter
         reasons.append(reason)
-    raise TypeError("; ".join(reasons))
+    name = type(model).__name__
+    if all(r.startswith(f"{name} is not supported") for r in reasons):  # no family at all: one message
+        raise TypeError(f"{name} is not supported; supported: " + "; ".join(a.SUPPORTED for a in ADAPTERS))
+    raise TypeError("; ".join(r for r in reasons if not r.startswith(f"{name} is not supported")))
 
 
 def sparsify(model, cfg=None):

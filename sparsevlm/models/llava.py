@@ -19,7 +19,7 @@ import threading
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .staged import (SparseTextModel, SparseTop, _Clock, check_layers, hook_queries_keys, per_call, swap_class,
+from .staged import (SparsePlaceholders, SparseTextModel, SparseTop, _Clock, check_layers, hook_queries_keys, per_call, swap_class,
                      text_unsupported_reason, unpatch_modules)
 
 SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration or "
@@ -96,22 +96,18 @@ class _SparseLlava(SparseTop):
         return out
 
 
-class _SparseLlavaModel:
-    """Mixin for LlavaModel: remember where the image tokens are (and, for methods that need them,
-    the vision tower's signals for each)."""
+class _SparseLlavaModel(SparsePlaceholders):
+    """Mixin for the LLaVA model: for methods that need them, the vision tower's signals at the
+    visual positions."""
 
-    def get_placeholder_mask(self, *args, **kwargs):
-        mask = super().get_placeholder_mask(*args, **kwargs)  # one mask, or (image, video) masks
+    def _placed(self, vis):
         st = self._sparsevlm
         call = per_call(st)
-        vis = mask[0][..., 0] | mask[1][..., 0] if isinstance(mask, tuple) else mask[..., 0]  # (B, L)
-        call["vis_mask"] = vis
         signals = _vision_signals(self) if st["method"].needs_vision else None
         call.pop("vision_signals", None)  # consumed: the next prefill encodes its own images
         if signals is not None:
             with _Clock(st, vis.device):
                 call["vision"] = self._vision_per_token(signals, vis)
-        return mask
 
     def _vision_per_token(self, signals, vis):
         """The vision tower's [CLS] attention and keys, placed at the image positions (B, L[, Dk])."""

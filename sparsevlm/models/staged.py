@@ -161,6 +161,41 @@ class SparseTop:
                         f"save model.state_dict() or sparsevlm.unsparsify(model).save_pretrained(path), and call "
                         f"sparsevlm.sparsify after loading")
 
+class SparsePlaceholders:
+    """Mixin for the multimodal model: `get_placeholder_mask` (where image and video features are
+    spliced in) records which positions hold visual tokens, images and video alike."""
+
+    def get_placeholder_mask(self, *args, **kwargs):
+        mask = super().get_placeholder_mask(*args, **kwargs)  # one mask, or (image, video) masks
+        vis = mask[0][..., 0] | mask[1][..., 0] if isinstance(mask, tuple) else mask[..., 0]  # (B, L)
+        per_call(self._sparsevlm)["vis_mask"] = vis
+        self._placed(vis)
+        return mask
+
+    def _placed(self, vis: torch.Tensor) -> None:
+        """Called with the visual positions (B, L); a family may attach per-token signals."""
+
+
+def _batch_first(position_ids, B: int, L: int, device) -> torch.Tensor:
+    """Positions as the stages keep them, batch first so that they follow their tokens: (B, L) for
+    1D RoPE, (B, L, 3) for M-RoPE (the model's (3, B, L); a leading text row of (4, B, L) is dropped)."""
+    if position_ids is None:
+        return torch.arange(L, device=device)[None].expand(B, L)
+    if position_ids.dim() == 3:
+        return position_ids[-3:].permute(1, 2, 0).expand(B, L, 3)
+    return position_ids.expand(B, L)
+
+
+def _model_ids(positions: torch.Tensor) -> torch.Tensor:
+    """Positions as the rotary embedding takes them: (B, L) or (3, B, L)."""
+    return positions.permute(2, 0, 1) if positions.dim() == 3 else positions
+
+
+def _layer_ids(positions: torch.Tensor) -> torch.Tensor | None:
+    """Positions as the decoder layers and masks take them: 1D ones; none for M-RoPE (as Qwen2-VL)."""
+    return positions if positions.dim() == 2 else None
+
+
 class SparseTextModel:
     """Mixin for the text model: the decoder loop in stages, pruning between them."""
 
@@ -216,8 +251,8 @@ class SparseTextModel:
     def _stage(self, hidden, mask2d, positions, cache, layer_idx):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on."""
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  position_ids=positions, layer_idx=layer_idx, **{CACHE: cache})
-        return mask, self.rotary_emb(hidden, position_ids=positions)
+                                  position_ids=_layer_ids(positions), layer_idx=layer_idx, **{CACHE: cache})
+        return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions))
 
     def _queries_keys(self, layer_idx, captured, position_embeddings):
         """The pruning layer's queries and keys, RoPE applied as in the model.
@@ -239,7 +274,7 @@ class SparseTextModel:
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         valid = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
-        positions = (position_ids if position_ids is not None else torch.arange(L, device=dev)[None]).expand(B, L)
+        positions = _batch_first(position_ids, B, L, dev)
         vis_mask = vis_mask.to(dev) & valid
         clock = _Clock(st, dev)
         with clock:
@@ -256,7 +291,7 @@ class SparseTextModel:
         stages, counts_in, counts_out = [], [], []
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
-            pe = self.rotary_emb(hidden, position_ids=positions)
+            pe = self.rotary_emb(hidden, position_ids=_model_ids(positions))
             with clock:
                 self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
@@ -266,7 +301,7 @@ class SparseTextModel:
             prune_here = i in method.pruning_layers
             if prune_here:
                 call["capture"] = {}
-            seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=seq["positions"],
+            seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=_layer_ids(seq["positions"]),
                                   use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
             if prune_here:
                 with clock:
@@ -335,7 +370,7 @@ class SparseTextModel:
         new_valid = attention_mask[:, -q:].bool() if attention_mask is not None else torch.ones(B, q, dtype=torch.bool, device=dev)
         if position_ids is None:
             position_ids = torch.arange(q, device=dev)[None] + cache.get_seq_length(0)
-        positions0 = position_ids.expand(B, q)
+        positions0 = _batch_first(position_ids, B, q, dev)
         starts = {s["start"]: s for s in stages}
         mask, pe = self._stage(hidden, attention_mask, positions0, cache, 0)
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
@@ -346,7 +381,7 @@ class SparseTextModel:
                 s["count"] = s["count"] + new_valid.sum(-1)
                 positions = pos if st["method"].positions == "compact" else positions0
                 mask, pe = self._stage(hidden, s["valid"], positions, cache, i)
-            hidden = layer(hidden, attention_mask=mask, position_ids=positions0, use_cache=use_cache,
+            hidden = layer(hidden, attention_mask=mask, position_ids=_layer_ids(positions0), use_cache=use_cache,
                            position_embeddings=pe, **{CACHE: cache}, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
 

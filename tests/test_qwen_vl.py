@@ -1,0 +1,150 @@
+"""Qwen2-VL and Qwen2.5-VL (M-RoPE), images and video: tiny random models built in-process.
+Keep-all equals dense, batched equals each sample alone (images of different grids), surviving
+tokens keep their 3D positions, decoding continues from the model's positions, the report accounts
+for every visual token, unsparsify is exact, and what cannot work is refused."""
+import pytest
+import torch
+from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                          Qwen2VLForConditionalGeneration)
+
+import sparsevlm
+from sparsevlm import SparseVLMConfig
+
+torch.set_grad_enabled(False)
+
+IMAGE, VIDEO, START, END = 5, 6, 7, 8
+ORIGINAL = dict(positions="original")
+KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 2), schedule=(1000, 1000), recycle=False, **ORIGINAL)
+METHODS = [SparseVLMConfig(pruning_layers=(1, 2), scale=1.0, **ORIGINAL),
+           SparseVLMConfig.preset(64, pruning_layers=(1, 2), schedule=(12, 6), **ORIGINAL),
+           SparseVLMConfig.plus(64, pruning_layers=(1, 2), schedule=(12, 6), top_heads=2),
+           sparsevlm.FastVConfig(layer=1, prune_ratio=0.6, **ORIGINAL),
+           sparsevlm.PDropConfig(pruning_layers=(1, 2), keep_ratio=0.5, **ORIGINAL),
+           sparsevlm.RandomConfig(pruning_layers=(1, 2), schedule=(10, 5), **ORIGINAL)]
+IDS = ["rank", "preset", "plus", "fastv", "pdrop", "random"]
+GREEDY = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+PATCH = 3 * 2 * 4 * 4  # channels × temporal patch × patch²
+
+
+def tiny(family: str, attn: str = "sdpa"):
+    torch.manual_seed(0)
+    text = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
+    ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
+    if family == "qwen2-vl":
+        vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+        model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, text_config=text, **ids))
+    else:
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=16,
+                      fullatt_block_indexes=[1])
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids))
+    for c in (model.config, model.config.text_config):
+        c._attn_implementation = attn
+    model.eval().generation_config.pad_token_id = 0
+    return model
+
+
+def batch(grids, text_lens, video=False, seed=0):
+    """One image (or video) per row with its own (t, h, w) patch grid; left padding; and each row alone."""
+    g = torch.Generator().manual_seed(seed)
+    token, key = (VIDEO, "video") if video else (IMAGE, "image")
+    rows, pixels = [], []
+    for (t, h, w), n_text in zip(grids, text_lens):
+        pixels.append(torch.randn(t * h * w, PATCH, generator=g))
+        rows.append([1, 9, START] + [token] * (t * h * w // 4) + [END] + torch.randint(10, 128, (n_text,), generator=g).tolist())
+
+    def pack(rows, pixels, grids):
+        L = max(map(len, rows))
+        ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+        return {"input_ids": ids, "attention_mask": (torch.arange(L) >= L - torch.tensor([[len(r)] for r in rows])).long(),
+                "mm_token_type_ids": (ids == IMAGE).int() + 2 * (ids == VIDEO).int(),
+                f"pixel_values{'_videos' if video else ''}": torch.cat(pixels), f"{key}_grid_thw": torch.tensor(grids)}
+
+    return pack(rows, pixels, grids), [pack([r], [p], [gr]) for r, p, gr in zip(rows, pixels, grids)]
+
+
+GRIDS = {"images": ([(1, 8, 12), (1, 12, 8), (1, 8, 8)], False), "video": ([(2, 8, 8), (4, 8, 8), (2, 8, 12)], True)}
+
+
+@pytest.fixture(scope="module", params=["qwen2-vl", "qwen2.5-vl"])
+def model(request):
+    return tiny(request.param)
+
+
+@pytest.mark.parametrize("kind", ["images", "video"])
+def test_keep_all_equals_dense_and_unsparsify_restores_it(model, kind):
+    grids, video = GRIDS[kind]
+    inputs, _ = batch(grids, [5, 3, 7], video)
+    dense, dense_ids = model(**inputs).logits, model.generate(**inputs, **GREEDY)
+    valid = inputs["attention_mask"].bool()
+    with sparsevlm.sparsified(model, KEEP_ALL):
+        torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=1e-5, rtol=1e-5)
+        rep = sparsevlm.report(model)
+        assert not rep.dense and rep.n_visual.tolist() == [t * h * w // 4 for t, h, w in grids]
+        assert torch.equal(model.generate(**inputs, **GREEDY), dense_ids)
+    assert torch.equal(model(**inputs).logits, dense)
+
+
+@pytest.mark.parametrize("cfg", METHODS, ids=IDS)
+@pytest.mark.parametrize("kind", ["images", "video"])
+def test_batched_equals_each_sample_alone(model, kind, cfg):
+    grids, video = GRIDS[kind]
+    inputs, alone = batch(grids, [6, 2, 4], video, seed=1)
+    with sparsevlm.sparsified(model, cfg):
+        logits = model(**inputs).logits[:, -1]
+        rep = sparsevlm.report(model)
+        assert not rep.dense and (rep.visual_out[:, -1] < rep.n_visual).all()
+        ids = model.generate(**inputs, **GREEDY)[:, -4:]
+        for b, one in enumerate(alone):
+            torch.testing.assert_close(model(**one).logits[0, -1], logits[b], atol=1e-4, rtol=1e-4)
+            rep1 = sparsevlm.report(model)
+            assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps]
+            assert torch.equal(model.generate(**one, **GREEDY)[0, -4:], ids[b])
+
+
+def test_surviving_tokens_keep_their_3d_positions(model):
+    """Pruning only removes rows: the kept tokens' rotary positions are those the model gave them."""
+    inputs, _ = batch([(1, 4, 6)], [4])
+    positions, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                              image_grid_thw=inputs["image_grid_thw"],
+                                              attention_mask=inputs["attention_mask"])
+    seen = []
+    text = model.model.language_model
+    cfg = SparseVLMConfig.preset(64, pruning_layers=(1,), schedule=(3,), recycle=False, positions="original")
+    with sparsevlm.sparsified(model, cfg):
+        rotary = text.rotary_emb
+        hook = rotary.register_forward_hook(
+            lambda m, args, kwargs, out: seen.append(args[1] if len(args) > 1 else kwargs["position_ids"]),
+            with_kwargs=True)
+        model(**inputs)
+        hook.remove()
+        kept = sparsevlm.report(model).steps[0]["kept"][0]
+    vis = (inputs["input_ids"][0] == IMAGE).nonzero().flatten()
+    keep_rows = torch.cat([torch.arange(int(vis[0])), vis[kept], torch.arange(int(vis[-1]) + 1, positions.shape[-1])])
+    assert torch.equal(seen[0], positions) and torch.equal(seen[1], positions[:, :, keep_rows])
+
+
+def test_what_cannot_work_is_refused(model):
+    name = type(model).__name__
+    with pytest.raises(ValueError, match=f"positions='compact': {name} uses M-RoPE"):
+        sparsevlm.sparsify(model, SparseVLMConfig(pruning_layers=(1, 2)))  # the default renumbers positions
+    with pytest.raises(ValueError, match=f"{name}'s vision tower has no \\[CLS\\] token"):
+        sparsevlm.sparsify(model, sparsevlm.ToMeConfig(positions="original"))
+    assert not hasattr(model, "_sparsevlm")
+
+
+def test_scores_are_the_models_own_attention():
+    model = tiny("qwen2-vl", attn="eager")
+    inputs, _ = batch([(1, 4, 6)], [6])
+    out = model(**inputs, output_attentions=True)
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(3,), recycle=False, positions="original")
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        rep = sparsevlm.report(model)
+    vis = (inputs["input_ids"][0] == IMAGE).nonzero().flatten()
+    scores = out.attentions[2][0][:, rep.raters[0]][:, :, vis].mean(0).mean(0)
+    torch.testing.assert_close(rep.steps[0]["scores"][0], scores)
+    assert rep.steps[0]["kept"][0] == sorted(scores.topk(3).indices.tolist())
