@@ -48,15 +48,25 @@ def rank_keep_count(rank: torch.Tensor, n_visual: torch.Tensor, scale: float, bi
     return keep.clamp(min=0).minimum(n).long()
 
 
-def schedule_keep_count(budget: int, n_visual: torch.Tensor) -> torch.Tensor:
-    """Visual tokens to keep under a fixed budget. Shapes: n_visual (B,) -> (B,) long."""
-    return n_visual.clamp(max=budget).long()
+def schedule_keep_count(budget: int, n_visual: torch.Tensor, n_prompt: torch.Tensor | None = None,
+                        schedule_of: int | None = None) -> torch.Tensor:
+    """Visual tokens to keep under a fixed budget: `budget`, or with `schedule_of` set,
+    max(1, round(budget · n_prompt / schedule_of)) for a sample whose prompt has n_prompt visual
+    tokens; never more than the `n_visual` present. Shapes: n_visual (B,), n_prompt (B,) -> (B,) long."""
+    if schedule_of is None:
+        return n_visual.clamp(max=budget).long()
+    if n_prompt is None:
+        raise ValueError("n_prompt (each sample's visual tokens) is required when schedule_of is set")
+    scaled = (budget * n_prompt.double() / schedule_of).round().clamp(min=1).long()
+    return torch.minimum(n_visual.long(), scaled)
 
 
-def keep_count(cfg: SparseVLMConfig, step: int, n_visual: torch.Tensor, rank: torch.Tensor | None = None):
-    """Keep count at the `step`-th pruning layer of `cfg`. Shapes: n_visual (B,), rank (B,) -> (B,)."""
+def keep_count(cfg: SparseVLMConfig, step: int, n_visual: torch.Tensor, rank: torch.Tensor | None = None,
+               n_prompt: torch.Tensor | None = None):
+    """Keep count at the `step`-th pruning layer of `cfg`. Shapes: n_visual (B,), rank (B,),
+    n_prompt (B,) each sample's visual tokens in the prompt -> (B,)."""
     if cfg.mode == "schedule":
-        return schedule_keep_count(cfg.schedule[step], n_visual)
+        return schedule_keep_count(cfg.schedule[step], n_visual, n_prompt, cfg.schedule_of)
     if rank is None:
         raise ValueError("rank is required when mode='rank'")
     return rank_keep_count(rank, n_visual, cfg.scale, cfg.bias, cfg.rank_form)

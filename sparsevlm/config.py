@@ -63,6 +63,16 @@ def _layers(name: str, layers) -> tuple[int, ...]:
     return out
 
 
+def _schedule_of(value, used: bool = True) -> None:
+    if value is None:
+        return
+    if not used:
+        raise ValueError(f"schedule_of={value!r} is only used with mode='schedule'")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"schedule_of={value!r} must be None (absolute counts) or an integer >= 1 (the visual "
+                         f"tokens the schedule was written for)")
+
+
 def _schedule(schedule, layers: tuple[int, ...]) -> tuple[int, ...]:
     sched = _counts(schedule)
     if sched is None or len(sched) != len(layers):
@@ -89,6 +99,11 @@ class SparseVLMConfig:
     rank_form: str = "keep"
     # Schedule mode: visual tokens kept at each pruning layer (same length as pruning_layers).
     schedule: tuple[int, ...] | None = None
+    # What the schedule's counts are for: None, absolute counts for every sample; N, counts for a
+    # sample of N visual tokens, so a sample with n keeps max(1, round(count · n / N)) — the same
+    # ratios where the number of visual tokens varies per image (LLaVA-NeXT, OneVision, Qwen2-VL,
+    # several images, video). `preset` sets it to the n_visual it was built for.
+    schedule_of: int | None = None
     # Which text tokens rate the visual ones: "mean" (paper: relevance above the mean),
     # "all" text tokens after the image, or only the "last" token.
     rater_rule: str = "mean"
@@ -121,6 +136,7 @@ class SparseVLMConfig:
             object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
         elif self.schedule is not None:
             raise ValueError(f"schedule={self.schedule!r} is only used with mode='schedule' (mode={self.mode!r})")
+        _schedule_of(self.schedule_of, self.mode == "schedule")
         if self.rank_form == "delete" and self.mode == "rank":  # the paper's λ
             _number("scale", self.scale, 0, 1, low_open=True)
         else:
@@ -139,7 +155,9 @@ class SparseVLMConfig:
         """The reference's fixed schedule meant to equal `tokens` visual tokens (192, 128, 96, 64)
         on a 32-layer LLaVA-1.5-7B with 576 visual tokens; other fields may be overridden. For
         another model the schedule is scaled: layers 2/6/15 of 32 → ceil(l · num_layers / 32),
-        budgets × n_visual / 576 (at least 1)."""
+        budgets × n_visual / 576 (at least 1). `schedule_of` is n_visual: a sample with another
+        number of visual tokens keeps the same ratios (a `schedule` given here is taken as
+        absolute counts unless `schedule_of` is given too)."""
         if tokens not in PRESET_SCHEDULES:
             raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
         layers, schedule = PRESET_LAYERS, PRESET_SCHEDULES[tokens]
@@ -149,7 +167,9 @@ class SparseVLMConfig:
                                  f"num_layers >= 3 to scale a preset")
             layers = tuple(sorted({-(-l * num_layers // 32) for l in PRESET_LAYERS}))
             schedule = tuple(max(1, round(k * n_visual / 576)) for k in schedule)[:len(layers)]
-        fields_ = {"mode": "schedule", "pruning_layers": layers, "schedule": schedule}
+        # counts given by the caller are for this model as they stand; the preset's own are ratios
+        fields_ = {"mode": "schedule", "pruning_layers": layers, "schedule": schedule,
+                   "schedule_of": None if "schedule" in overrides else n_visual}
         return cls(**{**fields_, **overrides})
 
     @classmethod
@@ -177,6 +197,7 @@ class RandomConfig:
 
     pruning_layers: tuple[int, ...] = PRESET_LAYERS
     schedule: tuple[int, ...] = PRESET_SCHEDULES[192]
+    schedule_of: int | None = None  # as SparseVLMConfig.schedule_of
     seed: int = 0
     positions: str = "compact"
 
@@ -185,6 +206,7 @@ class RandomConfig:
         layers = _layers("pruning_layers", self.pruning_layers)
         object.__setattr__(self, "pruning_layers", layers)
         object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
+        _schedule_of(self.schedule_of)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 63:
             raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63)")
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import sparsevlm
 from sparsevlm import SparseVLMConfig, attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
 
 
@@ -36,10 +37,27 @@ def test_rank_keep_count_paper_deletion_form():
 def test_schedule_keep_count_keeps_everything_when_the_budget_is_larger():
     cfg = SparseVLMConfig.preset(192)
     n = torch.tensor([576, 250, 40])
-    assert keep_count(cfg, 0, n).tolist() == [300, 250, 40]
-    assert keep_count(cfg, 2, n).tolist() == [110, 110, 40]
+    prompt = torch.tensor([576, 576, 576])
+    assert keep_count(cfg, 0, n, n_prompt=prompt).tolist() == [300, 250, 40]
+    assert keep_count(cfg, 2, n, n_prompt=prompt).tolist() == [110, 110, 40]
     with pytest.raises(ValueError, match="rank is required"):
         keep_count(SparseVLMConfig(), 0, n)
+
+
+def test_a_preset_keeps_the_references_ratios_when_the_visual_count_varies():
+    """LLaVA-NeXT images, several images, video: 300 of 576 becomes 600 of 1152 and 150 of 288."""
+    cfg = SparseVLMConfig.preset(192)
+    assert cfg.schedule_of == 576
+    prompt = torch.tensor([1152, 288, 2])
+    assert keep_count(cfg, 0, prompt, n_prompt=prompt).tolist() == [600, 150, 1]
+    absolute = cfg.replace(schedule_of=None)  # the same counts for every sample
+    assert keep_count(absolute, 0, prompt).tolist() == [300, 288, 2]
+    ins, outs = sparsevlm.planned_counts(cfg.replace(recycle=False), 1152, 32)
+    assert outs[2] == 600 and outs[6] == 400 and outs[15] == 220  # 300/200/110 of 576, doubled
+    with pytest.raises(ValueError, match="schedule_of=0 must be None"):
+        cfg.replace(schedule_of=0)
+    with pytest.raises(ValueError, match="schedule_of=576 is only used with mode='schedule'"):
+        SparseVLMConfig(schedule_of=576)
 
 
 def test_equivalent_tokens_of_the_192_preset_both_ways():

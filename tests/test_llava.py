@@ -214,10 +214,13 @@ def test_a_static_cache_runs_dense_and_says_so(llama):
 
 
 def test_budget_larger_than_the_visual_tokens_keeps_them_all(llama):
-    sparsevlm.sparsify(llama, SparseVLMConfig.preset(192, pruning_layers=(1, 2, 3)))  # 300/200/110 > 64
-    llama(**batch([4]))
-    assert sparsevlm.report(llama).visual_out[0].tolist() == [N_VISUAL] * 6
-    sparsevlm.unsparsify(llama)
+    cfg = SparseVLMConfig.preset(192, pruning_layers=(1, 2, 3), recycle=False)
+    with sparsevlm.sparsified(llama, cfg.replace(schedule_of=None)):  # absolute 300/200/110 > 64
+        llama(**batch([4]))
+        assert sparsevlm.report(llama).visual_out[0].tolist() == [N_VISUAL] * 6
+    with sparsevlm.sparsified(llama, cfg):  # the preset's ratios of 576: 300/576 of 64 tokens, ...
+        llama(**batch([4]))
+        assert sparsevlm.report(llama).visual_out[0].tolist() == [N_VISUAL, 33, 22, 12, 12, 12]
 
 
 def test_errors_name_what_is_supported(llama):

@@ -38,7 +38,7 @@ def planned_counts(cfg, n_visual: int, num_layers: int):
     after = {}
     points = ([-1] if method.prunes_input else []) + list(method.pruning_layers)
     for step, layer in enumerate(points):
-        n = method.counts_after(step, n)
+        n = method.counts_after(step, n, torch.tensor([n_visual]))
         after[layer] = n
     ins, outs = layer_counts(torch.tensor([n_visual]), num_layers, after)
     return ins[0].tolist(), outs[0].tolist()

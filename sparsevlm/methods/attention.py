@@ -39,7 +39,7 @@ class FastV(Method):
         raters = inp.valid if self.cfg.rater == "all" else last_token(inp.valid)
         return keep_top(inp, attention_received(inp, raters), self.counts_after(inp.step, inp.vis_mask.sum(-1)))
 
-    def counts_after(self, step, n_visual):
+    def counts_after(self, step, n_visual, n_prompt=None):
         return n_visual - torch.trunc(n_visual.double() * self.cfg.prune_ratio).long()
 
     def budget_candidates(self, n_visual):
@@ -53,7 +53,7 @@ class PDrop(Method):
         keep_n = self.counts_after(inp.step, inp.vis_mask.sum(-1))
         return keep_top(inp, attention_received(inp, last_token(inp.valid)), keep_n)
 
-    def counts_after(self, step, n_visual):
+    def counts_after(self, step, n_visual, n_prompt=None):
         return torch.trunc(n_visual.double() * self.cfg.keep_ratio).long()
 
     def budget_candidates(self, n_visual):

@@ -42,6 +42,7 @@ class PruneInput:
     position_embeddings: tuple
     token_state: dict
     vision: dict = field(default_factory=dict)
+    n_prompt: torch.Tensor | None = None  # (B,) visual tokens of each sample's prompt (for schedule_of)
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ class Method:
     def prune(self, inp: PruneInput) -> Decision:
         raise NotImplementedError
 
-    def counts_after(self, step: int, n_visual: torch.Tensor) -> torch.Tensor:
+    def counts_after(self, step: int, n_visual: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens leaving pruning step `step` (kept + inserted) when `n_visual` enter it,
-        for budgets that do not depend on the input. Shapes: (B,) -> (B,) long."""
+        for budgets that do not depend on the input (`n_prompt`: each sample's visual tokens in
+        its prompt, for budgets written as ratios). Shapes: (B,) -> (B,) long."""
         raise ValueError(f"{type(self).__name__}'s token counts depend on the input; they cannot be planned")
 
     def budget_candidates(self, n_visual: int):
@@ -99,12 +101,14 @@ class Method:
 
 
 def scaled_schedules(cfg, n_visual: int, steps: int = 2000):
-    """`cfg` with its schedule scaled by factors from 0 up to where every count reaches
-    `n_visual`, each count rounded and capped at `n_visual`."""
+    """`cfg` with its schedule scaled by factors from 0 up to where every count keeps all
+    `n_visual` tokens (a count of `schedule_of` does, when the schedule is written as ratios),
+    each count rounded and capped there."""
+    cap = getattr(cfg, "schedule_of", None) or n_visual
     low = min([k for k in cfg.schedule if k > 0] or [1])
     for i in range(steps + 1):
-        f = i / steps * n_visual / low
-        yield replace(cfg, schedule=tuple(min(n_visual, round(f * k)) for k in cfg.schedule))
+        f = i / steps * cap / low
+        yield replace(cfg, schedule=tuple(min(cap, round(f * k)) for k in cfg.schedule))
 
 
 def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor) -> Decision:

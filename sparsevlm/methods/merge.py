@@ -116,7 +116,7 @@ class _PreLLM(Method):
 class VisionZip(_PreLLM):
     cfg: VisionZipConfig
 
-    def counts_after(self, step, n_visual):
+    def counts_after(self, step, n_visual, n_prompt=None):
         return n_visual.clamp(max=self.cfg.dominant + self.cfg.contextual).long()
 
     def budget_candidates(self, n_visual):
@@ -132,7 +132,7 @@ class VisionZip(_PreLLM):
 class ToMe(_PreLLM):
     cfg: ToMeConfig
 
-    def counts_after(self, step, n_visual):
+    def counts_after(self, step, n_visual, n_prompt=None):
         return n_visual.clamp(max=self.cfg.keep).long()
 
     def budget_candidates(self, n_visual):

@@ -37,7 +37,7 @@ class SparseVLM(Method):
         scores = visual_scores(attn, r_valid)  # (B, V)
         n_vis = v_valid.sum(-1)  # (B,)
         rank = attention_rank(attn, r_valid, v_valid) if cfg.mode == "rank" else None
-        keep_n = keep_count(cfg, inp.step, n_vis, rank)  # (B,)
+        keep_n = keep_count(cfg, inp.step, n_vis, rank, inp.n_prompt)  # (B,)
         # A sample without raters cannot be rated: it keeps all its visual tokens.
         keep_n = keep_n.where(r_valid.any(-1), n_vis)
         dec = keep_top(inp, scores, keep_n)
@@ -52,14 +52,14 @@ class SparseVLM(Method):
                        inserted_from=gather(p_seq, rec.centre.clamp(min=0)),
                        info={**info, "recycled": rec.valid.sum(-1)})
 
-    def counts_after(self, step, n_visual):
+    def counts_after(self, step, n_visual, n_prompt=None):
         if self.cfg.mode == "rank":
             raise ValueError("SparseVLM in mode='rank' keeps a number of tokens that depends on the input; "
                              "plan budgets with mode='schedule' (SparseVLMConfig.preset or schedule=...)")
-        keep = keep_count(self.cfg, step, n_visual)
+        keep = keep_count(self.cfg, step, n_visual, n_prompt=n_prompt)
         return keep + recycle_counts(n_visual - keep, self.cfg.recycle_ratio, self.cfg.cluster_ratio)[1] \
             if self.cfg.recycle else keep
 
     def budget_candidates(self, n_visual):
-        self.counts_after(0, torch.tensor([n_visual]))  # rank mode: a clear error
+        self.counts_after(0, torch.tensor([n_visual]), torch.tensor([n_visual]))  # rank mode: a clear error
         return scaled_schedules(self.cfg, n_visual)

@@ -287,6 +287,7 @@ class SparseTextModel:
         seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
                "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
                "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
+               "n_prompt": vis_mask.sum(-1),  # (B,) visual tokens of each prompt
                "vision": vision}
         stages, counts_in, counts_out = [], [], []
         step = 0
@@ -335,7 +336,8 @@ class SparseTextModel:
         dev = seq["hidden"].device
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
                                       vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
-                                      position_embeddings=pe, token_state=seq["state"], vision=seq["vision"]))
+                                      position_embeddings=pe, token_state=seq["state"], vision=seq["vision"],
+                                      n_prompt=seq["n_prompt"]))
         step_report = {"layer": layer, **{n: v.cpu() for n, v in dec.info.items()}}
         origin, vis_mask = seq["origin"], seq["vis_mask"]
         if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
