@@ -84,7 +84,8 @@ def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, coun
     target = planned_tokens(cfg, n_visual, num_layers, counting)
     pdrop_layers = cfg.pruning_layers
     return {
-        "random": RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule, positions=cfg.positions),
+        "random": RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule, schedule_of=cfg.schedule_of,
+                               positions=cfg.positions),
         "fastv": match_budget(FastVConfig(layer=cfg.pruning_layers[0], positions=cfg.positions), target, n_visual,
                               num_layers, counting),
         "pdrop": match_budget(PDropConfig(pruning_layers=pdrop_layers, positions=cfg.positions), target, n_visual,
