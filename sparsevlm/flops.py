@@ -92,14 +92,15 @@ COUNTERS = ("fvcore", "torch")
 
 def count_flops(model, inputs: dict, counter: str = "fvcore") -> dict:
     """Measured multiply-adds of one forward of `model` (dense or sparsified) on `inputs`
-    (input_ids, attention_mask, pixel_values). Returns {"total", "vision" (tower + projector),
+    (input_ids, attention_mask, pixel_values, and whatever tensors the family takes: image_sizes,
+    image_grid_thw, ...). Returns {"total", "vision" (tower + projector),
     "layers" (decoder layers, sum), "per_layer" (list), "lm_head", "overhead" (everything outside
     the model's own modules: the pruning method's scoring, rank, clustering, re-layout; 0 for a
     dense model)} as ints. The counters agree exactly on the decoder layers and the LM head; on the
     vision tower fvcore also counts LayerNorm (5 per element), torch does not."""
     if counter not in COUNTERS:
         raise ValueError(f"counter={counter!r} is not supported; allowed: {', '.join(map(repr, COUNTERS))}")
-    names = [k for k in ("input_ids", "attention_mask", "pixel_values") if inputs.get(k) is not None]
+    names = [k for k, v in inputs.items() if isinstance(v, torch.Tensor)]  # image sizes, grids, ... too
     wrapped = _Logits(model, names).eval()
     args = tuple(inputs[k] for k in names)
     with torch.no_grad(), warnings.catch_warnings():
@@ -109,7 +110,12 @@ def count_flops(model, inputs: dict, counter: str = "fvcore") -> dict:
             fca = FlopCountAnalysis(wrapped, args).set_op_handle("aten::scaled_dot_product_attention", _fvcore_sdpa)
             fca.unsupported_ops_warnings(False)
             fca.uncalled_modules_warnings(False)
-            by = {k[2:] if k.startswith("m.") else ("" if k == "m" else k): v for k, v in fca.by_module().items()}
+            try:
+                by = {k[2:] if k.startswith("m.") else ("" if k == "m" else k): v for k, v in fca.by_module().items()}
+            except (TypeError, RuntimeError) as e:  # torch.jit.trace cannot follow some models' Python
+                name = getattr(type(model), "_sparsevlm_original", type(model)).__name__
+                raise ValueError(f"fvcore cannot trace {name} ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0]}); use counter='torch'") from None
             total = fca.total()
         else:
             from torch.utils.flop_counter import FlopCounterMode
@@ -123,7 +129,7 @@ def count_flops(model, inputs: dict, counter: str = "fvcore") -> dict:
     text = model.model.language_model
     per_layer = [int(by.get(f"model.language_model.layers.{i}", 0)) for i in range(text.config.num_hidden_layers)]
     text_parts = sum(int(by.get(f"model.language_model.{c}", 0)) for c, _ in text.named_children() if c != "layers")
-    vision = int(by.get("model.vision_tower", 0)) + int(by.get("model.multi_modal_projector", 0))
+    vision = sum(int(by.get(f"model.{c}", 0)) for c, _ in model.model.named_children() if c != "language_model")
     head = int(by.get("lm_head", 0))
     return {"total": int(total), "vision": vision, "layers": sum(per_layer), "per_layer": per_layer, "lm_head": head,
             "overhead": int(total) - vision - sum(per_layer) - text_parts - head}

@@ -65,3 +65,29 @@ def test_fvcore_torch_and_the_formula_agree(text, attn, cfg):
 def test_count_flops_rejects_unknown_counters():
     with pytest.raises(ValueError, match="^counter='ptflops' is not supported; allowed: 'fvcore', 'torch'"):
         count_flops(tiny_llava(), batch([2]), counter="ptflops")
+
+
+def test_other_families_are_counted_layer_by_layer():
+    """Qwen2-VL (M-RoPE, GQA) and LLaVA-NeXT: formula = counters on every decoder layer, pruned."""
+    from test_families import image_batch
+    from test_families import tiny as tiny_family
+    from test_qwen_vl import batch as qwen_batch
+    from test_qwen_vl import tiny as tiny_qwen
+
+    next_model = tiny_family("next")
+    cases = [(tiny_qwen("qwen2-vl"), qwen_batch([(1, 8, 12)], [5])[0], ("torch", "fvcore")),
+             (next_model, image_batch(next_model, [5])[0], ("torch",))]
+    cfg = sparsevlm.SparseVLMConfig.preset(64, pruning_layers=(1, 2), schedule=(12, 6), positions="original")
+    for model, inputs, counters in cases:
+        with sparsevlm.sparsified(model, cfg):
+            model(**inputs)
+            rep = sparsevlm.report(model)
+            n_text = int(inputs["attention_mask"].sum() - rep.n_visual[0])
+            formula = [layer_flops(n_text + int(v), **dims(model)) for v in rep.visual_in[0]]
+            assert formula[2] < formula[0]
+            for counter in counters:
+                counted = count_flops(model, dict(inputs), counter)
+                assert counted["per_layer"] == formula and counted["vision"] > 0, (type(model).__name__, counter)
+            if counters == ("torch",):
+                with pytest.raises(ValueError, match="fvcore cannot trace LlavaNextForConditionalGeneration"):
+                    count_flops(model, dict(inputs), "fvcore")
