@@ -64,6 +64,50 @@ def llava_1_5_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
     return cfg
 
 
+def llava_next_7b_config():
+    """llava-hf/llava-v1.6-mistral-7b-hf's architecture (CLIP ViT-L/14-336 with anyres crops,
+    Mistral-7B), no weights."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
+
+    return LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+        text_config=MistralConfig(vocab_size=32064, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                  num_attention_heads=32, num_key_value_heads=8, sliding_window=None),
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
+
+
+def llava_onevision_7b_config():
+    """llava-hf/llava-onevision-qwen2-7b-ov-hf's architecture (SigLIP-so400m/14-384 with anyres_max_9,
+    Qwen2-7B), no weights; transformers' defaults for the tower and the grids."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config
+
+    return LlavaOnevisionConfig(
+        text_config=Qwen2Config(vocab_size=152128, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                num_attention_heads=28, num_key_value_heads=4, use_sliding_window=False),
+        image_token_id=151646, video_token_id=151647)
+
+
+def qwen2_5_vl_7b_config(text_hidden: int = 3584):
+    """Qwen/Qwen2.5-VL-7B-Instruct's architecture (window-attention ViT, 2×2 token merging,
+    Qwen2.5-7B with M-RoPE), no weights. `text_hidden` < 3584 narrows the language model (head
+    size 128, the MLP's ratio kept; 7 query heads per key/value head) to fit a CPU."""
+    from transformers import Qwen2_5_VLConfig
+
+    if not (isinstance(text_hidden, int) and 896 <= text_hidden <= 3584 and text_hidden % 896 == 0):
+        raise ValueError(f"text_hidden={text_hidden!r}: allowed 896, 1792, 2688 or 3584")
+    heads = text_hidden // 128
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=text_hidden,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], in_channels=3)
+    text = dict(vocab_size=152064, hidden_size=text_hidden, intermediate_size=text_hidden * 18944 // 3584,
+                num_hidden_layers=28, num_attention_heads=heads, num_key_value_heads=heads // 7,
+                rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0})
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=151655, video_token_id=151656,
+                            vision_start_token_id=151652, vision_end_token_id=151653)
+
+
 def random_llava(config, device: str, dtype: torch.dtype):
     """A model with random weights built directly on `device` (no download)."""
     from transformers import LlavaForConditionalGeneration

@@ -4,17 +4,13 @@ different sizes, so different visual counts), the report accounts for every visu
 shorter KV caches decode, unsparsify restores the dense model exactly."""
 import pytest
 import torch
-from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                          LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
-                          SiglipVisionConfig)
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
+from sparsevlm.toy.families import IMAGE, VIDEO, tiny_vlm
 
 torch.set_grad_enabled(False)
 
-IMAGE, VIDEO = 3, 4
-PINPOINTS = [[16, 32], [32, 16], [32, 32]]
 KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 2), schedule=(1000, 1000), recycle=False)
 METHODS = [SparseVLMConfig(pruning_layers=(1, 2), scale=2.0), SparseVLMConfig.preset(64, pruning_layers=(1, 2, 3),
                                                                                        schedule=(30, 20, 10)),
@@ -25,25 +21,7 @@ GREEDY = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
 
 
 def tiny(family: str):
-    torch.manual_seed(0)
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, pad_token_id=0, initializer_range=0.2)
-    if family == "next":
-        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  image_size=16, patch_size=4)
-        cfg = LlavaNextConfig(vision_config=vision, text_config=LlamaConfig(**common), image_token_id=IMAGE,
-                              image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
-                              vision_feature_select_strategy="default")
-        model = LlavaNextForConditionalGeneration(cfg)
-    else:
-        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                    image_size=16, patch_size=4)
-        cfg = LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**common, use_sliding_window=False),
-                                   image_token_id=IMAGE, video_token_id=VIDEO, image_grid_pinpoints=PINPOINTS,
-                                   vision_feature_layer=-1, vision_feature_select_strategy="full")
-        model = LlavaOnevisionForConditionalGeneration(cfg)
-    model.eval().generation_config.pad_token_id = 0
-    return model
+    return tiny_vlm(family)
 
 
 def rows_to_batch(rows, extra):

@@ -4,15 +4,13 @@ tokens keep their 3D positions, decoding continues from the model's positions, t
 for every visual token, unsparsify is exact, and what cannot work is refused."""
 import pytest
 import torch
-from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
-                          Qwen2VLForConditionalGeneration)
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
+from sparsevlm.toy.families import END, IMAGE, START, VIDEO, tiny_vlm
 
 torch.set_grad_enabled(False)
 
-IMAGE, VIDEO, START, END = 5, 6, 7, 8
 ORIGINAL = dict(positions="original")
 KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 2), schedule=(1000, 1000), recycle=False, **ORIGINAL)
 METHODS = [SparseVLMConfig(pruning_layers=(1, 2), scale=1.0, **ORIGINAL),
@@ -27,24 +25,7 @@ PATCH = 3 * 2 * 4 * 4  # channels × temporal patch × patch²
 
 
 def tiny(family: str, attn: str = "sdpa"):
-    torch.manual_seed(0)
-    text = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
-    ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
-    if family == "qwen2-vl":
-        vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
-                      spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
-        model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, text_config=text, **ids))
-    else:
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
-                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=16,
-                      fullatt_block_indexes=[1])
-        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids))
-    for c in (model.config, model.config.text_config):
-        c._attn_implementation = attn
-    model.eval().generation_config.pad_token_id = 0
-    return model
+    return tiny_vlm(family, attn)
 
 
 def batch(grids, text_lens, video=False, seed=0):

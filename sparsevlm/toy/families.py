@@ -1,0 +1,52 @@
+"""Tiny random models of each supported family, built in-process (no download, milliseconds on a
+CPU): for tests, and for the course's notebook on model families. Same shapes everywhere: a
+4-layer text model, hidden 64, 4 heads and 2 key/value heads."""
+from __future__ import annotations
+
+import torch
+
+FAMILIES = ("next", "onevision", "qwen2-vl", "qwen2.5-vl")
+IMAGE, VIDEO, START, END = 3, 4, 5, 6  # special token ids of the tiny models
+PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+
+
+def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
+    """A tiny random `family` model (see FAMILIES), eval mode, pad token 0."""
+    import transformers as tf
+
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(FAMILIES)}")
+    torch.manual_seed(seed)
+    text = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, pad_token_id=0, initializer_range=0.2)
+    if family == "next":
+        vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     image_size=16, patch_size=4)
+        model = tf.LlavaNextForConditionalGeneration(tf.LlavaNextConfig(
+            vision_config=vision, text_config=tf.LlamaConfig(**text), image_token_id=IMAGE,
+            image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1, vision_feature_select_strategy="default"))
+    elif family == "onevision":
+        vision = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, image_size=16, patch_size=4)
+        model = tf.LlavaOnevisionForConditionalGeneration(tf.LlavaOnevisionConfig(
+            vision_config=vision, text_config=tf.Qwen2Config(**text, use_sliding_window=False), image_token_id=IMAGE,
+            video_token_id=VIDEO, image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
+            vision_feature_select_strategy="full"))
+    else:
+        text.update(bos_token_id=1, eos_token_id=2,
+                    rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
+        ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
+        if family == "qwen2-vl":
+            vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
+                          spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+            model = tf.Qwen2VLForConditionalGeneration(tf.Qwen2VLConfig(vision_config=vision, text_config=text, **ids))
+        else:
+            vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                          patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=16,
+                          fullatt_block_indexes=[1])
+            model = tf.Qwen2_5_VLForConditionalGeneration(tf.Qwen2_5_VLConfig(vision_config=vision, text_config=text,
+                                                                              **ids))
+    for c in (model.config, model.config.text_config):
+        c._attn_implementation = attn
+    model.eval().generation_config.pad_token_id = 0
+    return model
