@@ -12,10 +12,12 @@ dense prefill. The image features (vision tower and projector) are timed alone o
 after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the machine,
 dtype, attention implementation and library versions.
 
-Models: the embedded toy (`toy`, CPU-friendly) or an LLaVA-1.5-7B-shaped model with random weights
-(`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU). With
-`--text-hidden 1024` its language model is narrowed (same 576 visual tokens, ~700-token prompt, 32
-layers, pruning layers and vision tower) so that it runs on a CPU in float32.
+Models: the embedded toy (`toy`, CPU-friendly), an LLaVA-1.5-7B-shaped model with random weights
+(`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU) or a
+Qwen2.5-VL-7B-shaped one (`qwen2.5-vl-7b-shaped`: a 672×672 image, 576 visual tokens, M-RoPE,
+original positions; VisionZip/ToMe-style do not apply). With `--text-hidden` the language model is
+narrowed (same visual tokens, ~700-token prompt, layers, pruning layers and vision tower) so that it
+runs on a CPU in float32: 1024 for LLaVA, 896 for Qwen.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from .models.staged import CACHE
 from .report import dense_report_for
 from .utils import positive_int, shipped_path
 
-MODELS = ("toy", "llava-1.5-7b-shaped")
+MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: the committed benchmark results (results/ in a checkout, sparsevlm/results/ when installed)
@@ -109,11 +111,12 @@ def qwen2_5_vl_7b_config(text_hidden: int = 3584):
 
 
 def random_llava(config, device: str, dtype: torch.dtype):
-    """A model with random weights built directly on `device` (no download)."""
-    from transformers import LlavaForConditionalGeneration
+    """A model of `config`'s architecture (any family) with random weights built directly on
+    `device` (no download)."""
+    from transformers import AutoModelForImageTextToText
 
     with torch.device(device):
-        model = LlavaForConditionalGeneration(config).to(dtype).eval()
+        model = AutoModelForImageTextToText.from_config(config).to(dtype).eval()
     model.generation_config.pad_token_id = 0
     return model
 
@@ -133,6 +136,25 @@ def synthetic_inputs(model, n_text: int, batch: int = 1, seed: int = 0) -> dict:
     dtype = next(model.parameters()).dtype
     return {"input_ids": input_ids.to(dev), "attention_mask": torch.ones_like(input_ids).to(dev),
             "pixel_values": torch.randn(batch, 3, side, side, generator=g).to(dev, dtype)}
+
+
+def qwen_synthetic_inputs(model, n_text: int, side: int = 672, seed: int = 0, device=None) -> dict:
+    """A Qwen2-VL/2.5-VL prompt: <s>, system tokens, <vision_start>, the image's tokens (its side/28
+    squared), <vision_end>, `n_text` question tokens; random patches. For timing only."""
+    cfg = model.config
+    grid = (1, side // 14, side // 14)
+    n_visual = side // 28 * (side // 28)
+    g = torch.Generator().manual_seed(seed)
+    text = lambda n: torch.randint(10, 32000, (n,), generator=g)  # noqa: E731
+    ids = torch.cat([torch.tensor([1]), text(5), torch.tensor([cfg.vision_start_token_id]),
+                     torch.full((n_visual,), cfg.image_token_id), torch.tensor([cfg.vision_end_token_id]),
+                     text(n_text)])[None]
+    dev, dtype = device or next(model.parameters()).device, next(model.parameters()).dtype
+    patch = 3 * cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size ** 2
+    return {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev),
+            "mm_token_type_ids": (ids == cfg.image_token_id).int().to(dev),
+            "pixel_values": torch.randn(grid[1] * grid[2], patch, generator=g).to(dev, dtype),
+            "image_grid_thw": torch.tensor([grid]).to(dev)}
 
 
 def _sync(device) -> None:
@@ -170,10 +192,14 @@ def vision_time(model, inputs: dict, repeats: int = 5, warmup: int = 2) -> float
     every prefill that no method inside the language model can shorten."""
     device = next(model.parameters()).device
     cfg = model.config
-    with torch.no_grad():
-        return statistics.median(_times(lambda: model.model.get_image_features(
+    if "image_grid_thw" in inputs:  # Qwen2-VL / Qwen2.5-VL
+        features = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])  # noqa: E731
+    else:
+        features = lambda: model.model.get_image_features(  # noqa: E731
             pixel_values=inputs["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy), device, repeats, warmup))
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+    with torch.no_grad():
+        return statistics.median(_times(features, device, repeats, warmup))
 
 
 def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, new_tokens: int = 8) -> dict:
@@ -231,24 +257,39 @@ def machine(device, dtype, attn: str) -> dict:
     return info
 
 
-def model_shape(model) -> tuple[int, int]:
-    """(visual tokens per image, language-model layers) of a LLaVA model."""
+def model_shape(model) -> tuple[int | None, int]:
+    """(visual tokens per image, language-model layers): the tokens of LLaVA-1.5's fixed-size image;
+    None where they depend on the image (Qwen2-VL, ...)."""
     v = model.config.vision_config
-    return (v.image_size // v.patch_size) ** 2, model.config.text_config.num_hidden_layers
+    size = getattr(v, "image_size", None)
+    return (size // v.patch_size) ** 2 if size else None, model.config.text_config.num_hidden_layers
 
 
-def methods_for(model, budgets) -> dict:
+def methods_for(model, budgets, n_visual: int | None = None, log=None) -> dict:
     """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
-    model), and every baseline matched to its equivalent tokens."""
+    model's `n_visual` tokens per image), and every baseline matched to its equivalent tokens that
+    the model's family supports (M-RoPE models: original positions; the others are logged)."""
     from . import SparseVLMConfig
-    from .methods import matched_baselines
+    from .methods import build, matched_baselines
+    from .models import _adapter
 
     n_vis, layers = model_shape(model)
+    n_vis = n_visual or n_vis
+    if n_vis is None:
+        raise ValueError(f"n_visual is required: {type(model).__name__}'s visual tokens depend on the image")
+    adapter = _adapter(model)
+    positions = {"positions": "original"} if "qwen" in model.config.model_type else {}
     rows = {"dense": None}
     for n in budgets:
-        cfg = SparseVLMConfig.preset(n, n_visual=n_vis, num_layers=layers)
-        rows[f"sparsevlm {n}"] = cfg
-        rows.update({f"{k} {n}": c for k, c in matched_baselines(cfg, n_vis, layers).items()})
+        cfg = SparseVLMConfig.preset(n, n_visual=n_vis, num_layers=layers, **positions)
+        for name, c in {"sparsevlm": cfg, **matched_baselines(cfg, n_vis, layers)}.items():
+            try:
+                adapter.check(model, build(c))
+            except ValueError as e:
+                if log is not None and n == budgets[0]:
+                    log(f"{name}: skipped ({str(e).split('; ')[0]})")
+                continue
+            rows[f"{name} {n}"] = c
     return rows
 
 
@@ -262,8 +303,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r}: allowed an integer ≥ {low}")
-    if text_hidden is not None and model_name != "llava-1.5-7b-shaped":
-        raise ValueError(f"text_hidden={text_hidden} narrows llava-1.5-7b-shaped only, not model={model_name!r}")
+    if text_hidden is not None and not model_name.endswith("-shaped"):
+        raise ValueError(f"text_hidden={text_hidden} narrows the -shaped models only, not model={model_name!r}")
     torch.manual_seed(0)
     if model_name == "toy":
         from . import toy
@@ -278,6 +319,12 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     elif model_name == "llava-1.5-7b-shaped":
         model = random_llava(llava_1_5_7b_config(attn, text_hidden or 4096), device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # ~695 tokens, as the paper's prompts
+    elif model_name == "qwen2.5-vl-7b-shaped":
+        config = qwen2_5_vl_7b_config(text_hidden or 3584)
+        for c in (config, config.text_config, config.vision_config):
+            c._attn_implementation = attn
+        model = random_llava(config, device, DTYPES[dtype])
+        inputs = qwen_synthetic_inputs(model, n_text=695 - 576 - 8)
     elif Path(model_name).is_dir():  # a local checkpoint: timings depend on shapes only
         from .cli import load_model
 
@@ -286,7 +333,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         inputs = synthetic_inputs(model, n_text=113)
     else:
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
-    rows = methods_for(model, budgets)
+    image_token = model.config.image_token_id
+    rows = methods_for(model, budgets, n_visual=int((inputs["input_ids"][0] == image_token).sum()), log=log)
     if methods:
         rows = {k: v for k, v in rows.items() if k == "dense" or k.split()[0] in methods}
     vision_ms = vision_time(model, inputs, repeats, warmup) * 1e3
@@ -321,12 +369,14 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", metavar="{toy,llava-1.5-7b-shaped,PATH}",
-                   help="toy: the embedded model (default); llava-1.5-7b-shaped: random weights in LLaVA-1.5-7B's "
-                        "shapes (needs a GPU unless --text-hidden narrows it); PATH: a local LLaVA checkpoint folder (synthetic ~700-token prompt)")
+    p.add_argument("--model", default="toy", metavar="{toy,llava-1.5-7b-shaped,qwen2.5-vl-7b-shaped,PATH}",
+                   help="toy: the embedded model (default); llava-1.5-7b-shaped / qwen2.5-vl-7b-shaped: random "
+                        "weights in those models' shapes (need a GPU unless --text-hidden narrows them); PATH: a "
+                        "local LLaVA checkpoint folder (synthetic ~700-token prompt)")
     p.add_argument("--text-hidden", type=int, default=None,
-                   help="llava-1.5-7b-shaped only: narrow the language model to this width (multiple of 128; "
-                        "same tokens, layers and vision tower), e.g. 1024 to fit a CPU (default 4096)")
+                   help="-shaped models only: narrow the language model to this width (same tokens, layers and "
+                        "vision tower): a multiple of 128 up to 4096 for LLaVA (1024 fits a CPU), of 896 up to "
+                        "3584 for Qwen (default: the full width)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations (default float32)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")

@@ -86,7 +86,7 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     (["eval", "--method", "tome", "--tokens", "500"], "--tokens 500 is out of range; this model has 64 visual tokens"),
     (["eval", "--method", "fastv", "--tokens", "3"], "--tokens 3: tokens=3.0 is out of reach for FastVConfig"),
     (["eval", "--data", "none.jsonl"], "--data none.jsonl: no such file"),
-    (["bench", "--text-hidden", "1024"], "text_hidden=1024 narrows llava-1.5-7b-shaped only"),
+    (["bench", "--text-hidden", "1024"], "text_hidden=1024 narrows the -shaped models only"),
     (["eval", "--data", "{empty}"], "the file holds no records"),
     (["eval", "--data", "{data}", "--prompt", "USER: <image> describe"], "must contain {question} and no other"),
     (["eval", "--data", "{data}", "--prompt", "{question} {lang}"], "(found lang, question)"),
@@ -146,3 +146,25 @@ def test_every_option_has_help():
     for name, p in subs.items():
         for action in p._actions:
             assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
+    """The Qwen2.5-VL-7B architecture on the meta device: a 672×672 image is 576 tokens of a
+    ~695-token prompt, M-RoPE takes original positions, and VisionZip/ToMe-style are skipped."""
+    import torch
+    import transformers
+
+    from sparsevlm.bench import methods_for, qwen2_5_vl_7b_config, qwen_synthetic_inputs
+
+    with torch.device("meta"):
+        model = transformers.Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_7b_config())
+    inputs = qwen_synthetic_inputs(model, n_text=695 - 576 - 8, device="cpu")
+    assert inputs["input_ids"].shape == (1, 695) and int((inputs["input_ids"] == 151655).sum()) == 576
+    assert inputs["pixel_values"].shape == (48 * 48, 1176) and inputs["image_grid_thw"].tolist() == [[1, 48, 48]]
+    skipped = []
+    rows = methods_for(model, [128, 64], n_visual=576, log=skipped.append)
+    assert list(rows) == ["dense", "sparsevlm 128", "random 128", "fastv 128", "pdrop 128",
+                          "sparsevlm 64", "random 64", "fastv 64", "pdrop 64"]
+    assert all(c.positions == "original" for c in list(rows.values())[1:])
+    assert rows["sparsevlm 128"].pruning_layers == (2, 6, 14) and rows["sparsevlm 128"].schedule_of == 576
+    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome"]
