@@ -118,3 +118,17 @@ def test_methods_that_read_the_vision_tower_are_refused(models, family):
     with pytest.raises(ValueError, match=f"{type(model).__name__} builds its features from high-resolution crops"):
         sparsevlm.sparsify(model, sparsevlm.VisionZipConfig())
     assert not hasattr(model, "_sparsevlm")
+
+
+@pytest.mark.parametrize("family,make", BATCHES, ids=BATCH_IDS)
+def test_beams_sampling_and_several_returned_sequences(models, family, make):
+    model = models[family]
+    inputs, alone, _ = make(model, [5, 3], seed=2)
+    beams = dict(max_new_tokens=3, min_new_tokens=3, num_beams=3, num_return_sequences=2)
+    with sparsevlm.sparsified(model, METHODS[1]):
+        ids = model.generate(**inputs, **beams)
+        assert ids.shape[0] == 4 and torch.equal(model.generate(**alone[0], **beams)[:, -3:], ids[:2, -3:])
+        assert model.generate(**inputs, do_sample=True, max_new_tokens=3, num_return_sequences=2).shape[0] == 4
+        forced = dict(max_new_tokens=3, min_new_tokens=3)  # sampling from the top token only is greedy
+        assert torch.equal(model.generate(**inputs, do_sample=True, top_k=1, **forced),
+                           model.generate(**inputs, do_sample=False, **forced))

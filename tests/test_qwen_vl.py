@@ -129,3 +129,17 @@ def test_scores_are_the_models_own_attention():
     scores = out.attentions[2][0][:, rep.raters[0]][:, :, vis].mean(0).mean(0)
     torch.testing.assert_close(rep.steps[0]["scores"][0], scores)
     assert rep.steps[0]["kept"][0] == sorted(scores.topk(3).indices.tolist())
+
+
+@pytest.mark.parametrize("kind", ["images", "video"])
+def test_beams_sampling_and_several_returned_sequences(model, kind):
+    grids, video = GRIDS[kind]
+    inputs, alone = batch(grids[:2], [5, 3], video, seed=2)
+    beams = dict(max_new_tokens=3, min_new_tokens=3, num_beams=3, num_return_sequences=2)
+    with sparsevlm.sparsified(model, METHODS[1]):
+        ids = model.generate(**inputs, **beams)
+        assert ids.shape[0] == 4 and torch.equal(model.generate(**alone[0], **beams)[:, -3:], ids[:2, -3:])
+        assert model.generate(**inputs, do_sample=True, max_new_tokens=3, num_return_sequences=2).shape[0] == 4
+        forced = dict(max_new_tokens=3, min_new_tokens=3)
+        assert torch.equal(model.generate(**inputs, do_sample=True, top_k=1, **forced),
+                           model.generate(**inputs, do_sample=False, **forced))
