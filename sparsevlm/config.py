@@ -25,6 +25,7 @@ RANK_FORMS = ("keep", "delete")
 RATER_RULES = ("mean", "all", "last")
 MERGES = ("mean", "sum")
 POSITIONS = ("compact", "original")
+BUDGET_PER = ("sample", "span")
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -104,6 +105,11 @@ class SparseVLMConfig:
     # ratios where the number of visual tokens varies per image (LLaVA-NeXT, OneVision, Qwen2-VL,
     # several images, video). `preset` sets it to the n_visual it was built for.
     schedule_of: int | None = None
+    # How a sample's keep count is shared: "sample" (reference): all its visual tokens — images,
+    # video frames, newline tokens — compete for it; "span": it is split among the spans in
+    # proportion to their sizes (largest remainders) and each span keeps its own best tokens. A span
+    # is a run of consecutive visual tokens (one image); under M-RoPE, one video frame.
+    budget_per: str = "sample"
     # Which text tokens rate the visual ones: "mean" (paper: relevance above the mean),
     # "all" text tokens after the image, or only the "last" token.
     rater_rule: str = "mean"
@@ -124,6 +130,7 @@ class SparseVLMConfig:
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
+        _choice("budget_per", self.budget_per, BUDGET_PER)
         _choice("rank_form", self.rank_form, RANK_FORMS)
         _choice("rater_rule", self.rater_rule, RATER_RULES)
         _choice("merge", self.merge, MERGES)
@@ -198,6 +205,7 @@ class RandomConfig:
     pruning_layers: tuple[int, ...] = PRESET_LAYERS
     schedule: tuple[int, ...] = PRESET_SCHEDULES[192]
     schedule_of: int | None = None  # as SparseVLMConfig.schedule_of
+    budget_per: str = "sample"  # as SparseVLMConfig.budget_per
     seed: int = 0
     positions: str = "compact"
 
@@ -207,6 +215,7 @@ class RandomConfig:
         object.__setattr__(self, "pruning_layers", layers)
         object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
         _schedule_of(self.schedule_of)
+        _choice("budget_per", self.budget_per, BUDGET_PER)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 63:
             raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63)")
 

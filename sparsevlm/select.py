@@ -44,15 +44,33 @@ def mask_to_index(mask: torch.Tensor):
     return order.where(valid, 0), valid
 
 
-def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The k[b] highest-scoring valid entries of every sample; ties go to the lower index.
+def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, groups: torch.Tensor | None = None):
+    """The k[b] highest-scoring valid entries of every sample; ties go to the lower index. With
+    `groups`, the k[b, g] highest of each group g instead.
 
-    Shapes: scores (B, V), valid (B, V) bool, k (B,) long -> keep (B, V) bool.
+    Shapes: scores (B, V), valid (B, V) bool, k (B,) long -> keep (B, V) bool;
+            groups (B, V) long in 0..G−1, k (B, G) -> keep (B, V).
     """
     s = scores.float().masked_fill(~valid, float("-inf"))
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
-    return (rank < k[:, None]) & valid
+    if groups is None:
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+        return (rank < k[:, None]) & valid
+    g = groups.clamp(min=0).gather(-1, order)  # (B, V) group of each entry, best first
+    member = torch.nn.functional.one_hot(g, k.shape[-1])  # (B, V, G)
+    within = (member.cumsum(1) * member).sum(-1) - 1  # rank inside its group
+    return torch.zeros_like(valid).scatter(-1, order, within < k.gather(-1, g)) & valid
+
+
+def split_budget(k: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Split each sample's k[b] among its groups in proportion to their sizes, by largest
+    remainders (ties to the lower group). Shapes: k (B,), groups (B, V), valid (B, V) -> (B, G) long."""
+    sizes = (torch.nn.functional.one_hot(groups.clamp(min=0), n_groups) * valid[..., None]).sum(1).double()  # (B, G)
+    exact = k[:, None].double() * sizes / sizes.sum(-1, keepdim=True).clamp(min=1)
+    quota = exact.floor()
+    left = (k.double() - quota.sum(-1)).round()  # (B,) seats still to give
+    rank = topk_mask(exact - quota, sizes > quota, left.long())  # largest remainders first
+    return (quota + rank.double()).long()
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,17 @@ def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Te
     src = torch.sort(key, dim=-1, stable=True).indices[:, key.shape[1] - width:]  # (B, L')
     valid = torch.arange(width, device=dev)[None, :] >= (width - n_new)[:, None]  # (B, L')
     return Layout(src=src, valid=valid)
+
+
+def visual_spans(vis_mask: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Which span each visual token belongs to, numbered from 0 in each sample (−1 off visual): a
+    span is a run of consecutive visual tokens (one image), cut where `frames` (e.g. M-RoPE's
+    temporal position) changes (one video frame). Shapes: vis_mask (B, L), frames (B, L) -> (B, L)."""
+    prev = torch.nn.functional.pad(vis_mask, (1, 0))[:, :-1]
+    start = vis_mask & ~prev
+    if frames is not None:
+        start |= vis_mask & prev & (frames != torch.nn.functional.pad(frames, (1, 0))[:, :-1])
+    return (start.long().cumsum(-1) - 1).where(vis_mask, -1)
 
 
 def compact_positions(valid: torch.Tensor) -> torch.Tensor:

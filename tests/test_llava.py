@@ -272,3 +272,27 @@ def test_random_baseline_keeps_the_scheduled_count_and_depends_on_its_seed(llama
     sparsevlm.unsparsify(llama)
     with pytest.raises(ValueError, match="^schedule="):
         sparsevlm.RandomConfig(pruning_layers=(1, 3), schedule=(30,))
+
+
+def test_budget_per_span_gives_each_image_its_share(llama):
+    """Two images in one prompt: one budget for both (the reference), or split by image."""
+    inputs = batch([5], seed=3)
+    ids = inputs["input_ids"][0]
+    two = {"input_ids": torch.cat([ids[:4], ids[4:4 + N_VISUAL], torch.tensor([20, 21]), ids[4:]])[None],
+           "pixel_values": torch.cat([inputs["pixel_values"], inputs["pixel_values"].flip(-1)])}
+    two["attention_mask"] = torch.ones_like(two["input_ids"])
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(1,), schedule=(20,), recycle=False)
+    kept = {}
+    for per in ("sample", "span"):
+        with sparsevlm.sparsified(llama, cfg.replace(budget_per=per)):
+            llama(**two)
+            kept[per] = torch.tensor(sparsevlm.report(llama).steps[0]["kept"][0])
+    assert len(kept["sample"]) == len(kept["span"]) == 20
+    assert [(kept["span"] < N_VISUAL).sum().item(), (kept["span"] >= N_VISUAL).sum().item()] == [10, 10]
+    assert (kept["sample"] < N_VISUAL).sum().item() != 10  # one shared budget: the images compete
+    with sparsevlm.sparsified(llama, cfg.replace(budget_per="span")):  # one image: the same as per sample
+        llama(**inputs)
+        one_span = sparsevlm.report(llama).steps[0]["kept"]
+    with sparsevlm.sparsified(llama, cfg):
+        llama(**inputs)
+        assert sparsevlm.report(llama).steps[0]["kept"] == one_span

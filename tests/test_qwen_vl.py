@@ -143,3 +143,14 @@ def test_beams_sampling_and_several_returned_sequences(model, kind):
         forced = dict(max_new_tokens=3, min_new_tokens=3)
         assert torch.equal(model.generate(**inputs, do_sample=True, top_k=1, **forced),
                            model.generate(**inputs, do_sample=False, **forced))
+
+
+def test_budget_per_span_gives_each_video_frame_its_share(model):
+    """Under M-RoPE a span is one frame (tokens sharing a temporal position): 4 frames of 16 tokens."""
+    inputs, _ = batch([(4, 8, 8)], [5], video=True)
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(1,), schedule=(12,), recycle=False, positions="original",
+                          budget_per="span")
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        kept = torch.tensor(sparsevlm.report(model).steps[0]["kept"][0])
+    assert torch.bincount(kept // 16, minlength=4).tolist() == [3, 3, 3, 3]

@@ -39,3 +39,18 @@ def test_gather_feature_rows():
     x = torch.arange(24.0).reshape(2, 4, 3)
     out = gather(x, torch.tensor([[3, 0], [1, 1]]))
     assert torch.equal(out[0], x[0, [3, 0]]) and torch.equal(out[1], x[1, [1, 1]])
+
+
+def test_a_budget_split_among_spans_by_size_keeps_each_spans_best():
+    from sparsevlm.select import split_budget, visual_spans
+
+    groups = torch.tensor([[0] * 7 + [1] * 2 + [2]])
+    valid = torch.ones(1, 10, dtype=torch.bool)
+    assert split_budget(torch.tensor([5]), groups, valid, 3).tolist() == [[4, 1, 0]]  # 3.5, 1.0, 0.5: ties low
+    assert split_budget(torch.tensor([10]), groups, valid, 3).tolist() == [[7, 2, 1]]
+    scores = torch.tensor([[9., 8, 7, 6, 5, 4, 3, 2, 1, 0]])
+    keep = topk_mask(scores, valid, torch.tensor([[4, 1, 0]]), groups)
+    assert keep.nonzero()[:, 1].tolist() == [0, 1, 2, 3, 7]  # the best of each span, not the best overall
+    vis = torch.tensor([[0, 1, 1, 0, 1, 1, 1, 1]]).bool()
+    assert visual_spans(vis).tolist() == [[-1, 0, 0, -1, 1, 1, 1, 1]]
+    assert visual_spans(vis, torch.tensor([[0, 4, 4, 9, 10, 10, 12, 12]])).tolist() == [[-1, 0, 0, -1, 1, 1, 2, 2]]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..select import mask_to_index, put, topk_mask
+from ..select import gather, mask_to_index, put, split_budget, topk_mask
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class PruneInput:
     token_state: dict
     vision: dict = field(default_factory=dict)
     n_prompt: torch.Tensor | None = None  # (B,) visual tokens of each sample's prompt (for schedule_of)
+    spans: torch.Tensor | None = None  # (B, L) span of each visual token (image, frame), −1 off visual
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,17 @@ def scaled_schedules(cfg, n_visual: int, steps: int = 2000):
         yield replace(cfg, schedule=tuple(min(cap, round(f * k)) for k in cfg.schedule))
 
 
-def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor) -> Decision:
-    """Keep the `keep_n` best-scoring visual tokens and every text token.
+def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor, budget_per: str = "sample") -> Decision:
+    """Keep the `keep_n` best-scoring visual tokens and every text token; with budget_per="span",
+    `keep_n` is split among the visual spans by size and each keeps its own best.
     Shapes: scores (B, V) over the visual tokens in sequence order, keep_n (B,)."""
     v_idx, v_valid = mask_to_index(inp.vis_mask)
-    keep_vis = topk_mask(scores, v_valid, keep_n)
+    if budget_per == "span" and inp.spans is not None:
+        spans = gather(inp.spans, v_idx).clamp(min=0)  # (B, V)
+        n_spans = int(spans.max()) + 1 if spans.numel() else 1
+        keep_vis = topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans)
+    else:
+        keep_vis = topk_mask(scores, v_valid, keep_n)
     keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
     seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores.float())
     return Decision(keep=keep, scores=seq_scores, info={"keep": keep_n})

@@ -16,7 +16,7 @@ class RandomTokens(Method):
         # One draw per visual slot, shared by the batch: a sample's choice does not depend on its batch.
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + inp.step)
         draw = torch.rand(int(n_vis.max()), generator=g).to(inp.hidden.device).expand(len(n_vis), -1)  # (B, V)
-        return keep_top(inp, draw, self.counts_after(inp.step, n_vis, inp.n_prompt))
+        return keep_top(inp, draw, self.counts_after(inp.step, n_vis, inp.n_prompt), self.cfg.budget_per)
 
     def counts_after(self, step, n_visual, n_prompt=None):
         return schedule_keep_count(self.cfg.schedule[step], n_visual, n_prompt, self.cfg.schedule_of)

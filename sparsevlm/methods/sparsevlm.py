@@ -40,7 +40,7 @@ class SparseVLM(Method):
         keep_n = keep_count(cfg, inp.step, n_vis, rank, inp.n_prompt)  # (B,)
         # A sample without raters cannot be rated: it keeps all its visual tokens.
         keep_n = keep_n.where(r_valid.any(-1), n_vis)
-        dec = keep_top(inp, scores, keep_n)
+        dec = keep_top(inp, scores, keep_n, cfg.budget_per)
         info = {**dec.info, "raters": r_valid.sum(-1), **({"rank": rank} if rank is not None else {})}
         if not cfg.recycle:
             return replace(dec, info=info)

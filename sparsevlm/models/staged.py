@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..methods.base import PruneInput
 from ..report import Report, dense_report
-from ..select import compact_positions, gather, plan_layout, put
+from ..select import compact_positions, gather, plan_layout, put, visual_spans
 
 # transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
 # name still works there, deprecated). The adapter speaks whichever name the installed version uses.
@@ -288,6 +288,7 @@ class SparseTextModel:
                "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
                "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
                "n_prompt": vis_mask.sum(-1),  # (B,) visual tokens of each prompt
+               "span": visual_spans(vis_mask, positions[..., 0] if positions.dim() == 3 else None),
                "vision": vision}
         stages, counts_in, counts_out = [], [], []
         step = 0
@@ -337,7 +338,7 @@ class SparseTextModel:
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
                                       vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
                                       position_embeddings=pe, token_state=seq["state"], vision=seq["vision"],
-                                      n_prompt=seq["n_prompt"]))
+                                      n_prompt=seq["n_prompt"], spans=seq["span"]))
         step_report = {"layer": layer, **{n: v.cpu() for n, v in dec.info.items()}}
         origin, vis_mask = seq["origin"], seq["vis_mask"]
         if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
@@ -359,6 +360,7 @@ class SparseTextModel:
             seq["positions"] = layout.apply(seq["positions"],
                                             None if ins is None else gather(seq["positions"], dec.inserted_from))
         seq["index"] = layout.apply(seq["index"], None if ins is None else torch.full_like(ins, -1, dtype=torch.long))
+        seq["span"] = layout.apply(seq["span"], None if ins is None else gather(seq["span"], dec.inserted_from))
         seq["valid"] = layout.valid
         report.steps.append({**step_report,
                              "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
