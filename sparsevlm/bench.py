@@ -274,9 +274,7 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None) -> dict:
     from .models import _adapter
 
     n_vis, layers = model_shape(model)
-    n_vis = n_visual or n_vis
-    if n_vis is None:
-        raise ValueError(f"n_visual is required: {type(model).__name__}'s visual tokens depend on the image")
+    n_vis = n_visual or n_vis or 576  # visual tokens that depend on the image: ratios of LLaVA-1.5's 576
     adapter = _adapter(model)
     positions = {"positions": "original"} if "qwen" in model.config.model_type else {}
     rows = {"dense": None}

@@ -1,7 +1,7 @@
 """sparsevlm — SparseVLM and its baselines on LLaVA models, from the command line.
 
-Every subcommand runs on the embedded toy model by default (offline, CPU) and on any local
-LlavaForConditionalGeneration checkpoint folder with --model PATH.
+Every subcommand runs on the embedded toy model by default (offline, CPU) and on a local checkpoint
+folder with --model PATH: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .utils import positive_int
 METHOD_NAMES = ("dense", "sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome")
 BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
+MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,16 +99,16 @@ def load_model(path: str | None, device: str, dtype: str):
             config = json.loads((folder / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise CliError(f"--model {path}: cannot read config.json ({e.__class__.__name__})") from None
-        if config.get("model_type") != "llava":
-            raise CliError(f"--model {path}: model_type {config.get('model_type')!r} is not LLaVA; "
-                           f"supported: LlavaForConditionalGeneration checkpoints")
+        if config.get("model_type") not in MODEL_TYPES:
+            raise CliError(f"--model {path}: model_type {config.get('model_type')!r} is not supported; "
+                           f"supported: {', '.join(MODEL_TYPES)}")
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise CliError(f"--model {path}: the folder has config.json but no weights (*.safetensors or *.bin)")
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True,
-                                                                  dtype=torch_dtype).eval()
+            model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True,
+                                                                dtype=torch_dtype).eval()
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         except OSError as e:
             raise CliError(f"--model {path}: cannot load ({str(e).splitlines()[0]})") from None
@@ -120,18 +121,24 @@ def load_model(path: str | None, device: str, dtype: str):
 
 def method_config(model, method: str, budget: int | None = None, tokens: float | None = None):
     """The config of `method` at a LLaVA-1.5 preset `budget` (scaled to the model) or at
-    `tokens` equivalent tokens (baselines matched with `match_budget`). None for dense."""
+    `tokens` equivalent tokens (baselines matched with `match_budget`). None for dense. Where the
+    visual tokens depend on the image (Qwen2-VL), budgets are ratios of LLaVA-1.5's 576; M-RoPE
+    models take original positions."""
     from . import SparseVLMConfig, match_budget
     from .methods import matched_baselines
 
     if method == "dense":
         return None
     n_visual, layers = model_shape(model)
+    n_visual = n_visual or 576
+    positions = {"positions": "original"} if model.config.model_type.startswith("qwen") else {}
     if method == "sparsevlm" and budget is None and tokens is None:
         from . import toy
 
-        return toy.rank_config() if (n_visual, layers) == (toy.TOY_VISUAL, toy.TOY_NUM_LAYERS) else SparseVLMConfig()
-    cfg = SparseVLMConfig.preset(budget or 192, n_visual=n_visual, num_layers=layers)
+        if (n_visual, layers) == (toy.TOY_VISUAL, toy.TOY_NUM_LAYERS):
+            return toy.rank_config()
+        return SparseVLMConfig(**positions)
+    cfg = SparseVLMConfig.preset(budget or 192, n_visual=n_visual, num_layers=layers, **positions)
     if tokens is not None:
         if not 0 < tokens <= n_visual:
             raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")
@@ -145,7 +152,8 @@ def method_config(model, method: str, budget: int | None = None, tokens: float |
 
 def add_model_args(p, methods: bool = True) -> None:
     p.add_argument("--model", metavar="PATH", default=None,
-                   help="local LlavaForConditionalGeneration checkpoint folder (default: the embedded toy model)")
+                   help="local checkpoint folder of LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL "
+                        "(default: the embedded toy model)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (default float32)")
     if methods:
@@ -247,16 +255,21 @@ def demo(args) -> int:
              xlabel="prefill GFLOPs (language model)").savefig(folder / "accuracy_vs_flops.png", dpi=120)
     rec = records[0]
     one = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(args.device)
-    with sparsified(model, configs[f"sparsevlm {args.presets[-1]}"]), torch.no_grad():
-        model(**one)
-        fig = draw_kept(model_view(processor, one["pixel_values"][0]), report(model),
-                        title=f"SparseVLM {args.presets[-1]}: {rec.get('question', '')}")
-    fig.savefig(folder / "kept_tokens.png", dpi=120)
+    figures = "table.csv, per_type.csv, accuracy_vs_tokens.png, accuracy_vs_flops.png"
+    if one["pixel_values"].dim() == 4:  # one view per image, one token per patch (LLaVA-1.5)
+        with sparsified(model, configs[f"sparsevlm {args.presets[-1]}"]), torch.no_grad():
+            model(**one)
+            fig = draw_kept(model_view(processor, one["pixel_values"][0]), report(model),
+                            title=f"SparseVLM {args.presets[-1]}: {rec.get('question', '')}")
+        fig.savefig(folder / "kept_tokens.png", dpi=120)
+        figures += ", kept_tokens.png"
+    else:
+        print(f"kept_tokens.png not drawn: {type(model).__name__}'s visual tokens are not one grid per image")
     print(f"{len(records)} questions, {n_visual} visual tokens per image, {layers} layers; presets are LLaVA-1.5's "
           f"(576 tokens, 32 layers) scaled to this model" + (" (see data/toy-llava/MODEL_CARD.md)" if args.model is None else ""))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(out.to_string(float_format=lambda x: f"{x:.3f}"))
-    print(f"wrote {folder}/: table.csv, per_type.csv, accuracy_vs_tokens.png, accuracy_vs_flops.png, kept_tokens.png")
+    print(f"wrote {folder}/: {figures}")
     return 0
 
 

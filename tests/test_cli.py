@@ -80,7 +80,7 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     (["show", "--image", "missing.png", "--question", "what color is the circle"], "--image missing.png: no such file"),
     (["show", "--image", "{bad}", "--question", "what color is the circle"], "not a readable image file"),
     (["show", "--image", "{img}", "--question", "what is the meaning of life"], "does not know 'meaning'"),
-    (["eval", "--model", "{nollava}"], "model_type 'llama' is not LLaVA"),
+    (["eval", "--model", "{nollava}"], "model_type 'llama' is not supported; supported: llava, llava_next"),
     (["eval", "--model", "no/such/folder"], "--model no/such/folder: no such folder"),
     (["eval", "--model", "{nosplit}"], "has no eval_split.json (the toy questions)"),
     (["eval", "--method", "tome", "--tokens", "500"], "--tokens 500 is out of range; this model has 64 visual tokens"),
@@ -168,3 +168,46 @@ def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
     assert all(c.positions == "original" for c in list(rows.values())[1:])
     assert rows["sparsevlm 128"].pruning_layers == (2, 6, 14) and rows["sparsevlm 128"].schedule_of == 576
     assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome"]
+
+
+def test_eval_and_demo_on_a_llava_next_checkpoint(capsys, tmp_path):
+    """Another family through the command line: a tiny LLaVA-NeXT checkpoint with its processor,
+    questions in JSONL with images of two sizes; VisionZip-style is refused with the reason."""
+    from sparsevlm.toy.families import tiny_next_processor, tiny_vlm
+
+    tiny_vlm("next").save_pretrained(tmp_path / "next")
+    tiny_next_processor().save_pretrained(tmp_path / "next")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, (h, w) in enumerate([(16, 32), (40, 20), (32, 32)]):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "question": "what color is it ?", "answer": "red"}))
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    common = ["--model", str(tmp_path / "next"), "--data", str(tmp_path / "q.jsonl"), "--prompt", "<image> {question}"]
+    code, out, err = run(capsys, "eval", *common, "--method", "sparsevlm", "--budget", "64", "--quiet",
+                         "--out", str(tmp_path / "rows.csv"))
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert len(rows) == 3 and (rows["equivalent_tokens"] < rows["visual_tokens"].map(lambda v: eval(v)[0])).all()
+    code, _, err = run(capsys, "eval", *common, "--method", "visionzip", "--quiet")
+    assert code == 1 and "builds its features from high-resolution crops" in err
+    code, out, err = run(capsys, "demo", *common, "--presets", "64", "--methods", "random", "visionzip", "--quiet",
+                         "--out", str(tmp_path / "demo"))
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "demo" / "table.csv", index_col=0)
+    assert list(table.index) == ["dense", "sparsevlm 64", "random 64"]  # VisionZip-style does not apply
+
+
+def test_method_configs_for_an_m_rope_model_take_original_positions_and_ratios():
+    import torch
+    import transformers
+
+    from sparsevlm.bench import qwen2_5_vl_7b_config
+    from sparsevlm.cli import method_config
+
+    with torch.device("meta"):
+        model = transformers.Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_7b_config())
+    preset = method_config(model, "sparsevlm", 128)
+    assert (preset.positions, preset.schedule_of, preset.pruning_layers) == ("original", 576, (2, 6, 14))
+    assert method_config(model, "sparsevlm").positions == "original"  # the rank mode
+    assert method_config(model, "fastv", 64).positions == method_config(model, "random", 64).positions == "original"

@@ -50,3 +50,27 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
         c._attn_implementation = attn
     model.eval().generation_config.pad_token_id = 0
     return model
+
+
+WORDS = ["<pad>", "<s>", "</s>", "<image>", "<unk>", "what", "color", "shape", "is", "it", "the", "red", "green",
+         "blue", "circle", "square", "?"]
+
+
+def tiny_next_processor():
+    """A LLaVA-NeXT processor for `tiny_vlm("next")`: a word-level tokenizer over WORDS ("<image>" is
+    token 3) and the PIL image processor with the tiny model's grid (16-pixel views, 4-pixel patches).
+    Together they make a checkpoint folder that `sparsevlm eval --model` can load offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlavaNextProcessor, PreTrainedTokenizerFast
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", padding_side="left",
+                                        extra_special_tokens={"image_token": "<image>"})
+    images = LlavaNextImageProcessorPil(image_grid_pinpoints=PINPOINTS, size={"shortest_edge": 16},
+                                        crop_size={"height": 16, "width": 16})
+    return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=4,
+                              vision_feature_select_strategy="default", image_token="<image>",
+                              num_additional_image_tokens=1)
