@@ -215,6 +215,22 @@ def _image(path: str):
 
 # ---------------------------------------------------------------- subcommands
 
+def kept_figure(model, processor, inputs, rep, title: str):
+    """The kept tokens over the image the model saw: the whole image for LLaVA-1.5, the
+    whole-image view (before the high-resolution crops) for LLaVA-NeXT and OneVision; None where
+    the tokens are not a grid over one view (Qwen's flattened patches)."""
+    from .plots import draw_kept, model_view
+
+    pixels = inputs["pixel_values"]
+    if pixels.dim() == 4:
+        return draw_kept(model_view(processor, pixels[0]), rep, title=title)
+    if pixels.dim() == 5:
+        vision = model.config.vision_config
+        return draw_kept(model_view(processor, pixels[0, 0]), rep, title=title + " (whole-image view)",
+                         grid=vision.image_size // vision.patch_size)
+    return None
+
+
 def demo(args) -> int:
     """The main job: held-out questions dense, with SparseVLM at each preset and with every baseline
     at the same equivalent tokens; one table and plots in an output folder."""
@@ -227,7 +243,7 @@ def demo(args) -> int:
     from . import report, sparsified
     from .bench import methods_for, prefill_time
     from .eval import compare
-    from .plots import draw_kept, model_view, tradeoff
+    from .plots import tradeoff
 
     check_out(args.out, folder=True)
     records = _records(args)  # before loading: a missing split should not wait for a large model
@@ -256,15 +272,14 @@ def demo(args) -> int:
     rec = records[0]
     one = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(args.device)
     figures = "table.csv, per_type.csv, accuracy_vs_tokens.png, accuracy_vs_flops.png"
-    if one["pixel_values"].dim() == 4:  # one view per image, one token per patch (LLaVA-1.5)
-        with sparsified(model, configs[f"sparsevlm {args.presets[-1]}"]), torch.no_grad():
-            model(**one)
-            fig = draw_kept(model_view(processor, one["pixel_values"][0]), report(model),
-                            title=f"SparseVLM {args.presets[-1]}: {rec.get('question', '')}")
+    with sparsified(model, configs[f"sparsevlm {args.presets[-1]}"]), torch.no_grad():
+        model(**one)
+        fig = kept_figure(model, processor, one, report(model), f"SparseVLM {args.presets[-1]}: {rec.get('question', '')}")
+    if fig is None:
+        print(f"kept_tokens.png not drawn: {type(model).__name__}'s visual tokens are not a grid over one view")
+    else:
         fig.savefig(folder / "kept_tokens.png", dpi=120)
         figures += ", kept_tokens.png"
-    else:
-        print(f"kept_tokens.png not drawn: {type(model).__name__}'s visual tokens are not one grid per image")
     print(f"{len(records)} questions, {n_visual} visual tokens per image, {layers} layers; presets are LLaVA-1.5's "
           f"(576 tokens, 32 layers) scaled to this model" + (" (see data/toy-llava/MODEL_CARD.md)" if args.model is None else ""))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -349,7 +364,6 @@ def show(args) -> int:
     import torch
 
     from . import report, sparsified, toy
-    from .plots import draw_kept, model_view
 
     check_out(args.out, folder=False)
     if args.model:
@@ -378,7 +392,9 @@ def show(args) -> int:
             rep = report(model)
     print(f"dense : {dense.strip()}")
     print(f"{args.method}: {sparse.strip()}    ({rep.summary()})")
-    fig = draw_kept(model_view(processor, inputs["pixel_values"][0]), rep, title=f"{args.method}: {args.question}")
+    fig = kept_figure(model, processor, inputs, rep, f"{args.method}: {args.question}")
+    if fig is None:
+        raise CliError(f"{type(model).__name__}'s visual tokens are not a grid over one view: nothing to draw")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")

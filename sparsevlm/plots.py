@@ -27,16 +27,20 @@ def kept_masks(report, sample: int = 0) -> list[np.ndarray]:
     return masks
 
 
-def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str | None = None):
+def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str | None = None,
+              grid: int | None = None):
     """One panel per pruning step: the image with the pruned patches dimmed and a grid over the
-    patches. Recycled/merged tokens are counted in each panel's title. Returns the figure."""
+    patches. Recycled/merged tokens are counted in each panel's title. Returns the figure.
+    `grid`: draw only the first grid × grid visual tokens (the whole-image view that LLaVA-NeXT and
+    OneVision put before their high-resolution crops); default: all of them, as one square."""
     import matplotlib.pyplot as plt
 
-    masks = kept_masks(report, sample)
     n = int(report.n_visual[sample])
-    side = int(math.isqrt(n))
-    if side * side != n:
-        raise ValueError(f"{n} visual tokens do not form a square grid; draw_kept needs one image per sample")
+    side = grid or int(math.isqrt(n))
+    if side * side > n or grid is None and side * side != n:
+        raise ValueError(f"{n} visual tokens do not form a square grid of side {side}; give `grid` for the "
+                         f"whole-image view of a multi-view image")
+    masks = [m[:side * side] for m in kept_masks(report, sample)]
     if axes is None:
         fig, axes = plt.subplots(1, len(masks) + 1, figsize=(2.4 * (len(masks) + 1), 2.6))
     fig = np.ravel(axes)[0].figure
@@ -50,7 +54,9 @@ def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str 
         ax.imshow(shown)
         extra = int(step["recycled"][sample]) if "recycled" in step else 0
         where = "input" if step["layer"] < 0 else f"layer {step['layer']}"
-        ax.set_title(f"after {where}: {int(m.sum())}" + (f" + {extra} merged" if extra else ""), fontsize=9)
+        count = f"{int(m.sum())}" if side * side == n else \
+            f"{int(m.sum())} here, {len(step['kept'][sample])} of {n} in all"
+        ax.set_title(f"after {where}: {count}" + (f" + {extra} merged" if extra else ""), fontsize=9)
     for ax in axes:
         ax.set_xticks(np.linspace(-0.5, W - 0.5, side + 1), minor=True)
         ax.set_yticks(np.linspace(-0.5, H - 0.5, side + 1), minor=True)

@@ -196,6 +196,12 @@ def test_eval_and_demo_on_a_llava_next_checkpoint(capsys, tmp_path):
     assert code == 0, err
     table = pd.read_csv(tmp_path / "demo" / "table.csv", index_col=0)
     assert list(table.index) == ["dense", "sparsevlm 64", "random 64"]  # VisionZip-style does not apply
+    assert (tmp_path / "demo" / "kept_tokens.png").stat().st_size > 0  # over the whole-image view
+    code, out, err = run(capsys, "show", "--model", str(tmp_path / "next"), "--image", str(tmp_path / "1.png"),
+                         "--question", "what color is it ?", "--prompt", "<image> {question}", "--budget", "64",
+                         "--out", str(tmp_path / "show.png"))
+    assert code == 0, err
+    assert "SparseVLM: visual tokens [56]" in out and (tmp_path / "show.png").stat().st_size > 0
 
 
 def test_method_configs_for_an_m_rope_model_take_original_positions_and_ratios():
