@@ -85,6 +85,7 @@ def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, coun
     pdrop_layers = cfg.pruning_layers
     return {
         "random": RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule, schedule_of=cfg.schedule_of,
+                               budget_per=cfg.budget_per,
                                positions=cfg.positions),
         "fastv": match_budget(FastVConfig(layer=cfg.pruning_layers[0], positions=cfg.positions), target, n_visual,
                               num_layers, counting),
