@@ -244,6 +244,56 @@ def _times_overhead(model, inputs, device, repeats):
     return out
 
 
+def profile_prefill(model, inputs: dict, cfg=None) -> dict:
+    """Counted with torch's profiler on one prefill after a warm-up: aten calls, host reads of a
+    device value (`aten::_local_scalar_dense`: each stalls the host until the device catches up),
+    and the part of both made by the method's own work (inside its "sparsevlm::method" ranges)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .models.staged import METHOD_RANGE
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if next(model.parameters()).is_cuda else [])
+    with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
+        model(**inputs, use_cache=True)
+        with profile(activities=activities) as prof:
+            model(**inputs, use_cache=True)
+
+    def in_method(event):
+        while event is not None:
+            if event.name == METHOD_RANGE:
+                return True
+            event = event.cpu_parent
+        return False
+
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    reads = [e for e in aten if e.name == "aten::_local_scalar_dense"]
+    return {"aten_calls": len(aten), "host_reads": len(reads), "method_aten_calls": sum(map(in_method, aten)),
+            "method_host_reads": sum(map(in_method, reads))}
+
+
+def profile_table(model, batches: dict, rows: dict, repeats: int = 5, warmup: int = 2, log=print) -> pd.DataFrame:
+    """`profile_prefill` for every method and batch ({batch size: inputs}), with the method's own
+    time (`Report.overhead_seconds`, median of `repeats`) as a share of dense prefill at that batch."""
+    device = next(model.parameters()).device
+    out = []
+    for size, inputs in batches.items():
+        dense_ms = prefill_time(model, inputs, None, repeats, warmup) * 1e3
+        for name, cfg in rows.items():
+            r = {"method": name, "batch": size, **profile_prefill(model, inputs, cfg), "method_time_share": 0.0}
+            if cfg is not None:
+                with torch.no_grad(), sparsified(model, cfg):
+                    state = model._sparsevlm
+                    state["timing"] = True
+                    r["method_time_share"] = statistics.median(_times_overhead(model, inputs, device, repeats)) \
+                        * 1e3 / dense_ms
+                    state["timing"] = False
+            out.append(r)
+            log(f"{name:>16} batch {size}: {r['aten_calls']} aten calls ({r['method_aten_calls']} the method's), "
+                f"{r['host_reads']} host reads ({r['method_host_reads']}), method time {r['method_time_share']:.1%} "
+                f"of dense prefill")
+    return pd.DataFrame(out)
+
+
 def machine(device, dtype, attn: str) -> dict:
     """Where and how the numbers were taken."""
     import transformers
@@ -293,9 +343,12 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None) -> dict:
 
 def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", attn: str = "sdpa",
         budgets=(192, 128, 64), repeats: int = 5, warmup: int = 2, new_tokens: int = 8, out: str | None = None,
-        methods: list[str] | None = None, log=print, text_hidden: int | None = None) -> pd.DataFrame:
+        methods: list[str] | None = None, log=print, text_hidden: int | None = None,
+        profile: bool = False) -> pd.DataFrame:
     """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`
-    (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model)."""
+    (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model). With
+    `profile`, count instead the aten calls and host reads of one prefill per method at batch 1 and
+    8 (and SparseVLM's rank mode besides the presets): `profile_<model>_<device>.csv/.json`."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
     for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1)):
@@ -311,9 +364,14 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         model.to(device)
         model.config._attn_implementation = attn
         model.config.text_config._attn_implementation = attn
-        rec = toy.eval_split(limit=1)[0]
-        inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(DTYPES[dtype])
+        records = toy.eval_split(limit=8)
+        batches = {}
+        for size in (1, 8):  # 8 different questions: padding as in real batches
+            x = processor(images=[r["image"] for r in records[:size]], text=[r["prompt"] for r in records[:size]],
+                          return_tensors="pt", padding=True).to(device)
+            x["pixel_values"] = x["pixel_values"].to(DTYPES[dtype])
+            batches[size] = x
+        inputs = batches[1]
     elif model_name == "llava-1.5-7b-shaped":
         model = random_llava(llava_1_5_7b_config(attn, text_hidden or 4096), device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # ~695 tokens, as the paper's prompts
@@ -332,9 +390,29 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     else:
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
     image_token = model.config.image_token_id
-    rows = methods_for(model, budgets, n_visual=int((inputs["input_ids"][0] == image_token).sum()), log=log)
+    n_visual = int((inputs["input_ids"][0] == image_token).sum())
+    rows = methods_for(model, budgets, n_visual=n_visual, log=log)
     if methods:
         rows = {k: v for k, v in rows.items() if k == "dense" or k.split()[0] in methods}
+    if profile:
+        from . import SparseVLMConfig, toy
+
+        if "sparsevlm" in (methods or ["sparsevlm"]):
+            rank = toy.rank_config() if model_name == "toy" else SparseVLMConfig(
+                **({"positions": "original"} if "qwen" in model.config.model_type else {}))
+            rows = {**rows, "sparsevlm rank": rank}
+        if model_name != "toy":  # the same prompt 8 times
+            batches = {1: inputs, 8: {k: v.repeat(8, *[1] * (v.dim() - 1))
+                                      for k, v in inputs.items()}}
+        table = profile_table(model, batches, rows, repeats, warmup, log)
+        info = machine(device, DTYPES[dtype], attn)
+        info.update(model=model_name, prompt_tokens=int(inputs["input_ids"].shape[1]), n_visual=n_visual)
+        if out is not None:
+            _write(table.set_index(["method", "batch"]), info, Path(out),
+                   f"profile_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}_"
+                   f"{torch.device(device).type}", log)
+        table.attrs["machine"] = info
+        return table
     vision_ms = vision_time(model, inputs, repeats, warmup) * 1e3
     log(f"image features (vision tower + projector): {vision_ms:.2f} ms")
     results = []
@@ -355,15 +433,19 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
                 prompt_tokens=int(inputs["input_ids"].shape[1]), repeats=repeats, warmup=warmup,
                 new_tokens=new_tokens)
     if out is not None:
-        path = Path(out)
-        path.mkdir(parents=True, exist_ok=True)
-        stem = f"bench_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}_{torch.device(device).type}"
-        table.to_csv(path / f"{stem}.csv")
-        (path / f"{stem}.json").write_text(json.dumps({"machine": info, "results": json.loads(
-            table.reset_index().to_json(orient="records"))}, indent=2) + "\n")
-        log(f"wrote {path / stem}.csv and .json")
+        _write(table, info, Path(out), f"bench_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}_"
+                                       f"{torch.device(device).type}", log)
     table.attrs["machine"] = info
     return table
+
+
+def _write(table: pd.DataFrame, info: dict, path: Path, stem: str, log=print) -> None:
+    """`table` as CSV and, with the machine, as JSON."""
+    path.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path / f"{stem}.csv")
+    (path / f"{stem}.json").write_text(json.dumps({"machine": info, "results": json.loads(
+        table.reset_index().to_json(orient="records"))}, indent=2) + "\n")
+    log(f"wrote {path / stem}.csv and .json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -387,6 +469,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded to time decoding (default 8)")
     p.add_argument("--out", default="results", help="folder for the CSV/JSON (default results)")
+    p.add_argument("--profile", action="store_true",
+                   help="count aten calls and host reads of one prefill per method at batch 1 and 8 (torch "
+                        "profiler), and the method's own share of them and of the time, instead of timing")
 
 
 def main(argv=None) -> int:
@@ -395,7 +480,7 @@ def main(argv=None) -> int:
     add_arguments(p)
     a = p.parse_args(argv)
     run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods,
-        text_hidden=a.text_hidden)
+        text_hidden=a.text_hidden, profile=a.profile)
     return 0
 
 

@@ -217,3 +217,16 @@ def test_method_configs_for_an_m_rope_model_take_original_positions_and_ratios()
     assert (preset.positions, preset.schedule_of, preset.pruning_layers) == ("original", 576, (2, 6, 14))
     assert method_config(model, "sparsevlm").positions == "original"  # the rank mode
     assert method_config(model, "fastv", 64).positions == method_config(model, "random", 64).positions == "original"
+
+
+def test_bench_profile_counts_aten_calls_and_host_reads(capsys, tmp_path):
+    code, out, _ = run(capsys, "bench", "--profile", "--methods", "sparsevlm", "--budgets", "64", "--repeats", "1",
+                       "--warmup", "0", "--out", str(tmp_path))
+    assert code == 0
+    table = pd.read_csv(tmp_path / "profile_toy_cpu.csv").set_index(["method", "batch"])
+    assert list(table.index) == [(m, b) for b in (1, 8) for m in ("dense", "sparsevlm 64", "sparsevlm rank")]
+    dense, sparse = table.loc[("dense", 1)], table.loc[("sparsevlm 64", 1)]
+    assert dense["method_aten_calls"] == dense["method_host_reads"] == 0 and dense["host_reads"] >= 1
+    assert 0 < sparse["method_aten_calls"] < sparse["aten_calls"] and 0 < sparse["method_host_reads"] <= sparse["host_reads"]
+    assert sparse["aten_calls"] > dense["aten_calls"] and 0 < sparse["method_time_share"]
+    assert "machine" in json.loads((tmp_path / "profile_toy_cpu.json").read_text())

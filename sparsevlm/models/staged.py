@@ -79,14 +79,20 @@ def check_layers(text, method) -> None:
                          f"this model has layers 0..{n - 1}")
 
 
+#: the profiler range that marks the method's own work (counted by `sparsevlm bench --profile`)
+METHOD_RANGE = "sparsevlm::method"
+
+
 class _Clock:
-    """Adds the wall time of a block to the call's "overhead_s" when state["timing"] is set
-    (synchronising CUDA around it); free otherwise."""
+    """Marks a block as the method's own work: a profiler range, and its wall time added to the
+    call's "overhead_s" when state["timing"] is set (synchronising CUDA around it)."""
 
     def __init__(self, st, device):
         self.st, self.call, self.device = st, per_call(st), device
+        self.range = torch.profiler.record_function(METHOD_RANGE)
 
     def __enter__(self):
+        self.range.__enter__()
         if self.st.get("timing"):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -97,6 +103,7 @@ class _Clock:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.call["overhead_s"] = self.call.get("overhead_s", 0.0) + time.perf_counter() - self.t
+        self.range.__exit__(*exc)
         return False
 
 
