@@ -53,3 +53,20 @@ def sample(inputs, b):
     keep = inputs["attention_mask"][b].bool()
     return {"input_ids": inputs["input_ids"][b:b + 1, keep], "attention_mask": inputs["attention_mask"][b:b + 1, keep],
             "pixel_values": inputs["pixel_values"][b:b + 1]}
+
+
+def assert_batched_equals_alone(model, inputs, alone, new_tokens: int = 4):
+    """The sparsified `model` on a batch equals each sample alone: last logits, the kept tokens at
+    every pruning step, and the greedy continuation. Returns the batch's report."""
+    import sparsevlm
+
+    greedy = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    logits = model(**inputs).logits[:, -1]
+    rep = sparsevlm.report(model)
+    ids = model.generate(**inputs, **greedy)[:, -new_tokens:]
+    for b, one in enumerate(alone):
+        torch.testing.assert_close(model(**one).logits[0, -1], logits[b], atol=1e-4, rtol=1e-4)
+        rep1 = sparsevlm.report(model)
+        assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps]
+        assert torch.equal(model.generate(**one, **greedy)[0, -new_tokens:], ids[b])
+    return rep

@@ -4,6 +4,7 @@ different sizes, so different visual counts), the report accounts for every visu
 shorter KV caches decode, unsparsify restores the dense model exactly."""
 import pytest
 import torch
+from helpers import assert_batched_equals_alone
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
@@ -86,16 +87,9 @@ def test_batched_equals_each_sample_alone(models, family, make, cfg):
     model = models[family]
     inputs, alone, counts = make(model, [6, 3], seed=1)
     with sparsevlm.sparsified(model, cfg):
-        logits = model(**inputs).logits[:, -1]
-        rep = sparsevlm.report(model)
-        assert not rep.dense and rep.n_visual.tolist() == counts
-        assert (rep.visual_out[:, -1] < torch.tensor(counts)).all()  # pruned
-        ids = model.generate(**inputs, **GREEDY)[:, -4:]
-        for b, one in enumerate(alone):
-            torch.testing.assert_close(model(**one).logits[0, -1], logits[b], atol=1e-4, rtol=1e-4)
-            rep1 = sparsevlm.report(model)
-            assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps]
-            assert torch.equal(model.generate(**one, **GREEDY)[0, -4:], ids[b])
+        rep = assert_batched_equals_alone(model, inputs, alone)
+    assert not rep.dense and rep.n_visual.tolist() == counts
+    assert (rep.visual_out[:, -1] < torch.tensor(counts)).all()  # pruned
 
 
 def test_an_image_and_a_video_in_one_prompt_are_one_visual_set(models):

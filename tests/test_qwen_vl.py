@@ -4,6 +4,7 @@ tokens keep their 3D positions, decoding continues from the model's positions, t
 for every visual token, unsparsify is exact, and what cannot work is refused."""
 import pytest
 import torch
+from helpers import assert_batched_equals_alone
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
@@ -75,15 +76,8 @@ def test_batched_equals_each_sample_alone(model, kind, cfg):
     grids, video = GRIDS[kind]
     inputs, alone = batch(grids, [6, 2, 4], video, seed=1)
     with sparsevlm.sparsified(model, cfg):
-        logits = model(**inputs).logits[:, -1]
-        rep = sparsevlm.report(model)
-        assert not rep.dense and (rep.visual_out[:, -1] < rep.n_visual).all()
-        ids = model.generate(**inputs, **GREEDY)[:, -4:]
-        for b, one in enumerate(alone):
-            torch.testing.assert_close(model(**one).logits[0, -1], logits[b], atol=1e-4, rtol=1e-4)
-            rep1 = sparsevlm.report(model)
-            assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps]
-            assert torch.equal(model.generate(**one, **GREEDY)[0, -4:], ids[b])
+        rep = assert_batched_equals_alone(model, inputs, alone)
+    assert not rep.dense and (rep.visual_out[:, -1] < rep.n_visual).all()
 
 
 def test_surviving_tokens_keep_their_3d_positions(model):
