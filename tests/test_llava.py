@@ -296,3 +296,18 @@ def test_budget_per_span_gives_each_image_its_share(llama):
     with sparsevlm.sparsified(llama, cfg):
         llama(**inputs)
         assert sparsevlm.report(llama).steps[0]["kept"] == one_span
+
+
+def test_decoding_reads_nothing_back_from_the_device(llama):
+    """Each host read of a device value stalls a GPU pipeline; a decode step of the shorter caches
+    makes none (each stage's mask is built without asking whether sdpa could skip it)."""
+    from torch.profiler import profile
+
+    inputs = batch([4, 7])
+    with sparsevlm.sparsified(llama, PRESET):
+        out = llama(**inputs, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)], 1)
+        with profile() as prof:
+            llama(input_ids=nxt, attention_mask=mask, use_cache=True, **{CACHE: getattr(out, CACHE)})
+    assert [e.name for e in prof.events() if e.name == "aten::_local_scalar_dense"] == []

@@ -255,10 +255,12 @@ class SparseTextModel:
         return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
                                     use_cache, kwargs)
 
-    def _stage(self, hidden, mask2d, positions, cache, layer_idx):
-        """Causal mask and rotary embeddings for the layers from `layer_idx` on."""
+    def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True):
+        """Causal mask and rotary embeddings for the layers from `layer_idx` on. `skip=False` always
+        builds the mask: deciding that sdpa may skip it reads the padding mask on the host."""
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  position_ids=_layer_ids(positions), layer_idx=layer_idx, **{CACHE: cache})
+                                  position_ids=_layer_ids(positions), layer_idx=layer_idx, allow_is_causal_skip=skip,
+                                  **{CACHE: cache})
         return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions))
 
     def _queries_keys(self, layer_idx, captured, position_embeddings):
@@ -383,7 +385,7 @@ class SparseTextModel:
             position_ids = torch.arange(q, device=dev)[None] + cache.get_seq_length(0)
         positions0 = _batch_first(position_ids, B, q, dev)
         starts = {s["start"]: s for s in stages}
-        mask, pe = self._stage(hidden, attention_mask, positions0, cache, 0)
+        mask, pe = self._stage(hidden, attention_mask, positions0, cache, 0, skip=False)  # no host reads in decoding
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if i in starts:  # a shorter stage: its own mask, and its own positions when compact
                 s = starts[i]
@@ -391,7 +393,7 @@ class SparseTextModel:
                 pos = s["count"][:, None] + new_valid.long().cumsum(-1) - 1
                 s["count"] = s["count"] + new_valid.sum(-1)
                 positions = pos if st["method"].positions == "compact" else positions0
-                mask, pe = self._stage(hidden, s["valid"], positions, cache, i)
+                mask, pe = self._stage(hidden, s["valid"], positions, cache, i, skip=False)
             hidden = layer(hidden, attention_mask=mask, position_ids=_layer_ids(positions0), use_cache=use_cache,
                            position_embeddings=pe, **{CACHE: cache}, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
