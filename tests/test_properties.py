@@ -1,6 +1,7 @@
 """Seeded property test: random tiny LLaVA models (Llama, Qwen2 or Mistral text models, grouped-query
 attention, 3–6 layers, 4–25 visual tokens per image, eager or sdpa) and random batches (1–4 rows,
-left padding, 0–2 images per row), every method with random settings, both position modes.
+left padding, 0–2 images per row), every method with random settings, both position modes; and
+random batches on LLaVA-NeXT, OneVision and Qwen2-VL/2.5-VL (images of several sizes, videos).
 
 For every case: no NaN where outputs exist; the report accounts for every token; each sample of
 the batch equals the sample alone (kept tokens and last logits); keeping every token equals the
@@ -164,3 +165,54 @@ def test_random_models_and_batches(model_seed):
         inputs, alone = random_batch(rng, n_visual, side)
         cfg, keep_all = random_config(rng, method, n_visual, layers, positions)
         check_case(model, inputs, alone, cfg, keep_all, f"model {model_seed} case {case}: {cfg!r}")
+
+
+FAMILIES, FAMILY_CASES = ["next", "onevision", "qwen2-vl", "qwen2.5-vl"], 40  # 160 cases
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_batches_on_other_families(family):
+    """The same properties on LLaVA-NeXT, OneVision (images, video) and Qwen2-VL/2.5-VL (M-RoPE, images,
+    video), with the methods each family supports and the position modes it allows."""
+    from test_families import image_batch, video_batch
+    from test_qwen_vl import batch as qwen_batch
+
+    from sparsevlm.toy.families import IMAGE as FAMILY_IMAGE
+    from sparsevlm.toy.families import VIDEO as FAMILY_VIDEO
+    from sparsevlm.toy.families import tiny_vlm
+
+    rng = random.Random(2000 + FAMILIES.index(family))
+    model = tiny_vlm(family)
+    layers = model.config.text_config.num_hidden_layers
+    qwen = family.startswith("qwen")
+    for case in range(FAMILY_CASES):
+        video = family != "next" and rng.random() < 0.4
+        lens = [rng.randint(1, 6) for _ in range(rng.randint(1, 3))]
+        if qwen:
+            grids = [(rng.choice([2, 4]) if video else 1, 2 * rng.randint(2, 5), 2 * rng.randint(2, 5)) for _ in lens]
+            inputs, alone = qwen_batch(grids, lens, video, seed=case)
+        else:
+            inputs, alone, _ = (video_batch if video else image_batch)(model, lens, seed=case)
+        n_visual = int(((inputs["input_ids"] == FAMILY_IMAGE) | (inputs["input_ids"] == FAMILY_VIDEO)).sum(-1).min())
+        method = rng.choice(["sparsevlm", "random", "fastv", "pdrop"])
+        positions = "original" if qwen else rng.choice(["compact", "original"])
+        cfg, keep_all = random_config(rng, method, n_visual, layers, positions)
+        label = f"{family} case {case}: {cfg!r}"
+        valid = inputs["attention_mask"].bool()
+        dense = model(**inputs).logits
+        with sparsevlm.sparsified(model, cfg):
+            out = model(**inputs).logits
+            rep = sparsevlm.report(model)
+            assert not rep.dense and torch.isfinite(out[rep.present]).all(), label
+            assert torch.equal(rep.visual_out[:, :-1], rep.visual_in[:, 1:]), label
+            for b, one in enumerate(alone):
+                logits = model(**one).logits
+                rep1 = sparsevlm.report(model)
+                assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps], label
+                torch.testing.assert_close(logits[0, -1], out[b, -1], atol=2e-4, rtol=2e-4, msg=label)
+            beams = dict(max_new_tokens=2, min_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
+            ids = model.generate(**inputs, **beams)
+            assert torch.equal(model.generate(**alone[0], **beams)[:, -2:], ids[:2, -2:]), label
+        with sparsevlm.sparsified(model, keep_all):
+            torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=2e-4, rtol=2e-4, msg=label)
+        assert torch.equal(model(**inputs).logits, dense), label
