@@ -250,7 +250,7 @@ def profile_prefill(model, inputs: dict, cfg=None) -> dict:
     and the part of both made by the method's own work (inside its "sparsevlm::method" ranges)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .models.staged import METHOD_RANGE
+    from .models.patching import METHOD_RANGE
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if next(model.parameters()).is_cuda else [])
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():

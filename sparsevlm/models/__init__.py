@@ -11,7 +11,7 @@ from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
 from . import llava, qwen2_vl
-from .staged import per_call
+from .patching import per_call
 
 ADAPTERS = [llava, qwen2_vl]
 

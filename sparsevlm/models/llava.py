@@ -19,8 +19,9 @@ import threading
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .staged import (SparsePlaceholders, SparseTextModel, SparseTop, _Clock, check_layers, hook_queries_keys, per_call, swap_class,
-                     text_unsupported_reason, unpatch_modules)
+from .patching import (Clock, SparsePlaceholders, SparseTop, check_layers, hook_queries_keys, per_call, swap_class,
+                       text_unsupported_reason, unpatch_modules)
+from .staged import SparseTextModel
 
 SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration or "
              "LlavaOnevisionForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model")
@@ -73,7 +74,7 @@ def _vision_signals(model) -> list | None:
     call = per_call(st)
     captured = call.pop("vision_capture", None)
     if captured is not None and len(captured) == 2:
-        with _Clock(st, captured["k"].device):
+        with Clock(st, captured["k"].device):
             call["vision_signals"] = list(vision_signals(st["vision_attn"], captured,
                                                          model.config.vision_feature_select_strategy))
     return call.get("vision_signals")
@@ -106,7 +107,7 @@ class _SparseLlavaModel(SparsePlaceholders):
         signals = _vision_signals(self) if st["method"].needs_vision else None
         call.pop("vision_signals", None)  # consumed: the next prefill encodes its own images
         if signals is not None:
-            with _Clock(st, vis.device):
+            with Clock(st, vis.device):
                 call["vision"] = self._vision_per_token(signals, vis)
 
     def _vision_per_token(self, signals, vis):

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import threading
 
-from .staged import (SparsePlaceholders, SparseTextModel, SparseTop, check_layers, hook_queries_keys, swap_class,
-                     text_unsupported_reason, unpatch_modules)
+from .patching import (SparsePlaceholders, SparseTop, check_layers, hook_queries_keys, swap_class,
+                       text_unsupported_reason, unpatch_modules)
+from .staged import SparseTextModel
 
 SUPPORTED = "Qwen2VLForConditionalGeneration or Qwen2_5_VLForConditionalGeneration"
 

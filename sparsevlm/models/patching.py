@@ -1,0 +1,184 @@
+"""What every family adapter shares besides the stage loop: the checks a text model must pass,
+the per-call state, the mixins swapped onto the top-level and multimodal models (generate, loss,
+copies, where the visual tokens are), and the hooks that capture queries and keys."""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+import warnings
+
+import torch
+
+#: attention modules whose queries and keys the hooks reproduce exactly (module -> where q, k are
+#: taken before RoPE); any other attention is refused rather than scored wrongly
+ATTENTIONS = {"modeling_llama": ("q_proj", "k_proj"), "modeling_mistral": ("q_proj", "k_proj"),
+              "modeling_qwen2": ("q_proj", "k_proj"), "modeling_qwen3": ("q_norm", "k_norm"),
+              "modeling_qwen2_vl": ("q_proj", "k_proj"), "modeling_qwen2_5_vl": ("q_proj", "k_proj")}
+
+
+def per_call(state: dict) -> dict:
+    """The part of a sparsified model's state that belongs to one call (image positions, captured
+    queries and keys, the last report), kept per thread: one model may serve several threads."""
+    local = state["local"]
+    if not hasattr(local, "call"):
+        local.call = {"report": None}
+    return local.call
+
+def text_unsupported_reason(text, supported: str) -> str | None:
+    """Why the staged decoder cannot run `text` (None if it can)."""
+    if not all(hasattr(text, a) for a in ("layers", "norm", "rotary_emb")):
+        return f"text model {type(text).__name__} lacks layers/norm/rotary_emb; supported: {supported}"
+    attn = text.layers[0].self_attn
+    kind = type(attn).__module__.rsplit(".", 1)[-1]
+    if kind not in ATTENTIONS or not hasattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb"):
+        return (f"attention {type(attn).__name__} is not one whose queries and keys this library reproduces "
+                f"(Llama, Mistral, Qwen2, Qwen3 with q/k norm, Qwen2-VL, Qwen2.5-VL); supported: {supported}")
+    cfg = text.config
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or getattr(cfg, "sliding_window", None) is not None and not hasattr(cfg, "layer_types"):
+        return (f"text model {type(text).__name__} uses sliding-window attention, whose cache crops itself; "
+                f"supported: {supported} (set text_config.sliding_window=None)")
+    return None
+
+def check_layers(text, method) -> None:
+    """Raise if the method's pruning layers do not exist in `text`."""
+    n = text.config.num_hidden_layers
+    bad = [i for i in method.pruning_layers if i >= n]
+    if bad:
+        raise ValueError(f"pruning_layers {list(method.pruning_layers)}: layers {bad} do not exist; "
+                         f"this model has layers 0..{n - 1}")
+
+#: the profiler range that marks the method's own work (counted by `sparsevlm bench --profile`)
+METHOD_RANGE = "sparsevlm::method"
+
+
+class Clock:
+    """Marks a block as the method's own work: a profiler range, and its wall time added to the
+    call's "overhead_s" when state["timing"] is set (synchronising CUDA around it)."""
+
+    def __init__(self, st, device):
+        self.st, self.call, self.device = st, per_call(st), device
+        self.range = torch.profiler.record_function(METHOD_RANGE)
+
+    def __enter__(self):
+        self.range.__enter__()
+        if self.st.get("timing"):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if self.st.get("timing"):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.call["overhead_s"] = self.call.get("overhead_s", 0.0) + time.perf_counter() - self.t
+        self.range.__exit__(*exc)
+        return False
+
+class SparseTop:
+    """Mixin for the model `generate` is called on: the parts of `generate` and of the loss that
+    see the whole call, and copying.
+
+    - `generate(prefill_chunk_size=k)` with a prompt longer than k runs dense (said in the report):
+      pruning needs the whole prompt in one forward.
+    - `labels=`: outputs are aligned with the input positions; a position whose token was pruned
+      predicts nothing, so its next label is left out of the loss (the seam: `loss_function`).
+    """
+
+    def generate(self, *args, **kwargs):
+        call = per_call(self._sparsevlm)
+        config = kwargs.get("generation_config") or self.generation_config
+
+        def option(name):
+            return kwargs[name] if name in kwargs else getattr(config, name, None)
+
+        chunk = option("prefill_chunk_size")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if chunk and (ids is None or ids.shape[-1] > chunk):
+            call["dense_reason"] = (f"generate(prefill_chunk_size={chunk}) splits the prompt into chunks; pruning "
+                                    f"needs the whole prompt in one forward")
+        if option("use_cache") is False:
+            warnings.warn("generate(use_cache=False) with a sparsified model prunes again at every step, with the "
+                          "tokens generated so far among the raters: answers differ from the cached run, and nothing "
+                          "is saved", stacklevel=2)
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            call.pop("dense_reason", None)
+
+    @property
+    def loss_function(self):
+        base, call = super().loss_function, per_call(self._sparsevlm)
+
+        def loss(logits, labels, *args, **kwargs):
+            present = call.get("present")  # set by this forward's prefill; None when it ran dense
+            if present is not None and labels is not None:
+                labels = labels.clone()
+                labels[:, 1:][~present[:, :-1].to(labels.device)] = -100  # a pruned position predicts nothing
+            return base(logits, labels, *args, **kwargs)
+        return loss
+
+    def __deepcopy__(self, memo):
+        from . import sparsify, unsparsify
+
+        st = self._sparsevlm
+        cfg, last = st["cfg"], per_call(st)["report"]
+        unsparsify(self)  # copy the dense model, then sparsify both: the copy gets its own state and hooks
+        try:
+            twin = copy.deepcopy(self, memo)
+        finally:
+            sparsify(self, cfg)
+            per_call(self._sparsevlm)["report"] = last
+        return sparsify(twin, cfg)
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"a sparsified {type(self).__name__} cannot be pickled (its classes are made by sparsify): "
+                        f"save model.state_dict() or sparsevlm.unsparsify(model).save_pretrained(path), and call "
+                        f"sparsevlm.sparsify after loading")
+class SparsePlaceholders:
+    """Mixin for the multimodal model: `get_placeholder_mask` (where image and video features are
+    spliced in) records which positions hold visual tokens, images and video alike."""
+
+    def get_placeholder_mask(self, *args, **kwargs):
+        mask = super().get_placeholder_mask(*args, **kwargs)  # one mask, or (image, video) masks
+        vis = mask[0][..., 0] | mask[1][..., 0] if isinstance(mask, tuple) else mask[..., 0]  # (B, L)
+        per_call(self._sparsevlm)["vis_mask"] = vis
+        self._placed(vis)
+        return mask
+
+    def _placed(self, vis: torch.Tensor) -> None:
+        """Called with the visual positions (B, L); a family may attach per-token signals."""
+
+
+def swap_class(module, mixin) -> None:
+    cls = type(module)
+    module.__class__ = type(f"Sparse{cls.__name__}", (mixin, cls), {"_sparsevlm_original": cls,
+                                                                   "__module__": cls.__module__})
+    try:  # transformers records outputs (output_attentions, ...) per class name: register ours like the original
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:
+        return
+    _CAN_RECORD_REGISTRY[module] = cls._can_record_outputs
+
+def hook_queries_keys(text, method, state: dict) -> None:
+    """Capture each pruning layer's queries and keys (before RoPE) into the call's "capture"."""
+    for i in method.pruning_layers:
+        attn = text.layers[i].self_attn
+        q_at, k_at = ATTENTIONS[type(attn).__module__.rsplit(".", 1)[-1]]
+        for name, module in (("q", getattr(attn, q_at)), ("k", getattr(attn, k_at))):
+            def hook(_mod, _inp, out, name=name):
+                captured = per_call(state).get("capture")
+                if captured is not None:
+                    captured[name] = out
+            state["hooks"].append(module.register_forward_hook(hook))
+
+
+def unpatch_modules(modules, state: dict) -> None:
+    """Remove the hooks, restore the original classes, drop the state."""
+    for h in state["hooks"]:
+        h.remove()
+    for m in modules:
+        if hasattr(type(m), "_sparsevlm_original"):
+            m.__class__ = type(m)._sparsevlm_original
+        m.__dict__.pop("_sparsevlm", None)
