@@ -138,23 +138,43 @@ def synthetic_inputs(model, n_text: int, batch: int = 1, seed: int = 0) -> dict:
             "pixel_values": torch.randn(batch, 3, side, side, generator=g).to(dev, dtype)}
 
 
-def qwen_synthetic_inputs(model, n_text: int, side: int = 672, seed: int = 0, device=None) -> dict:
-    """A Qwen2-VL/2.5-VL prompt: <s>, system tokens, <vision_start>, the image's tokens (its side/28
-    squared), <vision_end>, `n_text` question tokens; random patches. For timing only."""
+def qwen_synthetic_inputs(model, n_text: int, side: int | None = None, seed: int = 0, device=None) -> dict:
+    """A Qwen2-VL/2.5-VL prompt: <s>, system tokens, <vision_start>, the image's tokens,
+    <vision_end>, `n_text` question tokens; random patches. The image is `side` pixels square
+    (default 48 patches: 672 for 14-pixel patches, 576 tokens after 2×2 merging). For timing only."""
     cfg = model.config
-    grid = (1, side // 14, side // 14)
-    n_visual = side // 28 * (side // 28)
+    patch, merge = cfg.vision_config.patch_size, cfg.vision_config.spatial_merge_size
+    grid = (1, (side or 48 * patch) // patch, (side or 48 * patch) // patch)
+    n_visual = grid[1] * grid[2] // merge ** 2
     g = torch.Generator().manual_seed(seed)
-    text = lambda n: torch.randint(10, 32000, (n,), generator=g)  # noqa: E731
+    text = lambda n: torch.randint(10, min(cfg.text_config.vocab_size, 32000), (n,), generator=g)  # noqa: E731
     ids = torch.cat([torch.tensor([1]), text(5), torch.tensor([cfg.vision_start_token_id]),
                      torch.full((n_visual,), cfg.image_token_id), torch.tensor([cfg.vision_end_token_id]),
                      text(n_text)])[None]
     dev, dtype = device or next(model.parameters()).device, next(model.parameters()).dtype
-    patch = 3 * cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size ** 2
+    size = 3 * cfg.vision_config.temporal_patch_size * patch ** 2
     return {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev),
             "mm_token_type_ids": (ids == cfg.image_token_id).int().to(dev),
-            "pixel_values": torch.randn(grid[1] * grid[2], patch, generator=g).to(dev, dtype),
+            "pixel_values": torch.randn(grid[1] * grid[2], size, generator=g).to(dev, dtype),
             "image_grid_thw": torch.tensor([grid]).to(dev)}
+
+
+def anyres_synthetic_inputs(model, n_text: int, seed: int = 0) -> dict:
+    """A LLaVA-NeXT/OneVision prompt for an image twice the tower's size on each side (the whole-image
+    view and 2×2 crops): <s>, system tokens, its visual tokens (as many as the model's own feature
+    code makes), `n_text` question tokens; random pixels. For timing only."""
+    cfg = model.config
+    side = cfg.vision_config.image_size
+    g = torch.Generator().manual_seed(seed)
+    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    pixels = torch.randn(1, 5, 3, side, side, generator=g).to(dev, dtype)
+    sizes = torch.tensor([[2 * side, 2 * side]], device=dev)
+    with torch.no_grad():
+        n_visual = len(model.model.get_image_features(pixels, sizes, return_dict=True).pooler_output[0])
+    text = lambda n: torch.randint(10, min(cfg.text_config.vocab_size, 32000), (n,), generator=g)  # noqa: E731
+    ids = torch.cat([torch.tensor([1]), text(5), torch.full((n_visual,), cfg.image_token_id), text(n_text)])[None]
+    return {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev), "pixel_values": pixels,
+            "image_sizes": sizes}
 
 
 def _sync(device) -> None:
@@ -194,6 +214,8 @@ def vision_time(model, inputs: dict, repeats: int = 5, warmup: int = 2) -> float
     cfg = model.config
     if "image_grid_thw" in inputs:  # Qwen2-VL / Qwen2.5-VL
         features = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])  # noqa: E731
+    elif "image_sizes" in inputs:  # LLaVA-NeXT / OneVision
+        features = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])  # noqa: E731
     else:
         features = lambda: model.model.get_image_features(  # noqa: E731
             pixel_values=inputs["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
@@ -384,9 +406,12 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     elif Path(model_name).is_dir():  # a local checkpoint: timings depend on shapes only
         from .cli import load_model
 
-        model, _ = load_model(model_name, device, dtype)
+        model, _ = load_model(model_name, device, dtype, with_processor=False)
         model.config.text_config._attn_implementation = attn
-        inputs = synthetic_inputs(model, n_text=113)
+        kind = model.config.model_type
+        inputs = (qwen_synthetic_inputs(model, n_text=113) if kind.startswith("qwen") else
+                  anyres_synthetic_inputs(model, n_text=113) if kind in ("llava_next", "llava_onevision") else
+                  synthetic_inputs(model, n_text=113))
     else:
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
     image_token = model.config.image_token_id

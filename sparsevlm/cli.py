@@ -83,8 +83,9 @@ def _model_folder(path: str) -> Path:
     return folder
 
 
-def load_model(path: str | None, device: str, dtype: str):
-    """(model, processor) from the embedded default or a local LLaVA checkpoint folder."""
+def load_model(path: str | None, device: str, dtype: str, with_processor: bool = True):
+    """(model, processor) from the embedded default or a local checkpoint folder (processor None
+    when not asked for: timing needs none)."""
     import torch
 
     from . import toy
@@ -109,7 +110,7 @@ def load_model(path: str | None, device: str, dtype: str):
         try:
             model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True,
                                                                 dtype=torch_dtype).eval()
-            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if with_processor else None
         except OSError as e:
             raise CliError(f"--model {path}: cannot load ({str(e).splitlines()[0]})") from None
     try:

@@ -230,3 +230,16 @@ def test_bench_profile_counts_aten_calls_and_host_reads(capsys, tmp_path):
     assert 0 < sparse["method_aten_calls"] < sparse["aten_calls"] and 0 < sparse["method_host_reads"] <= sparse["host_reads"]
     assert sparse["aten_calls"] > dense["aten_calls"] and 0 < sparse["method_time_share"]
     assert "machine" in json.loads((tmp_path / "profile_toy_cpu.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["next", "qwen2-vl"])
+def test_bench_runs_on_checkpoints_of_other_families(capsys, tmp_path, family):
+    from sparsevlm.toy.families import tiny_vlm
+
+    tiny_vlm(family).save_pretrained(tmp_path / family)
+    code, out, err = run(capsys, "bench", "--model", str(tmp_path / family), "--methods", "sparsevlm", "fastv",
+                         "--budgets", "64", "--repeats", "1", "--warmup", "0", "--new-tokens", "1", "--out", str(tmp_path))
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / f"bench_{family}_cpu.csv", index_col=0)
+    assert list(table.index) == ["dense", "sparsevlm 64", "fastv 64"]
+    assert (table.loc["sparsevlm 64":, "flops_ratio"] < 1).all() and (table["kv_cache_mb"] > 0).all()
