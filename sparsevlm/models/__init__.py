@@ -11,7 +11,7 @@ from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
 from . import llava, qwen2_vl
-from .patching import per_call
+from .patching import per_call, unpatch
 
 ADAPTERS = [llava, qwen2_vl]
 
@@ -40,17 +40,20 @@ def sparsify(model, cfg=None):
     adapter = _adapter(model)
     adapter.check(model, method)
     unsparsify(model)
-    adapter.patch(model, method, {"cfg": cfg, "method": method, "method_name": type(method).__name__,
-                                  "adapter": adapter})
+    adapter.patch(model, method, {"cfg": cfg, "method": method, "method_name": type(method).__name__})
     return model
 
 
 def unsparsify(model):
     """Restore the model's exact original behaviour (classes, hooks, attributes). Returns it."""
-    state = getattr(model, "_sparsevlm", None)
-    if state is not None:
-        state["adapter"].unpatch(model)
+    unpatch(model)
     return model
+
+
+def default_positions(model) -> str:
+    """The `positions` mode configs for `model` default to: "compact" (the reference) where the
+    family allows it, "original" where it keeps positions (M-RoPE)."""
+    return _adapter(model).POSITIONS[0]
 
 
 def config_of(model):

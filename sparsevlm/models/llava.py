@@ -14,15 +14,13 @@ feature is one tower patch. The decoder loop in stages is `staged.py`'s.
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .patching import (Clock, SparsePlaceholders, SparseTop, check_layers, hook_queries_keys, per_call, swap_class,
-                       text_unsupported_reason, unpatch_modules)
-from .staged import SparseTextModel
+from .patching import Clock, SparsePlaceholders, SparseTop, check_layers, install, per_call, text_unsupported_reason
 
+#: position modes the family allows (the first is the default of configs built for it)
+POSITIONS = ("compact", "original")
 SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration or "
              "LlavaOnevisionForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model")
 
@@ -135,26 +133,13 @@ def check(model, method) -> None:
 
 
 def patch(model, method, state: dict) -> None:
-    """Swap in the sparse classes, attach the shared state, hook the pruning layers' q/k."""
-    llava, text = model.model, model.model.language_model
-    check(model, method)
-    state.update(local=threading.local(), hooks=[])
-    if method.needs_vision:  # capture the feature layer's queries and keys for the method
+    """Swap in the sparse classes and hooks (after `check`); methods that read the vision tower also
+    capture its feature layer's queries and keys."""
+    state["hooks"] = []
+    if method.needs_vision:
         state["vision_attn"] = attn = vision_attention(model)
         for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
             def vhook(_mod, _inp, out, name=name):
                 per_call(state).setdefault("vision_capture", {})[name] = out
             state["hooks"].append(proj.register_forward_hook(vhook))
-    for m in (model, llava, text):
-        m._sparsevlm = state
-    swap_class(model, _SparseLlava)
-    swap_class(llava, _SparseLlavaModel)
-    swap_class(text, SparseTextModel)
-    hook_queries_keys(text, method, state)
-
-
-def unpatch(model) -> None:
-    """Restore the original classes and remove every hook and attribute."""
-    state = getattr(model, "_sparsevlm", None)
-    if state is not None:
-        unpatch_modules((model, model.model, model.model.language_model), state)
+    install(model, method, state, _SparseLlava, _SparseLlavaModel)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 import time
 import warnings
 
 import torch
 
+
 #: attention modules whose queries and keys the hooks reproduce exactly (module -> where q, k are
+
+
 #: taken before RoPE); any other attention is refused rather than scored wrongly
 ATTENTIONS = {"modeling_llama": ("q_proj", "k_proj"), "modeling_mistral": ("q_proj", "k_proj"),
               "modeling_qwen2": ("q_proj", "k_proj"), "modeling_qwen3": ("q_norm", "k_norm"),
@@ -24,6 +28,7 @@ def per_call(state: dict) -> dict:
     if not hasattr(local, "call"):
         local.call = {"report": None}
     return local.call
+
 
 def text_unsupported_reason(text, supported: str) -> str | None:
     """Why the staged decoder cannot run `text` (None if it can)."""
@@ -41,6 +46,7 @@ def text_unsupported_reason(text, supported: str) -> str | None:
                 f"supported: {supported} (set text_config.sliding_window=None)")
     return None
 
+
 def check_layers(text, method) -> None:
     """Raise if the method's pruning layers do not exist in `text`."""
     n = text.config.num_hidden_layers
@@ -48,6 +54,7 @@ def check_layers(text, method) -> None:
     if bad:
         raise ValueError(f"pruning_layers {list(method.pruning_layers)}: layers {bad} do not exist; "
                          f"this model has layers 0..{n - 1}")
+
 
 #: the profiler range that marks the method's own work (counted by `sparsevlm bench --profile`)
 METHOD_RANGE = "sparsevlm::method"
@@ -75,6 +82,7 @@ class Clock:
             self.call["overhead_s"] = self.call.get("overhead_s", 0.0) + time.perf_counter() - self.t
         self.range.__exit__(*exc)
         return False
+
 
 class SparseTop:
     """Mixin for the model `generate` is called on: the parts of `generate` and of the loss that
@@ -136,6 +144,8 @@ class SparseTop:
         raise TypeError(f"a sparsified {type(self).__name__} cannot be pickled (its classes are made by sparsify): "
                         f"save model.state_dict() or sparsevlm.unsparsify(model).save_pretrained(path), and call "
                         f"sparsevlm.sparsify after loading")
+
+
 class SparsePlaceholders:
     """Mixin for the multimodal model: `get_placeholder_mask` (where image and video features are
     spliced in) records which positions hold visual tokens, images and video alike."""
@@ -161,6 +171,7 @@ def swap_class(module, mixin) -> None:
         return
     _CAN_RECORD_REGISTRY[module] = cls._can_record_outputs
 
+
 def hook_queries_keys(text, method, state: dict) -> None:
     """Capture each pruning layer's queries and keys (before RoPE) into the call's "capture"."""
     for i in method.pruning_layers:
@@ -174,11 +185,29 @@ def hook_queries_keys(text, method, state: dict) -> None:
             state["hooks"].append(module.register_forward_hook(hook))
 
 
-def unpatch_modules(modules, state: dict) -> None:
+def install(model, method, state: dict, top, multimodal) -> None:
+    """Attach the shared state to the model, its multimodal model and its text model, swap in the
+    sparse classes (`top`, `multimodal`, and the staged decoder for the text model) and hook the
+    pruning layers' queries and keys. The family has checked `method` first."""
+    from .staged import SparseTextModel
+
+    text = model.model.language_model
+    state.setdefault("hooks", [])
+    state["local"] = threading.local()
+    for module, mixin in ((model, top), (model.model, multimodal), (text, SparseTextModel)):
+        module._sparsevlm = state
+        swap_class(module, mixin)
+    hook_queries_keys(text, method, state)
+
+
+def unpatch(model) -> None:
     """Remove the hooks, restore the original classes, drop the state."""
+    state = getattr(model, "_sparsevlm", None)
+    if state is None:
+        return
     for h in state["hooks"]:
         h.remove()
-    for m in modules:
+    for m in (model, model.model, model.model.language_model):
         if hasattr(type(m), "_sparsevlm_original"):
             m.__class__ = type(m)._sparsevlm_original
         m.__dict__.pop("_sparsevlm", None)

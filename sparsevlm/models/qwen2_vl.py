@@ -12,12 +12,10 @@ grid positions together has no meaning that the model was trained with.
 """
 from __future__ import annotations
 
-import threading
+from .patching import SparsePlaceholders, SparseTop, check_layers, install, text_unsupported_reason
 
-from .patching import (SparsePlaceholders, SparseTop, check_layers, hook_queries_keys, swap_class,
-                       text_unsupported_reason, unpatch_modules)
-from .staged import SparseTextModel
-
+#: position modes the family allows: M-RoPE positions are kept, never renumbered
+POSITIONS = ("original",)
 SUPPORTED = "Qwen2VLForConditionalGeneration or Qwen2_5_VLForConditionalGeneration"
 
 
@@ -42,24 +40,11 @@ def check(model, method) -> None:
         raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention; {name}'s vision tower "
                          f"has no [CLS] token. Use a method that prunes inside the language model (SparseVLM, FastV, "
                          f"PyramidDrop, random)")
-    if method.positions != "original":
+    if method.positions not in POSITIONS:
         raise ValueError(f"positions={method.positions!r}: {name} uses M-RoPE, (temporal, height, width) positions; "
                          f"renumbering them has no meaning the model was trained with. Use positions='original'")
 
 
 def patch(model, method, state: dict) -> None:
-    """Swap in the sparse classes, attach the shared state, hook the pruning layers' q/k."""
-    check(model, method)
-    state.update(local=threading.local(), hooks=[])
-    modules = (model, model.model, model.model.language_model)
-    for m, mixin in zip(modules, (SparseTop, SparsePlaceholders, SparseTextModel)):
-        m._sparsevlm = state
-        swap_class(m, mixin)
-    hook_queries_keys(model.model.language_model, method, state)
-
-
-def unpatch(model) -> None:
-    """Restore the original classes and remove every hook and attribute."""
-    state = getattr(model, "_sparsevlm", None)
-    if state is not None:
-        unpatch_modules((model, model.model, model.model.language_model), state)
+    """Swap in the sparse classes and hooks (after `check`)."""
+    install(model, method, state, SparseTop, SparsePlaceholders)

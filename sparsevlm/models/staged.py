@@ -148,7 +148,8 @@ class SparseTextModel:
                "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
                "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
                "n_prompt": vis_mask.sum(-1),  # (B,) visual tokens of each prompt
-               "span": visual_spans(vis_mask, positions[..., 0] if positions.dim() == 3 else None),
+               "span": (visual_spans(vis_mask, positions[..., 0] if positions.dim() == 3 else None)
+                        if method.needs_spans else None),  # per-image / per-frame budgets only
                "vision": vision}
         stages, counts_in, counts_out = [], [], []
         step = 0
@@ -220,7 +221,8 @@ class SparseTextModel:
             seq["positions"] = layout.apply(seq["positions"],
                                             None if ins is None else gather(seq["positions"], dec.inserted_from))
         seq["index"] = layout.apply(seq["index"], None if ins is None else torch.full_like(ins, -1, dtype=torch.long))
-        seq["span"] = layout.apply(seq["span"], None if ins is None else gather(seq["span"], dec.inserted_from))
+        if seq["span"] is not None:
+            seq["span"] = layout.apply(seq["span"], None if ins is None else gather(seq["span"], dec.inserted_from))
         seq["valid"] = layout.valid
         report.steps.append({**step_report,
                              "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
