@@ -121,60 +121,42 @@ def random_llava(config, device: str, dtype: torch.dtype):
     return model
 
 
-def synthetic_inputs(model, n_text: int, batch: int = 1, seed: int = 0) -> dict:
-    """A prompt as LLaVA builds it: <s>, a few system tokens, the image tokens, then `n_text`
-    question tokens; random pixels. For timing only."""
-    cfg = model.config
-    side = cfg.vision_config.image_size
-    n_visual = (side // cfg.vision_config.patch_size) ** 2
-    g = torch.Generator().manual_seed(seed)
-    vocab = cfg.text_config.vocab_size
-    ids = [torch.tensor([1]), torch.randint(10, min(vocab, 32000), (5,), generator=g),
-           torch.full((n_visual,), cfg.image_token_id), torch.randint(10, min(vocab, 32000), (n_text,), generator=g)]
-    input_ids = torch.cat(ids)[None].expand(batch, -1).clone()
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    return {"input_ids": input_ids.to(dev), "attention_mask": torch.ones_like(input_ids).to(dev),
-            "pixel_values": torch.randn(batch, 3, side, side, generator=g).to(dev, dtype)}
-
-
-def qwen_synthetic_inputs(model, n_text: int, side: int | None = None, seed: int = 0, device=None) -> dict:
-    """A Qwen2-VL/2.5-VL prompt: <s>, system tokens, <vision_start>, the image's tokens,
-    <vision_end>, `n_text` question tokens; random patches. The image is `side` pixels square
-    (default 48 patches: 672 for 14-pixel patches, 576 tokens after 2×2 merging). For timing only."""
-    cfg = model.config
-    patch, merge = cfg.vision_config.patch_size, cfg.vision_config.spatial_merge_size
-    grid = (1, (side or 48 * patch) // patch, (side or 48 * patch) // patch)
-    n_visual = grid[1] * grid[2] // merge ** 2
-    g = torch.Generator().manual_seed(seed)
-    text = lambda n: torch.randint(10, min(cfg.text_config.vocab_size, 32000), (n,), generator=g)  # noqa: E731
-    ids = torch.cat([torch.tensor([1]), text(5), torch.tensor([cfg.vision_start_token_id]),
-                     torch.full((n_visual,), cfg.image_token_id), torch.tensor([cfg.vision_end_token_id]),
-                     text(n_text)])[None]
+def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
+    """A prompt as `model`'s family builds it, for timing only: <s>, 5 system tokens, one image's
+    visual tokens, `n_text` question tokens; random pixels. LLaVA-1.5: a tower-sized image.
+    LLaVA-NeXT / OneVision: an image twice the tower's size on each side (the whole-image view and
+    2×2 crops), as many tokens as the model's own feature code makes. Qwen2-VL / 2.5-VL: 48×48
+    patches (672 pixels for 14-pixel patches, 576 tokens after 2×2 merging) between
+    <vision_start> and <vision_end>."""
+    cfg, vision = model.config, model.config.vision_config
     dev, dtype = device or next(model.parameters()).device, next(model.parameters()).dtype
-    size = 3 * cfg.vision_config.temporal_patch_size * patch ** 2
-    return {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev),
-            "mm_token_type_ids": (ids == cfg.image_token_id).int().to(dev),
-            "pixel_values": torch.randn(grid[1] * grid[2], size, generator=g).to(dev, dtype),
-            "image_grid_thw": torch.tensor([grid]).to(dev)}
-
-
-def anyres_synthetic_inputs(model, n_text: int, seed: int = 0) -> dict:
-    """A LLaVA-NeXT/OneVision prompt for an image twice the tower's size on each side (the whole-image
-    view and 2×2 crops): <s>, system tokens, its visual tokens (as many as the model's own feature
-    code makes), `n_text` question tokens; random pixels. For timing only."""
-    cfg = model.config
-    side = cfg.vision_config.image_size
     g = torch.Generator().manual_seed(seed)
-    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    pixels = torch.randn(1, 5, 3, side, side, generator=g).to(dev, dtype)
-    sizes = torch.tensor([[2 * side, 2 * side]], device=dev)
-    with torch.no_grad():
-        n_visual = len(model.model.get_image_features(pixels, sizes, return_dict=True).pooler_output[0])
     text = lambda n: torch.randint(10, min(cfg.text_config.vocab_size, 32000), (n,), generator=g)  # noqa: E731
-    ids = torch.cat([torch.tensor([1]), text(5), torch.full((n_visual,), cfg.image_token_id), text(n_text)])[None]
-    return {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev), "pixel_values": pixels,
-            "image_sizes": sizes}
+    kind = cfg.model_type
+    if kind in ("llava_next", "llava_onevision"):  # the token count comes from the model's own code
+        side = vision.image_size
+        pixels = {"pixel_values": torch.randn(1, 5, 3, side, side, generator=g).to(dev, dtype),
+                  "image_sizes": torch.tensor([[2 * side, 2 * side]], device=dev)}
+        with torch.no_grad():
+            n_visual = len(model.model.get_image_features(*pixels.values(), return_dict=True).pooler_output[0])
+    elif kind.startswith("qwen"):
+        n_visual = 48 * 48 // vision.spatial_merge_size ** 2
+    else:
+        n_visual = (vision.image_size // vision.patch_size) ** 2
+    image = torch.full((n_visual,), cfg.image_token_id)
+    if kind.startswith("qwen"):
+        image = torch.cat([torch.tensor([cfg.vision_start_token_id]), image, torch.tensor([cfg.vision_end_token_id])])
+    ids = torch.cat([torch.tensor([1]), text(5), image, text(n_text)])[None].to(dev)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if kind.startswith("qwen"):
+        patch = 3 * vision.temporal_patch_size * vision.patch_size ** 2
+        return {**inputs, "mm_token_type_ids": (ids == cfg.image_token_id).int(),
+                "pixel_values": torch.randn(48 * 48, patch, generator=g).to(dev, dtype),
+                "image_grid_thw": torch.tensor([[1, 48, 48]], device=dev)}
+    if kind == "llava":
+        side = vision.image_size
+        return {**inputs, "pixel_values": torch.randn(1, 3, side, side, generator=g).to(dev, dtype)}
+    return {**inputs, **pixels}
 
 
 def _sync(device) -> None:
@@ -329,29 +311,49 @@ def machine(device, dtype, attn: str) -> dict:
     return info
 
 
-def model_shape(model) -> tuple[int | None, int]:
-    """(visual tokens per image, language-model layers): the tokens of LLaVA-1.5's fixed-size image;
-    None where they depend on the image (Qwen2-VL, ...)."""
+def model_shape(model) -> tuple[int, int]:
+    """(visual tokens per image, language-model layers). Where the visual tokens depend on the image
+    (Qwen2-VL, ...), 576: LLaVA-1.5's count, so that presets built for the model keep its ratios."""
     v = model.config.vision_config
     size = getattr(v, "image_size", None)
-    return (size // v.patch_size) ** 2 if size else None, model.config.text_config.num_hidden_layers
+    return (size // v.patch_size) ** 2 if size else 576, model.config.text_config.num_hidden_layers
+
+
+def preset_config(model, budget: int, n_visual: int | None = None):
+    """`SparseVLMConfig.preset(budget)` for `model`: scaled to its layers and to `n_visual` (default
+    `model_shape`'s), in the position mode its family defaults to."""
+    from . import SparseVLMConfig
+    from .models import default_positions
+
+    n_vis, layers = model_shape(model)
+    return SparseVLMConfig.preset(budget, n_visual=n_visual or n_vis, num_layers=layers,
+                                  positions=default_positions(model))
+
+
+def rank_config(model):
+    """SparseVLM's rank mode for `model`: the toy's scaled version on the embedded model, else the
+    paper's, in the position mode its family defaults to."""
+    from . import SparseVLMConfig, toy
+    from .models import default_positions
+
+    if model_shape(model) == (toy.TOY_VISUAL, toy.TOY_NUM_LAYERS):
+        return toy.rank_config()
+    return SparseVLMConfig(positions=default_positions(model))
 
 
 def methods_for(model, budgets, n_visual: int | None = None, log=None) -> dict:
     """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
     model's `n_visual` tokens per image), and every baseline matched to its equivalent tokens that
     the model's family supports (M-RoPE models: original positions; the others are logged)."""
-    from . import SparseVLMConfig
     from .methods import build, matched_baselines
     from .models import _adapter
 
     n_vis, layers = model_shape(model)
-    n_vis = n_visual or n_vis or 576  # visual tokens that depend on the image: ratios of LLaVA-1.5's 576
+    n_vis = n_visual or n_vis
     adapter = _adapter(model)
-    positions = {"positions": "original"} if "qwen" in model.config.model_type else {}
     rows = {"dense": None}
     for n in budgets:
-        cfg = SparseVLMConfig.preset(n, n_visual=n_vis, num_layers=layers, **positions)
+        cfg = preset_config(model, n, n_vis)
         for name, c in {"sparsevlm": cfg, **matched_baselines(cfg, n_vis, layers)}.items():
             try:
                 adapter.check(model, build(c))
@@ -402,16 +404,13 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         for c in (config, config.text_config, config.vision_config):
             c._attn_implementation = attn
         model = random_llava(config, device, DTYPES[dtype])
-        inputs = qwen_synthetic_inputs(model, n_text=695 - 576 - 8)
+        inputs = synthetic_inputs(model, n_text=695 - 576 - 8)
     elif Path(model_name).is_dir():  # a local checkpoint: timings depend on shapes only
         from .cli import load_model
 
         model, _ = load_model(model_name, device, dtype, with_processor=False)
         model.config.text_config._attn_implementation = attn
-        kind = model.config.model_type
-        inputs = (qwen_synthetic_inputs(model, n_text=113) if kind.startswith("qwen") else
-                  anyres_synthetic_inputs(model, n_text=113) if kind in ("llava_next", "llava_onevision") else
-                  synthetic_inputs(model, n_text=113))
+        inputs = synthetic_inputs(model, n_text=113)
     else:
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
     image_token = model.config.image_token_id
@@ -420,12 +419,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     if methods:
         rows = {k: v for k, v in rows.items() if k == "dense" or k.split()[0] in methods}
     if profile:
-        from . import SparseVLMConfig, toy
-
         if "sparsevlm" in (methods or ["sparsevlm"]):
-            rank = toy.rank_config() if model_name == "toy" else SparseVLMConfig(
-                **({"positions": "original"} if "qwen" in model.config.model_type else {}))
-            rows = {**rows, "sparsevlm rank": rank}
+            rows = {**rows, "sparsevlm rank": rank_config(model)}
         if model_name != "toy":  # the same prompt 8 times
             batches = {1: inputs, 8: {k: v.repeat(8, *[1] * (v.dim() - 1))
                                       for k, v in inputs.items()}}

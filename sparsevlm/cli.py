@@ -125,21 +125,16 @@ def method_config(model, method: str, budget: int | None = None, tokens: float |
     `tokens` equivalent tokens (baselines matched with `match_budget`). None for dense. Where the
     visual tokens depend on the image (Qwen2-VL), budgets are ratios of LLaVA-1.5's 576; M-RoPE
     models take original positions."""
-    from . import SparseVLMConfig, match_budget
+    from . import match_budget
+    from .bench import preset_config, rank_config
     from .methods import matched_baselines
 
     if method == "dense":
         return None
-    n_visual, layers = model_shape(model)
-    n_visual = n_visual or 576
-    positions = {"positions": "original"} if model.config.model_type.startswith("qwen") else {}
     if method == "sparsevlm" and budget is None and tokens is None:
-        from . import toy
-
-        if (n_visual, layers) == (toy.TOY_VISUAL, toy.TOY_NUM_LAYERS):
-            return toy.rank_config()
-        return SparseVLMConfig(**positions)
-    cfg = SparseVLMConfig.preset(budget or 192, n_visual=n_visual, num_layers=layers, **positions)
+        return rank_config(model)
+    n_visual, layers = model_shape(model)
+    cfg = preset_config(model, budget or 192)
     if tokens is not None:
         if not 0 < tokens <= n_visual:
             raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")

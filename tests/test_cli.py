@@ -154,11 +154,11 @@ def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
     import torch
     import transformers
 
-    from sparsevlm.bench import methods_for, qwen2_5_vl_7b_config, qwen_synthetic_inputs
+    from sparsevlm.bench import methods_for, qwen2_5_vl_7b_config, synthetic_inputs
 
     with torch.device("meta"):
         model = transformers.Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_7b_config())
-    inputs = qwen_synthetic_inputs(model, n_text=695 - 576 - 8, device="cpu")
+    inputs = synthetic_inputs(model, n_text=695 - 576 - 8, device="cpu")
     assert inputs["input_ids"].shape == (1, 695) and int((inputs["input_ids"] == 151655).sum()) == 576
     assert inputs["pixel_values"].shape == (48 * 48, 1176) and inputs["image_grid_thw"].tolist() == [[1, 48, 48]]
     skipped = []

@@ -82,6 +82,11 @@ class Method:
         self.pruning_layers = tuple(cfg.pruning_layers)
         self.positions = cfg.positions
 
+    @property
+    def needs_spans(self) -> bool:
+        """Whether `PruneInput.spans` is needed (a budget split per image / frame)."""
+        return getattr(self.cfg, "budget_per", "sample") == "span"
+
     def begin(self, embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Tensor) -> dict:
         """Per-token state for this prefill (e.g. raters). Shapes: (B, L, D), (B, L), (B, L)."""
         return {}
@@ -117,7 +122,7 @@ def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor, budget
     `keep_n` is split among the visual spans by size and each keeps its own best.
     Shapes: scores (B, V) over the visual tokens in sequence order, keep_n (B,)."""
     v_idx, v_valid = mask_to_index(inp.vis_mask)
-    if budget_per == "span" and inp.spans is not None:
+    if budget_per == "span":
         spans = gather(inp.spans, v_idx).clamp(min=0)  # (B, V)
         n_spans = int(spans.max()) + 1 if spans.numel() else 1
         keep_vis = topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans)
