@@ -113,6 +113,9 @@ def load_model(path: str | None, device: str, dtype: str, with_processor: bool =
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if with_processor else None
         except OSError as e:
             raise CliError(f"--model {path}: cannot load ({str(e).splitlines()[0]})") from None
+        except ImportError as e:  # e.g. Qwen2-VL's and OneVision's processors need torchvision
+            raise CliError(f"--model {path}: cannot load its processor ({' '.join(str(e).split()[:12])} ...); "
+                           f"install what it names (`sparsevlm bench --model` needs no processor)") from None
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as e:
@@ -195,36 +198,63 @@ def _records(args):
     return records[:args.limit] if args.limit is not None else records
 
 
-def _image(path: str):
+def _image(path: str, flag: str = "--image"):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
-        raise CliError(f"--image {path}: no such file")
+        raise CliError(f"{flag} {path}: no such file")
     try:
         with Image.open(p) as im:
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError):
-        raise CliError(f"--image {path}: not a readable image file") from None
+        raise CliError(f"{flag} {path}: not a readable image file") from None
+
+
+def _frames(paths: list[str]):
+    """The frames of --video, each an image file, all of one size."""
+    frames = [_image(f, "--video") for f in paths]
+    sizes = {f.shape[:2] for f in frames}
+    if len(sizes) > 1:
+        raise CliError(f"--video: the frames differ in size ({', '.join(f'{h}×{w}' for h, w in sorted(sizes))}); "
+                       f"a video's frames share one size")
+    return frames
 
 
 # ---------------------------------------------------------------- subcommands
 
 def kept_figure(model, processor, inputs, rep, title: str):
-    """The kept tokens over the image the model saw: the whole image for LLaVA-1.5, the
-    whole-image view (before the high-resolution crops) for LLaVA-NeXT and OneVision; None where
-    the tokens are not a grid over one view (Qwen's flattened patches)."""
-    from .plots import draw_kept, model_view
+    """The kept tokens of sample 0's first image (or, without images, its first video, frame by
+    frame) over what the model saw: the whole image for LLaVA-1.5 and Qwen2/2.5-VL, the whole-image
+    view (before the high-resolution crops) for LLaVA-NeXT and OneVision, each frame of a OneVision
+    or Qwen video."""
+    import math
 
-    pixels = inputs["pixel_values"]
+    import numpy as np
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from .plots import draw_kept, model_view, qwen_frames
+
+    vision = model.config.vision_config
+    video = "pixel_values" not in inputs
+    pixels = inputs["pixel_values_videos" if video else "pixel_values"]
+    grid_thw = inputs.get("video_grid_thw" if video else "image_grid_thw")
+    if grid_thw is not None:  # Qwen2/2.5-VL: flattened patches of every image (or video) of the batch
+        t, h, w = (int(v) for v in grid_thw[0])
+        part = getattr(processor, "video_processor" if video else "image_processor", None)
+        mean, std = (part.image_mean, part.image_std) if part is not None else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        frames = qwen_frames(pixels[:t * h * w], grid_thw[0], vision, mean, std)
+        m = vision.spatial_merge_size
+        return draw_kept(frames, rep, title=title + (" (frame by frame)" if video else ""), grid=(h // m, w // m))
+    if video:  # OneVision: (B, frames, 3, H, W); each frame pooled to a ceil(side / 2) grid
+        side = math.ceil(vision.image_size // vision.patch_size / 2)
+        frames = np.stack([model_view(processor, f) for f in pixels[0]])
+        return draw_kept(frames, rep, title=title + " (frame by frame)", grid=side)
     if pixels.dim() == 4:
         return draw_kept(model_view(processor, pixels[0]), rep, title=title)
-    if pixels.dim() == 5:
-        vision = model.config.vision_config
-        return draw_kept(model_view(processor, pixels[0, 0]), rep, title=title + " (whole-image view)",
-                         grid=vision.image_size // vision.patch_size)
-    return None
+    return draw_kept(model_view(processor, pixels[0, 0]), rep, title=title + " (whole-image view)",
+                     grid=vision.image_size // vision.patch_size)
 
 
 def demo(args) -> int:
@@ -353,7 +383,8 @@ def flops_cmd(args) -> int:
 
 
 def show(args) -> int:
-    """Answer one question about an image, dense and sparsified, and draw the kept tokens."""
+    """Answer one question about an image (or a video, given as its frames), dense and sparsified,
+    and draw the kept tokens (a video's frame by frame)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -364,8 +395,12 @@ def show(args) -> int:
     check_out(args.out, folder=False)
     if args.model:
         check_prompt(args.prompt)
-    image = _image(args.image)
+    visual = {"videos": [_frames(args.video)]} if args.video else {"images": _image(args.image)}
     model, processor = load_model(args.model, args.device, args.dtype)
+    if args.video and (getattr(processor, "video_processor", None) is None
+                       or getattr(model.config, "video_token_id", None) is None):
+        raise CliError(f"--video: {type(model).__name__} reads no video (models that do: LLaVA-OneVision, "
+                       f"Qwen2-VL, Qwen2.5-VL); give --image")
     cfg = method_config(model, args.method, args.budget, args.tokens)
     if cfg is None:
         raise CliError("--method dense keeps every token; choose a pruning method to show")
@@ -378,7 +413,7 @@ def show(args) -> int:
             raise CliError(f"--question: the embedded model does not know {', '.join(map(repr, unknown))}; "
                            f"it reads the toy questions, e.g. 'what color is the circle'")
         text = toy.prompt(" ".join(words))
-    inputs = processor(images=image, text=text, return_tensors="pt").to(args.device)
+    inputs = processor(**visual, text=text, return_tensors="pt").to(args.device)
     greedy = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
     n = inputs["input_ids"].shape[1]
     with torch.no_grad():
@@ -389,8 +424,6 @@ def show(args) -> int:
     print(f"dense : {dense.strip()}")
     print(f"{args.method}: {sparse.strip()}    ({rep.summary()})")
     fig = kept_figure(model, processor, inputs, rep, f"{args.method}: {args.question}")
-    if fig is None:
-        raise CliError(f"{type(model).__name__}'s visual tokens are not a grid over one view: nothing to draw")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
@@ -448,10 +481,14 @@ def parser() -> argparse.ArgumentParser:
     data_args(p)
     p.set_defaults(func=flops_cmd)
 
-    p = sub.add_parser("show", help="answer a question about an image file and draw the kept tokens",
+    p = sub.add_parser("show", help="answer a question about an image (or video) and draw the kept tokens",
                        description=show.__doc__)
     add_model_args(p)
-    p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="image file (PNG, JPEG, ...)")
+    source.add_argument("--video", nargs="+", metavar="FRAME",
+                        help="a video as its frames, image files in order, for a --model that reads video "
+                             "(LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL); --prompt must hold its video token")
     p.add_argument("--question", required=True,
                    help="the question; for the embedded model use its vocabulary, e.g. 'what color is the circle'")
     p.add_argument("--prompt", default=LLAVA_PROMPT, help="prompt template with {question}, for --model "
@@ -464,6 +501,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # also transformers' bars (loading weights)
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
     try:
         return args.func(args)
     except CliError as e:

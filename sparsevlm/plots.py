@@ -27,41 +27,65 @@ def kept_masks(report, sample: int = 0) -> list[np.ndarray]:
     return masks
 
 
-def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str | None = None,
-              grid: int | None = None):
+def qwen_frames(pixel_values, grid_thw, vision_config, mean, std) -> np.ndarray:
+    """The frames a Qwen2/2.5-VL vision tower saw for one image or video: its flattened patches put
+    back on the pixel grid and un-normalised, uint8 (T, H, W, 3), one frame per temporal patch (the
+    first of the frames it groups). Shapes: pixel_values (t·h·w, 3·tp·p·p) of this image or video
+    only; grid_thw (t, h, w) in patches. Inverts the patch order of transformers' Qwen2-VL image
+    processor: (t, h/m, w/m, m, m, channel, tp, p, p) for merge size m and temporal patch tp."""
+    t, h, w = (int(v) for v in grid_thw)
+    p, m, tp = vision_config.patch_size, vision_config.spatial_merge_size, vision_config.temporal_patch_size
+    x = pixel_values.detach().float().cpu().reshape(t, h // m, w // m, m, m, 3, tp, p, p)
+    x = x.permute(0, 6, 1, 3, 7, 2, 4, 8, 5).reshape(t, tp, h * p, w * p, 3)[:, 0].numpy()
+    x = x * np.array(std) + np.array(mean)
+    return (x.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str | None = None, grid=None):
     """One panel per pruning step: the image with the pruned patches dimmed and a grid over the
     patches. Recycled/merged tokens are counted in each panel's title. Returns the figure.
-    `grid`: draw only the first grid × grid visual tokens (the whole-image view that LLaVA-NeXT and
-    OneVision put before their high-resolution crops); default: all of them, as one square."""
+    `image`: (H, W, 3), or (T, H, W, 3) for the frames of a video, drawn frame by frame (one row of
+    panels per frame). `grid`: the side, or (rows, cols), of the grid of visual tokens over each
+    image or frame; the first T · rows · cols visual tokens are drawn, in order (the whole-image view
+    that LLaVA-NeXT and OneVision put before their high-resolution crops; a video's frames). Default:
+    all the visual tokens, as one square over one image."""
     import matplotlib.pyplot as plt
 
+    frames = image[None] if image.ndim == 3 else image
     n = int(report.n_visual[sample])
-    side = grid or int(math.isqrt(n))
-    if side * side > n or grid is None and side * side != n:
-        raise ValueError(f"{n} visual tokens do not form a square grid of side {side}; give `grid` for the "
-                         f"whole-image view of a multi-view image")
-    masks = [m[:side * side] for m in kept_masks(report, sample)]
+    if grid is None:
+        rows = cols = int(math.isqrt(n))
+        if rows * rows != n:
+            raise ValueError(f"{n} visual tokens do not form a square grid; give `grid` (the token grid of the "
+                             f"whole-image view, or of each frame)")
+    else:
+        rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    per, T = rows * cols, len(frames)
+    if T * per > n:
+        raise ValueError(f"{T} frame(s) of {rows}×{cols} tokens need {T * per} visual tokens; the sample has {n}")
+    masks = kept_masks(report, sample)
     if axes is None:
-        fig, axes = plt.subplots(1, len(masks) + 1, figsize=(2.4 * (len(masks) + 1), 2.6))
-    fig = np.ravel(axes)[0].figure
-    axes = np.ravel(axes)
-    H, W = image.shape[:2]
-    axes[0].imshow(image)
-    axes[0].set_title("input", fontsize=9)
-    for ax, m, step in zip(axes[1:], masks, report.steps):
-        grid = np.kron(m.reshape(side, side), np.ones((math.ceil(H / side), math.ceil(W / side))))[:H, :W]
-        shown = (image * (0.25 + 0.75 * grid[..., None])).astype(np.uint8)
-        ax.imshow(shown)
-        extra = int(step["recycled"][sample]) if "recycled" in step else 0
-        where = "input" if step["layer"] < 0 else f"layer {step['layer']}"
-        count = f"{int(m.sum())}" if side * side == n else \
-            f"{int(m.sum())} here, {len(step['kept'][sample])} of {n} in all"
-        ax.set_title(f"after {where}: {count}" + (f" + {extra} merged" if extra else ""), fontsize=9)
-    for ax in axes:
-        ax.set_xticks(np.linspace(-0.5, W - 0.5, side + 1), minor=True)
-        ax.set_yticks(np.linspace(-0.5, H - 0.5, side + 1), minor=True)
-        ax.grid(which="minor", color="white", linewidth=0.3, alpha=0.5)
-        ax.tick_params(which="both", bottom=False, left=False, labelbottom=False, labelleft=False)
+        _, axes = plt.subplots(T, len(masks) + 1, figsize=(2.4 * (len(masks) + 1), 2.6 * T), squeeze=False)
+    axes = np.asarray(axes).reshape(T, -1)
+    fig = axes[0, 0].figure
+    for f, frame in enumerate(frames):
+        H, W = frame.shape[:2]
+        axes[f, 0].imshow(frame)
+        axes[f, 0].set_title("input" if T == 1 else f"frame {f}", fontsize=9)
+        for ax, m, step in zip(axes[f, 1:], masks, report.steps):
+            here = m[f * per:(f + 1) * per].reshape(rows, cols)
+            cover = np.kron(here, np.ones((math.ceil(H / rows), math.ceil(W / cols))))[:H, :W]
+            ax.imshow((frame * (0.25 + 0.75 * cover[..., None])).astype(np.uint8))
+            extra = int(step["recycled"][sample]) if "recycled" in step else 0
+            where = "input" if step["layer"] < 0 else f"layer {step['layer']}"
+            count = f"{int(here.sum())}" if per == n else \
+                f"{int(here.sum())} here, {len(step['kept'][sample])} of {n} in all"
+            ax.set_title(f"after {where}: {count}" + (f" + {extra} merged" if extra else ""), fontsize=9)
+        for ax in axes[f]:
+            ax.set_xticks(np.linspace(-0.5, W - 0.5, cols + 1), minor=True)
+            ax.set_yticks(np.linspace(-0.5, H - 0.5, rows + 1), minor=True)
+            ax.grid(which="minor", color="white", linewidth=0.3, alpha=0.5)
+            ax.tick_params(which="both", bottom=False, left=False, labelbottom=False, labelleft=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

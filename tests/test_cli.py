@@ -96,10 +96,16 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     (["eval", "--out", "{bad}/rows.csv"], "cannot write there"),
     (["demo", "--out", "{bad}/folder"], "cannot write there"),
     (["bench", "--out", "{bad}/folder"], "cannot write there"),
+    (["show", "--video", "{img}", "{img}", "--question", "what color is the circle"],
+     "--video: LlavaForConditionalGeneration reads no video"),
+    (["show", "--video", "{img}", "{wide}", "--question", "what color is the circle"],
+     "--video: the frames differ in size (8×8, 8×16)"),
+    (["show", "--video", "{img}", "{bad}", "--question", "what color is the circle"], "--video {bad}"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     (tmp_path / "bad.png").write_text("not an image")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(tmp_path / "wide.png")
     (tmp_path / "nollava").mkdir()
     (tmp_path / "nollava" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     shutil.copy(toy.CHECKPOINT / "eval_split.json", tmp_path / "nollava")
@@ -109,13 +115,14 @@ def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     shutil.copy(toy.CHECKPOINT / "eval_split.json", tmp_path / "noweights")
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "data.jsonl").write_text(json.dumps({"image": "img.png", "question": "q", "answer": "a"}) + "\n")
-    names = {n: tmp_path / f for n, f in [("bad", "bad.png"), ("img", "img.png"), ("nollava", "nollava"),
+    names = {n: tmp_path / f for n, f in [("bad", "bad.png"), ("img", "img.png"), ("wide", "wide.png"), ("nollava", "nollava"),
                                            ("nosplit", "nosplit"), ("noweights", "noweights"),
                                            ("empty", "empty.jsonl"), ("data", "data.jsonl")]}
     for key, path in names.items():  # "{key}" names a file made here; other braces are the user's
         argv = [a.replace("{%s}" % key, str(path)) for a in argv]
     code, out, err = run(capsys, *argv, *(["--limit", "2", "--quiet"] if argv[0] == "eval" else []))
     assert code == 1
+    message = message.replace("{bad}", str(tmp_path / "bad.png"))
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
@@ -243,3 +250,73 @@ def test_bench_runs_on_checkpoints_of_other_families(capsys, tmp_path, family):
     table = pd.read_csv(tmp_path / f"bench_{family}_cpu.csv", index_col=0)
     assert list(table.index) == ["dense", "sparsevlm 64", "fastv 64"]
     assert (table.loc["sparsevlm 64":, "flops_ratio"] < 1).all() and (table["kv_cache_mb"] > 0).all()
+
+
+def test_kept_tokens_are_drawn_for_qwen_images_and_video_frame_by_frame():
+    """`show`'s figure for the Qwen family (flattened patches put back on the pixel grid, one grid of
+    merged tokens per image) and for videos (one row of panels per frame, Qwen and OneVision). The
+    counts in the panel titles add up to the tokens each step kept."""
+    import types
+
+    import torch
+    from test_families import video_batch
+    from test_qwen_vl import batch as qwen_batch
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import \
+        LlavaOnevisionImageProcessorPil
+
+    from sparsevlm import SparseVLMConfig, report, sparsified
+    from sparsevlm.cli import kept_figure
+    from sparsevlm.toy.families import tiny_vlm
+
+    cfg = SparseVLMConfig.preset(64, pruning_layers=(1, 2), schedule=(20, 10), positions="original")
+    onevision = types.SimpleNamespace(image_processor=LlavaOnevisionImageProcessorPil())
+    cases = [("qwen2-vl", None, qwen_batch([(1, 8, 12)], [4])[0], 1, 24),
+             ("qwen2-vl", None, qwen_batch([(4, 8, 8)], [4], video=True)[0], 4, 16),
+             ("onevision", onevision, video_batch(tiny_vlm("onevision"), [4])[0], 4, 4)]
+    for family, processor, inputs, frames, per_frame in cases:
+        model = tiny_vlm(family)
+        with sparsified(model, cfg), torch.no_grad():
+            model(**inputs)
+            rep = report(model)
+        fig = kept_figure(model, processor, inputs, rep, "t")
+        assert len(fig.axes) == frames * (len(rep.steps) + 1)
+        for s, step in enumerate(rep.steps):  # the titles of column s + 1, one per frame
+            titles = [fig.axes[f * (len(rep.steps) + 1) + s + 1].get_title() for f in range(frames)]
+            here = [int(t.split(": ")[1].split()[0]) for t in titles]
+            drawn = [k for k in step["kept"][0] if k < frames * per_frame]  # OneVision's newline is not drawn
+            assert sum(here) == len(drawn), (family, titles)
+
+
+def test_qwen_frames_inverts_the_qwen_image_processor():
+    import types
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from sparsevlm.plots import qwen_frames
+
+    image = (np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8)  # a multiple of 8: no resize
+    ip = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16, max_pixels=64 * 64)
+    out = ip(images=[image], return_tensors="pt")
+    vision = types.SimpleNamespace(patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    frames = qwen_frames(out["pixel_values"], out["image_grid_thw"][0], vision, ip.image_mean, ip.image_std)
+    assert frames.shape == (1, 32, 48, 3) and np.abs(frames[0].astype(int) - image).max() <= 1
+
+
+def test_a_checkpoint_whose_processor_cannot_load_gets_one_line(capsys, tmp_path):
+    """Qwen2-VL's processor needs torchvision (its video processor); without it the CLI says so."""
+    from transformers.utils import is_torchvision_available
+
+    from sparsevlm.toy.families import tiny_next_processor, tiny_vlm
+
+    if is_torchvision_available():
+        pytest.skip("torchvision is installed here, so the processor loads; runs where torchvision is absent")
+    tiny_vlm("qwen2-vl").save_pretrained(tmp_path / "q")
+    tiny_next_processor().tokenizer.save_pretrained(tmp_path / "q")
+    (tmp_path / "q" / "preprocessor_config.json").write_text(json.dumps(
+        {"processor_class": "Qwen2VLProcessor", "image_processor_type": "Qwen2VLImageProcessor"}))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"image": "img.png", "question": "q", "answer": "a"}) + "\n")
+    capsys.readouterr()
+    code, _, err = run(capsys, "eval", "--model", str(tmp_path / "q"), "--data", str(tmp_path / "q.jsonl"), "--quiet")
+    assert code == 1 and "cannot load its processor" in err and "Torchvision" in err
+    assert len(err.strip().splitlines()) == 1
