@@ -126,3 +126,19 @@ def test_beams_sampling_and_several_returned_sequences(models, family, make):
         forced = dict(max_new_tokens=3, min_new_tokens=3)  # sampling from the top token only is greedy
         assert torch.equal(model.generate(**inputs, do_sample=True, top_k=1, **forced),
                            model.generate(**inputs, do_sample=False, **forced))
+
+
+def test_budget_per_span_gives_each_onevision_video_frame_its_share(models):
+    """A OneVision video is 4 frames of 2×2 pooled tokens and a newline (counted with the last frame):
+    with budget_per="span" each frame keeps its share of 9, in proportion to its 4, 4, 4, 5 tokens,
+    in a batch of two (the second sample: 10 text tokens more)."""
+    model = models["onevision"]
+    inputs, _, counts = video_batch(model, [4, 14])
+    assert counts == [17, 17]
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(1,), schedule=(9,), recycle=False, budget_per="span")
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        kept = sparsevlm.report(model).steps[0]["kept"]
+    for k in kept:
+        frames = (torch.tensor(k) // 4).clamp(max=3)
+        assert torch.bincount(frames, minlength=4).tolist() == [2, 2, 2, 3]

@@ -5,7 +5,8 @@ attention. All three use 1D RoPE.
 
 One seam is used here, nothing is vendored: `get_placeholder_mask` (where the image and video
 features are spliced in) records which positions hold visual tokens: image and video tokens alike,
-several images per prompt, a video's frames as one span. LLaVA-NeXT and OneVision end each row of
+several images per prompt, a video's frames one after the other (OneVision: each frame a span of its
+own for per-frame budgets). LLaVA-NeXT and OneVision end each row of
 their high-resolution grid with an `image_newline` token; it is a visual token here, scored and
 pruned like any other (it carries image features too — the learned separator — and the reference
 code has no rule for it). For methods that read the vision tower (VisionZip/ToMe-style) its
@@ -13,6 +14,8 @@ code has no rule for it). For methods that read the vision tower (VisionZip/ToMe
 feature is one tower patch. The decoder loop in stages is `staged.py`'s.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -107,6 +110,18 @@ class _SparseLlavaModel(SparsePlaceholders):
         if signals is not None:
             with Clock(st, vis.device):
                 call["vision"] = self._vision_per_token(signals, vis)
+
+    def _frames(self, video):
+        """OneVision: a video is its frames' pooled grids, ceil(side / 2)² tokens each, one after the
+        other, then one newline token, counted here with the last frame."""
+        vc = self.config.vision_config
+        per = math.ceil(vc.image_size // vc.patch_size / 2) ** 2
+        idx = torch.arange(video.shape[1], device=video.device).expand_as(video)
+        start = video & ~torch.nn.functional.pad(video, (1, 0))[:, :-1]
+        offset = idx - idx.where(start, 0).cummax(-1).values  # place within its video
+        last = video & ~torch.nn.functional.pad(video, (0, 1))[:, 1:]
+        frame = offset // per - (last & (offset > 0) & (offset % per == 0)).long()
+        return frame.where(video, -1)
 
     def _vision_per_token(self, signals, vis):
         """The vision tower's [CLS] attention and keys, placed at the image positions (B, L[, Dk])."""

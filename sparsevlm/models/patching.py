@@ -153,12 +153,20 @@ class SparsePlaceholders:
     def get_placeholder_mask(self, *args, **kwargs):
         mask = super().get_placeholder_mask(*args, **kwargs)  # one mask, or (image, video) masks
         vis = mask[0][..., 0] | mask[1][..., 0] if isinstance(mask, tuple) else mask[..., 0]  # (B, L)
-        per_call(self._sparsevlm)["vis_mask"] = vis
+        call = per_call(self._sparsevlm)
+        call["vis_mask"] = vis
+        if isinstance(mask, tuple) and self._sparsevlm["method"].needs_spans:
+            call["frames"] = self._frames(mask[1][..., 0])
         self._placed(vis)
         return mask
 
     def _placed(self, vis: torch.Tensor) -> None:
         """Called with the visual positions (B, L); a family may attach per-token signals."""
+
+    def _frames(self, video: torch.Tensor) -> torch.Tensor | None:
+        """The video frame of each position (B, L), −1 off video, for per-frame budgets; None where the
+        positions tell the frames already (M-RoPE's temporal position)."""
+        return None
 
 
 def swap_class(module, mixin) -> None:

@@ -67,6 +67,7 @@ class SparseTextModel:
         call = per_call(st)
         vis_mask = call.pop("vis_mask", None)
         vision = call.pop("vision", {})
+        frames = call.pop("frames", None)
         call["present"] = None
         stages = getattr(cache, "_sparsevlm_stages", None)  # the cache was shortened by a pruned prefill
         if stages is not None:
@@ -104,7 +105,7 @@ class SparseTextModel:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
         return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
-                                    use_cache, kwargs)
+                                    use_cache, kwargs, frames)
 
     def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on. `skip=False` always
@@ -125,7 +126,8 @@ class SparseTextModel:
         rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         return rope(q, k, *position_embeddings)
 
-    def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs):
+    def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs,
+                        frames=None):
         st, method = self._sparsevlm, self._sparsevlm["method"]
         call = per_call(st)
         B, L, D = hidden.shape
@@ -148,7 +150,8 @@ class SparseTextModel:
                "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
                "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
                "n_prompt": vis_mask.sum(-1),  # (B,) visual tokens of each prompt
-               "span": (visual_spans(vis_mask, positions[..., 0] if positions.dim() == 3 else None)
+               "span": (visual_spans(vis_mask, frames.to(dev) if frames is not None else
+                                     positions[..., 0] if positions.dim() == 3 else None)
                         if method.needs_spans else None),  # per-image / per-frame budgets only
                "vision": vision}
         stages, counts_in, counts_out = [], [], []
