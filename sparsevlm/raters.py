@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from .config import RATER_RULES
-from .select import gather, mask_to_index
 
 #: relative margin above the mean relevance that makes a rater (float32 rounding of the relevance
 #: of a few hundred visual tokens is ~1e-6 relative; see the module docstring)
@@ -33,20 +32,15 @@ def text_candidates(vis_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
 def text_relevance(embeds: torch.Tensor, vis_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     """Relevance of each text token to the image: mean over visual tokens of softmax_text(V·Tᵀ).
 
+    Computed over the whole (L × L) similarity with the non-visual rows and non-text columns masked,
+    so that no count has to be read from the device to size it.
     Shapes: embeds (B, L, D), vis_mask (B, L), text_mask (B, L) -> relevance (B, L), 0 off text.
     """
     x = embeds.float()
-    vis_idx, vis_valid = mask_to_index(vis_mask)  # (B, V)
-    text_idx, text_valid = mask_to_index(text_mask)  # (B, T)
-    sim = gather(x, vis_idx) @ gather(x, text_idx).transpose(1, 2)  # (B, V, T)
-    sim = sim.masked_fill(~text_valid[:, None, :], float("-inf"))
-    # Softmax over the text tokens, for every visual token.
-    prob = sim.softmax(-1).nan_to_num(0.0)  # (B, V, T); samples without text give 0
-    # Average over the (valid) visual tokens.
-    prob = prob * vis_valid[:, :, None]
-    rel = prob.sum(1) / vis_valid.sum(-1, keepdim=True).clamp(min=1)  # (B, T)
-    out = torch.zeros(text_mask.shape, dtype=rel.dtype, device=rel.device)
-    return out.scatter_add_(1, text_idx, rel * text_valid)  # (B, L)
+    sim = (x @ x.transpose(1, 2)).masked_fill_(~text_mask[:, None, :], float("-inf"))  # (B, L rows, L columns)
+    prob = sim.softmax(-1).nan_to_num_(0.0)  # samples without text give 0
+    rel = (prob * vis_mask[:, :, None]).sum(1) / vis_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, L)
+    return rel * text_mask
 
 
 def select_raters(embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Tensor, rule: str = "mean"):

@@ -14,48 +14,48 @@ from dataclasses import dataclass
 
 import torch
 
-from .select import gather, mask_to_index, put, topk_mask
+from .select import gather, host_ints, mask_to_index, put, topk_mask
 
 
-def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor):
+def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, K: int | None = None):
     """Cluster every sample's valid tokens into k[b] groups.
 
     Shapes: x (B, N, D), valid (B, N) bool, k (B,) long with 1 <= k[b] <= valid[b].sum() (or 0
             for a sample without tokens) -> assign (B, N) long cluster id (−1 off valid),
-            centres (B, K) long token index of each cluster's centre (−1 past k[b]), K = max k.
+            centres (B, K) long token index of each cluster's centre (−1 past k[b]), K = max k
+            (read from the device unless given).
     """
     B, N, D = x.shape
     dev = x.device
-    K = int(k.max()) if B else 0
+    if K is None:
+        K = host_ints(k.max())[0] if B else 0
     if K == 0:
         return torch.full((B, N), -1, dtype=torch.long, device=dev), torch.empty(B, 0, dtype=torch.long, device=dev)
     # Pairwise distances, normalised by sqrt(D) as in the reference (exact form, not the mm trick).
-    dist = torch.cdist(x.float(), x.float(), compute_mode="donot_use_mm_for_euclid_dist") / D ** 0.5  # (B, N, N)
-    pair = valid[:, :, None] & valid[:, None, :]  # (B, N, N)
+    xf = x.float()
+    dist = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist") / D ** 0.5  # (B, N, N)
+    invalid = ~valid
     # Local density: exp(−mean squared distance to the k nearest tokens, itself included).
-    nearest = dist.masked_fill(~valid[:, None, :], float("inf")).sort(dim=-1).values[..., :K]  # (B, N, K)
-    in_k = torch.arange(K, device=dev)[None, None, :] < k[:, None, None]  # (B, 1, K)
-    density = torch.exp(-(nearest.square() * in_k).nan_to_num(0.0, posinf=0.0).sum(-1) / k[:, None].clamp(min=1))
-    density = density.where(valid, -1.0)  # (B, N)
-    # Distance to the nearest denser token (ties in density: the lower index counts as denser);
-    # the densest token takes the largest distance of its sample.
-    idx = torch.arange(N, device=dev)
-    denser = (density[:, None, :] > density[:, :, None]) | (
-        (density[:, None, :] == density[:, :, None]) & (idx[None, None, :] < idx[None, :, None]))  # (B, N, N)
-    denser &= pair
-    dist_max = dist.masked_fill(~pair, 0.0).flatten(1).amax(-1)  # (B,)
+    nearest = dist.masked_fill(invalid[:, None, :], float("inf")).topk(K, dim=-1, largest=False).values  # (B, N, K)
+    beyond_k = torch.arange(K, device=dev) >= k[:, None, None]  # (B, 1, K)
+    density = torch.exp(-nearest.masked_fill_(beyond_k, 0.0).square_().sum(-1) / k[:, None].clamp(min=1))
+    density.masked_fill_(invalid, -1.0)  # (B, N)
+    # Distance to the nearest denser token (ties in density: the lower index counts as denser; padding,
+    # at −1, is never denser); the densest token takes the largest distance of its sample.
+    d_i, d_j = density[:, :, None], density[:, None, :]
+    denser = (d_j > d_i) | ((d_j == d_i) & torch.ones(N, N, dtype=torch.bool, device=dev).tril_(-1))  # (B, N, N)
+    dist_max = dist.masked_fill(~(valid[:, :, None] & valid[:, None, :]), 0.0).flatten(1).amax(-1)  # (B,)
     delta = dist.masked_fill(~denser, float("inf")).amin(-1)  # (B, N)
     delta = torch.where(torch.isinf(delta), dist_max[:, None], delta)
     # Centres: the k[b] highest density × distance; ties go to the lower index.
-    centre_score = (density * delta).masked_fill(~valid, float("-inf"))  # (B, N)
+    centre_score = (density * delta).masked_fill_(invalid, float("-inf"))  # (B, N)
     centres = centre_score.sort(dim=-1, descending=True, stable=True).indices[:, :K]  # (B, K)
-    centre_ok = torch.arange(K, device=dev)[None, :] < k[:, None]  # (B, K)
+    unused = torch.arange(K, device=dev) >= k[:, None]  # (B, K) slots past k[b]
     # Every token joins its nearest centre; a centre always joins its own cluster.
-    to_centre = gather(dist.transpose(1, 2), centres).transpose(1, 2)  # (B, N, K)
-    assign = to_centre.masked_fill(~centre_ok[:, None, :], float("inf")).argmin(-1)  # (B, N)
-    own = torch.arange(K, device=dev).expand(B, K)
-    assign = put(assign, centres, centre_ok, own)
-    return assign.where(valid, -1), centres.where(centre_ok, -1)
+    to_centre = dist.gather(2, centres[:, None, :].expand(B, N, K))  # (B, N, K)
+    assign = to_centre.masked_fill_(unused[:, None, :], float("inf")).argmin(-1)  # (B, N)
+    assign = put(assign, centres, ~unused, torch.arange(K, device=dev).expand(B, K))
+    return assign.masked_fill_(invalid, -1), centres.masked_fill_(unused, -1)
 
 
 def merge_clusters(x: torch.Tensor, assign: torch.Tensor, num_clusters: int, how: str = "mean") -> torch.Tensor:
@@ -95,20 +95,28 @@ def recycle_counts(n_pruned: torch.Tensor, ratio: float = 0.3, cluster_ratio: fl
 
 
 def recycle(pruned: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, ratio: float = 0.3,
-            cluster_ratio: float = 0.1, merge: str = "mean") -> Recycled:
+            cluster_ratio: float = 0.1, merge: str = "mean", widths: tuple[int, int] | None = None) -> Recycled:
     """Recycle the pruned tokens of every sample.
 
     m = int(n·ratio) + 1 of the n pruned tokens (the highest scores) are clustered into
     int(m·cluster_ratio) + 1 groups (reference: top 30 %, then one cluster per ten tokens).
+    `widths`: (max m, max clusters) when the caller has them on the host (else read here).
     Shapes: pruned (B, P, D), scores (B, P), valid (B, P) bool -> Recycled with K = max clusters.
     """
     m, c = recycle_counts(valid.sum(-1), ratio, cluster_ratio)  # (B,) tokens to recycle, clusters
+    M, K = widths if widths is not None else host_ints(m.max(), c.max())
     # The most significant pruned tokens are recycled, the rest are dropped for good.
-    chosen = topk_mask(scores, valid, m)  # (B, P)
-    sel_idx, sel_valid = mask_to_index(chosen)  # (B, M)
-    assign_sel, centres = density_peak_clusters(gather(pruned, sel_idx), sel_valid, c)  # (B, M), (B, K)
-    tokens = merge_clusters(gather(pruned, sel_idx), assign_sel, centres.shape[1], merge)  # (B, K, D)
+    sel_idx, sel_valid = mask_to_index(topk_mask(scores, valid, m), M)  # (B, M)
+    tokens, centres, assign_sel = cluster_merge(gather(pruned, sel_idx), sel_valid, c, K, merge)
     assign = put(torch.full(valid.shape, -1, dtype=torch.long, device=valid.device), sel_idx, sel_valid, assign_sel)
     centre_ok = centres >= 0
     centre = gather(sel_idx, centres.clamp(min=0)).where(centre_ok, -1)  # (B, K) index into pruned
     return Recycled(tokens=tokens, valid=centre_ok, centre=centre, assign=assign)
+
+
+def cluster_merge(x: torch.Tensor, valid: torch.Tensor, c: torch.Tensor, K: int, merge: str = "mean"):
+    """The chosen tokens of every sample clustered into c[b] groups (density peaks) and merged.
+    Shapes: x (B, M, D), valid (B, M), c (B,) -> tokens (B, K, D), centres (B, K) row of x at each
+    cluster's centre (−1 past c[b]), assign (B, M) cluster of each row (−1 off valid)."""
+    assign, centres = density_peak_clusters(x, valid, c, K)  # (B, M), (B, K)
+    return merge_clusters(x, assign, K, merge), centres, assign

@@ -30,18 +30,40 @@ def put(base: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, values: torc
     return spare.scatter(1, idx.where(valid, L), values.to(base.dtype))[:, :L]
 
 
-def mask_to_index(mask: torch.Tensor):
+def mask_to_index(mask: torch.Tensor, width: int | None = None):
     """Positions where `mask` is true, ascending, padded at the end.
 
-    Shapes: mask (B, L) bool -> idx (B, N) long, valid (B, N) bool, N = max count (at least 0).
+    `width`: N, when the caller knows an upper bound on the count (no host read); default: the
+    largest count (one read of a device value). Shapes: mask (B, L) bool -> idx (B, N) long (0 where
+    padded), valid (B, N) bool.
     """
-    count = mask.sum(-1)  # (B,)
-    n = int(count.max()) if mask.numel() else 0
-    pos = torch.arange(mask.shape[1], device=mask.device)
-    # Stable sort puts true positions first, in ascending order.
-    order = torch.sort((~mask).int(), dim=-1, stable=True).indices[:, :n]  # (B, N)
-    valid = pos[None, :n] < count[:, None]  # (B, N)
-    return order.where(valid, 0), valid
+    count = mask.sum(-1, keepdim=True)  # (B, 1)
+    if width is None:
+        width = host_ints(count.max())[0] if mask.numel() else 0
+    # A stable sort of the negated mask puts the true positions first, in ascending order.
+    idx = torch.sort(~mask, dim=-1, stable=True).indices[:, :width]  # (B, N)
+    padded = torch.arange(width, device=mask.device) >= count  # (B, N)
+    return idx.masked_fill_(padded, 0), ~padded
+
+
+def host_ints(*values: torch.Tensor) -> list[int]:
+    """Device integers read on the host in one transfer: the only place the method waits for the
+    device. Counted by `sparsevlm bench --profile` as one host read (its "sparsevlm::host_read" range)."""
+    with torch.profiler.record_function(HOST_READ):
+        return torch.stack([v.reshape(()) for v in values]).long().tolist() if values else []
+
+
+HOST_READ = "sparsevlm::host_read"
+
+
+def score_order(scores: torch.Tensor, valid: torch.Tensor):
+    """Valid entries from the highest score down (ties to the lower index), invalid ones last:
+    `order` (the entries in that order) and `rank` (each entry's place in it). Shapes: scores (B, V),
+    valid (B, V) bool -> order (B, V) long, rank (B, V) long."""
+    s = scores.float().masked_fill(~valid, float("-inf"))
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+    return order, rank
 
 
 def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, groups: torch.Tensor | None = None):
@@ -51,10 +73,8 @@ def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, groups
     Shapes: scores (B, V), valid (B, V) bool, k (B,) long -> keep (B, V) bool;
             groups (B, V) long in 0..G−1, k (B, G) -> keep (B, V).
     """
-    s = scores.float().masked_fill(~valid, float("-inf"))
-    order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
+    order, rank = score_order(scores, valid)
     if groups is None:
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
         return (rank < k[:, None]) & valid
     g = groups.clamp(min=0).gather(-1, order)  # (B, V) group of each entry, best first
     member = torch.nn.functional.one_hot(g, k.shape[-1])  # (B, V, G)
@@ -94,9 +114,12 @@ class Layout:
         return gather(x, self.src)
 
 
-def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Tensor | None = None) -> Layout:
+def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Tensor | None = None,
+                width: int | None = None) -> Layout:
     """Plan the shorter sequence: kept tokens in their order, then the inserted tokens placed
     right after position `anchor[b]` (the last visual position), left-padded to the longest.
+    `width`: the longest new sequence when the caller knows it (planned before the first layer);
+    default: read from the device (one host read).
 
     Shapes: keep (B, L) bool (false for dropped tokens and padding), anchor (B,) long,
             insert_valid (B, K) bool or None -> Layout with src (B, L').
@@ -106,17 +129,17 @@ def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Te
     dev = keep.device
     # Integer sort keys: old token i -> i·(K+1); inserted token j -> anchor·(K+1) + 1 + j.
     # Tokens that do not survive get key -1 so that they sort first and become the padding.
-    old_key = torch.arange(L, device=dev)[None, :] * (K + 1)  # (1, L)
-    old_key = old_key.expand(B, L).where(keep, -1)  # (B, L)
-    keys = [old_key]
+    key = torch.arange(L, device=dev).mul_(K + 1).expand(B, L).where(keep, -1)  # (B, L)
     if K:
-        ins_key = anchor[:, None] * (K + 1) + 1 + torch.arange(K, device=dev)[None, :]  # (B, K)
-        keys.append(ins_key.where(insert_valid, -1))
-    key = torch.cat(keys, dim=1)  # (B, L + K)
+        ins_key = (anchor[:, None] * (K + 1) + 1) + torch.arange(K, device=dev)  # (B, K)
+        key = torch.cat([key, ins_key.where(insert_valid, -1)], dim=1)  # (B, L + K)
     n_new = (key >= 0).sum(-1)  # (B,)
-    width = int(n_new.max())
+    if width is None:
+        width = host_ints(n_new.max())[0]
+    elif keep.device.type != "cpu":  # a free check where it runs asynchronously
+        torch._assert_async(n_new.max() == width, "the planned length differs from what the method kept")
     src = torch.sort(key, dim=-1, stable=True).indices[:, key.shape[1] - width:]  # (B, L')
-    valid = torch.arange(width, device=dev)[None, :] >= (width - n_new)[:, None]  # (B, L')
+    valid = torch.arange(width, device=dev) >= (width - n_new)[:, None]  # (B, L')
     return Layout(src=src, valid=valid)
 
 

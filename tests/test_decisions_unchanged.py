@@ -3,7 +3,7 @@ every method, what the implementation of 2026-11-25 (commit 793c8d5, before the 
 and op counts) decided on the embedded evaluation split (64 questions, batches of 8) and on random
 inputs of tiny LLaVA-1.5, OneVision and Qwen2-VL models: kept indices, raters, recycled counts,
 visual tokens per layer, the scores, which outputs are present, and the logits. This test recomputes
-all of it: the decisions must be identical, the floats equal to float32 rounding.
+all of it: the decisions must be identical, and so must the floats, bit for bit (on this machine).
 
 Regenerate only for an intended change of behaviour: `python tests/test_decisions_unchanged.py`.
 """
@@ -89,10 +89,10 @@ def test_every_decision_is_what_it_was():
             assert g.keys() == w.keys(), name
             for k in g:
                 if k == "scores":
-                    torch.testing.assert_close(g[k], w[k], rtol=1e-5, atol=1e-7, equal_nan=True, msg=name)
+                    torch.testing.assert_close(g[k], w[k], rtol=0, atol=0, equal_nan=True, msg=name)
                 else:
                     assert g[k] == w[k], (name, k)
-        torch.testing.assert_close(got["logits"], want["logits"], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=0, msg=name)
         seen += 1
     assert seen == len(recorded)
 

@@ -16,14 +16,15 @@ from ..select import gather, mask_to_index
 from .base import Decision, Method, PruneInput, keep_top
 
 
-def attention_received(inp: PruneInput, rater_mask: torch.Tensor) -> torch.Tensor:
-    """Attention each visual token receives from the rows in `rater_mask`, averaged over heads and
-    rows. Shapes: rater_mask (B, L) -> scores (B, V) over the visual tokens in sequence order."""
-    r_idx, r_valid = mask_to_index(rater_mask)  # (B, R)
-    v_idx, v_valid = mask_to_index(inp.vis_mask)  # (B, V)
+def attention_received(inp: PruneInput, rater_mask: torch.Tensor, raters: int):
+    """Attention each visual token receives from the rows in `rater_mask` (at most `raters` per
+    sample), averaged over heads and rows. Shapes: rater_mask (B, L) -> scores (B, V) over the
+    visual tokens in sequence order, and their (index, valid)."""
+    r_idx, r_valid = mask_to_index(rater_mask, raters)  # (B, R)
+    v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))  # (B, V)
     q = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
     attn = rater_attention(q, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling)
-    return visual_scores(attn, r_valid)
+    return visual_scores(attn, r_valid), (v_idx, v_valid)
 
 
 def last_token(valid: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,9 @@ class FastV(Method):
     cfg: FastVConfig
 
     def prune(self, inp: PruneInput) -> Decision:
-        raters = inp.valid if self.cfg.rater == "all" else last_token(inp.valid)
-        return keep_top(inp, attention_received(inp, raters), self.counts_after(inp.step, inp.vis_mask.sum(-1)))
+        raters, width = (inp.valid, inp.valid.shape[1]) if self.cfg.rater == "all" else (last_token(inp.valid), 1)
+        scores, visual = attention_received(inp, raters, width)
+        return keep_top(inp, scores, self.counts_after(inp.step, inp.vis_mask.sum(-1)), visual=visual)
 
     def counts_after(self, step, n_visual, n_prompt=None):
         return n_visual - torch.trunc(n_visual.double() * self.cfg.prune_ratio).long()
@@ -50,8 +52,8 @@ class PDrop(Method):
     cfg: PDropConfig
 
     def prune(self, inp: PruneInput) -> Decision:
-        keep_n = self.counts_after(inp.step, inp.vis_mask.sum(-1))
-        return keep_top(inp, attention_received(inp, last_token(inp.valid)), keep_n)
+        scores, visual = attention_received(inp, last_token(inp.valid), 1)
+        return keep_top(inp, scores, self.counts_after(inp.step, inp.vis_mask.sum(-1)), visual=visual)
 
     def counts_after(self, step, n_visual, n_prompt=None):
         return torch.trunc(n_visual.double() * self.cfg.keep_ratio).long()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..select import gather, mask_to_index, put, split_budget, topk_mask
+from ..select import gather, host_ints, mask_to_index, put, score_order, split_budget, topk_mask
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class PruneInput:
     vision: dict = field(default_factory=dict)
     n_prompt: torch.Tensor | None = None  # (B,) visual tokens of each sample's prompt (for schedule_of)
     spans: torch.Tensor | None = None  # (B, L) span of each visual token (image, frame), −1 off visual
+    #: host integers read before the first layer (`Method.sizes`, and "spans": the most spans of a
+    #: sample) or at earlier steps (`Decision.sizes`): the widths of the method's index tensors
+    sizes: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class Decision:
     inserted_from: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    #: host integers the method read at this step, for the adapter and later steps (e.g. "width{s}",
+    #: the longest sequence after step s, when it was not planned before the first layer)
+    sizes: dict = field(default_factory=dict)
 
 
 class Method:
@@ -94,6 +100,28 @@ class Method:
     def prune(self, inp: PruneInput) -> Decision:
         raise NotImplementedError
 
+    @property
+    def steps(self) -> int:
+        """How many times `prune` is called in a prefill."""
+        return len(self.pruning_layers) + self.prunes_input
+
+    def sizes(self, vis_mask: torch.Tensor, valid: torch.Tensor, token_state: dict) -> dict:
+        """Device integers the method and the adapter need on the host, read in one transfer before
+        the first layer (the only wait for the device when every count is planned): "visual{s}", the
+        most visual tokens of a sample entering step s, and "width{s}", the longest sequence after
+        it, planned from `counts_after`; only "visual0" when the counts depend on the input.
+        Shapes: vis_mask, valid (B, L) -> {name: 0-d long tensor}."""
+        n_vis = vis_mask.sum(-1)
+        n_text = valid.sum(-1) - n_vis
+        out, n = {"visual0": n_vis.max()}, n_vis
+        try:
+            for step in range(self.steps):
+                n = self.counts_after(step, n, n_vis)
+                out |= {f"width{step}": (n_text + n).max(), f"visual{step + 1}": n.max()}
+        except ValueError:
+            return {"visual0": out["visual0"]}
+        return out
+
     def counts_after(self, step: int, n_visual: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens leaving pruning step `step` (kept + inserted) when `n_visual` enter it,
         for budgets that do not depend on the input (`n_prompt`: each sample's visual tokens in
@@ -117,17 +145,29 @@ def scaled_schedules(cfg, n_visual: int, steps: int = 2000):
         yield replace(cfg, schedule=tuple(min(cap, round(f * k)) for k in cfg.schedule))
 
 
-def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor, budget_per: str = "sample") -> Decision:
+def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor, budget_per: str = "sample",
+             visual: tuple | None = None) -> Decision:
     """Keep the `keep_n` best-scoring visual tokens and every text token; with budget_per="span",
     `keep_n` is split among the visual spans by size and each keeps its own best.
-    Shapes: scores (B, V) over the visual tokens in sequence order, keep_n (B,)."""
-    v_idx, v_valid = mask_to_index(inp.vis_mask)
-    if budget_per == "span":
-        spans = gather(inp.spans, v_idx).clamp(min=0)  # (B, V)
-        n_spans = int(spans.max()) + 1 if spans.numel() else 1
-        keep_vis = topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans)
-    else:
-        keep_vis = topk_mask(scores, v_valid, keep_n)
+    Shapes: scores (B, V) over the visual tokens in sequence order, keep_n (B,); `visual`: their
+    (index, valid) from `mask_to_index`, when the caller has them."""
+    v_idx, v_valid = visual if visual is not None else mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))
+    return visual_decision(inp, v_idx, v_valid, top_visual(inp, scores, keep_n, budget_per, v_idx, v_valid)[0],
+                           scores, keep_n)
+
+
+def top_visual(inp: PruneInput, scores, keep_n, budget_per, v_idx, v_valid):
+    """Which visual tokens `keep_top` keeps (B, V), and the order of all of them by score (B, V)."""
+    order, rank = score_order(scores, v_valid)
+    if budget_per != "span":
+        return (rank < keep_n[:, None]) & v_valid, order
+    spans = gather(inp.spans, v_idx).clamp(min=0)  # (B, V)
+    n_spans = inp.sizes.get("spans") or host_ints(spans.max())[0] + 1
+    return topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans), order
+
+
+def visual_decision(inp: PruneInput, v_idx, v_valid, keep_vis, scores, keep_n) -> Decision:
+    """The Decision that keeps the visual tokens `keep_vis` (B, V) and every text token."""
     keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
     seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores.float())
     return Decision(keep=keep, scores=seq_scores, info={"keep": keep_n})

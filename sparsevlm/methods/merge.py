@@ -88,7 +88,7 @@ class _PreLLM(Method):
         raise NotImplementedError
 
     def prune(self, inp: PruneInput) -> Decision:
-        v_idx, v_valid = mask_to_index(inp.vis_mask)  # (B, V)
+        v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get("visual0"))  # (B, V)
         x = gather(inp.hidden, v_idx)
         cls, keys = gather(inp.vision["cls_attention"], v_idx), gather(inp.vision["keys"], v_idx)
         keep_vis = torch.zeros_like(v_valid)

@@ -9,10 +9,10 @@ import torch
 from ..budget import attention_rank, keep_count
 from ..config import SparseVLMConfig
 from ..raters import select_raters
-from ..recycle import recycle, recycle_counts
+from ..recycle import cluster_merge, recycle_counts
 from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
-from ..select import gather, mask_to_index
-from .base import Decision, Method, PruneInput, keep_top, scaled_schedules
+from ..select import gather, host_ints, mask_to_index
+from .base import Decision, Method, PruneInput, scaled_schedules, top_visual, visual_decision
 
 
 class SparseVLM(Method):
@@ -23,10 +23,32 @@ class SparseVLM(Method):
         raters, _ = select_raters(embeds, vis_mask, valid, self.cfg.rater_rule)
         return {"rater": raters}
 
+    def sizes(self, vis_mask, valid, token_state):
+        # The rater rows, and in schedule mode every later width: the counts follow from the input's.
+        n_vis = vis_mask.sum(-1)
+        out = {"raters": token_state["rater"].sum(-1).max(), "visual0": n_vis.max()}
+        if self.cfg.mode == "rank":
+            return out
+        n_text, has_raters, n = valid.sum(-1) - n_vis, token_state["rater"].any(-1), n_vis
+        for step in range(self.steps):
+            keep = keep_count(self.cfg, step, n, n_prompt=n_vis).where(has_raters, n)
+            more, n = self._after(step, n, keep, n_text)
+            out |= more
+        return out
+
+    def _after(self, step, n_vis, keep_n, n_text):
+        """Sizes after step `step` (device scalars) and the visual tokens leaving it (B,)."""
+        out = {}
+        if self.cfg.recycle:
+            m, c = recycle_counts(n_vis - keep_n, self.cfg.recycle_ratio, self.cfg.cluster_ratio)
+            out |= {f"recycle{step}": m.max(), f"clusters{step}": c.max()}
+            keep_n = keep_n + c
+        return out | {f"width{step}": (n_text + keep_n).max(), f"visual{step + 1}": keep_n.max()}, keep_n
+
     def prune(self, inp: PruneInput) -> Decision:
-        cfg = self.cfg
-        r_idx, r_valid = mask_to_index(inp.token_state["rater"])  # (B, R)
-        v_idx, v_valid = mask_to_index(inp.vis_mask)  # (B, V)
+        cfg, sizes, step = self.cfg, dict(inp.sizes), inp.step
+        r_idx, r_valid = mask_to_index(inp.token_state["rater"], sizes.get("raters"))  # (B, R)
+        v_idx, v_valid = mask_to_index(inp.vis_mask, sizes.get(f"visual{step}"))  # (B, V)
         # Significance: the raters' attention on the visual tokens, from their query rows only.
         q_raters = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
         attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling,
@@ -37,20 +59,32 @@ class SparseVLM(Method):
         scores = visual_scores(attn, r_valid)  # (B, V)
         n_vis = v_valid.sum(-1)  # (B,)
         rank = attention_rank(attn, r_valid, v_valid) if cfg.mode == "rank" else None
-        keep_n = keep_count(cfg, inp.step, n_vis, rank, inp.n_prompt)  # (B,)
+        keep_n = keep_count(cfg, step, n_vis, rank, inp.n_prompt)  # (B,)
         # A sample without raters cannot be rated: it keeps all its visual tokens.
         keep_n = keep_n.where(r_valid.any(-1), n_vis)
-        dec = keep_top(inp, scores, keep_n, cfg.budget_per)
+        read = {}
+        if f"width{step}" not in sizes:  # rank mode: the one read of this step sizes all that follows
+            # (a schedule planned all of them before the first layer: SparseVLM.sizes)
+            more, _ = self._after(step, n_vis, keep_n, inp.valid.sum(-1) - n_vis)
+            read = dict(zip(more, host_ints(*more.values())))
+            sizes |= read
+        keep_vis, order = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
+        dec = replace(visual_decision(inp, v_idx, v_valid, keep_vis, scores, keep_n), sizes=read)
         info = {**dec.info, "raters": r_valid.sum(-1), **({"rank": rank} if rank is not None else {})}
         if not cfg.recycle:
             return replace(dec, info=info)
-        # Recycling (§3.3): the best of the pruned tokens are clustered and merged.
-        p_seq, p_valid = mask_to_index(inp.vis_mask & ~dec.keep)  # (B, P) sequence index of each pruned token
-        rec = recycle(gather(inp.hidden, p_seq), gather(dec.scores, p_seq), p_valid,
-                      cfg.recycle_ratio, cfg.cluster_ratio, cfg.merge)
-        return replace(dec, inserted=rec.tokens, inserted_valid=rec.valid,
-                       inserted_from=gather(p_seq, rec.centre.clamp(min=0)),
-                       info={**info, "recycled": rec.valid.sum(-1)})
+        # Recycling (§3.3): the m best of the pruned tokens (by score) are clustered and merged.
+        m, c = recycle_counts(n_vis - keep_vis.sum(-1), cfg.recycle_ratio, cfg.cluster_ratio)  # (B,)
+        pruned = (v_valid & ~keep_vis).gather(-1, order)  # (B, V) in score order
+        chosen = torch.zeros_like(pruned).scatter_(-1, order, pruned & (pruned.cumsum(-1) <= m[:, None]))
+        M, K = (sizes[f"recycle{step}"], sizes[f"clusters{step}"]) if f"clusters{step}" in sizes \
+            else host_ints(m.max(), c.max())
+        sel, sel_valid = mask_to_index(chosen, M)  # (B, M) among the visual tokens, ascending
+        seq_sel = gather(v_idx, sel)  # (B, M) their sequence positions
+        tokens, centres, _ = cluster_merge(gather(inp.hidden, seq_sel), sel_valid, c, K, cfg.merge)
+        return replace(dec, inserted=tokens, inserted_valid=centres >= 0,
+                       inserted_from=gather(seq_sel, centres.clamp(min=0)),
+                       info={**info, "recycled": (centres >= 0).sum(-1)})
 
     def counts_after(self, step, n_visual, n_prompt=None):
         if self.cfg.mode == "rank":

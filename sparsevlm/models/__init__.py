@@ -80,7 +80,10 @@ def report(model) -> Report:
     state = getattr(model, "_sparsevlm", None)
     if state is None:
         raise ValueError("model is not sparsified: call sparsevlm.sparsify(model, cfg) first")
-    rep = per_call(state)["report"]
+    call = per_call(state)
+    rep = call["report"]
     if rep is None:
         raise ValueError("no forward pass yet: run the model (or generate) once, then ask for its report")
+    if callable(rep):  # a pruned prefill leaves its report on the device; built once, here
+        rep = call["report"] = rep()
     return rep

@@ -18,6 +18,7 @@ where the visual tokens are and how positions work; methods add only what to kee
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 
@@ -27,8 +28,8 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..methods.base import PruneInput
-from ..report import Report, dense_report
-from ..select import compact_positions, gather, plan_layout, put, visual_spans
+from ..report import dense_report, from_device
+from ..select import compact_positions, gather, host_ints, plan_layout, visual_spans
 from .patching import Clock, per_call
 
 # transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
@@ -141,9 +142,7 @@ class SparseTextModel:
         clock = Clock(st, dev)
         with clock:
             token_state = method.begin(hidden, vis_mask, valid)
-        report = Report(method=st["method_name"], num_layers=self.config.num_hidden_layers,
-                        n_tokens=valid.sum(-1).cpu(), n_visual=vis_mask.sum(-1).cpu(), visual_in=None, visual_out=None,
-                        raters=[r.nonzero().flatten().tolist() for r in token_state.get("rater", [])])
+        report = {"valid": valid, "vis_mask": vis_mask, "raters": token_state.get("rater"), "steps": []}
         # The sequence as it shrinks: what each token is (origin: index into the image grid, −1 text,
         # −2 merged), where it sits, and the method's per-token state, all kept aligned.
         seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
@@ -154,6 +153,12 @@ class SparseTextModel:
                                      positions[..., 0] if positions.dim() == 3 else None)
                         if method.needs_spans else None),  # per-image / per-frame budgets only
                "vision": vision}
+        # The one wait for the device in a planned prefill: every width the method will need, in one read.
+        with clock:
+            wanted = method.sizes(vis_mask, valid, token_state)
+            if seq["span"] is not None:
+                wanted["spans"] = seq["span"].max().clamp(min=0) + 1
+            seq["sizes"] = dict(zip(wanted, host_ints(*wanted.values())))
         stages, counts_in, counts_out = [], [], []
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
@@ -176,20 +181,16 @@ class SparseTextModel:
                 step += 1
                 mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1)
             counts_out.append(seq["vis_mask"].sum(-1))
-        report.visual_in = torch.stack(counts_in, -1).cpu()
-        report.visual_out = torch.stack(counts_out, -1).cpu()
-        if st.get("timing"):
-            report.overhead_seconds = call.pop("overhead_s", 0.0)
+        report["counts_in"], report["counts_out"] = torch.stack(counts_in, -1), torch.stack(counts_out, -1)
         # Outputs go back to the input positions; a position whose token was pruned gets zeros.
         present = seq["valid"] & (seq["index"] >= 0)
         slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
         out = hidden.new_zeros(B, L + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), self.norm(seq["hidden"]))
         call["present"] = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
-        report.present = call["present"].cpu()
-        if (valid.long().diff(dim=-1) < 0).any():
-            report.notes.append("right padding: inside the language model the shorter sequence is laid out with "
-                                "left padding; outputs are returned at the input positions")
-        call["report"] = report
+        report["present"], report["right_padding"] = call["present"], (valid[:, :-1] & ~valid[:, 1:]).any()
+        # Built when asked for (sparsevlm.report), so that the prefill never waits to copy it.
+        call["report"] = functools.partial(from_device, st["method_name"], self.config.num_hidden_layers, report,
+                                           call.pop("overhead_s", 0.0) if st.get("timing") else None)
         if use_cache:  # decoding reads each stage's padding mask and token count from the cache itself
             cache._sparsevlm_stages = stages
         return BaseModelOutputWithPast(last_hidden_state=out[:, :L], **{CACHE: cache if use_cache else None})
@@ -202,15 +203,14 @@ class SparseTextModel:
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
                                       vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
                                       position_embeddings=pe, token_state=seq["state"], vision=seq["vision"],
-                                      n_prompt=seq["n_prompt"], spans=seq["span"]))
-        step_report = {"layer": layer, **{n: v.cpu() for n, v in dec.info.items()}}
+                                      n_prompt=seq["n_prompt"], spans=seq["span"], sizes=seq["sizes"]))
+        seq["sizes"] = {**seq["sizes"], **dec.sizes}
         origin, vis_mask = seq["origin"], seq["vis_mask"]
-        if dec.scores is not None:  # scores of the tokens present, placed on the original image grid
-            grid = torch.full((B, int(report.n_visual.max())), float("nan"), device=dev)
-            step_report["scores"] = put(grid, origin, vis_mask & (origin >= 0), dec.scores.float()).cpu()
+        step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "origin_before": origin,
+                       "vis_before": vis_mask}
         pos_idx = torch.arange(seq["hidden"].shape[1], device=dev)
         anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
-        layout = plan_layout(dec.keep, anchor, dec.inserted_valid)
+        layout = plan_layout(dec.keep, anchor, dec.inserted_valid, seq["sizes"].get(f"width{step}"))
         ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
         seq["vis_mask"] = vis_mask = layout.apply(vis_mask, ins) & layout.valid
@@ -227,9 +227,8 @@ class SparseTextModel:
         if seq["span"] is not None:
             seq["span"] = layout.apply(seq["span"], None if ins is None else gather(seq["span"], dec.inserted_from))
         seq["valid"] = layout.valid
-        report.steps.append({**step_report,
-                             "recycled": (ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)).cpu(),
-                             "kept": [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis_mask)]})
+        report["steps"].append({**step_report, "origin": origin, "vis": vis_mask,
+                                "recycled": ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)})
         stages.append({"start": layer + 1, "valid": layout.valid, "count": layout.valid.sum(-1)})
 
     def _sparse_decode(self, hidden, attention_mask, position_ids, cache, stages, use_cache, kwargs):
