@@ -2,8 +2,8 @@
 method: `python -m sparsevlm.bench` or `sparsevlm bench` (`make bench`).
 
 For each method: prefill time (a forward over the prompt with a KV cache: the time to first token),
-per-token decode time ((median time of generate(1 + N) − median time of generate(1)) / N, greedy;
-its spread is that of generate(1 + N)), the KV-cache
+per-token decode time (each decoding step of greedy `generate` timed on its own, from one new token's
+logits to the next: the median and 25–75 % spread of all steps of all repeats), the KV-cache
 bytes after prefill, peak GPU memory of the prefill (CUDA only), and the time the method spends on
 its own work (raters, scoring, rank, recycling, re-layout: `Report.overhead_seconds`) as a share of
 dense prefill. The image features (vision tower and projector) are timed alone once, so that
@@ -217,10 +217,7 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, ne
             state["timing"] = True
             overhead = statistics.median(_times_overhead(model, inputs, device, repeats))
             state["timing"] = False
-        greedy = dict(do_sample=False, use_cache=True)
-        gen1 = _times(lambda: model.generate(**inputs, max_new_tokens=1, **greedy), device, repeats, 1)
-        genn = _times(lambda: model.generate(**inputs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens,
-                                             **greedy), device, repeats, 1)
+        steps = decode_steps(model, inputs, new_tokens, repeats)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
@@ -231,13 +228,39 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, ne
         eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
         flops = float(report_flops(rep, **dims(model)).mean())
     p50, p25, p75 = _median_spread(prefill)
-    first = statistics.median(gen1)  # prefill + one token; the rest is decoding
-    d50, d25, d75 = ((x - first) / new_tokens for x in _median_spread(genn))
+    d50, d25, d75 = _median_spread(steps)
     return {"prefill_ms": p50 * 1e3, "prefill_ms_p25": p25 * 1e3, "prefill_ms_p75": p75 * 1e3,
             "decode_ms_per_token": d50 * 1e3, "decode_ms_p25": d25 * 1e3, "decode_ms_p75": d75 * 1e3,
             "overhead_ms": None if overhead is None else overhead * 1e3,
             "kv_cache_mb": kv / 2 ** 20, "peak_prefill_mb": peak, "equivalent_tokens": eq,
             "equivalent_tokens_input": eq_in, "tflops": flops / 1e12}
+
+
+def decode_steps(model, inputs: dict, new_tokens: int, repeats: int) -> list[float]:
+    """Seconds of each decoding step of greedy `generate(max_new_tokens=1 + new_tokens)`, `repeats`
+    times after one warm-up: the time between the logits of one new token and the next (the forward
+    of one token over the KV cache, and choosing it), stamped by a logits processor."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    device = next(model.parameters()).device
+
+    class Stamp(LogitsProcessor):
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            _sync(device)
+            self.times.append(time.perf_counter())
+            return scores
+
+    out = []
+    for i in range(repeats + 1):
+        stamp = Stamp()
+        model.generate(**inputs, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens, do_sample=False,
+                       use_cache=True, logits_processor=LogitsProcessorList([stamp]))
+        if i:  # the first call warms up
+            out += [b - a for a, b in zip(stamp.times, stamp.times[1:])]
+    return out
 
 
 def _times_overhead(model, inputs, device, repeats):
@@ -248,13 +271,26 @@ def _times_overhead(model, inputs, device, repeats):
     return out
 
 
+def _inside(event, name: str) -> bool:
+    """Whether a profiler event lies inside a range called `name`."""
+    event = event.cpu_parent
+    while event is not None:
+        if event.name == name:
+            return True
+        event = event.cpu_parent
+    return False
+
+
 def profile_prefill(model, inputs: dict, cfg=None) -> dict:
-    """Counted with torch's profiler on one prefill after a warm-up: aten calls, host reads of a
-    device value (`aten::_local_scalar_dense`: each stalls the host until the device catches up),
-    and the part of both made by the method's own work (inside its "sparsevlm::method" ranges)."""
+    """Counted with torch's profiler on one prefill after a warm-up: aten calls, host reads of device
+    values (each stalls the host until the device catches up: `aten::_local_scalar_dense`, and the
+    method's batched reads, `select.host_ints`), and the part of both made by the method's own work
+    (inside its "sparsevlm::method" ranges). On a CPU a read of a CPU tensor by `.tolist()` or
+    `.cpu()` outside those two is not seen; the library makes none while pruning."""
     from torch.profiler import ProfilerActivity, profile
 
     from .models.patching import METHOD_RANGE
+    from .select import HOST_READ
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if next(model.parameters()).is_cuda else [])
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
@@ -263,14 +299,13 @@ def profile_prefill(model, inputs: dict, cfg=None) -> dict:
             model(**inputs, use_cache=True)
 
     def in_method(event):
-        while event is not None:
-            if event.name == METHOD_RANGE:
-                return True
-            event = event.cpu_parent
-        return False
+        return _inside(event, METHOD_RANGE)
 
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
-    reads = [e for e in aten if e.name == "aten::_local_scalar_dense"]
+    # A host read: a device value read as a Python number (`aten::_local_scalar_dense`), or a
+    # transfer of several at once by the method (`select.host_ints`, its own range).
+    reads = [e for e in prof.events() if e.name in ("aten::_local_scalar_dense", HOST_READ)
+             and not (e.name != HOST_READ and _inside(e, HOST_READ))]
     return {"aten_calls": len(aten), "host_reads": len(reads), "method_aten_calls": sum(map(in_method, aten)),
             "method_host_reads": sum(map(in_method, reads))}
 

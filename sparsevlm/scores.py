@@ -33,16 +33,15 @@ def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, r
     if H % H_kv:
         raise ValueError(f"query heads ({H}) must be a multiple of key heads ({H_kv})")
     scaling = 1.0 / math.sqrt(Dh) if scaling is None else scaling
-    q = q.float().reshape(B, H_kv, H // H_kv, R, Dh)  # (B, H_kv, G, R, Dh)
-    logits = torch.einsum("bkgrd,bkld->bkgrl", q, k.float()) * scaling  # (B, H_kv, G, R, L)
-    # Causal: a rater sees the keys up to its own position, never padding.
-    pos = torch.arange(L, device=k.device)
-    allowed = (pos[None, None, :] <= rater_pos[:, :, None]) & key_valid[:, None, :]  # (B, R, L)
-    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-    prob = logits.softmax(-1).nan_to_num(0.0).reshape(B, H, R, L)  # (B, H, R, L)
-    attn = gather(prob.permute(0, 3, 1, 2), vis_idx).permute(0, 2, 3, 1)  # (B, H, R, V)
-    attn = attn * (rater_valid[:, None, :, None] & vis_valid[:, None, None, :])
-    return attn if per_head else attn.mean(1)  # (B, H, R, V) or (B, R, V)
+    G = H // H_kv
+    # The G query heads of each key head, all raters: one matmul per key head. (B, H_kv, G·R, L)
+    logits = torch.matmul(q.float().reshape(B, H_kv, G * R, Dh), k.float().transpose(-1, -2)).mul_(scaling)
+    blocked = (torch.arange(L, device=k.device) > rater_pos[:, :, None]) | ~key_valid[:, None, :]  # (B, R, L)
+    prob = logits.view(B, H_kv, G, R, L).masked_fill_(blocked[:, None, None], float("-inf")).softmax(-1)
+    prob = prob.nan_to_num_(0.0).view(B, H, R, L)
+    attn = prob.gather(-1, vis_idx[:, None, None, :].expand(B, H, R, vis_idx.shape[1]))  # (B, H, R, V)
+    pair = rater_valid[:, :, None] & vis_valid[:, None, :]  # (B, R, V)
+    return attn * pair[:, None] if per_head else attn.mean(1) * pair  # (B, H, R, V) or (B, R, V)
 
 
 def rope_gravity(cos: torch.Tensor, sin: torch.Tensor, rater_idx: torch.Tensor, vis_idx: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ class PruneInput:
     visual tokens (recycled ones included); queries (B, H, L, Dh) and keys (B, H_kv, L, Dh) of the
     layer with RoPE applied (None before the first layer); position_embeddings: the stage's RoPE
     (cos, sin), each (B, L, Dh); token_state: the method's own per-token tensors (B, L, ...), kept
-    aligned with the sequence by the adapter; vision (for methods with `needs_vision`):
+    aligned with the sequence by the adapter (entries of any other shape, e.g. per-sample counts
+    planned in `Method.sizes`, are passed on as they are); vision (for methods with `needs_vision`):
     "cls_attention" (B, L) the vision tower's [CLS] attention on each visual token at the feature
     layer (mean over heads) and "keys" (B, L, Dk) that layer's keys (heads concatenated), zero on
     text.

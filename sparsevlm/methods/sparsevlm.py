@@ -24,26 +24,32 @@ class SparseVLM(Method):
         return {"rater": raters}
 
     def sizes(self, vis_mask, valid, token_state):
-        # The rater rows, and in schedule mode every later width: the counts follow from the input's.
+        # The rater rows, and in schedule mode every later count: they follow from the input's. The
+        # per-sample counts of each step are kept for `prune` in token_state["plan"].
         n_vis = vis_mask.sum(-1)
         out = {"raters": token_state["rater"].sum(-1).max(), "visual0": n_vis.max()}
         if self.cfg.mode == "rank":
             return out
         n_text, has_raters, n = valid.sum(-1) - n_vis, token_state["rater"].any(-1), n_vis
+        token_state["plan"] = []
         for step in range(self.steps):
             keep = keep_count(self.cfg, step, n, n_prompt=n_vis).where(has_raters, n)
-            more, n = self._after(step, n, keep, n_text)
+            more, counts = self._after(step, n, keep, n_text)
+            token_state["plan"].append(counts)
             out |= more
+            n = counts[0] + counts[2]
         return out
 
     def _after(self, step, n_vis, keep_n, n_text):
-        """Sizes after step `step` (device scalars) and the visual tokens leaving it (B,)."""
+        """Sizes after step `step` (device scalars) and its per-sample counts (B,): kept, recycled
+        and merged tokens."""
+        m = c = torch.zeros_like(keep_n)
         out = {}
         if self.cfg.recycle:
             m, c = recycle_counts(n_vis - keep_n, self.cfg.recycle_ratio, self.cfg.cluster_ratio)
             out |= {f"recycle{step}": m.max(), f"clusters{step}": c.max()}
-            keep_n = keep_n + c
-        return out | {f"width{step}": (n_text + keep_n).max(), f"visual{step + 1}": keep_n.max()}, keep_n
+        leaving = keep_n + c
+        return out | {f"width{step}": (n_text + leaving).max(), f"visual{step + 1}": leaving.max()}, (keep_n, m, c)
 
     def prune(self, inp: PruneInput) -> Decision:
         cfg, sizes, step = self.cfg, dict(inp.sizes), inp.step
@@ -52,20 +58,23 @@ class SparseVLM(Method):
         # Significance: the raters' attention on the visual tokens, from their query rows only.
         q_raters = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
         attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling,
-                               per_head=True)  # (B, H, R, V)
+                               per_head=cfg.rope_correction or bool(cfg.top_heads))  # (B, [H,] R, V)
         if cfg.rope_correction:  # SparseVLM+: remove RoPE's preference for nearby tokens
             attn = attn / rope_gravity(*inp.position_embeddings, r_idx, v_idx)[:, None]
-        attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
+        if attn.dim() == 4:
+            attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
         scores = visual_scores(attn, r_valid)  # (B, V)
         n_vis = v_valid.sum(-1)  # (B,)
-        rank = attention_rank(attn, r_valid, v_valid) if cfg.mode == "rank" else None
-        keep_n = keep_count(cfg, step, n_vis, rank, inp.n_prompt)  # (B,)
-        # A sample without raters cannot be rated: it keeps all its visual tokens.
-        keep_n = keep_n.where(r_valid.any(-1), n_vis)
-        read = {}
-        if f"width{step}" not in sizes:  # rank mode: the one read of this step sizes all that follows
-            # (a schedule planned all of them before the first layer: SparseVLM.sizes)
-            more, _ = self._after(step, n_vis, keep_n, inp.valid.sum(-1) - n_vis)
+        plan = inp.token_state.get("plan")
+        rank = None
+        if plan is not None:  # a schedule: the counts were planned before the first layer
+            keep_n, m, c = plan[step]
+            read = {}
+        else:  # rank mode (or `prune` called on its own): the one read of this step sizes what follows
+            rank = attention_rank(attn, r_valid, v_valid) if cfg.mode == "rank" else None
+            # A sample without raters cannot be rated: it keeps all its visual tokens.
+            keep_n = keep_count(cfg, step, n_vis, rank, inp.n_prompt).where(r_valid.any(-1), n_vis)  # (B,)
+            more, (keep_n, m, c) = self._after(step, n_vis, keep_n, inp.valid.sum(-1) - n_vis)
             read = dict(zip(more, host_ints(*more.values())))
             sizes |= read
         keep_vis, order = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
@@ -74,11 +83,9 @@ class SparseVLM(Method):
         if not cfg.recycle:
             return replace(dec, info=info)
         # Recycling (§3.3): the m best of the pruned tokens (by score) are clustered and merged.
-        m, c = recycle_counts(n_vis - keep_vis.sum(-1), cfg.recycle_ratio, cfg.cluster_ratio)  # (B,)
         pruned = (v_valid & ~keep_vis).gather(-1, order)  # (B, V) in score order
         chosen = torch.zeros_like(pruned).scatter_(-1, order, pruned & (pruned.cumsum(-1) <= m[:, None]))
-        M, K = (sizes[f"recycle{step}"], sizes[f"clusters{step}"]) if f"clusters{step}" in sizes \
-            else host_ints(m.max(), c.max())
+        M, K = sizes[f"recycle{step}"], sizes[f"clusters{step}"]
         sel, sel_valid = mask_to_index(chosen, M)  # (B, M) among the visual tokens, ascending
         seq_sel = gather(v_idx, sel)  # (B, M) their sequence positions
         tokens, centres, _ = cluster_merge(gather(inp.hidden, seq_sel), sel_valid, c, K, cfg.merge)

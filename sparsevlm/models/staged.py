@@ -78,7 +78,7 @@ class SparseTextModel:
             return self._sparse_decode(inputs_embeds, attention_mask, position_ids, cache, stages, use_cache, kwargs)
         is_prefill = cache is None or cache.get_seq_length() == 0
         reason = None
-        if vis_mask is None or not vis_mask.any():
+        if vis_mask is None:
             reason = "no image tokens in the input"
         elif call.get("dense_reason"):
             reason = call["dense_reason"]
@@ -95,22 +95,32 @@ class SparseTextModel:
             reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
         elif st["method"].needs_vision and not vision:
             reason = "the vision tower's signals for these image tokens were not captured"
+        if reason is not None and vis_mask is not None and not vis_mask.any():
+            reason = "no image tokens in the input"  # (said first; a pruned prefill learns it with its sizes)
         if reason is not None:
-            if is_prefill:
-                B, L = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
-                n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
-                n_tok = attention_mask.sum(-1) if attention_mask is not None and attention_mask.dim() == 2 \
-                    else torch.full((B,), L)
-                call["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
-                                              n_vis.cpu(), reason)
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
+            return self._dense(reason, is_prefill, vis_mask, input_ids, attention_mask, position_ids, cache,
+                               inputs_embeds, use_cache, kwargs)
         return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
                                     use_cache, kwargs, frames)
 
+    def _dense(self, reason, is_prefill, vis_mask, input_ids, attention_mask, position_ids, cache, inputs_embeds,
+               use_cache, kwargs):
+        """The dense forward, with a report saying why (at prefill)."""
+        st = self._sparsevlm
+        if is_prefill:
+            B, L = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
+            n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
+            n_tok = attention_mask.sum(-1) if attention_mask is not None and attention_mask.dim() == 2 \
+                else torch.full((B,), L)
+            per_call(st)["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
+                                                  n_vis.cpu(), reason)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
+
     def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on. `skip=False` always
-        builds the mask: deciding that sdpa may skip it reads the padding mask on the host."""
+        builds the mask: deciding that sdpa may skip it reads the padding mask on the host (the stages
+        after a pruning layer and decoding never read; the first stage decides as the dense model does)."""
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
                                   position_ids=_layer_ids(positions), layer_idx=layer_idx, allow_is_causal_skip=skip,
                                   **{CACHE: cache})
@@ -159,6 +169,9 @@ class SparseTextModel:
             if seq["span"] is not None:
                 wanted["spans"] = seq["span"].max().clamp(min=0) + 1
             seq["sizes"] = dict(zip(wanted, host_ints(*wanted.values())))
+        if seq["sizes"]["visual0"] == 0:
+            return self._dense("no image tokens in the input", True, vis_mask, None, attention_mask, position_ids,
+                               cache, hidden, use_cache, kwargs)
         stages, counts_in, counts_out = [], [], []
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
@@ -179,7 +192,7 @@ class SparseTextModel:
                     q, k = self._queries_keys(i, call.pop("capture"), pe)
                     self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe)
                 step += 1
-                mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1)
+                mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
             counts_out.append(seq["vis_mask"].sum(-1))
         report["counts_in"], report["counts_out"] = torch.stack(counts_in, -1), torch.stack(counts_out, -1)
         # Outputs go back to the input positions; a position whose token was pruned gets zeros.
@@ -198,7 +211,7 @@ class SparseTextModel:
     def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe):
         """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
         re-lay the sequence out: kept tokens in place, inserted ones after the visual span."""
-        B = seq["hidden"].shape[0]
+        B, L = seq["hidden"].shape[:2]
         dev = seq["hidden"].device
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
                                       vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
@@ -217,6 +230,7 @@ class SparseTextModel:
         seq["origin"] = origin = layout.apply(origin, None if ins is None else torch.full_like(ins, -2, dtype=torch.long))
         for part in ("state", "vision"):  # per-token tensors follow their tokens; inserted ones get zeros
             seq[part] = {n: layout.apply(t, None if ins is None else t.new_zeros(*ins.shape, *t.shape[2:]))
+                         if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[:2] == (B, L) else t
                          for n, t in seq[part].items()}
         if method.positions == "compact":
             seq["positions"] = compact_positions(layout.valid)
