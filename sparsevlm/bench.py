@@ -284,13 +284,13 @@ def _inside(event, name: str) -> bool:
 def profile_prefill(model, inputs: dict, cfg=None) -> dict:
     """Counted with torch's profiler on one prefill after a warm-up: aten calls, host reads of device
     values (each stalls the host until the device catches up: `aten::_local_scalar_dense`, and the
-    method's batched reads, `select.host_ints`), and the part of both made by the method's own work
+    method's batched reads, `select.host_ints` / `host_copy`), and the part of both made by the method's own work
     (inside its "sparsevlm::method" ranges). On a CPU a read of a CPU tensor by `.tolist()` or
     `.cpu()` outside those two is not seen; the library makes none while pruning."""
     from torch.profiler import ProfilerActivity, profile
 
     from .models.patching import METHOD_RANGE
-    from .select import HOST_READ
+    from .select import HOST_READ, ON_HOST
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if next(model.parameters()).is_cuda else [])
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
@@ -303,9 +303,10 @@ def profile_prefill(model, inputs: dict, cfg=None) -> dict:
 
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     # A host read: a device value read as a Python number (`aten::_local_scalar_dense`), or a
-    # transfer of several at once by the method (`select.host_ints`, its own range).
+    # transfer of several at once by the method (`select.host_ints` / `host_copy`, their own range);
+    # not a read inside a transfer, nor one of a value already copied to the host (`select.ON_HOST`).
     reads = [e for e in prof.events() if e.name in ("aten::_local_scalar_dense", HOST_READ)
-             and not (e.name != HOST_READ and _inside(e, HOST_READ))]
+             and not (e.name != HOST_READ and (_inside(e, HOST_READ) or _inside(e, ON_HOST)))]
     return {"aten_calls": len(aten), "host_reads": len(reads), "method_aten_calls": sum(map(in_method, aten)),
             "method_host_reads": sum(map(in_method, reads))}
 

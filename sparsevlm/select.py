@@ -53,7 +53,21 @@ def host_ints(*values: torch.Tensor) -> list[int]:
         return torch.stack([v.reshape(()) for v in values]).long().tolist() if values else []
 
 
+def host_copy(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Device tensors copied to the host in one transfer (one wait for the device, counted like
+    `host_ints`), each with its shape and dtype (integers below 2^53 and float32 survive exactly)."""
+    with torch.profiler.record_function(HOST_READ):
+        flat = torch.cat([t.reshape(-1).double() for t in tensors]).cpu()
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start:start + t.numel()].view(t.shape).to(t.dtype))
+        start += t.numel()
+    return out
+
+
 HOST_READ = "sparsevlm::host_read"
+#: Work on values already copied to the host (`host_copy`): what it reads waits for no device.
+ON_HOST = "sparsevlm::on_host"
 
 
 def score_order(scores: torch.Tensor, valid: torch.Tensor):
@@ -64,6 +78,12 @@ def score_order(scores: torch.Tensor, valid: torch.Tensor):
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
     return order, rank
+
+
+def one_hot(index: torch.Tensor, n: int) -> torch.Tensor:
+    """`F.one_hot` without its range check, which reads the device twice (min and max) on a CPU.
+    Shapes: index (...) long in 0..n−1 -> (..., n) long."""
+    return (index[..., None] == torch.arange(n, device=index.device)).long()
 
 
 def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, groups: torch.Tensor | None = None):
@@ -77,7 +97,7 @@ def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, groups
     if groups is None:
         return (rank < k[:, None]) & valid
     g = groups.clamp(min=0).gather(-1, order)  # (B, V) group of each entry, best first
-    member = torch.nn.functional.one_hot(g, k.shape[-1])  # (B, V, G)
+    member = one_hot(g, k.shape[-1])  # (B, V, G)
     within = (member.cumsum(1) * member).sum(-1) - 1  # rank inside its group
     return torch.zeros_like(valid).scatter(-1, order, within < k.gather(-1, g)) & valid
 
@@ -85,7 +105,7 @@ def topk_mask(scores: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, groups
 def split_budget(k: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Split each sample's k[b] among its groups in proportion to their sizes, by largest
     remainders (ties to the lower group). Shapes: k (B,), groups (B, V), valid (B, V) -> (B, G) long."""
-    sizes = (torch.nn.functional.one_hot(groups.clamp(min=0), n_groups) * valid[..., None]).sum(1).double()  # (B, G)
+    sizes = (one_hot(groups.clamp(min=0), n_groups) * valid[..., None]).sum(1).double()  # (B, G)
     exact = k[:, None].double() * sizes / sizes.sum(-1, keepdim=True).clamp(min=1)
     quota = exact.floor()
     left = (k.double() - quota.sum(-1)).round()  # (B,) seats still to give

@@ -3,7 +3,10 @@ every method, what the implementation of 2026-11-25 (commit 793c8d5, before the 
 and op counts) decided on the embedded evaluation split (64 questions, batches of 8) and on random
 inputs of tiny LLaVA-1.5, OneVision and Qwen2-VL models: kept indices, raters, recycled counts,
 visual tokens per layer, the scores, which outputs are present, and the logits. This test recomputes
-all of it: the decisions must be identical, and so must the floats, bit for bit (on this machine).
+all of it: the decisions must be identical, bit for bit on any machine. The floats (scores, logits)
+were bit-identical on the recording machine; another CPU's kernels round differently (seen: scores
+within 1e-6, logits within 1.1e-5 on a second machine, every decision unchanged), so they are
+compared to float32 rounding, far below any difference a changed decision would make.
 
 Regenerate only for an intended change of behaviour: `python tests/test_decisions_unchanged.py`.
 """
@@ -89,10 +92,10 @@ def test_every_decision_is_what_it_was():
             assert g.keys() == w.keys(), name
             for k in g:
                 if k == "scores":
-                    torch.testing.assert_close(g[k], w[k], rtol=0, atol=0, equal_nan=True, msg=name)
+                    torch.testing.assert_close(g[k], w[k], rtol=1e-5, atol=1e-5, equal_nan=True, msg=name)
                 else:
                     assert g[k] == w[k], (name, k)
-        torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(got["logits"], want["logits"], rtol=1e-5, atol=1e-4, msg=name)
         seen += 1
     assert seen == len(recorded)
 

@@ -11,7 +11,7 @@ from ..config import SparseVLMConfig
 from ..raters import select_raters
 from ..recycle import cluster_merge, recycle_counts
 from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
-from ..select import gather, host_ints, mask_to_index
+from ..select import ON_HOST, gather, host_copy, mask_to_index
 from .base import Decision, Method, PruneInput, scaled_schedules, top_visual, visual_decision
 
 
@@ -51,6 +51,23 @@ class SparseVLM(Method):
         leaving = keep_n + c
         return out | {f"width{step}": (n_text + leaving).max(), f"visual{step + 1}": leaving.max()}, (keep_n, m, c)
 
+    def _counts_on_host(self, step, attn, r_valid, v_valid, inp):
+        """Counts that depend on what the layer computed (rank mode): the attention matrix and the
+        counts are read in one transfer, the rank (an SVD, which would wait for the device on its
+        own), keep counts and the sizes of what follows are computed on the host, and the per-sample
+        counts go back to the device. Returns rank, keep, recycled, merged (B,) and the sizes."""
+        dev = attn.device
+        n_prompt = inp.n_prompt if inp.n_prompt is not None else v_valid.sum(-1)
+        attn, r_valid, v_valid, n_prompt, n_valid = host_copy(attn, r_valid, v_valid, n_prompt, inp.valid.sum(-1))
+        with torch.profiler.record_function(ON_HOST):
+            n_vis = v_valid.sum(-1)
+            rank = attention_rank(attn, r_valid, v_valid) if self.cfg.mode == "rank" else None
+            # A sample without raters cannot be rated: it keeps all its visual tokens.
+            keep_n = keep_count(self.cfg, step, n_vis, rank, n_prompt).where(r_valid.any(-1), n_vis)  # (B,)
+            more, counts = self._after(step, n_vis, keep_n, n_valid - n_vis)
+            sizes = dict(zip(more, torch.stack(list(more.values())).tolist()))
+        return (None if rank is None else rank.to(dev), *(t.to(dev) for t in counts), sizes)
+
     def prune(self, inp: PruneInput) -> Decision:
         cfg, sizes, step = self.cfg, dict(inp.sizes), inp.step
         r_idx, r_valid = mask_to_index(inp.token_state["rater"], sizes.get("raters"))  # (B, R)
@@ -70,12 +87,8 @@ class SparseVLM(Method):
         if plan is not None:  # a schedule: the counts were planned before the first layer
             keep_n, m, c = plan[step]
             read = {}
-        else:  # rank mode (or `prune` called on its own): the one read of this step sizes what follows
-            rank = attention_rank(attn, r_valid, v_valid) if cfg.mode == "rank" else None
-            # A sample without raters cannot be rated: it keeps all its visual tokens.
-            keep_n = keep_count(cfg, step, n_vis, rank, inp.n_prompt).where(r_valid.any(-1), n_vis)  # (B,)
-            more, (keep_n, m, c) = self._after(step, n_vis, keep_n, inp.valid.sum(-1) - n_vis)
-            read = dict(zip(more, host_ints(*more.values())))
+        else:  # rank mode (or `prune` called on its own): the one read of this step, then all on the host
+            rank, keep_n, m, c, read = self._counts_on_host(step, attn, r_valid, v_valid, inp)
             sizes |= read
         keep_vis, order = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
         dec = replace(visual_decision(inp, v_idx, v_valid, keep_vis, scores, keep_n), sizes=read)

@@ -1,0 +1,64 @@
+"""How often a pruned prefill waits for the device (issue #16): the method reads device values on
+the host once per prefill when its counts are planned (schedules), once more per pruning layer when
+they depend on what the layer computed (SparseVLM's rank mode), never in decoding, and the report is
+built from device tensors only when asked for. Counted with torch's profiler on the embedded model
+(`sparsevlm.bench.profile_prefill`); on a CPU every read that could stall a GPU is seen, because
+the library routes its reads through `select.host_ints` / `select.host_copy`."""
+import pytest
+import torch
+
+import sparsevlm
+from sparsevlm import toy
+from sparsevlm.bench import preset_config, profile_prefill, rank_config
+from sparsevlm.models.staged import CACHE
+
+torch.set_grad_enabled(False)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    model, processor = toy.load()
+    recs = toy.eval_split(limit=8)
+    inputs = processor(images=[r["image"] for r in recs], text=[r["prompt"] for r in recs], return_tensors="pt",
+                       padding=True)
+    return model, inputs
+
+
+def configs(model):
+    return {"preset 128": preset_config(model, 128), "preset 64 span": preset_config(model, 64).replace(
+        budget_per="span"), "random": sparsevlm.RandomConfig(pruning_layers=(1, 2, 4), schedule=(30, 12, 6)),
+            "fastv": sparsevlm.FastVConfig(layer=1, prune_ratio=0.7),
+            "pdrop": sparsevlm.PDropConfig(pruning_layers=(1, 3, 5))}
+
+
+def test_a_planned_prefill_reads_the_device_once(embedded):
+    model, inputs = embedded
+    dense = profile_prefill(model, inputs)
+    for name, cfg in configs(model).items():
+        counts = profile_prefill(model, inputs, cfg)
+        assert counts["method_host_reads"] == 1, name
+        assert counts["host_reads"] == dense["host_reads"] + 1, name  # nothing else waits either
+
+
+def test_rank_mode_reads_once_more_per_pruning_layer(embedded):
+    model, inputs = embedded
+    cfg = rank_config(model)
+    counts = profile_prefill(model, inputs, cfg)
+    assert counts["method_host_reads"] == 1 + len(cfg.pruning_layers)
+
+
+def test_decoding_and_the_report_read_nothing(embedded):
+    from torch.profiler import ProfilerActivity, profile
+
+    model, inputs = embedded
+    with sparsevlm.sparsified(model, preset_config(model, 128)):
+        out = model(**inputs, use_cache=True)
+        call = sparsevlm.models.patching.per_call(model._sparsevlm)
+        assert callable(call["report"])  # not built yet: nothing was copied to the host
+        step = {"input_ids": out.logits[:, -1:].argmax(-1), CACHE: getattr(out, CACHE),
+                "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(8, 1, dtype=torch.long)], 1)}
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(**step, use_cache=True)
+        assert not [e for e in prof.events() if e.name in ("aten::_local_scalar_dense", "sparsevlm::host_read")]
+        rep = sparsevlm.report(model)
+        assert rep.steps and sparsevlm.report(model) is rep  # built once, when asked
