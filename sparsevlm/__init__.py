@@ -5,7 +5,8 @@ attention, the rank of that attention sets how many to keep, pruned tokens are r
 few merged ones, and the language model prunes progressively.
 """
 from .budget import attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
-from .config import PRESET_SCHEDULES, FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig
+from .config import (PRESET_SCHEDULES, CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, PDropConfig, PoolingConfig,
+                     RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig, VisPrunerConfig)
 from .methods import match_budget, matched_baselines, planned_counts, planned_tokens
 from .models import report, sparsified, sparsify, unsparsify
 from .raters import select_raters, text_relevance
@@ -20,7 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "sparsify", "unsparsify", "sparsified", "report", "Report",
-    "SparseVLMConfig", "RandomConfig", "FastVConfig", "PDropConfig", "VisionZipConfig", "ToMeConfig", "PRESET_SCHEDULES",
+    "SparseVLMConfig", "RandomConfig", "FastVConfig", "PDropConfig", "VisionZipConfig", "ToMeConfig", "DARTConfig",
+    "DivPruneConfig", "VisPrunerConfig", "CDPrunerConfig", "PoolingConfig", "PRESET_SCHEDULES",
     "match_budget", "matched_baselines", "planned_counts", "planned_tokens",
     "select_raters", "text_relevance",
     "rater_attention", "visual_scores", "rope_gravity", "top_heads",

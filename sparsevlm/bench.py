@@ -377,11 +377,11 @@ def rank_config(model):
     return SparseVLMConfig(positions=default_positions(model))
 
 
-def methods_for(model, budgets, n_visual: int | None = None, log=None) -> dict:
+def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=None) -> dict:
     """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
     model's `n_visual` tokens per image), and every baseline matched to its equivalent tokens that
     the model's family supports (M-RoPE models: original positions; the others are logged)."""
-    from .methods import build, matched_baselines
+    from .methods import BASELINES, build, matched_baselines
     from .models import _adapter
 
     n_vis, layers = model_shape(model)
@@ -390,9 +390,10 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None) -> dict:
     rows = {"dense": None}
     for n in budgets:
         cfg = preset_config(model, n, n_vis)
-        for name, c in {"sparsevlm": cfg, **matched_baselines(cfg, n_vis, layers)}.items():
+        baselines = matched_baselines(cfg, n_vis, layers, methods=[m for m in methods or BASELINES if m != "sparsevlm"])
+        for name, c in (({"sparsevlm": cfg} if methods is None or "sparsevlm" in methods else {}) | baselines).items():
             try:
-                adapter.check(model, build(c))
+                adapter.check(model, build(c, layers))
             except ValueError as e:
                 if log is not None and n == budgets[0]:
                     log(f"{name}: skipped ({str(e).split('; ')[0]})")
@@ -451,9 +452,7 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
     image_token = model.config.image_token_id
     n_visual = int((inputs["input_ids"][0] == image_token).sum())
-    rows = methods_for(model, budgets, n_visual=n_visual, log=log)
-    if methods:
-        rows = {k: v for k, v in rows.items() if k == "dense" or k.split()[0] in methods}
+    rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None)
     if profile:
         if "sparsevlm" in (methods or ["sparsevlm"]):
             rows = {**rows, "sparsevlm rank": rank_config(model)}
@@ -519,7 +518,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64], choices=[192, 128, 96, 64],
                    help="SparseVLM presets (LLaVA-1.5 equivalent tokens; scaled on the toy) (default 192 128 64)")
     p.add_argument("--methods", nargs="+", default=None,
-                   choices=["sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome"],
+                   choices=["sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome", "dart", "divprune",
+                            "vispruner", "cdpruner", "pooling"],
                    help="only these methods besides dense (default: all)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per method (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")

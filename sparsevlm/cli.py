@@ -14,7 +14,8 @@ from pathlib import Path
 from .bench import model_shape
 from .utils import positive_int
 
-METHOD_NAMES = ("dense", "sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome")
+METHOD_NAMES = ("dense", "sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome", "dart", "divprune", "vispruner",
+                "cdpruner", "pooling")
 BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
 MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
@@ -142,11 +143,11 @@ def method_config(model, method: str, budget: int | None = None, tokens: float |
         if not 0 < tokens <= n_visual:
             raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")
         try:
-            base = cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers)[method]
+            base = cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
             return match_budget(base, tokens, n_visual, layers)
         except ValueError as e:
             raise CliError(f"--tokens {tokens:g}: {e}") from None
-    return cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers)[method]
+    return cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
 
 
 def add_model_args(p, methods: bool = True) -> None:
@@ -275,8 +276,7 @@ def demo(args) -> int:
     records = _records(args)  # before loading: a missing split should not wait for a large model
     model, processor = load_model(args.model, args.device, args.dtype)
     n_visual, layers = model_shape(model)
-    configs = {k: c for k, c in methods_for(model, args.presets).items()
-               if k == "dense" or k.split()[0] in ["sparsevlm", *args.methods]}
+    configs = methods_for(model, args.presets, methods=["sparsevlm", *args.methods])
     table = compare(model, processor, records, configs, progress=not args.quiet)
     # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
     inputs = processor(images=[r["image"] for r in records[:32]], text=[r["prompt"] for r in records[:32]],

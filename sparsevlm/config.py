@@ -20,6 +20,28 @@ PRESET_SCHEDULES = {
     64: (66, 30, 17),
 }
 
+#: Every method's paper defaults are for LLaVA-1.5-7B's 32 decoder layers.
+PAPER_DEPTH = 32
+
+
+def scale_layers(layers, num_layers: int) -> tuple[int, ...]:
+    """Layer indices written for a 32-layer LLaVA-1.5-7B, on a model with `num_layers` layers:
+    ceil(l · num_layers / 32), as `SparseVLMConfig.preset` scales its pruning layers (duplicates
+    merged). E.g. PyramidDrop's 8/16/24 become 6/12/18 on 24 layers and 7/14/21 on 28."""
+    if num_layers == PAPER_DEPTH:
+        return tuple(layers)
+    return tuple(sorted({-(-l * num_layers // PAPER_DEPTH) for l in layers}))
+
+
+def layers_for(cfg, num_layers: int | None = None) -> tuple[int, ...]:
+    """The decoder layers after which `cfg`'s method prunes on a model with `num_layers` layers:
+    the config's own layers when it names them, else its paper defaults (`DEFAULT_LAYERS`, for
+    32 layers) scaled to the model (`scale_layers`); unscaled when the depth is not known."""
+    if cfg.pruning_layers is not None:
+        return tuple(cfg.pruning_layers)
+    return scale_layers(cfg.DEFAULT_LAYERS, num_layers or PAPER_DEPTH)
+
+
 MODES = ("rank", "schedule")
 RANK_FORMS = ("keep", "delete")
 RATER_RULES = ("mean", "all", "last")
@@ -172,7 +194,7 @@ class SparseVLMConfig:
             if not isinstance(num_layers, int) or num_layers < 3 or not isinstance(n_visual, int) or n_visual < 1:
                 raise ValueError(f"n_visual={n_visual!r}, num_layers={num_layers!r}: need n_visual >= 1 and "
                                  f"num_layers >= 3 to scale a preset")
-            layers = tuple(sorted({-(-l * num_layers // 32) for l in PRESET_LAYERS}))
+            layers = scale_layers(PRESET_LAYERS, num_layers)
             schedule = tuple(max(1, round(k * n_visual / 576)) for k in schedule)[:len(layers)]
         # counts given by the caller are for this model as they stand; the preset's own are ratios
         fields_ = {"mode": "schedule", "pruning_layers": layers, "schedule": schedule,
@@ -225,22 +247,25 @@ class FastVConfig:
     """FastV (Chen et al., ECCV 2024, arXiv 2403.06764): after layer `layer` (K), drop the fraction
     `prune_ratio` (R) of visual tokens that receive the least attention, averaged over heads and
     over every query token ("all", the paper) or only the last token ("last"). Text-agnostic
-    beyond the attention itself; one pruning step; defaults K = 2, R = 50 %."""
+    beyond the attention itself; one pruning step; defaults K = 2, R = 50 %. `layer=None` (default):
+    K = 2 of 32 layers, scaled to the model's depth (`scale_layers`)."""
 
-    layer: int = 2
+    DEFAULT_LAYERS = (2,)
+    layer: int | None = None
     prune_ratio: float = 0.5
     rater: str = "all"
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _layers("layer", (self.layer,))
+        if self.layer is not None:
+            _layers("layer", (self.layer,))
         _choice("rater", self.rater, ("all", "last"))
         _choice("positions", self.positions, POSITIONS)
         _number("prune_ratio", self.prune_ratio, 0, 1, high_open=True)
 
     @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return (self.layer,)
+    def pruning_layers(self) -> tuple[int, ...] | None:
+        return None if self.layer is None else (self.layer,)
 
 
 @dataclass(frozen=True)
@@ -248,14 +273,17 @@ class PDropConfig:
     """PyramidDrop (Xing et al., CVPR 2025, arXiv 2410.17247): at the end of each stage (after
     each layer in `pruning_layers`) keep the fraction `keep_ratio` (λ) of the visual tokens left,
     ranked by the attention of the last instruction token. Defaults for a 32-layer LLaVA-1.5:
-    layers 8, 16, 24 and λ = 0.5."""
+    layers 8, 16, 24 and λ = 0.5; `pruning_layers=None` (default) scales them to the model's depth
+    (`scale_layers`: 6/12/18 on 24 layers)."""
 
-    pruning_layers: tuple[int, ...] = (8, 16, 24)
+    DEFAULT_LAYERS = (8, 16, 24)
+    pruning_layers: tuple[int, ...] | None = None
     keep_ratio: float = 0.5
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pruning_layers", _layers("pruning_layers", self.pruning_layers))
+        if self.pruning_layers is not None:
+            object.__setattr__(self, "pruning_layers", _layers("pruning_layers", self.pruning_layers))
         _choice("positions", self.positions, POSITIONS)
         _number("keep_ratio", self.keep_ratio, 0, 1, low_open=True)
 
@@ -309,3 +337,147 @@ class ToMeConfig:
     @property
     def pruning_layers(self) -> tuple[int, ...]:
         return ()  # it merges before the language model, not after a layer
+
+
+def _count(name: str, value, low: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+
+
+@dataclass(frozen=True)
+class DARTConfig:
+    """DART (Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models:
+    Duplication Matters More", EMNLP 2025, arXiv 2502.11494; code github.com/ZichenWen1/DART):
+    after layer `pruning_layers` (default: its K = 2, i.e. pruned before the third layer: our
+    layer 1 of 32, scaled to the model's depth), pick pivot tokens — the `pivot_image` visual and
+    `pivot_text` text tokens (after the image) whose keys have the largest L1 norm — and, pivot by
+    pivot, keep the visual tokens *least* similar (cosine of the hidden states after the final norm)
+    to it: duplicates of a pivot go. A sample keeps int(n · (1 − reduction_ratio)) visual tokens
+    (0.778: 127 of 576), its visual pivots and their picks, shared equally among its pivots (the
+    first take one more; DART's code gives each pivot int(n (1 − r) / pivots), 124 of 576, which
+    moves in steps of 8 tokens). Text-aware through the text pivots only; no attention weights.
+    Pivots are ranked by the L1 norm of the keys before RoPE (rotated keys' norms depend on the
+    absolute position, so on left padding)."""
+
+    DEFAULT_LAYERS = (1,)
+    pruning_layers: tuple[int, ...] | None = None
+    reduction_ratio: float = 0.778
+    pivot_image: int = 4
+    pivot_text: int = 4
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        if self.pruning_layers is not None:
+            layers = _layers("pruning_layers", self.pruning_layers)
+            if len(layers) != 1:
+                raise ValueError(f"pruning_layers={self.pruning_layers!r}: DART prunes once, after one layer")
+            object.__setattr__(self, "pruning_layers", layers)
+        _choice("positions", self.positions, POSITIONS)
+        _number("reduction_ratio", self.reduction_ratio, 0, 1, high_open=True)
+        _count("pivot_image", self.pivot_image, 0)
+        _count("pivot_text", self.pivot_text, 0)
+        if self.pivot_image + self.pivot_text < 1:
+            raise ValueError("pivot_image + pivot_text must be at least 1")
+
+
+@dataclass(frozen=True)
+class DivPruneConfig:
+    """DivPrune (Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal
+    Models", CVPR 2025, arXiv 2503.02175; code github.com/vbdi/divprune): before the language model,
+    keep the `keep` visual tokens that solve the max–min diversity problem greedily on the
+    projected visual embeddings (distance 1 − cosine): first the token farthest from its nearest
+    neighbour, then repeatedly the token farthest from its nearest kept token. Text-agnostic.
+    Default 64 tokens, the tightest budget 2025 comparisons report (its paper sets a ratio)."""
+
+    keep: int = 64
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        _count("keep", self.keep)
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return ()  # it prunes before the language model
+
+
+@dataclass(frozen=True)
+class VisPrunerConfig:
+    """VisPruner (Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective
+    Token Pruning in VLMs", ICCV 2025, arXiv 2412.01818; code github.com/Theia-4869/VisPruner):
+    before the language model, keep int(keep · important_ratio) *important* tokens — those the
+    vision tower's [CLS] token attends to most — and fill the rest with *diverse* tokens: of the
+    remaining ones (in [CLS]-attention order) split alternately into two sets, drop the (at most 8
+    per round) tokens of the first set most similar to the second, until the budget is met.
+    Text-agnostic. Default 64 tokens, half important (the ratio is the paper's knob)."""
+
+    keep: int = 64
+    important_ratio: float = 0.5
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        _count("keep", self.keep)
+        _number("important_ratio", self.important_ratio, 0, 1)
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return ()  # it prunes before the language model
+
+
+@dataclass(frozen=True)
+class CDPrunerConfig:
+    """CDPruner (Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for
+    Token Pruning in MLLMs", NeurIPS 2025, arXiv 2506.10967; code github.com/Theia-4869/CDPruner):
+    before the language model, keep the `keep` visual tokens chosen by greedy MAP inference of a
+    determinantal point process whose kernel is conditioned on the instruction:
+    L = diag(q) · S · diag(q), S the cosine similarity of the visual embeddings, q = exp(α · r)
+    with α = θ / (2(1 − θ)) (q = r when θ = 1) and r each token's relevance — its mean cosine
+    similarity to the instruction's embeddings, min–max normalised per sample. Fast greedy MAP
+    (incremental Cholesky, O(n · keep²) per sample). Default 64 tokens, θ = 0.5."""
+
+    keep: int = 64
+    theta: float = 0.5
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        _count("keep", self.keep)
+        _number("theta", self.theta, 0, 1, low_open=True)
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return ()  # it prunes before the language model
+
+
+@dataclass(frozen=True)
+class PoolingConfig:
+    """Average pooling of the visual grid (a simple baseline that benchmark studies of 2025 find
+    strong; LLaVA-OneVision pools its video frames 2 × 2 the same way): before the
+    language model, each image's square grid of visual tokens is average-pooled (adaptive windows)
+    to an h × w grid of `tokens` = h · w tokens, h ≤ w the most nearly square factors of `tokens`
+    (at most 2:1). Each pooled token takes the position of its window's centre token. Text-agnostic;
+    needs one square grid per sample (LLaVA-1.5 with one image)."""
+
+    tokens: int = 64
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        _count("tokens", self.tokens)
+        if pool_grid(self.tokens) is None:
+            raise ValueError(f"tokens={self.tokens!r} has no h × w grid with h ≤ w ≤ 2h; e.g. 64 (8 × 8), "
+                             f"128 (8 × 16), 192 (12 × 16)")
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return ()  # it pools before the language model
+
+
+def pool_grid(tokens: int) -> tuple[int, int] | None:
+    """The most nearly square h × w = tokens with h ≤ w ≤ 2h (None if there is none)."""
+    h = math.isqrt(tokens)
+    while h >= 1 and tokens % h:
+        h -= 1
+    w = tokens // h
+    return (h, w) if w <= 2 * h else None

@@ -110,7 +110,9 @@ def test_vision_signals_equal_the_towers_own_attention():
 
 ALL_METHODS = [SparseVLMConfig.preset(128, pruning_layers=(1, 2, 4)), RandomConfig(pruning_layers=(1, 3), schedule=(30, 10)),
                FastVConfig(layer=1, prune_ratio=0.7), PDropConfig(pruning_layers=(1, 3), keep_ratio=0.5),
-               VisionZipConfig(dominant=12, contextual=4), ToMeConfig(keep=20)]
+               VisionZipConfig(dominant=12, contextual=4), ToMeConfig(keep=20),
+               sparsevlm.DARTConfig(pruning_layers=(1,), pivot_image=2, pivot_text=2), sparsevlm.DivPruneConfig(keep=20),
+               sparsevlm.VisPrunerConfig(keep=20), sparsevlm.CDPrunerConfig(keep=20), sparsevlm.PoolingConfig(tokens=20)]
 
 
 @pytest.mark.parametrize("cfg", ALL_METHODS, ids=lambda c: type(c).__name__)

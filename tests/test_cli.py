@@ -157,7 +157,8 @@ def test_every_option_has_help():
 
 def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
     """The Qwen2.5-VL-7B architecture on the meta device: a 672×672 image is 576 tokens of a
-    ~695-token prompt, M-RoPE takes original positions, and VisionZip/ToMe-style are skipped."""
+    ~695-token prompt, M-RoPE takes original positions, and VisionZip/ToMe-style, VisPruner and
+    pooling are skipped."""
     import torch
     import transformers
 
@@ -170,11 +171,11 @@ def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
     assert inputs["pixel_values"].shape == (48 * 48, 1176) and inputs["image_grid_thw"].tolist() == [[1, 48, 48]]
     skipped = []
     rows = methods_for(model, [128, 64], n_visual=576, log=skipped.append)
-    assert list(rows) == ["dense", "sparsevlm 128", "random 128", "fastv 128", "pdrop 128",
-                          "sparsevlm 64", "random 64", "fastv 64", "pdrop 64"]
+    inside = ["sparsevlm", "random", "fastv", "pdrop", "dart", "divprune", "cdpruner"]
+    assert list(rows) == ["dense"] + [f"{m} {n}" for n in (128, 64) for m in inside]
     assert all(c.positions == "original" for c in list(rows.values())[1:])
     assert rows["sparsevlm 128"].pruning_layers == (2, 6, 14) and rows["sparsevlm 128"].schedule_of == 576
-    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome"]
+    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "vispruner", "pooling"]
 
 
 def test_eval_and_demo_on_a_llava_next_checkpoint(capsys, tmp_path):

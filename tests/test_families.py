@@ -16,8 +16,10 @@ KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 2), schedule=(100
 METHODS = [SparseVLMConfig(pruning_layers=(1, 2), scale=2.0), SparseVLMConfig.preset(64, pruning_layers=(1, 2, 3),
                                                                                        schedule=(30, 20, 10)),
            sparsevlm.FastVConfig(layer=1, prune_ratio=0.6), sparsevlm.PDropConfig(pruning_layers=(1, 2), keep_ratio=0.5),
-           sparsevlm.RandomConfig(pruning_layers=(1, 2), schedule=(25, 12))]
-IDS = ["rank", "preset", "fastv", "pdrop", "random"]
+           sparsevlm.RandomConfig(pruning_layers=(1, 2), schedule=(25, 12)),
+           sparsevlm.DARTConfig(pruning_layers=(1,), reduction_ratio=0.6, pivot_image=2, pivot_text=2),
+           sparsevlm.DivPruneConfig(keep=12), sparsevlm.CDPrunerConfig(keep=12)]
+IDS = ["rank", "preset", "fastv", "pdrop", "random", "dart", "divprune", "cdpruner"]
 GREEDY = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
 
 
@@ -111,6 +113,10 @@ def test_methods_that_read_the_vision_tower_are_refused(models, family):
     model = models[family]
     with pytest.raises(ValueError, match=f"{type(model).__name__} builds its features from high-resolution crops"):
         sparsevlm.sparsify(model, sparsevlm.VisionZipConfig())
+    with pytest.raises(ValueError, match=f"{type(model).__name__} builds its features from high-resolution crops"):
+        sparsevlm.sparsify(model, sparsevlm.VisPrunerConfig())
+    with pytest.raises(ValueError, match=f"pools one square grid .* {type(model).__name__} lays out"):
+        sparsevlm.sparsify(model, sparsevlm.PoolingConfig())
     assert not hasattr(model, "_sparsevlm")
 
 

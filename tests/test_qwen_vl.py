@@ -19,8 +19,10 @@ METHODS = [SparseVLMConfig(pruning_layers=(1, 2), scale=1.0, **ORIGINAL),
            SparseVLMConfig.plus(64, pruning_layers=(1, 2), schedule=(12, 6), top_heads=2),
            sparsevlm.FastVConfig(layer=1, prune_ratio=0.6, **ORIGINAL),
            sparsevlm.PDropConfig(pruning_layers=(1, 2), keep_ratio=0.5, **ORIGINAL),
-           sparsevlm.RandomConfig(pruning_layers=(1, 2), schedule=(10, 5), **ORIGINAL)]
-IDS = ["rank", "preset", "plus", "fastv", "pdrop", "random"]
+           sparsevlm.RandomConfig(pruning_layers=(1, 2), schedule=(10, 5), **ORIGINAL),
+           sparsevlm.DARTConfig(pruning_layers=(1,), reduction_ratio=0.6, pivot_image=2, pivot_text=2, **ORIGINAL),
+           sparsevlm.DivPruneConfig(keep=8, **ORIGINAL), sparsevlm.CDPrunerConfig(keep=8, **ORIGINAL)]
+IDS = ["rank", "preset", "plus", "fastv", "pdrop", "random", "dart", "divprune", "cdpruner"]
 GREEDY = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
 PATCH = 3 * 2 * 4 * 4  # channels × temporal patch × patch²
 
@@ -108,6 +110,10 @@ def test_what_cannot_work_is_refused(model):
         sparsevlm.sparsify(model, SparseVLMConfig(pruning_layers=(1, 2)))  # the default renumbers positions
     with pytest.raises(ValueError, match=f"{name}'s vision tower has no \\[CLS\\] token"):
         sparsevlm.sparsify(model, sparsevlm.ToMeConfig(positions="original"))
+    with pytest.raises(ValueError, match=f"{name}'s vision tower has no \\[CLS\\] token"):
+        sparsevlm.sparsify(model, sparsevlm.VisPrunerConfig(positions="original"))
+    with pytest.raises(ValueError, match=f"pools one square grid .* {name} merges"):
+        sparsevlm.sparsify(model, sparsevlm.PoolingConfig(positions="original"))
     assert not hasattr(model, "_sparsevlm")
 
 

@@ -7,23 +7,28 @@ import numbers
 import torch
 
 from ..budget import equivalent_tokens, layer_counts
-from ..config import FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig
+from ..config import (CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, PDropConfig, PoolingConfig, RandomConfig,
+                      SparseVLMConfig, ToMeConfig, VisionZipConfig, VisPrunerConfig)
 from .base import Decision, Method, PruneInput
 from .attention import FastV, PDrop
-from .merge import ToMe, VisionZip
+from .diversity import CDPruner, DART, DivPrune, VisPruner
+from .merge import Pooling, ToMe, VisionZip
 from .random import RandomTokens
 from .sparsevlm import SparseVLM
 
 # Config class -> method class. Baselines register here.
 METHODS: dict[type, type[Method]] = {SparseVLMConfig: SparseVLM, RandomConfig: RandomTokens, FastVConfig: FastV,
-                                     PDropConfig: PDrop, VisionZipConfig: VisionZip, ToMeConfig: ToMe}
+                                     PDropConfig: PDrop, VisionZipConfig: VisionZip, ToMeConfig: ToMe,
+                                     DARTConfig: DART, DivPruneConfig: DivPrune, VisPrunerConfig: VisPruner,
+                                     CDPrunerConfig: CDPruner, PoolingConfig: Pooling}
 COUNTINGS = ("output", "input")
 
 
-def build(cfg) -> Method:
-    """The method object for a config."""
+def build(cfg, num_layers: int | None = None) -> Method:
+    """The method object for a config, on a model with `num_layers` decoder layers (its paper
+    default layers are scaled to that depth; for 32 layers when not given)."""
     try:
-        return METHODS[type(cfg)](cfg)
+        return METHODS[type(cfg)](cfg, num_layers)
     except KeyError:
         names = ", ".join(c.__name__ for c in METHODS)
         raise TypeError(f"cfg of type {type(cfg).__name__} is not a method config; supported: {names}") from None
@@ -33,7 +38,7 @@ def planned_counts(cfg, n_visual: int, num_layers: int):
     """Visual tokens entering and leaving each decoder layer under `cfg`, for a prompt with
     `n_visual` visual tokens, without running a model (what the report will show for budgets that
     do not depend on the input). Returns two lists of num_layers ints: counts_in, counts_out."""
-    method = build(cfg)
+    method = build(cfg, num_layers)
     n = torch.tensor([n_visual])
     after = {}
     points = ([-1] if method.prunes_input else []) + list(method.pruning_layers)
@@ -52,11 +57,14 @@ def planned_tokens(cfg, n_visual: int, num_layers: int, counting: str = "output"
     return float(equivalent_tokens(torch.tensor([outs if counting == "output" else ins]))[0])
 
 
-def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: str = "output"):
+def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: str = "output",
+                 tolerance: float = 1.0):
     """`cfg` with its budget knob set so that its equivalent tokens are as close as possible to
     `tokens` (ties to the smaller budget): the schedule scaled (SparseVLM schedule mode, random),
-    the pruning ratio (FastV, PyramidDrop), the token count (VisionZip, split as in `cfg`; ToMe).
-    Raises ValueError when `tokens` is further than one token from everything the method can reach."""
+    the pruning ratio (FastV, PyramidDrop, DART), the token count (VisionZip, split as in `cfg`; ToMe,
+    DivPrune, VisPruner, CDPruner, pooling).
+    Raises ValueError when `tokens` is further than `tolerance` tokens from everything the method can
+    reach (pooling's h × w grids skip some counts: matched_baselines lets it take the nearest)."""
     if not isinstance(n_visual, int) or n_visual < 1:
         raise ValueError(f"n_visual={n_visual!r} must be an integer >= 1")
     if not isinstance(num_layers, int) or num_layers < 1:
@@ -64,38 +72,54 @@ def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: s
     if isinstance(tokens, bool) or not isinstance(tokens, numbers.Real) or not math.isfinite(tokens) or tokens < 0:
         raise ValueError(f"tokens={tokens!r} must be a finite number >= 0")
     best, reach = None, []
-    for cand in build(cfg).budget_candidates(n_visual):
+    for cand in build(cfg, num_layers).budget_candidates(n_visual):
         eq = planned_tokens(cand, n_visual, num_layers, counting)
         reach.append(eq)
         if best is None or abs(eq - tokens) < abs(best[0] - tokens):
             best = (eq, cand)
-    if best is None or abs(best[0] - tokens) > 1:
+    if best is None or abs(best[0] - tokens) > tolerance:
         lo, hi = (min(reach), max(reach)) if reach else (float("nan"),) * 2
         raise ValueError(f"tokens={tokens!r} is out of reach for {type(cfg).__name__} with {n_visual} visual tokens "
                          f"and {num_layers} layers; it reaches {lo:.1f}..{hi:.1f} equivalent tokens ({counting} count)")
     return best[1]
 
 
-def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, counting: str = "output") -> dict:
-    """Every baseline at the equivalent tokens of a SparseVLM schedule `cfg`: random tokens on the
-    same schedule, FastV after cfg's first pruning layer, PyramidDrop at cfg's pruning layers (its
-    own 8/16/24 on LLaVA-1.5 cannot go below ~1/4 of the tokens), VisionZip (its 54:10 split) and
-    ToMe. Returns {name: config}; raises ValueError if one of them cannot reach the budget."""
+BASELINES = ("random", "fastv", "pdrop", "visionzip", "tome", "dart", "divprune", "vispruner", "cdpruner", "pooling")
+
+
+def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, counting: str = "output",
+                      methods=BASELINES) -> dict:
+    """Every baseline (or those named in `methods`) at the equivalent tokens of a SparseVLM schedule
+    `cfg`: random tokens on the same schedule, FastV after cfg's first pruning layer, PyramidDrop at
+    cfg's pruning layers (its own 8/16/24 on LLaVA-1.5 cannot go below ~1/4 of the tokens), VisionZip
+    (its 54:10 split), ToMe, DART (its layer, scaled to the depth), DivPrune, VisPruner, CDPruner
+    and pooling (the nearest h × w grid). Returns {name: config}; raises ValueError if one of them
+    cannot reach the budget (e.g. DART, pruning once after its second layer, on a very shallow model)."""
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown:
+        raise ValueError(f"methods={unknown!r}: unknown baselines; allowed: {', '.join(BASELINES)}")
     target = planned_tokens(cfg, n_visual, num_layers, counting)
-    pdrop_layers = cfg.pruning_layers
-    return {
-        "random": RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule, schedule_of=cfg.schedule_of,
-                               budget_per=cfg.budget_per,
-                               positions=cfg.positions),
-        "fastv": match_budget(FastVConfig(layer=cfg.pruning_layers[0], positions=cfg.positions), target, n_visual,
-                              num_layers, counting),
-        "pdrop": match_budget(PDropConfig(pruning_layers=pdrop_layers, positions=cfg.positions), target, n_visual,
-                              num_layers, counting),
-        "visionzip": match_budget(VisionZipConfig(positions=cfg.positions), target, n_visual, num_layers, counting),
-        "tome": match_budget(ToMeConfig(positions=cfg.positions), target, n_visual, num_layers, counting),
+    pos = cfg.positions
+
+    def matched(base, tolerance=1.0):
+        return match_budget(base, target, n_visual, num_layers, counting, tolerance)
+
+    make = {
+        "random": lambda: RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule,
+                                       schedule_of=cfg.schedule_of, budget_per=cfg.budget_per, positions=pos),
+        "fastv": lambda: matched(FastVConfig(layer=cfg.pruning_layers[0], positions=pos)),
+        "pdrop": lambda: matched(PDropConfig(pruning_layers=cfg.pruning_layers, positions=pos)),
+        "visionzip": lambda: matched(VisionZipConfig(positions=pos)),
+        "tome": lambda: matched(ToMeConfig(positions=pos)),
+        "dart": lambda: matched(DARTConfig(positions=pos)),
+        "divprune": lambda: matched(DivPruneConfig(positions=pos)),
+        "vispruner": lambda: matched(VisPrunerConfig(positions=pos)),
+        "cdpruner": lambda: matched(CDPrunerConfig(positions=pos)),
+        "pooling": lambda: matched(PoolingConfig(positions=pos), tolerance=math.inf),
     }
+    return {name: make[name]() for name in BASELINES if name in methods}
 
 
 __all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "VisionZip",
-           "ToMe", "METHODS", "planned_counts", "planned_tokens", "match_budget",
-           "matched_baselines"]
+           "ToMe", "DART", "DivPrune", "VisPruner", "CDPruner", "Pooling", "METHODS", "planned_counts", "planned_tokens", "match_budget",
+           "matched_baselines", "BASELINES"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..config import layers_for
 from ..select import gather, host_ints, mask_to_index, put, score_order, split_budget, topk_mask
 
 
@@ -48,6 +49,12 @@ class PruneInput:
     #: host integers read before the first layer (`Method.sizes`, and "spans": the most spans of a
     #: sample) or at earlier steps (`Decision.sizes`): the widths of the method's index tensors
     sizes: dict = field(default_factory=dict)
+    #: the language model's final norm (a callable on hidden states), for methods that compare
+    #: tokens as the model's head would see them (DART)
+    norm: object = None
+    #: (B, L, H_kv·Dh) the layer's keys as projected, before RoPE (whose rotation makes a key's
+    #: L1 norm depend on its absolute position, hence on left padding)
+    raw_keys: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -84,9 +91,9 @@ class Method:
     #: needs the vision tower's [CLS] attention and keys (PruneInput.vision)
     needs_vision: bool = False
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, num_layers: int | None = None):
         self.cfg = cfg
-        self.pruning_layers = tuple(cfg.pruning_layers)
+        self.pruning_layers = layers_for(cfg, num_layers)  # paper defaults scaled to the model's depth
         self.positions = cfg.positions
 
     @property

@@ -9,13 +9,14 @@ their representative token when original positions are kept.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ToMeConfig, VisionZipConfig
-from ..select import gather, mask_to_index, put
+from ..config import PoolingConfig, ToMeConfig, VisionZipConfig, pool_grid
+from ..select import gather, host_ints, mask_to_index, put
 from .base import Decision, Method, PruneInput
 
 
@@ -78,24 +79,55 @@ def tome_sample(x, keys, keep: int):
     return kept, tokens[~single].to(x.dtype), rep[~single]
 
 
+def _centres(s: int, h: int) -> list[int]:
+    """Centre row of each of the h adaptive-pooling windows over s rows (window i spans
+    floor(i·s/h) .. ceil((i+1)·s/h) − 1)."""
+    return [(i * s // h + -(-(i + 1) * s // h) - 1) // 2 for i in range(h)]
+
+
+def pool_sample(x: torch.Tensor, h: int, w: int):
+    """Average pooling of one sample's square grid of n = s² tokens (row-major) to h × w adaptive
+    windows. Shapes: x (n, D) -> pooled (h·w, D) row-major, centre (h·w,) local index of each
+    window's centre token."""
+    n, D = x.shape
+    s = math.isqrt(n)
+    if s * s != n or max(h, w) > s:
+        raise ValueError(f"PoolingConfig pools one square grid per sample: {n} visual tokens "
+                         f"{'are not a square grid (several images?)' if s * s != n else f'form a {s} × {s} grid'}, "
+                         f"cannot give {h} × {w}")
+    grid = x.float().T.reshape(1, D, s, s)
+    pooled = F.adaptive_avg_pool2d(grid, (h, w))[0].flatten(1).T  # (h·w, D)
+    centre = torch.tensor([r * s + c for r in _centres(s, h) for c in _centres(s, w)], device=x.device)
+    return pooled.to(x.dtype), centre
+
+
 class _PreLLM(Method):
     """Shared by the pre-LLM baselines: run a per-sample reducer, pad its results into a Decision."""
 
     prunes_input = True
     needs_vision = True
 
-    def reduce(self, x, cls, keys):
+    def reduce(self, x, cls, keys, text):
+        """One sample: x (n, D) its visual embeddings, cls (n,) and keys (n, Dk) from the vision tower
+        (None without `needs_vision`), text (m, D) the embeddings of the text after its last visual
+        token (the instruction) -> kept (n,) bool, merged (C, D), representative (C,) local index."""
         raise NotImplementedError
 
     def prune(self, inp: PruneInput) -> Decision:
         v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get("visual0"))  # (B, V)
         x = gather(inp.hidden, v_idx)
-        cls, keys = gather(inp.vision["cls_attention"], v_idx), gather(inp.vision["keys"], v_idx)
+        cls, keys = ((gather(inp.vision["cls_attention"], v_idx), gather(inp.vision["keys"], v_idx))
+                     if self.needs_vision else (x[..., 0], x))
+        pos = torch.arange(inp.valid.shape[1], device=x.device)
+        after = inp.valid & ~inp.vis_mask & (pos > pos.where(inp.vis_mask, -1).amax(-1, keepdim=True))
+        t_idx, t_valid = mask_to_index(after, inp.valid.shape[1])
+        text = gather(inp.hidden, t_idx)
+        counts = host_ints(*v_valid.sum(-1), *t_valid.sum(-1))  # the one read: every sample's counts
         keep_vis = torch.zeros_like(v_valid)
         merged, reps = [], []
         for b in range(len(x)):
-            n = int(v_valid[b].sum())
-            kept, m, rep = self.reduce(x[b, :n], cls[b, :n], keys[b, :n])
+            n, m_text = counts[b], counts[len(x) + b]
+            kept, m, rep = self.reduce(x[b, :n], cls[b, :n], keys[b, :n], text[b, :m_text])
             keep_vis[b, :n] = kept
             merged.append(m)
             reps.append(v_idx[b, rep])
@@ -125,7 +157,7 @@ class VisionZip(_PreLLM):
             contextual = min(total - 1, round(total * share)) if total > 1 else 0
             yield replace(self.cfg, dominant=total - contextual, contextual=contextual)
 
-    def reduce(self, x, cls, keys):
+    def reduce(self, x, cls, keys, text):
         return zip_sample(x, cls, keys, self.cfg.dominant, self.cfg.contextual)
 
 
@@ -138,5 +170,28 @@ class ToMe(_PreLLM):
     def budget_candidates(self, n_visual):
         return (replace(self.cfg, keep=k) for k in range(1, n_visual + 1))
 
-    def reduce(self, x, cls, keys):
+    def reduce(self, x, cls, keys, text):
         return tome_sample(x, keys, self.cfg.keep)
+
+
+class Pooling(_PreLLM):
+    cfg: PoolingConfig
+    #: needs each sample's visual tokens to be one square grid (LLaVA-1.5, one image), not the tower
+    needs_grid = True
+    needs_vision = False
+
+    def counts_after(self, step, n_visual, n_prompt=None):
+        return n_visual.clamp(max=self.cfg.tokens).long()
+
+    def budget_candidates(self, n_visual):
+        side = math.isqrt(n_visual)
+        return (replace(self.cfg, tokens=t) for t in range(1, n_visual + 1)
+                if t == n_visual or ((g := pool_grid(t)) is not None and g[1] <= side))
+
+    def reduce(self, x, cls, keys, text):
+        n = x.shape[0]
+        if n <= self.cfg.tokens:  # the budget covers every token: keep all
+            return torch.ones(n, dtype=torch.bool, device=x.device), x[:0], torch.zeros(0, dtype=torch.long,
+                                                                                          device=x.device)
+        pooled, centre = pool_sample(x, *pool_grid(self.cfg.tokens))
+        return torch.zeros(n, dtype=torch.bool, device=x.device), pooled, centre

@@ -29,6 +29,11 @@ def _adapter(model):
     raise TypeError("; ".join(r for r in reasons if not r.startswith(f"{name} is not supported")))
 
 
+def depth(model) -> int:
+    """Decoder layers of the model's language model."""
+    return model.config.get_text_config().num_hidden_layers
+
+
 def sparsify(model, cfg=None):
     """Apply a pruning method (SparseVLM by default) to `model` in place and return it.
 
@@ -36,8 +41,8 @@ def sparsify(model, cfg=None):
     the model is touched: on an error the model stays exactly as it was. Inference only.
     """
     cfg = SparseVLMConfig() if cfg is None else cfg
-    method = build(cfg)
     adapter = _adapter(model)
+    method = build(cfg, depth(model))  # default layers follow the model's depth
     adapter.check(model, method)
     unsparsify(model)
     adapter.patch(model, method, {"cfg": cfg, "method": method, "method_name": type(method).__name__})

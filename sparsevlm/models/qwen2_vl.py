@@ -40,6 +40,10 @@ def check(model, method) -> None:
         raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention; {name}'s vision tower "
                          f"has no [CLS] token. Use a method that prunes inside the language model (SparseVLM, FastV, "
                          f"PyramidDrop, random)")
+    if getattr(method, "needs_grid", False):
+        raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} merges "
+                         f"patches into grids of any shape and frames. Use DivPrune, CDPruner or a method that "
+                         f"prunes inside the language model")
     if method.positions not in POSITIONS:
         raise ValueError(f"positions={method.positions!r}: {name} uses M-RoPE, (temporal, height, width) positions; "
                          f"renumbering them has no meaning the model was trained with. Use positions='original'")

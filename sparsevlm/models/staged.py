@@ -117,14 +117,14 @@ class SparseTextModel:
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
 
-    def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True):
+    def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True, rope: bool = True):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on. `skip=False` always
         builds the mask: deciding that sdpa may skip it reads the padding mask on the host (the stages
         after a pruning layer and decoding never read; the first stage decides as the dense model does)."""
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
                                   position_ids=_layer_ids(positions), layer_idx=layer_idx, allow_is_causal_skip=skip,
                                   **{CACHE: cache})
-        return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions))
+        return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions)) if rope else None
 
     def _queries_keys(self, layer_idx, captured, position_embeddings):
         """The pruning layer's queries and keys, RoPE applied as in the model.
@@ -189,8 +189,10 @@ class SparseTextModel:
                                   use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
             if prune_here:
                 with clock:
-                    q, k = self._queries_keys(i, call.pop("capture"), pe)
-                    self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe)
+                    captured = call.pop("capture")
+                    q, k = self._queries_keys(i, captured, pe)
+                    self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe,
+                                captured["k"])
                 step += 1
                 mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
             counts_out.append(seq["vis_mask"].sum(-1))
@@ -208,7 +210,7 @@ class SparseTextModel:
             cache._sparsevlm_stages = stages
         return BaseModelOutputWithPast(last_hidden_state=out[:, :L], **{CACHE: cache if use_cache else None})
 
-    def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe):
+    def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe, raw_keys=None):
         """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
         re-lay the sequence out: kept tokens in place, inserted ones after the visual span."""
         B, L = seq["hidden"].shape[:2]
@@ -216,7 +218,8 @@ class SparseTextModel:
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
                                       vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
                                       position_embeddings=pe, token_state=seq["state"], vision=seq["vision"],
-                                      n_prompt=seq["n_prompt"], spans=seq["span"], sizes=seq["sizes"]))
+                                      n_prompt=seq["n_prompt"], spans=seq["span"], sizes=seq["sizes"],
+                                      norm=self.norm, raw_keys=raw_keys))
         seq["sizes"] = {**seq["sizes"], **dec.sizes}
         origin, vis_mask = seq["origin"], seq["vis_mask"]
         step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "origin_before": origin,
@@ -261,8 +264,10 @@ class SparseTextModel:
                 s["valid"] = torch.cat([s["valid"], new_valid], dim=1)
                 pos = s["count"][:, None] + new_valid.long().cumsum(-1) - 1
                 s["count"] = s["count"] + new_valid.sum(-1)
-                positions = pos if st["method"].positions == "compact" else positions0
-                mask, pe = self._stage(hidden, s["valid"], positions, cache, i, skip=False)
+                if st["method"].positions == "compact":
+                    mask, pe = self._stage(hidden, s["valid"], pos, cache, i, skip=False)
+                else:  # the same positions: only the mask is new
+                    mask = self._stage(hidden, s["valid"], positions0, cache, i, skip=False, rope=False)[0]
             hidden = layer(hidden, attention_mask=mask, position_ids=_layer_ids(positions0), use_cache=use_cache,
                            position_embeddings=pe, **{CACHE: cache}, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
