@@ -9,6 +9,8 @@ TORCH ?= torch==2.13.0
 # outputs are compared with nbval). `make test CONSTRAINTS=` tests against the newest releases instead;
 # `make lock` rewrites the file from the current environment after a passing run.
 CONSTRAINTS ?= constraints.txt
+# lmms-eval without its declared dependencies (torchvision/timm: see pyproject's [eval] extra).
+LMMS_EVAL ?= lmms-eval==0.7.3
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
 .PHONY: install demo test unit notebooks bench run-notebooks lab lock clean
@@ -19,7 +21,8 @@ $(VENV)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(PY) -m pip install -q --no-deps "$(LMMS_EVAL)"
+	$(PY) -m pip install -q -e ".[dev,eval]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 

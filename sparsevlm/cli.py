@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -91,6 +92,8 @@ def load_model(path: str | None, device: str, dtype: str, with_processor: bool =
 
     from . import toy
 
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun / accelerate: one GPU each
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     check_device(device)
     torch_dtype = getattr(torch, dtype)
     if path is None:
@@ -269,7 +272,7 @@ def demo(args) -> int:
 
     from . import report, sparsified
     from .bench import methods_for, prefill_time
-    from .eval import compare
+    from .eval import compare, world
     from .plots import tradeoff
 
     check_out(args.out, folder=True)
@@ -277,7 +280,9 @@ def demo(args) -> int:
     model, processor = load_model(args.model, args.device, args.dtype)
     n_visual, layers = model_shape(model)
     configs = methods_for(model, args.presets, methods=["sparsevlm", *args.methods])
-    table = compare(model, processor, records, configs, progress=not args.quiet)
+    table = compare(model, processor, records, configs, progress=not args.quiet)  # data-parallel under torchrun
+    if world()[0] > 0:  # the other processes helped answer; the first one times, plots and writes
+        return 0
     # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
     inputs = processor(images=[r["image"] for r in records[:32]], text=[r["prompt"] for r in records[:32]],
                        return_tensors="pt", padding=True).to(args.device)
@@ -318,7 +323,7 @@ def evaluate_cmd(args) -> int:
     """Accuracy of one method on the embedded split (or --data), per question type."""
     import pandas as pd
 
-    from .eval import accuracy_by_type, evaluate
+    from .eval import accuracy_by_type, evaluate, world
 
     check_out(args.out, folder=False)
     records = _records(args)
@@ -326,7 +331,8 @@ def evaluate_cmd(args) -> int:
     cfg = method_config(model, args.method, args.budget, args.tokens)
     df = evaluate(model, processor, records, cfg, batch_size=args.batch_size, progress=not args.quiet)
     acc = accuracy_by_type(df)
-    print(f"method: {args.method} ({cfg!r})")
+    size = world()[1]
+    print(f"method: {args.method} ({cfg!r})" + (f"; {len(df)} questions answered by {size} processes" if size > 1 else ""))
     print(f"equivalent tokens {df['equivalent_tokens'].mean():.2f} (input count {df['equivalent_tokens_input'].mean():.2f}), "
           f"prefill {df['flops'].mean() / 1e9:.4f} GFLOPs per question")
     print(pd.DataFrame({"accuracy": acc, "questions": df.groupby("type").size().reindex(acc.index).fillna(len(df))})
@@ -505,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
+    from .eval import world
+
+    if args.command in ("eval", "demo") and world()[0] > 0:  # data-parallel: the first process reports
+        sys.stdout = open(os.devnull, "w")
+        args.out = None if args.command == "eval" else args.out  # demo: returns after the shared evaluation
     try:
         return args.func(args)
     except CliError as e:

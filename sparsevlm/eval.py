@@ -2,6 +2,7 @@
 row per question as a pandas DataFrame."""
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import numpy as np
@@ -22,6 +23,29 @@ def _batches(processor, dataset, batch_size: int, device, progress: bool = False
                                return_tensors="pt", padding=True).to(device)
 
 
+def world() -> tuple[int, int]:
+    """(rank, number of processes) when launched by `torchrun` or `accelerate launch` (they set
+    WORLD_SIZE and RANK), else (0, 1). Starts the process group the first time (gloo: only Python
+    objects are exchanged, so it serves CPU and GPU runs alike)."""
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    if size == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), size
+
+
+def _everyone(rows: list, rank: int, size: int) -> list:
+    """Every process's rows, in dataset order (process r answered questions r, r + size, ...)."""
+    import torch.distributed as dist
+
+    parts = [None] * size
+    dist.all_gather_object(parts, rows)
+    return [parts[i % size][i // size] for i in range(sum(map(len, parts)))]
+
+
 def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_tokens: int = 2,
              progress: bool = True, desc: str | None = None) -> pd.DataFrame:
     """Greedy answers for `dataset`: a sequence of dicts with "image", "prompt", "answer" and
@@ -31,9 +55,16 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
     layer, each layer's output), equivalent_tokens (mean of those, the reference's count),
     equivalent_tokens_input (counting each layer's input) and flops (the language model's prefill
     multiply-adds by the paper's formula, from the tokens each layer processed).
+
+    Under `torchrun` / `accelerate launch` (`world`), each process answers every size-th question
+    and every process returns all rows, in order: the same table as one process (batched = each
+    sample alone), so `compare`, `sparsevlm eval` and `demo` run data-parallel unchanged.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+    rank, size = world()
+    if size > 1:
+        dataset = dataset[rank::size]
     rows = []
     device = next(model.parameters()).device
     fdims = dims(model)
@@ -53,7 +84,7 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
                 rows.append({"type": it["type"], "question": it.get("question", it["prompt"]), "answer": it["answer"],
                              "prediction": pred, "correct": pred == it["answer"], "visual_tokens": counts[i],
                              "equivalent_tokens": eq[i], "equivalent_tokens_input": eq_in[i], "flops": flops[i]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(_everyone(rows, rank, size) if size > 1 else rows)
 
 
 def accuracy_by_type(df: pd.DataFrame) -> pd.Series:
