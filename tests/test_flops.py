@@ -40,8 +40,12 @@ PRESET = sparsevlm.SparseVLMConfig.preset(64, pruning_layers=(1, 3), schedule=(3
 
 @pytest.mark.parametrize("text,attn,cfg", [
     ("llama", "sdpa", None), ("llama", "eager", None), ("llama", "sdpa", PRESET), ("llama", "eager", PRESET),
-    ("qwen2", "sdpa", PRESET), ("llama", "sdpa", sparsevlm.VisionZipConfig(dominant=10, contextual=4))],
-    ids=["dense-sdpa", "dense-eager", "sparse-sdpa", "sparse-eager", "qwen2-sparse", "visionzip"])
+    ("qwen2", "sdpa", PRESET), ("llama", "sdpa", sparsevlm.VisionZipConfig(dominant=10, contextual=4)),
+    ("llama", "sdpa", sparsevlm.DARTConfig(pruning_layers=(1,), pivot_image=2, pivot_text=2)),
+    ("llama", "sdpa", sparsevlm.DivPruneConfig(keep=16)), ("llama", "sdpa", sparsevlm.VisPrunerConfig(keep=16)),
+    ("llama", "sdpa", sparsevlm.CDPrunerConfig(keep=16))],
+    ids=["dense-sdpa", "dense-eager", "sparse-sdpa", "sparse-eager", "qwen2-sparse", "visionzip", "dart", "divprune",
+         "vispruner", "cdpruner"])
 def test_fvcore_torch_and_the_formula_agree(text, attn, cfg):
     model = tiny_llava(text, attn)  # grouped-query attention: 2 key/value heads of 4
     inputs = batch([6])

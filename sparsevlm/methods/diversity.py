@@ -34,9 +34,10 @@ def divprune_select(x: torch.Tensor, k: int) -> torch.Tensor:
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
     gap = d.masked_fill(eye, float("inf")).amin(-1)  # distance to the nearest other token
     kept = torch.zeros(n, dtype=torch.bool, device=x.device)
+    slots = torch.arange(n, device=x.device)
     for i in range(min(k, n)):
         j = gap.masked_fill(kept, -float("inf")).argmax().view(1)  # the first of equal maxima
-        kept.index_fill_(0, j, True)
+        kept = kept | (slots == j)
         row = d.index_select(0, j)[0]  # (indexing by a device tensor: no host read)
         gap = row if i == 0 else torch.minimum(gap, row)
     return kept
@@ -52,9 +53,10 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
     c = kernel.new_zeros(k, n)
     d2 = kernel.diagonal().clone()
     kept = torch.zeros(n, dtype=torch.bool, device=kernel.device)
+    slots = torch.arange(n, device=kernel.device)
     for i in range(k):
         j = d2.masked_fill(kept, -float("inf")).argmax().view(1)
-        kept.index_fill_(0, j, True)
+        kept = kept | (slots == j)
         e = (kernel.index_select(0, j)[0] - c[:i].index_select(1, j)[:, 0] @ c[:i]) \
             / d2.index_select(0, j).clamp(min=1e-12).sqrt()
         c[i] = e
