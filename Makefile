@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 LMMS_EVAL ?= lmms-eval==0.7.3
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-.PHONY: install demo test unit notebooks bench run-notebooks lab lock clean
+.PHONY: install demo test unit notebooks bench run-notebooks lab lock clean docs browser
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q --no-deps "$(LMMS_EVAL)"
-	$(PY) -m pip install -q -e ".[dev,eval]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(PY) -m pip install -q -e ".[dev,eval,docs]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -41,7 +41,17 @@ unit: install
 notebooks: install
 	$(PY) -m pytest $(NBVAL) notebooks
 
-test: install
+# The course website from the notebooks' stored outputs (never re-executed), warnings as errors.
+# Open it with: python -m http.server -d docs/_build/html  (then http://localhost:8000/)
+docs: install
+	$(PY) -m sphinx -W --keep-going -q -b html -c docs . docs/_build/html
+
+# Debian's chromium for tests/test_docs.py (root installs it; otherwise those tests say they skip).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "no chromium here: tests/test_docs.py will skip (apt-get install chromium)"
+
+test: install docs browser
 	$(PY) -m pytest tests $(NBVAL) notebooks
 
 # Re-execute every notebook in place (after a library change), storing fresh outputs for nbval.
