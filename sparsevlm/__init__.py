@@ -5,7 +5,7 @@ attention, the rank of that attention sets how many to keep, pruned tokens are r
 few merged ones, and the language model prunes progressively.
 """
 from .budget import attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
-from .config import (PRESET_SCHEDULES, CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, PDropConfig, PoolingConfig,
+from .config import (PLUS_SCHEDULES, PRESET_SCHEDULES, CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, PDropConfig, PoolingConfig,
                      RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig, VisPrunerConfig)
 from .methods import match_budget, matched_baselines, planned_counts, planned_tokens
 from .models import report, sparsified, sparsify, unsparsify
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "sparsify", "unsparsify", "sparsified", "report", "Report",
     "SparseVLMConfig", "RandomConfig", "FastVConfig", "PDropConfig", "VisionZipConfig", "ToMeConfig", "DARTConfig",
-    "DivPruneConfig", "VisPrunerConfig", "CDPrunerConfig", "PoolingConfig", "PRESET_SCHEDULES",
+    "DivPruneConfig", "VisPrunerConfig", "CDPrunerConfig", "PoolingConfig", "PRESET_SCHEDULES", "PLUS_SCHEDULES",
     "match_budget", "matched_baselines", "planned_counts", "planned_tokens",
     "select_raters", "text_relevance",
     "rater_attention", "visual_scores", "rope_gravity", "top_heads",

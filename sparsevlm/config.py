@@ -9,15 +9,25 @@ import math
 import numbers
 from dataclasses import dataclass, fields, replace
 
-# Keep counts per pruning layer of the reference's fixed schedules (tag v1.5 and later), for a
-# 32-layer LLaVA-1.5-7B with 576 visual tokens pruned at layers 2, 6 and 15. The key is the
-# "equivalent" number of visual tokens the schedule is meant to match.
+# Keep counts per pruning layer of the reference's fixed schedules, for a 32-layer LLaVA-1.5-7B with
+# 576 visual tokens pruned at layers 2, 6 and 15 (github.com/Gumpest/SparseVLMs,
+# llava/model/language_model/score.py). The key is the "equivalent" number of visual tokens the
+# schedule is meant to match. SparseVLM v1.5: 192/128/64 since commit 2e54818 (2025-03-02), 96
+# since 9e1f649 (2025-12-11).
 PRESET_LAYERS = (2, 6, 15)
 PRESET_SCHEDULES = {
     192: (300, 200, 110),
     128: (303, 110, 36),
     96: (238, 48, 26),
     64: (66, 30, 17),
+}
+# SparseVLM+ (the reference's USE_VERSION=2_0): its own lists, since commit 9e1f649 (2025-12-11),
+# unchanged at 26a5f48.
+PLUS_SCHEDULES = {
+    192: (300, 200, 118),
+    128: (238, 108, 60),
+    96: (246, 54, 28),
+    64: (66, 34, 20),
 }
 
 #: Every method's paper defaults are for LLaVA-1.5-7B's 32 decoder layers.
@@ -187,9 +197,14 @@ class SparseVLMConfig:
         budgets × n_visual / 576 (at least 1). `schedule_of` is n_visual: a sample with another
         number of visual tokens keeps the same ratios (a `schedule` given here is taken as
         absolute counts unless `schedule_of` is given too)."""
-        if tokens not in PRESET_SCHEDULES:
-            raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(PRESET_SCHEDULES, reverse=True)}")
-        layers, schedule = PRESET_LAYERS, PRESET_SCHEDULES[tokens]
+        return cls._scaled(PRESET_SCHEDULES, tokens, n_visual, num_layers, overrides)
+
+    @classmethod
+    def _scaled(cls, table: dict, tokens: int, n_visual: int, num_layers: int, overrides: dict):
+        """`table[tokens]` at layers 2/6/15, scaled to the model as `preset` says."""
+        if tokens not in table:
+            raise ValueError(f"tokens={tokens!r} has no preset; allowed: {sorted(table, reverse=True)}")
+        layers, schedule = PRESET_LAYERS, table[tokens]
         if (n_visual, num_layers) != (576, 32):
             if not isinstance(num_layers, int) or num_layers < 3 or not isinstance(n_visual, int) or n_visual < 1:
                 raise ValueError(f"n_visual={n_visual!r}, num_layers={num_layers!r}: need n_visual >= 1 and "
@@ -202,12 +217,15 @@ class SparseVLMConfig:
         return cls(**{**fields_, **overrides})
 
     @classmethod
-    def plus(cls, tokens: int, **overrides) -> "SparseVLMConfig":
-        """SparseVLM+ at a preset budget: RoPE gravity correction, the 14 strongest of LLaVA-1.5-7B's
-        32 heads, no recycling, original positions (reference main branch, USE_VERSION=2_0).
-        Set `top_heads` for a model with another head count."""
+    def plus(cls, tokens: int, n_visual: int = 576, num_layers: int = 32, **overrides) -> "SparseVLMConfig":
+        """SparseVLM+ at a preset budget, as the reference's main branch runs it (USE_VERSION=2_0):
+        its own schedules (`PLUS_SCHEDULES`; e.g. 238 / 108 / 60 kept after layers 2 / 6 / 15 for
+        128), RoPE gravity correction, the 14 strongest of LLaVA-1.5-7B's 32 heads, no recycling,
+        original positions; scaled to another model as `preset` is. Set `top_heads` for a model with
+        another head count. The v1.5 schedules with these settings: `preset(n, rope_correction=True,
+        top_heads=14, recycle=False, positions="original")`."""
         plus = {"rope_correction": True, "top_heads": 14, "recycle": False, "positions": "original"}
-        return cls.preset(tokens, **{**plus, **overrides})
+        return cls._scaled(PLUS_SCHEDULES, tokens, n_visual, num_layers, {**plus, **overrides})
 
     def replace(self, **changes) -> "SparseVLMConfig":
         """A copy with some fields changed (validated again)."""
@@ -288,8 +306,16 @@ class PDropConfig:
         _number("keep_ratio", self.keep_ratio, 0, 1, low_open=True)
 
 
+class _BeforeLLM:
+    """Methods that prune once, before the language model (not after one of its layers)."""
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
-class VisionZipConfig:
+class VisionZipConfig(_BeforeLLM):
     """VisionZip-style (Yang et al., CVPR 2025, arXiv 2412.04467): before the language model, keep
     the `dominant` visual tokens that the vision tower's [CLS] token attends to most (feature
     layer, mean over heads) and merge the rest into `contextual` tokens: evenly spaced remaining
@@ -311,13 +337,9 @@ class VisionZipConfig:
         if self.dominant + self.contextual < 1:
             raise ValueError("dominant + contextual must keep at least one visual token")
 
-    @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return ()  # it prunes before the language model, not after a layer
-
 
 @dataclass(frozen=True)
-class ToMeConfig:
+class ToMeConfig(_BeforeLLM):
     """ToMe-style merging (Bolya et al., ICLR 2023, arXiv 2210.09461; SparseVLM's Table 1 baseline):
     before the language model, bipartite soft matching merges the most similar visual tokens —
     split the tokens alternately into two sets, pair each token of the first with its most similar
@@ -333,10 +355,6 @@ class ToMeConfig:
         _choice("positions", self.positions, POSITIONS)
         if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 1:
             raise ValueError(f"keep={self.keep!r} must be an integer >= 1")
-
-    @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return ()  # it merges before the language model, not after a layer
 
 
 def _count(name: str, value, low: int = 1) -> None:
@@ -381,7 +399,7 @@ class DARTConfig:
 
 
 @dataclass(frozen=True)
-class DivPruneConfig:
+class DivPruneConfig(_BeforeLLM):
     """DivPrune (Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal
     Models", CVPR 2025, arXiv 2503.02175; code github.com/vbdi/divprune): before the language model,
     keep the `keep` visual tokens that solve the max–min diversity problem greedily on the
@@ -396,13 +414,9 @@ class DivPruneConfig:
         _choice("positions", self.positions, POSITIONS)
         _count("keep", self.keep)
 
-    @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return ()  # it prunes before the language model
-
 
 @dataclass(frozen=True)
-class VisPrunerConfig:
+class VisPrunerConfig(_BeforeLLM):
     """VisPruner (Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective
     Token Pruning in VLMs", ICCV 2025, arXiv 2412.01818; code github.com/Theia-4869/VisPruner):
     before the language model, keep int(keep · important_ratio) *important* tokens — those the
@@ -420,13 +434,9 @@ class VisPrunerConfig:
         _count("keep", self.keep)
         _number("important_ratio", self.important_ratio, 0, 1)
 
-    @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return ()  # it prunes before the language model
-
 
 @dataclass(frozen=True)
-class CDPrunerConfig:
+class CDPrunerConfig(_BeforeLLM):
     """CDPruner (Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for
     Token Pruning in MLLMs", NeurIPS 2025, arXiv 2506.10967; code github.com/Theia-4869/CDPruner):
     before the language model, keep the `keep` visual tokens chosen by greedy MAP inference of a
@@ -445,13 +455,9 @@ class CDPrunerConfig:
         _count("keep", self.keep)
         _number("theta", self.theta, 0, 1, low_open=True)
 
-    @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return ()  # it prunes before the language model
-
 
 @dataclass(frozen=True)
-class PoolingConfig:
+class PoolingConfig(_BeforeLLM):
     """Average pooling of the visual grid (a simple baseline that benchmark studies of 2025 find
     strong; LLaVA-OneVision pools its video frames 2 × 2 the same way): before the
     language model, each image's square grid of visual tokens is average-pooled (adaptive windows)
@@ -468,10 +474,6 @@ class PoolingConfig:
         if pool_grid(self.tokens) is None:
             raise ValueError(f"tokens={self.tokens!r} has no h × w grid with h ≤ w ≤ 2h; e.g. 64 (8 × 8), "
                              f"128 (8 × 16), 192 (12 × 16)")
-
-    @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return ()  # it pools before the language model
 
 
 def pool_grid(tokens: int) -> tuple[int, int] | None:

@@ -59,8 +59,11 @@ def test_config_is_frozen_and_replace_validates():
 
 
 def test_sparsevlm_plus_preset():
-    cfg = SparseVLMConfig.plus(128)
-    assert cfg.schedule == (303, 110, 36) and cfg.rope_correction and cfg.top_heads == 14
+    cfg = SparseVLMConfig.plus(128)  # the reference's SparseVLM+ lists (USE_VERSION=2_0, commit 9e1f649)
+    assert cfg.schedule == (238, 108, 60) and cfg.rope_correction and cfg.top_heads == 14
+    assert [SparseVLMConfig.plus(n).schedule for n in (192, 96, 64)] == [(300, 200, 118), (246, 54, 28), (66, 34, 20)]
+    assert SparseVLMConfig.preset(128).schedule == (303, 110, 36)  # v1.5's stay with preset
+    assert SparseVLMConfig.plus(128, n_visual=64, num_layers=8).schedule == (26, 12, 7)  # scaled as preset
     assert not cfg.recycle and cfg.positions == "original"
     assert SparseVLMConfig.plus(64, top_heads=2).top_heads == 2
     with pytest.raises(ValueError, match="^top_heads=0"):
