@@ -108,7 +108,10 @@ def tradeoff(table, x: str, y: str = "acc_all", ax=None, xlabel: str | None = No
     data = table.reset_index().rename(columns={"index": "method"})
     data["family"] = data["method"].map(method_family)
     rest = data[data["family"] != "dense"]
-    sns.lineplot(data=rest, x=x, y=y, hue="family", style="family", markers=True, ax=ax, sort=True)
+    families = list(dict.fromkeys(rest["family"]))
+    colors = (sns.color_palette("tab10") + [(0.0, 0.0, 0.5), (0.6, 0.6, 0.6)])[:len(families)]  # 12 distinct
+    sns.lineplot(data=rest, x=x, y=y, hue="family", style="family", markers=True, ax=ax, sort=True,
+                 palette=dict(zip(families, colors)) if len(families) <= len(colors) else None)
     if y == "acc_all" and {"acc_low", "acc_high"} <= set(rest.columns):  # 95 % intervals
         ax.errorbar(rest[x], rest[y], yerr=[rest[y] - rest["acc_low"], rest["acc_high"] - rest[y]], fmt="none",
                     ecolor="grey", elinewidth=0.8, capsize=2, alpha=0.7)

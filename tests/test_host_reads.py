@@ -28,7 +28,12 @@ def configs(model):
     return {"preset 128": preset_config(model, 128), "preset 64 span": preset_config(model, 64).replace(
         budget_per="span"), "random": sparsevlm.RandomConfig(pruning_layers=(1, 2, 4), schedule=(30, 12, 6)),
             "fastv": sparsevlm.FastVConfig(layer=1, prune_ratio=0.7),
-            "pdrop": sparsevlm.PDropConfig(pruning_layers=(1, 3, 5))}
+            "pdrop": sparsevlm.PDropConfig(pruning_layers=(1, 3, 5)),
+            "dart": sparsevlm.DARTConfig(pruning_layers=(1,)),
+            # before the language model: one read of every sample's counts, then per-sample work
+            "visionzip": sparsevlm.VisionZipConfig(dominant=12, contextual=4), "tome": sparsevlm.ToMeConfig(keep=16),
+            "divprune": sparsevlm.DivPruneConfig(keep=16), "vispruner": sparsevlm.VisPrunerConfig(keep=16),
+            "cdpruner": sparsevlm.CDPrunerConfig(keep=16), "pooling": sparsevlm.PoolingConfig(tokens=16)}
 
 
 def test_a_planned_prefill_reads_the_device_once(embedded):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import CDPrunerConfig, DARTConfig, DivPruneConfig, VisPrunerConfig
 from ..select import gather, mask_to_index, one_hot, score_order
 from .base import Decision, Method, PruneInput, visual_decision
-from .merge import _PreLLM
+from .merge import _PreLLM, text_after_image
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -139,9 +139,7 @@ class DART(Method):
 
     def prune(self, inp: PruneInput) -> Decision:
         v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))
-        pos = torch.arange(inp.valid.shape[1], device=inp.valid.device)
-        last_visual = pos.where(inp.vis_mask, -1).amax(-1, keepdim=True)  # (B, 1)
-        t_idx, t_valid = mask_to_index(inp.valid & ~inp.vis_mask & (pos > last_visual), inp.valid.shape[1])
+        t_idx, t_valid = mask_to_index(text_after_image(inp.valid, inp.vis_mask), inp.valid.shape[1])
         # Key L1 norms before RoPE: rotated keys (what the cache holds, and DART's code reads) have
         # norms that depend on the absolute position, so on left padding; the same for a sample alone.
         keys = inp.raw_keys if inp.raw_keys is not None else inp.keys.transpose(1, 2).flatten(2)  # (B, L, H_kv·Dh)

@@ -79,6 +79,12 @@ def tome_sample(x, keys, keep: int):
     return kept, tokens[~single].to(x.dtype), rep[~single]
 
 
+def text_after_image(valid: torch.Tensor, vis_mask: torch.Tensor) -> torch.Tensor:
+    """The valid text tokens after each sample's last visual token (its instruction): (B, L) -> (B, L)."""
+    pos = torch.arange(valid.shape[1], device=valid.device)
+    return valid & ~vis_mask & (pos > pos.where(vis_mask, -1).amax(-1, keepdim=True))
+
+
 def _centres(s: int, h: int) -> list[int]:
     """Centre row of each of the h adaptive-pooling windows over s rows (window i spans
     floor(i·s/h) .. ceil((i+1)·s/h) − 1)."""
@@ -109,20 +115,31 @@ class _PreLLM(Method):
 
     def reduce(self, x, cls, keys, text):
         """One sample: x (n, D) its visual embeddings, cls (n,) and keys (n, Dk) from the vision tower
-        (None without `needs_vision`), text (m, D) the embeddings of the text after its last visual
-        token (the instruction) -> kept (n,) bool, merged (C, D), representative (C,) local index."""
+        (without `needs_vision`: stand-ins, not to be read), text (m, D) the embeddings of the text
+        after its last visual token (the instruction) -> kept (n,) bool, merged (C, D),
+        representative (C,) local index."""
         raise NotImplementedError
+
+    def sizes(self, vis_mask, valid, token_state) -> dict:
+        """Also every sample's visual and instruction token counts, read with the widths before the
+        first layer: the per-sample work then reads nothing more."""
+        after = text_after_image(valid, vis_mask)
+        return {**super().sizes(vis_mask, valid, token_state),
+                **{f"n_visual{b}": n for b, n in enumerate(vis_mask.sum(-1))},
+                **{f"n_text{b}": n for b, n in enumerate(after.sum(-1))}}
 
     def prune(self, inp: PruneInput) -> Decision:
         v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get("visual0"))  # (B, V)
         x = gather(inp.hidden, v_idx)
         cls, keys = ((gather(inp.vision["cls_attention"], v_idx), gather(inp.vision["keys"], v_idx))
                      if self.needs_vision else (x[..., 0], x))
-        pos = torch.arange(inp.valid.shape[1], device=x.device)
-        after = inp.valid & ~inp.vis_mask & (pos > pos.where(inp.vis_mask, -1).amax(-1, keepdim=True))
-        t_idx, t_valid = mask_to_index(after, inp.valid.shape[1])
+        t_idx, t_valid = mask_to_index(text_after_image(inp.valid, inp.vis_mask), inp.valid.shape[1])
         text = gather(inp.hidden, t_idx)
-        counts = host_ints(*v_valid.sum(-1), *t_valid.sum(-1))  # the one read: every sample's counts
+        B = len(x)
+        if f"n_visual{B - 1}" in inp.sizes:  # read before the first layer (`sizes`)
+            counts = [inp.sizes[f"n_visual{b}"] for b in range(B)] + [inp.sizes[f"n_text{b}"] for b in range(B)]
+        else:  # `prune` called on its own: one read of every sample's counts
+            counts = host_ints(*v_valid.sum(-1), *t_valid.sum(-1))
         keep_vis = torch.zeros_like(v_valid)
         merged, reps = [], []
         for b in range(len(x)):

@@ -20,6 +20,7 @@ import math
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..select import ON_HOST
 from .patching import Clock, SparsePlaceholders, SparseTop, check_layers, install, per_call, text_unsupported_reason
 
 #: position modes the family allows (the first is the default of configs built for it)
@@ -126,9 +127,13 @@ class _SparseLlavaModel(SparsePlaceholders):
     def _vision_per_token(self, signals, vis):
         """The vision tower's [CLS] attention and keys, placed at the image positions (B, L[, Dk])."""
         cls, keys = signals
-        if cls.numel() != int(vis.sum()):
-            raise ValueError(f"{cls.numel()} vision-tower tokens for {int(vis.sum())} image positions: "
-                             f"{self._sparsevlm['method_name']} needs one image feature per vision-tower patch")
+        why = f"{self._sparsevlm['method_name']} needs one image feature per vision-tower patch"
+        if vis.device.type == "cpu":  # a CPU tensor is read without waiting for anything
+            with torch.profiler.record_function(ON_HOST):
+                if cls.numel() != int(vis.sum()):
+                    raise ValueError(f"{cls.numel()} vision-tower tokens for {int(vis.sum())} image positions: {why}")
+        else:  # checked on the device, without a host read
+            torch._assert_async(vis.sum() == cls.numel(), f"vision-tower tokens differ from image positions: {why}")
         seq_cls = torch.zeros(vis.shape, dtype=cls.dtype, device=vis.device).masked_scatter(vis, cls.to(vis.device))
         seq_keys = torch.zeros(*vis.shape, keys.shape[-1], dtype=keys.dtype, device=vis.device).masked_scatter(
             vis[..., None], keys.to(vis.device))
