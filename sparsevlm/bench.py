@@ -1,15 +1,18 @@
 """Latency and memory of dense vs sparsified prefill and decoding, measured the same way for every
 method: `python -m sparsevlm.bench` or `sparsevlm bench` (`make bench`).
 
-For each method: prefill time (a forward over the prompt with a KV cache: the time to first token),
+For each method: prefill time (a forward over the prompt with a KV cache and the logits of the last
+position only, as `generate` runs it: the time to first token),
 per-token decode time (each decoding step of greedy `generate` timed on its own, from one new token's
 logits to the next: the median and 25–75 % spread of all steps of all repeats), the KV-cache
 bytes after prefill, peak GPU memory of the prefill (CUDA only), and the time the method spends on
 its own work (raters, scoring, rank, recycling, re-layout: `Report.overhead_seconds`) as a share of
-dense prefill. The image features (vision tower and projector) are timed alone once, so that
+dense prefill. The image features (vision tower and projector) are timed alone too, so that
 `lm_prefill_ratio` — the language model's prefill time against dense — can be set beside
-`flops_ratio`, which counts the language model's FLOPs. Each time is the median of `repeats` runs
-after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the machine,
+`flops_ratio`, which counts the language model's FLOPs. Prefill times are taken in rounds
+(`prefill_rounds`): each round times every method and the image features once, in turn, so that
+the machine's drift over a long run falls on all of them alike. Each time is the median of
+`repeats` runs after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the machine,
 dtype, attention implementation and library versions.
 
 Models: the embedded toy (`toy`, CPU-friendly), an LLaVA-1.5-7B-shaped model with random weights
@@ -182,36 +185,68 @@ def _median_spread(xs: list[float]):
     return statistics.median(xs), q[0], q[2]
 
 
+def _prefill(model, inputs: dict):
+    """One prefill as `generate` runs it: a forward with a KV cache, logits of the last position only
+    (the head over every prompt position would add a cost that no pruning method changes)."""
+    return model(**inputs, use_cache=True, logits_to_keep=1)
+
+
 def prefill_time(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2) -> float:
-    """Median seconds of one prefill (a forward with a KV cache) of `inputs` under `cfg`."""
+    """Median seconds of one prefill (`_prefill`) of `inputs` under `cfg`."""
     device = next(model.parameters()).device
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
-        return statistics.median(_times(lambda: model(**inputs, use_cache=True), device, repeats, warmup))
+        return statistics.median(_times(lambda: _prefill(model, inputs), device, repeats, warmup))
+
+
+def _features(model, inputs: dict):
+    """A call computing the image features alone (vision tower and projector)."""
+    cfg = model.config
+    if "image_grid_thw" in inputs:  # Qwen2-VL / Qwen2.5-VL
+        return lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    if "image_sizes" in inputs:  # LLaVA-NeXT / OneVision
+        return lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+    return lambda: model.model.get_image_features(
+        pixel_values=inputs["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy)
 
 
 def vision_time(model, inputs: dict, repeats: int = 5, warmup: int = 2) -> float:
     """Median seconds of the image features alone (vision tower and projector): the part of
     every prefill that no method inside the language model can shorten."""
-    device = next(model.parameters()).device
-    cfg = model.config
-    if "image_grid_thw" in inputs:  # Qwen2-VL / Qwen2.5-VL
-        features = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])  # noqa: E731
-    elif "image_sizes" in inputs:  # LLaVA-NeXT / OneVision
-        features = lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])  # noqa: E731
-    else:
-        features = lambda: model.model.get_image_features(  # noqa: E731
-            pixel_values=inputs["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy)
     with torch.no_grad():
-        return statistics.median(_times(features, device, repeats, warmup))
+        return statistics.median(_times(_features(model, inputs), next(model.parameters()).device, repeats, warmup))
 
 
-def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, new_tokens: int = 8) -> dict:
-    """One method's prefill/decode times, memory and accounting on `inputs` (see module doc)."""
+def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: int = 2) -> dict:
+    """Seconds of one prefill of every method in `rows` ({name: config, None = dense}) and of the
+    image features alone ("vision"), measured in rounds: each round times every one once, in turn,
+    so that the machine's drift over a long run (other load, clocks, memory) falls on all of them
+    alike rather than on whichever ran last. `warmup` untimed rounds first. Returns {name: [s, ...]}."""
+    device = next(model.parameters()).device
+    calls = {"vision": (None, _features(model, inputs)), **{name: (cfg, lambda: _prefill(model, inputs))
+                                                            for name, cfg in rows.items()}}
+    times = {name: [] for name in calls}
+    for round_ in range(warmup + repeats):
+        for name, (cfg, call) in calls.items():
+            with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
+                _sync(device)
+                start = time.perf_counter()
+                call()
+                _sync(device)
+                if round_ >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return times
+
+
+def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, new_tokens: int = 8,
+            prefill: bool = True) -> dict:
+    """One method's prefill/decode times, memory and accounting on `inputs` (see module doc);
+    `prefill=False` leaves the prefill times out (NaN), for `prefill_rounds` to measure."""
     device = next(model.parameters()).device
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
         state = getattr(model, "_sparsevlm", None)
-        prefill = _times(lambda: model(**inputs, use_cache=True), device, repeats, warmup)
+        prefill = (_times(lambda: _prefill(model, inputs), device, repeats, warmup) if prefill
+                   else [float("nan")])
         overhead = None
         if state is not None:  # separately: timing the method's work synchronises around it
             state["timing"] = True
@@ -468,11 +503,14 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
                    f"{torch.device(device).type}", log)
         table.attrs["machine"] = info
         return table
-    vision_ms = vision_time(model, inputs, repeats, warmup) * 1e3
+    rounds = prefill_rounds(model, inputs, rows, repeats, warmup)  # every method in turn, `repeats` rounds
+    vision_ms = statistics.median(rounds["vision"]) * 1e3
     log(f"image features (vision tower + projector): {vision_ms:.2f} ms")
     results = []
     for name, cfg in rows.items():
-        r = measure(model, inputs, cfg, repeats, warmup, new_tokens)
+        p50, p25, p75 = (v * 1e3 for v in _median_spread(rounds[name]))
+        r = {**measure(model, inputs, cfg, repeats, warmup, new_tokens, prefill=False),
+             "prefill_ms": p50, "prefill_ms_p25": p25, "prefill_ms_p75": p75}
         results.append({"method": name, **r})
         log(f"{name:>16}: prefill {r['prefill_ms']:.2f} ms, decode {r['decode_ms_per_token']:.2f} ms/token, "
             f"KV {r['kv_cache_mb']:.2f} MB, {r['equivalent_tokens']:.1f} eq. tokens")
@@ -486,7 +524,7 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     info = machine(device, DTYPES[dtype], attn)
     info.update(model=model_name, text_hidden=model.config.text_config.hidden_size, vision_ms=vision_ms,
                 prompt_tokens=int(inputs["input_ids"].shape[1]), repeats=repeats, warmup=warmup,
-                new_tokens=new_tokens)
+                new_tokens=new_tokens, prefill_timing="rounds: every method once per round, in turn")
     if out is not None:
         _write(table, info, Path(out), f"bench_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}_"
                                        f"{torch.device(device).type}", log)

@@ -63,7 +63,7 @@ def test_flops_prints_the_paper_table_and_the_three_counts(capsys):
 
 
 def test_bench_writes_csv_and_json(capsys, tmp_path):
-    code, out, _ = run(capsys, "bench", "--methods", "sparsevlm", "--budgets", "64", "--repeats", "1", "--warmup", "0",
+    code, out, _ = run(capsys, "bench", "--methods", "sparsevlm", "--budgets", "64", "--repeats", "1", "--warmup", "1",
                        "--new-tokens", "1", "--out", str(tmp_path))
     assert code == 0
     doc = json.loads((tmp_path / "bench_toy_cpu.json").read_text())
@@ -74,6 +74,26 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     assert sparse["kv_cache_mb"] < dense["kv_cache_mb"] and sparse["flops_ratio"] < 1
     assert 0 < doc["machine"]["vision_ms"] < dense["prefill_ms"] and dense["lm_prefill_ratio"] == 1
     assert pd.read_csv(tmp_path / "bench_toy_cpu.csv").shape[0] == 2
+    assert doc["machine"]["prefill_timing"].startswith("rounds")
+
+
+def test_prefill_rounds_time_every_method_once_per_round():
+    """Prefill times come from rounds in which every method (and the image features) runs once, in
+    turn: a drift of the machine during the run falls on all methods alike."""
+    from sparsevlm import toy
+    from sparsevlm.bench import prefill_rounds
+
+    model, processor = toy.load()
+    rec = toy.eval_split(limit=1)[0]
+    inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt")
+    calls = []
+    model.register_forward_pre_hook(lambda m, a, k: calls.append(getattr(m, "_sparsevlm", None) is not None),
+                                    with_kwargs=True)
+    times = prefill_rounds(model, inputs, {"dense": None, "sparsevlm 64": toy.preset(64)}, repeats=3, warmup=1)
+    assert set(times) == {"vision", "dense", "sparsevlm 64"} and all(len(t) == 3 for t in times.values())
+    assert all(x > 0 for t in times.values() for x in t)
+    assert calls == [False, True] * 4  # dense, then sparsified, in every round (the first untimed)
+    assert not hasattr(model, "_sparsevlm")  # each method unpatched after its turn
 
 
 @pytest.mark.parametrize("argv,message", [
