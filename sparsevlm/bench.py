@@ -210,16 +210,10 @@ def _features(model, inputs: dict):
         vision_feature_select_strategy=cfg.vision_feature_select_strategy)
 
 
-def vision_time(model, inputs: dict, repeats: int = 5, warmup: int = 2) -> float:
-    """Median seconds of the image features alone (vision tower and projector): the part of
-    every prefill that no method inside the language model can shorten."""
-    with torch.no_grad():
-        return statistics.median(_times(_features(model, inputs), next(model.parameters()).device, repeats, warmup))
-
-
 def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: int = 2) -> dict:
     """Seconds of one prefill of every method in `rows` ({name: config, None = dense}) and of the
-    image features alone ("vision"), measured in rounds: each round times every one once, in turn,
+    image features alone ("vision": the part of every prefill that no method inside the language
+    model can shorten), measured in rounds: each round times every one once, in turn,
     so that the machine's drift over a long run (other load, clocks, memory) falls on all of them
     alike rather than on whichever ran last. `warmup` untimed rounds first. Returns {name: [s, ...]}."""
     device = next(model.parameters()).device
@@ -238,15 +232,12 @@ def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: in
     return times
 
 
-def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, new_tokens: int = 8,
-            prefill: bool = True) -> dict:
-    """One method's prefill/decode times, memory and accounting on `inputs` (see module doc);
-    `prefill=False` leaves the prefill times out (NaN), for `prefill_rounds` to measure."""
+def measure(model, inputs: dict, cfg=None, repeats: int = 5, new_tokens: int = 8) -> dict:
+    """One method's decode time, own work, memory and accounting on `inputs` (see module doc; its
+    prefill time comes from `prefill_rounds`, beside the other methods')."""
     device = next(model.parameters()).device
     with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
         state = getattr(model, "_sparsevlm", None)
-        prefill = (_times(lambda: _prefill(model, inputs), device, repeats, warmup) if prefill
-                   else [float("nan")])
         overhead = None
         if state is not None:  # separately: timing the method's work synchronises around it
             state["timing"] = True
@@ -262,10 +253,8 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 2, ne
         rep = report(model) if state is not None else dense_report_for(model, inputs)
         eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
         flops = float(report_flops(rep, **dims(model)).mean())
-    p50, p25, p75 = _median_spread(prefill)
     d50, d25, d75 = _median_spread(steps)
-    return {"prefill_ms": p50 * 1e3, "prefill_ms_p25": p25 * 1e3, "prefill_ms_p75": p75 * 1e3,
-            "decode_ms_per_token": d50 * 1e3, "decode_ms_p25": d25 * 1e3, "decode_ms_p75": d75 * 1e3,
+    return {"decode_ms_per_token": d50 * 1e3, "decode_ms_p25": d25 * 1e3, "decode_ms_p75": d75 * 1e3,
             "overhead_ms": None if overhead is None else overhead * 1e3,
             "kv_cache_mb": kv / 2 ** 20, "peak_prefill_mb": peak, "equivalent_tokens": eq,
             "equivalent_tokens_input": eq_in, "tflops": flops / 1e12}
@@ -509,8 +498,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     results = []
     for name, cfg in rows.items():
         p50, p25, p75 = (v * 1e3 for v in _median_spread(rounds[name]))
-        r = {**measure(model, inputs, cfg, repeats, warmup, new_tokens, prefill=False),
-             "prefill_ms": p50, "prefill_ms_p25": p25, "prefill_ms_p75": p75}
+        r = {"prefill_ms": p50, "prefill_ms_p25": p25, "prefill_ms_p75": p75,
+             **measure(model, inputs, cfg, repeats, new_tokens)}
         results.append({"method": name, **r})
         log(f"{name:>16}: prefill {r['prefill_ms']:.2f} ms, decode {r['decode_ms_per_token']:.2f} ms/token, "
             f"KV {r['kv_cache_mb']:.2f} MB, {r['equivalent_tokens']:.1f} eq. tokens")

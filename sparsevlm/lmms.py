@@ -70,9 +70,6 @@ class SparseVLMEval(lmms):
         self.max_new_tokens = self._number("max_new_tokens", max_new_tokens, int)
         if self.batch_size_per_gpu < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise _fail("batch_size / max_new_tokens", "must be integers >= 1")
-        if device.startswith("cuda") and device == "cuda" and torch.cuda.device_count() > 1:
-            import os
-            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"  # one device per process
         try:
             if prompt is not None:
                 check_prompt(prompt)
@@ -90,7 +87,7 @@ class SparseVLMEval(lmms):
         self.template = prompt or self._default_template(pretrained)
         if self.cfg is not None:
             sparsify(self.model, self.cfg)
-        self._device = torch.device(device)
+        self._device = next(self.model.parameters()).device  # under torchrun: this process's GPU
 
     @staticmethod
     def _number(name, value, kind):

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 import torch
 
 
+#: Profiler range of the library's reads of device values (`host_ints`, `host_copy`).
+HOST_READ = "sparsevlm::host_read"
+#: Work on values already copied to the host (`host_copy`): what it reads waits for no device.
+ON_HOST = "sparsevlm::on_host"
+
+
 def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows of every sample: out[b, i] = x[b, idx[b, i]].
 
@@ -63,11 +69,6 @@ def host_copy(*tensors: torch.Tensor) -> list[torch.Tensor]:
         out.append(flat[start:start + t.numel()].view(t.shape).to(t.dtype))
         start += t.numel()
     return out
-
-
-HOST_READ = "sparsevlm::host_read"
-#: Work on values already copied to the host (`host_copy`): what it reads waits for no device.
-ON_HOST = "sparsevlm::on_host"
 
 
 def score_order(scores: torch.Tensor, valid: torch.Tensor):

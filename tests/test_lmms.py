@@ -133,7 +133,7 @@ def test_an_unsupported_family_and_a_task_without_images_are_refused(tmp_path):
     with pytest.raises(ValueError, match="model_type 'bert' is not supported"):
         SparseVLMEval(pretrained=str(tmp_path / "bert"))
     lm = SparseVLMEval(method="sparsevlm", budget=64)
-    lm.task_dict, reqs = {"t": {"test": [{"question": "q"}]}}, []
+    lm.task_dict = {"t": {"test": [{"question": "q"}]}}
     from lmms_eval.api.instance import Instance
 
     req = Instance(request_type="generate_until", arguments=("q", {}, lambda d: [], 0, "t", "test"), idx=0,

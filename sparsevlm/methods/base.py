@@ -90,6 +90,8 @@ class Method:
     prunes_input: bool = False
     #: needs the vision tower's [CLS] attention and keys (PruneInput.vision)
     needs_vision: bool = False
+    #: needs each sample's visual tokens to form one square grid (one LLaVA-1.5 image)
+    needs_grid: bool = False
 
     def __init__(self, cfg, num_layers: int | None = None):
         self.cfg = cfg

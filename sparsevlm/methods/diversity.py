@@ -17,12 +17,7 @@ import torch.nn.functional as F
 from ..config import CDPrunerConfig, DARTConfig, DivPruneConfig, VisPrunerConfig
 from ..select import gather, mask_to_index, one_hot, score_order
 from .base import Decision, Method, PruneInput, visual_decision
-from .merge import _PreLLM, text_after_image
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every row of a with every row of b. Shapes: (..., n, D), (..., m, D) -> (..., n, m)."""
-    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
+from .merge import _PreLLM, cosine, text_after_image, unmerged
 
 
 def divprune_select(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -168,8 +163,7 @@ class _Keep(_PreLLM):
         return (replace(self.cfg, keep=k) for k in range(1, n_visual + 1))
 
     def reduce(self, x, cls, keys, text):
-        kept = self.select(x, cls, text)
-        return kept, x[:0], torch.zeros(0, dtype=torch.long, device=x.device)
+        return unmerged(x, self.select(x, cls, text))
 
 
 class DivPrune(_Keep):
@@ -189,6 +183,7 @@ class VisPruner(_Keep):
 
 class CDPruner(_Keep):
     cfg: CDPrunerConfig
+    needs_text = True
 
     def select(self, x, cls, text):
         return dpp_greedy_map(conditional_kernel(x, text, self.cfg.theta), self.cfg.keep)

@@ -20,9 +20,15 @@ from ..select import gather, host_ints, mask_to_index, put
 from .base import Decision, Method, PruneInput
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every row of a with every row of b. Shapes: (n, D), (m, D) -> (n, m)."""
-    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every row of a with every row of b.
+    Shapes: (..., n, D), (..., m, D) -> (..., n, m)."""
+    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
+
+
+def unmerged(x: torch.Tensor, kept: torch.Tensor):
+    """A reducer's answer that merges nothing: kept (n,), no merged tokens (0, D), no representatives."""
+    return kept, x[:0], torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def zip_sample(x, cls, keys, dominant: int, contextual: int):
@@ -31,7 +37,7 @@ def zip_sample(x, cls, keys, dominant: int, contextual: int):
     n = x.shape[0]
     kept = torch.zeros(n, dtype=torch.bool, device=x.device)
     if n <= dominant + contextual:  # the budget covers every token: keep all
-        return kept | True, x[:0], torch.zeros(0, dtype=torch.long, device=x.device)
+        return unmerged(x, kept | True)
     order = torch.sort(cls.float(), descending=True, stable=True).indices  # ties to the lower index
     kept[order[:dominant]] = True
     rest = (~kept).nonzero().flatten()  # (n_rest,) ascending
@@ -40,7 +46,7 @@ def zip_sample(x, cls, keys, dominant: int, contextual: int):
     step = len(rest) // contextual
     centres = rest[::step][:contextual]  # evenly spaced over the remaining tokens
     others = rest[~torch.isin(rest, centres)]
-    group = _cosine(keys[others], keys[centres]).argmax(-1)  # (n_others,) ties to the lower centre
+    group = cosine(keys[others], keys[centres]).argmax(-1)  # (n_others,) ties to the lower centre
     total = x[centres].float().clone()
     size = torch.ones(len(centres), device=x.device)
     total.index_add_(0, group, x[others].float())
@@ -59,7 +65,7 @@ def tome_sample(x, keys, keep: int):
     while len(rep) > keep:
         r = min(len(rep) - keep, len(rep) // 2)
         a, b = torch.arange(0, len(rep), 2, device=x.device), torch.arange(1, len(rep), 2, device=x.device)
-        best, dst = _cosine(metric[a], metric[b]).max(-1)  # each a-token's most similar b-token
+        best, dst = cosine(metric[a], metric[b]).max(-1)  # each a-token's most similar b-token
         order = torch.sort(best, descending=True, stable=True).indices
         src, stay = a[order[:r]], a[order[r:]]
         dst = b[dst[order[:r]]]
@@ -112,39 +118,46 @@ class _PreLLM(Method):
 
     prunes_input = True
     needs_vision = True
+    #: reads the embeddings of the instruction (the text after the image)
+    needs_text = False
 
     def reduce(self, x, cls, keys, text):
         """One sample: x (n, D) its visual embeddings, cls (n,) and keys (n, Dk) from the vision tower
         (without `needs_vision`: stand-ins, not to be read), text (m, D) the embeddings of the text
-        after its last visual token (the instruction) -> kept (n,) bool, merged (C, D),
-        representative (C,) local index."""
+        after its last visual token (the instruction; empty without `needs_text`) -> kept (n,) bool,
+        merged (C, D), representative (C,) local index."""
         raise NotImplementedError
 
+    def _counted(self, vis_mask, valid) -> dict:
+        """The per-sample counts the per-sample work slices by (device values)."""
+        out = {f"n_visual{b}": n for b, n in enumerate(vis_mask.sum(-1))}
+        if self.needs_text:
+            out |= {f"n_text{b}": n for b, n in enumerate(text_after_image(valid, vis_mask).sum(-1))}
+        return out
+
     def sizes(self, vis_mask, valid, token_state) -> dict:
-        """Also every sample's visual and instruction token counts, read with the widths before the
-        first layer: the per-sample work then reads nothing more."""
-        after = text_after_image(valid, vis_mask)
-        return {**super().sizes(vis_mask, valid, token_state),
-                **{f"n_visual{b}": n for b, n in enumerate(vis_mask.sum(-1))},
-                **{f"n_text{b}": n for b, n in enumerate(after.sum(-1))}}
+        """Also the per-sample counts, read with the widths before the first layer: the per-sample
+        work then reads nothing more."""
+        return {**super().sizes(vis_mask, valid, token_state), **self._counted(vis_mask, valid)}
 
     def prune(self, inp: PruneInput) -> Decision:
         v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get("visual0"))  # (B, V)
         x = gather(inp.hidden, v_idx)
         cls, keys = ((gather(inp.vision["cls_attention"], v_idx), gather(inp.vision["keys"], v_idx))
                      if self.needs_vision else (x[..., 0], x))
-        t_idx, t_valid = mask_to_index(text_after_image(inp.valid, inp.vis_mask), inp.valid.shape[1])
-        text = gather(inp.hidden, t_idx)
-        B = len(x)
-        if f"n_visual{B - 1}" in inp.sizes:  # read before the first layer (`sizes`)
-            counts = [inp.sizes[f"n_visual{b}"] for b in range(B)] + [inp.sizes[f"n_text{b}"] for b in range(B)]
-        else:  # `prune` called on its own: one read of every sample's counts
-            counts = host_ints(*v_valid.sum(-1), *t_valid.sum(-1))
+        counts = inp.sizes
+        if f"n_visual{len(x) - 1}" not in counts:  # `prune` called on its own: one read of them all
+            counted = self._counted(inp.vis_mask, inp.valid)
+            counts = dict(zip(counted, host_ints(*counted.values())))
+        if self.needs_text:
+            t_idx, _ = mask_to_index(text_after_image(inp.valid, inp.vis_mask), inp.valid.shape[1])
+            text = gather(inp.hidden, t_idx)
         keep_vis = torch.zeros_like(v_valid)
         merged, reps = [], []
         for b in range(len(x)):
-            n, m_text = counts[b], counts[len(x) + b]
-            kept, m, rep = self.reduce(x[b, :n], cls[b, :n], keys[b, :n], text[b, :m_text])
+            n = counts[f"n_visual{b}"]
+            instruction = text[b, :counts[f"n_text{b}"]] if self.needs_text else x[b, :0]
+            kept, m, rep = self.reduce(x[b, :n], cls[b, :n], keys[b, :n], instruction)
             keep_vis[b, :n] = kept
             merged.append(m)
             reps.append(v_idx[b, rep])
@@ -193,7 +206,6 @@ class ToMe(_PreLLM):
 
 class Pooling(_PreLLM):
     cfg: PoolingConfig
-    #: needs each sample's visual tokens to be one square grid (LLaVA-1.5, one image), not the tower
     needs_grid = True
     needs_vision = False
 
@@ -208,7 +220,6 @@ class Pooling(_PreLLM):
     def reduce(self, x, cls, keys, text):
         n = x.shape[0]
         if n <= self.cfg.tokens:  # the budget covers every token: keep all
-            return torch.ones(n, dtype=torch.bool, device=x.device), x[:0], torch.zeros(0, dtype=torch.long,
-                                                                                          device=x.device)
+            return unmerged(x, torch.ones(n, dtype=torch.bool, device=x.device))
         pooled, centre = pool_sample(x, *pool_grid(self.cfg.tokens))
         return torch.zeros(n, dtype=torch.bool, device=x.device), pooled, centre

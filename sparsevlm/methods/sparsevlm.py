@@ -81,7 +81,6 @@ class SparseVLM(Method):
         if attn.dim() == 4:
             attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
         scores = visual_scores(attn, r_valid)  # (B, V)
-        n_vis = v_valid.sum(-1)  # (B,)
         plan = inp.token_state.get("plan")
         rank = None
         if plan is not None:  # a schedule: the counts were planned before the first layer

@@ -143,7 +143,7 @@ class _SparseLlavaModel(SparsePlaceholders):
 def check(model, method) -> None:
     """Raise if `method` cannot run on `model`; touches nothing (sparsify checks before it patches)."""
     check_layers(model.model.language_model, method)
-    if getattr(method, "needs_grid", False) and isinstance(model, _families()[1:]):
+    if method.needs_grid and isinstance(model, _families()[1:]):
         raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; "
                          f"{type(model).__name__} lays out high-resolution crops with newline tokens. Use "
                          f"DivPrune, CDPruner or a method that prunes inside the language model")

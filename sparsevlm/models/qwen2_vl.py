@@ -40,7 +40,7 @@ def check(model, method) -> None:
         raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention; {name}'s vision tower "
                          f"has no [CLS] token. Use a method that prunes inside the language model (SparseVLM, FastV, "
                          f"PyramidDrop, random)")
-    if getattr(method, "needs_grid", False):
+    if method.needs_grid:
         raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} merges "
                          f"patches into grids of any shape and frames. Use DivPrune, CDPruner or a method that "
                          f"prunes inside the language model")
