@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .select import gather, host_ints, mask_to_index, put, topk_mask
+from .select import arange, gather, host_ints, mask_to_index, put, topk_mask
 
 
 def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, K: int | None = None):
@@ -33,29 +33,30 @@ def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor,
         return torch.full((B, N), -1, dtype=torch.long, device=dev), torch.empty(B, 0, dtype=torch.long, device=dev)
     # Pairwise distances, normalised by sqrt(D) as in the reference (exact form, not the mm trick).
     xf = x.float()
-    dist = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist") / D ** 0.5  # (B, N, N)
-    invalid = ~valid
+    dist = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist").div_(D ** 0.5)  # (B, N, N)
+    invalid = (~valid).unsqueeze(1)  # (B, 1, N) columns that are not tokens
     # Local density: exp(−mean squared distance to the k nearest tokens, itself included).
-    nearest = dist.masked_fill(invalid[:, None, :], float("inf")).topk(K, dim=-1, largest=False).values  # (B, N, K)
-    beyond_k = torch.arange(K, device=dev) >= k[:, None, None]  # (B, 1, K)
-    density = torch.exp(-nearest.masked_fill_(beyond_k, 0.0).square_().sum(-1) / k[:, None].clamp(min=1))
-    density.masked_fill_(invalid, -1.0)  # (B, N)
+    nearest = dist.masked_fill(invalid, float("inf")).topk(K, dim=-1, largest=False).values  # (B, N, K)
+    beyond_k = arange(K, dev) >= k.view(B, 1, 1)  # (B, 1, K)
+    density = nearest.masked_fill_(beyond_k, 0.0).square_().sum(-1).div_(k.clamp(min=1).view(B, 1)).neg_().exp_()
+    density.masked_fill_(invalid.view(B, N), -1.0)  # (B, N)
     # Distance to the nearest denser token (ties in density: the lower index counts as denser; padding,
     # at −1, is never denser); the densest token takes the largest distance of its sample.
-    d_i, d_j = density[:, :, None], density[:, None, :]
-    denser = (d_j > d_i) | ((d_j == d_i) & torch.ones(N, N, dtype=torch.bool, device=dev).tril_(-1))  # (B, N, N)
-    dist_max = dist.masked_fill(~(valid[:, :, None] & valid[:, None, :]), 0.0).flatten(1).amax(-1)  # (B,)
-    delta = dist.masked_fill(~denser, float("inf")).amin(-1)  # (B, N)
-    delta = torch.where(torch.isinf(delta), dist_max[:, None], delta)
+    d_i, d_j = density.view(B, N, 1), density.view(B, 1, N)
+    denser = (d_j > d_i).logical_or_((d_j == d_i).logical_and_(torch.ones(N, N, dtype=torch.bool, device=dev).tril_(-1)))
+    # (invalid rows are at distance 0 from nothing: their largest distance is over valid columns only)
+    dist_max = dist.masked_fill(invalid | invalid.view(B, N, 1), 0.0).amax((1, 2))  # (B,)
+    delta = dist.masked_fill(denser.logical_not_(), float("inf")).amin(-1)  # (B, N)
+    delta = delta.where(delta != float("inf"), dist_max.view(B, 1))
     # Centres: the k[b] highest density × distance; ties go to the lower index.
-    centre_score = (density * delta).masked_fill_(invalid, float("-inf"))  # (B, N)
+    centre_score = density.mul_(delta).masked_fill_(invalid.view(B, N), float("-inf"))  # (B, N)
     centres = centre_score.sort(dim=-1, descending=True, stable=True).indices[:, :K]  # (B, K)
-    unused = torch.arange(K, device=dev) >= k[:, None]  # (B, K) slots past k[b]
+    unused = arange(K, dev) >= k.view(B, 1)  # (B, K) slots past k[b]
     # Every token joins its nearest centre; a centre always joins its own cluster.
-    to_centre = dist.gather(2, centres[:, None, :].expand(B, N, K))  # (B, N, K)
-    assign = to_centre.masked_fill_(unused[:, None, :], float("inf")).argmin(-1)  # (B, N)
-    assign = put(assign, centres, ~unused, torch.arange(K, device=dev).expand(B, K))
-    return assign.masked_fill_(invalid, -1), centres.masked_fill_(unused, -1)
+    to_centre = dist.gather(2, centres.view(B, 1, K).expand(B, N, K))  # (B, N, K)
+    assign = to_centre.masked_fill_(unused.view(B, 1, K), float("inf")).argmin(-1)  # (B, N)
+    assign = put(assign, centres, unused.logical_not(), arange(K, dev).expand(B, K))
+    return assign.masked_fill_(invalid.view(B, N), -1), centres.masked_fill_(unused, -1)
 
 
 def merge_clusters(x: torch.Tensor, assign: torch.Tensor, num_clusters: int, how: str = "mean") -> torch.Tensor:

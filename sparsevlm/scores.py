@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .select import gather
+from .select import arange, gather
 
 
 def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, rater_valid: torch.Tensor,
@@ -34,14 +34,15 @@ def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, r
         raise ValueError(f"query heads ({H}) must be a multiple of key heads ({H_kv})")
     scaling = 1.0 / math.sqrt(Dh) if scaling is None else scaling
     G = H // H_kv
+    V = vis_idx.shape[1]
     # The G query heads of each key head, all raters: one matmul per key head. (B, H_kv, G·R, L)
-    logits = torch.matmul(q.float().reshape(B, H_kv, G * R, Dh), k.float().transpose(-1, -2)).mul_(scaling)
-    blocked = (torch.arange(L, device=k.device) > rater_pos[:, :, None]) | ~key_valid[:, None, :]  # (B, R, L)
-    prob = logits.view(B, H_kv, G, R, L).masked_fill_(blocked[:, None, None], float("-inf")).softmax(-1)
-    prob = prob.nan_to_num_(0.0).view(B, H, R, L)
-    attn = prob.gather(-1, vis_idx[:, None, None, :].expand(B, H, R, vis_idx.shape[1]))  # (B, H, R, V)
-    pair = rater_valid[:, :, None] & vis_valid[:, None, :]  # (B, R, V)
-    return attn * pair[:, None] if per_head else attn.mean(1) * pair  # (B, H, R, V) or (B, R, V)
+    logits = torch.bmm(q.float().reshape(B * H_kv, G * R, Dh), k.float().reshape(B * H_kv, L, Dh).transpose(1, 2))
+    blocked = (arange(L, k.device) > rater_pos.unsqueeze(-1)).logical_or_(key_valid.logical_not().unsqueeze(1))
+    prob = logits.mul_(scaling).view(B, H_kv, G, R, L).masked_fill_(blocked.view(B, 1, 1, R, L), float("-inf"))
+    prob = prob.softmax(-1).nan_to_num_(0.0).view(B, H, R, L)
+    attn = prob.gather(-1, vis_idx.view(B, 1, 1, V).expand(B, H, R, V))  # (B, H, R, V)
+    unpaired = (rater_valid.unsqueeze(-1) & vis_valid.unsqueeze(1)).logical_not_()  # (B, R, V)
+    return attn.masked_fill_(unpaired.unsqueeze(1), 0.0) if per_head else attn.mean(1).masked_fill_(unpaired, 0.0)
 
 
 def rope_gravity(cos: torch.Tensor, sin: torch.Tensor, rater_idx: torch.Tensor, vis_idx: torch.Tensor) -> torch.Tensor:

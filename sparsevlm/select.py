@@ -17,6 +17,19 @@ HOST_READ = "sparsevlm::host_read"
 ON_HOST = "sparsevlm::on_host"
 
 
+_ARANGE: dict = {}
+
+
+def arange(n: int, device) -> torch.Tensor:
+    """0..n−1 as a long tensor: a view of one kept per device (a slice costs one small op, a new
+    `torch.arange` a few). Read-only: never write into it."""
+    device = torch.device(device)
+    kept = _ARANGE.get(device)
+    if kept is None or len(kept) < n:
+        kept = _ARANGE[device] = torch.arange(max(n, 2 * len(kept) if kept is not None else 1024), device=device)
+    return kept[:n]
+
+
 def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows of every sample: out[b, i] = x[b, idx[b, i]].
 
@@ -43,13 +56,13 @@ def mask_to_index(mask: torch.Tensor, width: int | None = None):
     largest count (one read of a device value). Shapes: mask (B, L) bool -> idx (B, N) long (0 where
     padded), valid (B, N) bool.
     """
-    count = mask.sum(-1, keepdim=True)  # (B, 1)
     if width is None:
-        width = host_ints(count.max())[0] if mask.numel() else 0
-    # A stable sort of the negated mask puts the true positions first, in ascending order.
-    idx = torch.sort(~mask, dim=-1, stable=True).indices[:, :width]  # (B, N)
-    padded = torch.arange(width, device=mask.device) >= count  # (B, N)
-    return idx.masked_fill_(padded, 0), ~padded
+        width = host_ints(mask.sum(-1).max())[0] if mask.numel() else 0
+    # A stable sort of the negated mask puts the true positions first, in ascending order; the sorted
+    # values then say which of the first `width` places are padding.
+    padded, idx = torch.sort(~mask, dim=-1, stable=True)  # (B, L)
+    padded, idx = padded[:, :width], idx[:, :width]  # (B, N)
+    return idx.masked_fill_(padded, 0), padded.logical_not_()
 
 
 def host_ints(*values: torch.Tensor) -> list[int]:
@@ -57,6 +70,14 @@ def host_ints(*values: torch.Tensor) -> list[int]:
     device. Counted by `sparsevlm bench --profile` as one host read (its "sparsevlm::host_read" range)."""
     with torch.profiler.record_function(HOST_READ):
         return torch.stack([v.reshape(()) for v in values]).long().tolist() if values else []
+
+
+def host_counts(counts: dict) -> dict:
+    """Per-sample device integers {name: (B,)} copied to the host in one transfer (one wait for the
+    device, counted like `host_ints`): {name: (B,) long on the CPU}."""
+    with torch.profiler.record_function(HOST_READ):
+        rows = torch.stack([c.long() for c in counts.values()]).cpu() if counts else torch.empty(0, 0)
+    return dict(zip(counts, rows))
 
 
 def host_copy(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -134,6 +155,23 @@ class Layout:
             x = torch.cat([x, inserted.to(x.dtype)], dim=1)
         return gather(x, self.src)
 
+    def apply_ints(self, columns: list, K: int = 0) -> list[torch.Tensor]:
+        """Several per-token tensors of integers or booleans in one gather: `columns` holds
+        (x (B, L), fill) pairs, fill being what the K inserted tokens get (a number, or (B, K)).
+        Returns each gathered (B, L'), in its own dtype."""
+        packed = torch.stack([x for x, _ in columns], -1)  # (B, L, C) long
+        if K:
+            B, C = packed.shape[0], packed.shape[-1]
+            fill = packed.new_tensor([0 if isinstance(f, torch.Tensor) else int(f) for _, f in columns])
+            fill = fill.expand(B, K, C)
+            tensors = [c for c, (_, f) in enumerate(columns) if isinstance(f, torch.Tensor)]
+            if tensors:
+                fill = fill.clone()
+                fill[..., tensors] = torch.stack([columns[c][1] for c in tensors], -1).to(fill.dtype)
+            packed = torch.cat([packed, fill], dim=1)
+        out = gather(packed, self.src).unbind(-1)
+        return [o != 0 if x.dtype == torch.bool else o.to(x.dtype) for o, (x, _) in zip(out, columns)]
+
 
 def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Tensor | None = None,
                 width: int | None = None) -> Layout:
@@ -150,18 +188,19 @@ def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Te
     dev = keep.device
     # Integer sort keys: old token i -> i·(K+1); inserted token j -> anchor·(K+1) + 1 + j.
     # Tokens that do not survive get key -1 so that they sort first and become the padding.
-    key = torch.arange(L, device=dev).mul_(K + 1).expand(B, L).where(keep, -1)  # (B, L)
+    key = (arange(L, dev) * (K + 1)).where(keep, -1)  # (B, L)
     if K:
-        ins_key = (anchor[:, None] * (K + 1) + 1) + torch.arange(K, device=dev)  # (B, K)
-        key = torch.cat([key, ins_key.where(insert_valid, -1)], dim=1)  # (B, L + K)
-    n_new = (key >= 0).sum(-1)  # (B,)
+        ins_key = (anchor.unsqueeze(1) * (K + 1) + 1 + arange(K, dev)).masked_fill_(insert_valid.logical_not(), -1)
+        key = torch.cat([key, ins_key], dim=1)  # (B, L + K)
     if width is None:
-        width = host_ints(n_new.max())[0]
-    elif keep.device.type != "cpu":  # a free check where it runs asynchronously
-        torch._assert_async(n_new.max() == width, "the planned length differs from what the method kept")
-    src = torch.sort(key, dim=-1, stable=True).indices[:, key.shape[1] - width:]  # (B, L')
-    valid = torch.arange(width, device=dev) >= (width - n_new)[:, None]  # (B, L')
-    return Layout(src=src, valid=valid)
+        width = host_ints((key >= 0).sum(-1).max())[0]
+    key, src = torch.sort(key, dim=-1, stable=True)  # (B, L + K)
+    cut = L + K - width
+    if dev.type != "cpu":  # a free check where it runs asynchronously: the longest fills the width exactly
+        fits = key[:, cut].max() >= 0
+        torch._assert_async(fits & (key[:, cut - 1].max() < 0) if cut else fits,
+                            "the planned length differs from what the method kept")
+    return Layout(src=src[:, cut:], valid=key[:, cut:] >= 0)
 
 
 def visual_spans(vis_mask: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:

@@ -73,6 +73,9 @@ class Decision:
     inserted_valid: torch.Tensor | None = None
     inserted_from: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    #: (index (B, V), valid (B, V)) when `scores` (B, V) are given over the visual tokens only: the
+    #: sequence index of each entry (the report puts them in place when it is asked for)
+    score_index: tuple | None = None
     info: dict = field(default_factory=dict)
     #: host integers the method read at this step, for the adapter and later steps (e.g. "width{s}",
     #: the longest sequence after step s, when it was not planned before the first layer)
@@ -115,22 +118,29 @@ class Method:
         """How many times `prune` is called in a prefill."""
         return len(self.pruning_layers) + self.prunes_input
 
-    def sizes(self, vis_mask: torch.Tensor, valid: torch.Tensor, token_state: dict) -> dict:
-        """Device integers the method and the adapter need on the host, read in one transfer before
-        the first layer (the only wait for the device when every count is planned): "visual{s}", the
-        most visual tokens of a sample entering step s, and "width{s}", the longest sequence after
-        it, planned from `counts_after`; only "visual0" when the counts depend on the input.
-        Shapes: vis_mask, valid (B, L) -> {name: 0-d long tensor}."""
-        n_vis = vis_mask.sum(-1)
-        n_text = valid.sum(-1) - n_vis
+    def counts(self, vis_mask: torch.Tensor, valid: torch.Tensor, token_state: dict) -> dict:
+        """Per-sample device counts the plan is made from, read to the host in one transfer before the
+        first layer (the only wait for the device when every count is planned): "visual" and "valid"
+        tokens of each sample, and whatever else the method's `sizes` needs.
+        Shapes: vis_mask, valid (B, L) -> {name: (B,) long}."""
+        return {"visual": vis_mask.sum(-1), "valid": valid.sum(-1)}
+
+    def sizes(self, counts: dict, token_state: dict) -> dict:
+        """The host integers the method and the adapter need, computed on the host from `counts`
+        (`Method.counts`, copied to the host): "visual{s}", the most visual tokens of a sample
+        entering step s, and "width{s}", the longest sequence after it, planned from
+        `counts_after`; only "visual0" when the counts depend on the input.
+        Shapes: counts {name: (B,) long on the host} -> {name: int}."""
+        n_vis = counts["visual"]
+        n_text = counts["valid"] - n_vis
         out, n = {"visual0": n_vis.max()}, n_vis
         try:
             for step in range(self.steps):
                 n = self.counts_after(step, n, n_vis)
                 out |= {f"width{step}": (n_text + n).max(), f"visual{step + 1}": n.max()}
         except ValueError:
-            return {"visual0": out["visual0"]}
-        return out
+            out = {"visual0": out["visual0"]}
+        return dict(zip(out, torch.stack(list(out.values())).tolist()))
 
     def counts_after(self, step: int, n_visual: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens leaving pruning step `step` (kept + inserted) when `n_visual` enter it,
@@ -167,17 +177,24 @@ def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor, budget
 
 
 def top_visual(inp: PruneInput, scores, keep_n, budget_per, v_idx, v_valid):
-    """Which visual tokens `keep_top` keeps (B, V), and the order of all of them by score (B, V)."""
+    """Which visual tokens `keep_top` keeps (B, V), and the order of all of them by score and each
+    one's place in it (`score_order`, (B, V) each)."""
     order, rank = score_order(scores, v_valid)
     if budget_per != "span":
-        return (rank < keep_n[:, None]) & v_valid, order
+        return (rank < keep_n.unsqueeze(1)) & v_valid, order, rank
     spans = gather(inp.spans, v_idx).clamp(min=0)  # (B, V)
     n_spans = inp.sizes.get("spans") or host_ints(spans.max())[0] + 1
-    return topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans), order
+    return topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans), order, rank
 
 
 def visual_decision(inp: PruneInput, v_idx, v_valid, keep_vis, scores, keep_n) -> Decision:
     """The Decision that keeps the visual tokens `keep_vis` (B, V) and every text token."""
-    keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
-    seq_scores = put(torch.zeros(inp.valid.shape, device=scores.device), v_idx, v_valid, scores.float())
-    return Decision(keep=keep, scores=seq_scores, info={"keep": keep_n})
+    return Decision(keep=keep_mask(inp, v_idx, v_valid, keep_vis), scores=scores, score_index=(v_idx, v_valid),
+                    info={"keep": keep_n})
+
+
+def keep_mask(inp: PruneInput, v_idx, v_valid, keep_vis) -> torch.Tensor:
+    """Every valid text token and the visual tokens `keep_vis` (B, V) at `v_idx`: (B, L) bool. (An
+    addition, not a write, so that padded entries of `v_idx` pointing at a kept token change nothing.)"""
+    keep = (inp.valid & ~inp.vis_mask).long()
+    return keep.scatter_add_(1, v_idx, keep_vis.logical_and(v_valid).long()) > 0

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PoolingConfig, ToMeConfig, VisionZipConfig, pool_grid
-from ..select import gather, host_ints, mask_to_index, put
-from .base import Decision, Method, PruneInput
+from ..select import gather, host_counts, mask_to_index
+from .base import Decision, Method, PruneInput, keep_mask
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,17 +128,16 @@ class _PreLLM(Method):
         merged (C, D), representative (C,) local index."""
         raise NotImplementedError
 
-    def _counted(self, vis_mask, valid) -> dict:
-        """The per-sample counts the per-sample work slices by (device values)."""
-        out = {f"n_visual{b}": n for b, n in enumerate(vis_mask.sum(-1))}
-        if self.needs_text:
-            out |= {f"n_text{b}": n for b, n in enumerate(text_after_image(valid, vis_mask).sum(-1))}
-        return out
+    def counts(self, vis_mask, valid, token_state) -> dict:
+        """Also the instruction's length (with `needs_text`): the per-sample work slices by these."""
+        out = super().counts(vis_mask, valid, token_state)
+        return out | {"text": text_after_image(valid, vis_mask).sum(-1)} if self.needs_text else out
 
-    def sizes(self, vis_mask, valid, token_state) -> dict:
-        """Also the per-sample counts, read with the widths before the first layer: the per-sample
-        work then reads nothing more."""
-        return {**super().sizes(vis_mask, valid, token_state), **self._counted(vis_mask, valid)}
+    def sizes(self, counts, token_state) -> dict:
+        """Also each sample's counts, read with the widths before the first layer: the per-sample work
+        then reads nothing more."""
+        out = super().sizes(counts, token_state) | {f"n_visual{b}": n for b, n in enumerate(counts["visual"].tolist())}
+        return out | ({f"n_text{b}": n for b, n in enumerate(counts["text"].tolist())} if self.needs_text else {})
 
     def prune(self, inp: PruneInput) -> Decision:
         v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get("visual0"))  # (B, V)
@@ -147,8 +146,7 @@ class _PreLLM(Method):
                      if self.needs_vision else (x[..., 0], x))
         counts = inp.sizes
         if f"n_visual{len(x) - 1}" not in counts:  # `prune` called on its own: one read of them all
-            counted = self._counted(inp.vis_mask, inp.valid)
-            counts = dict(zip(counted, host_ints(*counted.values())))
+            counts = self.sizes(host_counts(self.counts(inp.vis_mask, inp.valid, {})), {})
         if self.needs_text:
             t_idx, _ = mask_to_index(text_after_image(inp.valid, inp.vis_mask), inp.valid.shape[1])
             text = gather(inp.hidden, t_idx)
@@ -168,10 +166,9 @@ class _PreLLM(Method):
         inserted_valid = torch.zeros(B, K, dtype=torch.bool, device=x.device)
         for b, (m, rep) in enumerate(zip(merged, reps)):
             inserted[b, :len(m)], inserted_from[b, :len(m)], inserted_valid[b, :len(m)] = m, rep, True
-        keep = (inp.valid & ~inp.vis_mask) | put(torch.zeros_like(inp.valid), v_idx, v_valid, keep_vis)
-        scores = put(torch.zeros(inp.valid.shape, device=x.device), v_idx, v_valid, cls.float())
-        return Decision(keep=keep, inserted=inserted if K else None, inserted_valid=inserted_valid if K else None,
-                        inserted_from=inserted_from if K else None, scores=scores,
+        return Decision(keep=keep_mask(inp, v_idx, v_valid, keep_vis), inserted=inserted if K else None,
+                        inserted_valid=inserted_valid if K else None, inserted_from=inserted_from if K else None,
+                        scores=cls.float(), score_index=(v_idx, v_valid),
                         info={"keep": keep_vis.sum(-1), "merged": inserted_valid.sum(-1)})
 
 

@@ -23,22 +23,25 @@ class SparseVLM(Method):
         raters, _ = select_raters(embeds, vis_mask, valid, self.cfg.rater_rule)
         return {"rater": raters}
 
-    def sizes(self, vis_mask, valid, token_state):
+    def counts(self, vis_mask, valid, token_state):
+        token_state["n_raters"] = token_state["rater"].sum(-1)
+        return super().counts(vis_mask, valid, token_state) | {"raters": token_state["n_raters"]}
+
+    def sizes(self, counts, token_state):
         # The rater rows, and in schedule mode every later count: they follow from the input's. The
-        # per-sample counts of each step are kept for `prune` in token_state["plan"].
-        n_vis = vis_mask.sum(-1)
-        out = {"raters": token_state["rater"].sum(-1).max(), "visual0": n_vis.max()}
-        if self.cfg.mode == "rank":
-            return out
-        n_text, has_raters, n = valid.sum(-1) - n_vis, token_state["rater"].any(-1), n_vis
-        token_state["plan"] = []
-        for step in range(self.steps):
-            keep = keep_count(self.cfg, step, n, n_prompt=n_vis).where(has_raters, n)
-            more, counts = self._after(step, n, keep, n_text)
-            token_state["plan"].append(counts)
-            out |= more
-            n = counts[0] + counts[2]
-        return out
+        # per-sample counts of each step go to the device in one copy, for `prune`: token_state["plan"].
+        n_vis = counts["visual"]
+        out = {"raters": counts["raters"].max(), "visual0": n_vis.max()}
+        if self.cfg.mode == "schedule":
+            n_text, has_raters, n, plan = counts["valid"] - n_vis, counts["raters"] > 0, n_vis, []
+            for step in range(self.steps):
+                keep = keep_count(self.cfg, step, n, n_prompt=n_vis).where(has_raters, n)
+                more, step_counts = self._after(step, n, keep, n_text)
+                plan.append(torch.stack(step_counts))
+                out |= more
+                n = step_counts[0] + step_counts[2]
+            token_state["plan"] = list(torch.stack(plan).to(token_state["rater"].device).unbind(0))
+        return dict(zip(out, torch.stack(list(out.values())).tolist()))
 
     def _after(self, step, n_vis, keep_n, n_text):
         """Sizes after step `step` (device scalars) and its per-sample counts (B,): kept, recycled
@@ -84,26 +87,30 @@ class SparseVLM(Method):
         plan = inp.token_state.get("plan")
         rank = None
         if plan is not None:  # a schedule: the counts were planned before the first layer
-            keep_n, m, c = plan[step]
+            keep_n, m, c = plan[step].unbind(0)
             read = {}
         else:  # rank mode (or `prune` called on its own): the one read of this step, then all on the host
             rank, keep_n, m, c, read = self._counts_on_host(step, attn, r_valid, v_valid, inp)
             sizes |= read
-        keep_vis, order = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
+        keep_vis, order, place = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
         dec = replace(visual_decision(inp, v_idx, v_valid, keep_vis, scores, keep_n), sizes=read)
-        info = {**dec.info, "raters": r_valid.sum(-1), **({"rank": rank} if rank is not None else {})}
+        n_raters = inp.token_state.get("n_raters")  # (raters are text: their count never changes)
+        info = {**dec.info, "raters": r_valid.sum(-1) if n_raters is None else n_raters,
+                **({"rank": rank} if rank is not None else {})}
         if not cfg.recycle:
             return replace(dec, info=info)
         # Recycling (§3.3): the m best of the pruned tokens (by score) are clustered and merged.
-        pruned = (v_valid & ~keep_vis).gather(-1, order)  # (B, V) in score order
-        chosen = torch.zeros_like(pruned).scatter_(-1, order, pruned & (pruned.cumsum(-1) <= m[:, None]))
+        if cfg.budget_per == "sample":  # the pruned are the places keep_n.. in score order: take the next m
+            chosen = (place >= keep_n.unsqueeze(1)) & (place < (keep_n + m).unsqueeze(1))
+        else:
+            pruned = (v_valid & ~keep_vis).gather(-1, order)  # (B, V) in score order
+            chosen = torch.zeros_like(pruned).scatter_(-1, order, pruned & (pruned.cumsum(-1) <= m[:, None]))
         M, K = sizes[f"recycle{step}"], sizes[f"clusters{step}"]
         sel, sel_valid = mask_to_index(chosen, M)  # (B, M) among the visual tokens, ascending
         seq_sel = gather(v_idx, sel)  # (B, M) their sequence positions
         tokens, centres, _ = cluster_merge(gather(inp.hidden, seq_sel), sel_valid, c, K, cfg.merge)
         return replace(dec, inserted=tokens, inserted_valid=centres >= 0,
-                       inserted_from=gather(seq_sel, centres.clamp(min=0)),
-                       info={**info, "recycled": (centres >= 0).sum(-1)})
+                       inserted_from=gather(seq_sel, centres.clamp(min=0)), info={**info, "recycled": c})
 
     def counts_after(self, step, n_visual, n_prompt=None):
         if self.cfg.mode == "rank":

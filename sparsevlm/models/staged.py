@@ -29,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..methods.base import PruneInput
 from ..report import dense_report, from_device
-from ..select import compact_positions, gather, host_ints, plan_layout, visual_spans
+from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_spans
 from .patching import Clock, per_call
 
 # transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
@@ -158,30 +158,37 @@ class SparseTextModel:
         seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
                "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
                "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
-               "n_prompt": vis_mask.sum(-1),  # (B,) visual tokens of each prompt
+               "n_prompt": None,  # (B,) visual tokens of each prompt (`Method.counts`' "visual")
                "span": (visual_spans(vis_mask, frames.to(dev) if frames is not None else
                                      positions[..., 0] if positions.dim() == 3 else None)
                         if method.needs_spans else None),  # per-image / per-frame budgets only
                "vision": vision}
         # The one wait for the device in a planned prefill: every width the method will need, in one read.
         with clock:
-            wanted = method.sizes(vis_mask, valid, token_state)
+            counted = method.counts(vis_mask, valid, token_state)
+            seq["n_prompt"] = counted["visual"]
             if seq["span"] is not None:
-                wanted["spans"] = seq["span"].max().clamp(min=0) + 1
-            seq["sizes"] = dict(zip(wanted, host_ints(*wanted.values())))
+                counted["spans"] = seq["span"].amax(-1).clamp(min=0) + 1
+            counted = host_counts(counted)
+            with torch.profiler.record_function(ON_HOST):  # the plan: arithmetic on host integers
+                seq["sizes"] = method.sizes(counted, token_state)
+                if seq["span"] is not None:
+                    seq["sizes"]["spans"] = int(counted["spans"].max())
         if seq["sizes"]["visual0"] == 0:
             return self._dense("no image tokens in the input", True, vis_mask, None, attention_mask, position_ids,
                                cache, hidden, use_cache, kwargs)
         stages, counts_in, counts_out = [], [], []
+        vis = seq["vis_mask"]  # the visual tokens as the sequence shrinks (the report counts them)
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
             pe = self.rotary_emb(hidden, position_ids=_model_ids(positions))
             with clock:
                 self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
+            vis = stages[-1]["visual"]
         mask, pe = self._stage(seq["hidden"], seq["valid"] if stages else attention_mask, seq["positions"], cache, 0)
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            counts_in.append(seq["vis_mask"].sum(-1))
+            counts_in.append(vis)
             prune_here = i in method.pruning_layers
             if prune_here:
                 call["capture"] = {}
@@ -194,9 +201,10 @@ class SparseTextModel:
                     self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe,
                                 captured["k"])
                 step += 1
+                vis = stages[-1]["visual"]
                 mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
-            counts_out.append(seq["vis_mask"].sum(-1))
-        report["counts_in"], report["counts_out"] = torch.stack(counts_in, -1), torch.stack(counts_out, -1)
+            counts_out.append(vis)
+        report["counts_in"], report["counts_out"] = counts_in, counts_out  # stacked by the report
         # Outputs go back to the input positions; a position whose token was pruned gets zeros.
         present = seq["valid"] & (seq["index"] >= 0)
         slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
@@ -222,31 +230,43 @@ class SparseTextModel:
                                       norm=self.norm, raw_keys=raw_keys))
         seq["sizes"] = {**seq["sizes"], **dec.sizes}
         origin, vis_mask = seq["origin"], seq["vis_mask"]
-        step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "origin_before": origin,
+        step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "score_index": dec.score_index,
+                       "origin_before": origin,
                        "vis_before": vis_mask}
-        pos_idx = torch.arange(seq["hidden"].shape[1], device=dev)
-        anchor = pos_idx.where(vis_mask, -1).amax(-1)  # last visual position
+        anchor = arange(L, dev).where(vis_mask, -1).amax(-1)  # last visual position
         layout = plan_layout(dec.keep, anchor, dec.inserted_valid, seq["sizes"].get(f"width{step}"))
         ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
+        K = 0 if ins is None else ins.shape[1]
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
-        seq["vis_mask"] = vis_mask = layout.apply(vis_mask, ins) & layout.valid
-        seq["origin"] = origin = layout.apply(origin, None if ins is None else torch.full_like(ins, -2, dtype=torch.long))
-        for part in ("state", "vision"):  # per-token tensors follow their tokens; inserted ones get zeros
-            seq[part] = {n: layout.apply(t, None if ins is None else t.new_zeros(*ins.shape, *t.shape[2:]))
-                         if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[:2] == (B, L) else t
-                         for n, t in seq[part].items()}
+        # Per-token tensors follow their tokens: the integer ones in one gather; inserted tokens are
+        # visual, merged (origin −2), from no input position (index −1), with zero state.
+        ints = {("vis_mask",): (vis_mask, True), ("origin",): (origin, -2), ("index",): (seq["index"], -1)}
+        if method.positions != "compact" and seq["positions"].dim() == 2:
+            ints[("positions",)] = (seq["positions"], gather(seq["positions"], dec.inserted_from) if K else 0)
+        if seq["span"] is not None:
+            ints[("span",)] = (seq["span"], gather(seq["span"], dec.inserted_from) if K else 0)
+        for part in ("state", "vision"):
+            for n, t in seq[part].items():
+                if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[:2] == (B, L):
+                    if t.dim() == 2 and not t.is_floating_point():
+                        ints[(part, n)] = (t, 0)
+                    else:  # (floats and wider tensors on their own)
+                        seq[part] = {**seq[part], n: layout.apply(t, t.new_zeros(*ins.shape, *t.shape[2:]) if K else None)}
+        for name, out in zip(ints, layout.apply_ints(list(ints.values()), K)):
+            if len(name) == 2:
+                seq[name[0]] = {**seq[name[0]], name[1]: out}
+            else:
+                seq[name[0]] = out
+        seq["vis_mask"] = vis_mask = seq["vis_mask"] & layout.valid
+        origin = seq["origin"]
         if method.positions == "compact":
             seq["positions"] = compact_positions(layout.valid)
-        else:
-            seq["positions"] = layout.apply(seq["positions"],
-                                            None if ins is None else gather(seq["positions"], dec.inserted_from))
-        seq["index"] = layout.apply(seq["index"], None if ins is None else torch.full_like(ins, -1, dtype=torch.long))
-        if seq["span"] is not None:
-            seq["span"] = layout.apply(seq["span"], None if ins is None else gather(seq["span"], dec.inserted_from))
+        elif seq["positions"].dim() == 3:  # M-RoPE's (B, L, 3)
+            seq["positions"] = layout.apply(seq["positions"], gather(seq["positions"], dec.inserted_from) if K else None)
         seq["valid"] = layout.valid
         report["steps"].append({**step_report, "origin": origin, "vis": vis_mask,
-                                "recycled": ins.sum(-1) if ins is not None else torch.zeros(B, dtype=torch.long)})
-        stages.append({"start": layer + 1, "valid": layout.valid, "count": layout.valid.sum(-1)})
+                                "recycled": ins})
+        stages.append({"start": layer + 1, "valid": layout.valid, "visual": vis_mask})
 
     def _sparse_decode(self, hidden, attention_mask, position_ids, cache, stages, use_cache, kwargs):
         st = self._sparsevlm
@@ -261,6 +281,8 @@ class SparseTextModel:
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if i in starts:  # a shorter stage: its own mask, and its own positions when compact
                 s = starts[i]
+                if "count" not in s:  # its tokens, counted once per generate call
+                    s["count"] = s["valid"].sum(-1)
                 s["valid"] = torch.cat([s["valid"], new_valid], dim=1)
                 pos = s["count"][:, None] + new_valid.long().cumsum(-1) - 1
                 s["count"] = s["count"] + new_valid.sum(-1)
