@@ -52,11 +52,15 @@ def schedule_keep_count(budget: int, n_visual: torch.Tensor, n_prompt: torch.Ten
                         schedule_of: int | None = None) -> torch.Tensor:
     """Visual tokens to keep under a fixed budget: `budget`, or with `schedule_of` set,
     max(1, round(budget · n_prompt / schedule_of)) for a sample whose prompt has n_prompt visual
-    tokens; never more than the `n_visual` present. Shapes: n_visual (B,), n_prompt (B,) -> (B,) long."""
+    tokens; never more than the `n_visual` present. Shapes: n_visual (B,), n_prompt (B,) -> (B,) long;
+    or Python ints (one sample, as the host plans a prefill) -> int, by the same arithmetic (float64,
+    rounding half to even, as `torch.round`)."""
+    if schedule_of is not None and n_prompt is None:
+        raise ValueError("n_prompt (each sample's visual tokens) is required when schedule_of is set")
+    if not isinstance(n_visual, torch.Tensor):
+        return min(n_visual, budget if schedule_of is None else max(1, round(budget * n_prompt / schedule_of)))
     if schedule_of is None:
         return n_visual.clamp(max=budget).long()
-    if n_prompt is None:
-        raise ValueError("n_prompt (each sample's visual tokens) is required when schedule_of is set")
     scaled = (budget * n_prompt.double() / schedule_of).round().clamp(min=1).long()
     return torch.minimum(n_visual.long(), scaled)
 

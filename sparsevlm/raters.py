@@ -37,9 +37,9 @@ def text_relevance(embeds: torch.Tensor, vis_mask: torch.Tensor, text_mask: torc
     Shapes: embeds (B, L, D), vis_mask (B, L), text_mask (B, L) -> relevance (B, L), 0 off text.
     """
     x = embeds.float()
-    sim = (x @ x.transpose(1, 2)).masked_fill_(~text_mask[:, None, :], float("-inf"))  # (B, L rows, L columns)
+    sim = torch.bmm(x, x.transpose(1, 2)).masked_fill_(text_mask.logical_not().unsqueeze(1), float("-inf"))  # (B, L rows, L columns)
     prob = sim.softmax(-1).nan_to_num_(0.0)  # samples without text give 0
-    rel = (prob * vis_mask[:, :, None]).sum(1) / vis_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, L)
+    rel = (prob * vis_mask.unsqueeze(-1)).sum(1) / vis_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, L)
     return rel * text_mask
 
 

@@ -73,24 +73,31 @@ def from_device(method: str, num_layers: int, raw: dict, overhead_seconds: float
     `raw`: "valid", "vis_mask" (B, L) of the input; "raters" (B, L) or None; "counts_in",
     "counts_out": per layer, the visual tokens (B, L_s) it sees / leaves; "present" (B, L); "right_padding" () bool; "steps": per pruning
     step "layer", "info" (per-sample tensors), "scores" (B, L_s) (or (B, V) with "score_index", as in
-    `Decision`) or None with the "origin_before"
-    and "vis_before" (B, L_s) they are laid out on, "recycled" (B, K) the inserted tokens or None, "origin" and "vis" (B, L_s+1)
-    after it (origin: index into the image grid, −1 text, −2 merged)."""
+    `Decision`) or None with the "index_before" and "vis_before" (B, L_s) they are laid out on,
+    "recycled" (B, K) the inserted tokens or None, "index" and "vis" (B, L_s+1) after it (index: the
+    input position of each token, −1 for a merged one)."""
     n_visual = raw["vis_mask"].sum(-1).cpu()
     rep = Report(method=method, num_layers=num_layers, n_tokens=raw["valid"].sum(-1).cpu(), n_visual=n_visual,
                  visual_in=_counts(raw["counts_in"]), visual_out=_counts(raw["counts_out"]),
                  raters=[r.nonzero().flatten().tolist() for r in raw["raters"]] if raw["raters"] is not None else [],
                  present=raw["present"].cpu(), overhead_seconds=overhead_seconds)
+    vis0 = raw["vis_mask"].cpu()
+    grid0 = (vis0.long().cumsum(-1) - 1).where(vis0, -1)  # each input position's place on the image grid
+
+    def grid_place(index):  # index into the image grid, −1 text, −2 merged
+        index = index.cpu()
+        return grid0.gather(1, index.clamp(min=0)).masked_fill_(index < 0, -2)
+
     for s in raw["steps"]:
         step = {"layer": s["layer"], **{n: v.cpu() for n, v in s["info"].items()}}
         if s["scores"] is not None:  # scores of the tokens present, placed on the original image grid
-            origin, vis = s["origin_before"].cpu(), s["vis_before"].cpu()
+            origin, vis = grid_place(s["index_before"]), s["vis_before"].cpu()
             if s.get("score_index") is not None:  # scores over the visual tokens: their places first
                 idx, ok = (t.cpu() for t in s["score_index"])
                 origin, vis = origin.gather(1, idx), vis.gather(1, idx) & ok
             grid = torch.full((len(n_visual), int(n_visual.max())), float("nan"))
             step["scores"] = put(grid, origin, vis & (origin >= 0), s["scores"].float().cpu())
-        origin, vis = s["origin"].cpu(), s["vis"].cpu()
+        origin, vis = grid_place(s["index"]), s["vis"].cpu()
         step["recycled"] = (s["recycled"].sum(-1).cpu() if s["recycled"] is not None
                             else torch.zeros(len(n_visual), dtype=torch.long))
         step["kept"] = [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis)]

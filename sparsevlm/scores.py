@@ -72,9 +72,10 @@ def top_heads(attn: torch.Tensor, k: int) -> torch.Tensor:
     return gather(attn, order).mean(1)
 
 
-def visual_scores(attn: torch.Tensor, rater_valid: torch.Tensor) -> torch.Tensor:
+def visual_scores(attn: torch.Tensor, rater_valid: torch.Tensor, n_raters: torch.Tensor | None = None) -> torch.Tensor:
     """Significance of each visual token: the raters' attention averaged over raters.
 
-    Shapes: attn (B, R, V), rater_valid (B, R) -> scores (B, V).
+    Shapes: attn (B, R, V), rater_valid (B, R) -> scores (B, V); `n_raters` (B, 1) float: each
+    sample's rater count (at least 1), when the caller has it.
     """
-    return attn.sum(1) / rater_valid.sum(-1, keepdim=True).clamp(min=1)
+    return attn.sum(1).div_(rater_valid.sum(-1, keepdim=True).clamp(min=1) if n_raters is None else n_raters)

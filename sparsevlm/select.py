@@ -35,6 +35,8 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
     Shapes: x (B, L, *rest), idx (B, N) -> (B, N, *rest).
     """
+    if x.dim() == 2:
+        return x.gather(1, idx)
     index = idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
     return x.gather(1, index)
 
@@ -98,7 +100,7 @@ def score_order(scores: torch.Tensor, valid: torch.Tensor):
     valid (B, V) bool -> order (B, V) long, rank (B, V) long."""
     s = scores.float().masked_fill(~valid, float("-inf"))
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(-1, order, arange(s.shape[1], s.device).expand_as(order))
     return order, rank
 
 
@@ -140,11 +142,20 @@ class Layout:
     """Where each slot of the new sequence comes from.
 
     `src[b, i]` indexes the concatenation [old sequence (L) ; inserted tokens (K)]; `valid` is
-    false on left padding. Shapes: src (B, L'), valid (B, L').
+    false on left padding; `key` the sorted keys of old and inserted tokens (old token i: i·`stride`;
+    the new sequence is their last L'), from which `moved` finds where old tokens went.
+    Shapes: src (B, L'), valid (B, L'), key (B, L + K).
     """
 
     src: torch.Tensor
     valid: torch.Tensor
+    key: torch.Tensor | None = None
+    stride: int = 1
+
+    def moved(self, idx: torch.Tensor) -> torch.Tensor:
+        """Where tokens of the old sequence that stay (at `idx`, (B, N)) are in the new one (B, N)."""
+        cut = self.key.shape[1] - self.src.shape[1]
+        return torch.searchsorted(self.key, idx * self.stride).sub_(cut).clamp_(0, self.src.shape[1] - 1)
 
     def apply(self, x: torch.Tensor, inserted: torch.Tensor | None = None) -> torch.Tensor:
         """Gather a per-token tensor (hidden states, position ids, ...) into the new layout.
@@ -159,6 +170,11 @@ class Layout:
         """Several per-token tensors of integers or booleans in one gather: `columns` holds
         (x (B, L), fill) pairs, fill being what the K inserted tokens get (a number, or (B, K)).
         Returns each gathered (B, L'), in its own dtype."""
+        if len(columns) == 1:  # one tensor: gathered as it is
+            (x, f), = columns
+            fill = (f if isinstance(f, torch.Tensor) else torch.full((x.shape[0], K), f, dtype=x.dtype,
+                                                                      device=x.device)) if K else None
+            return [self.apply(x, fill)]
         packed = torch.stack([x for x, _ in columns], -1)  # (B, L, C) long
         if K:
             B, C = packed.shape[0], packed.shape[-1]
@@ -200,7 +216,7 @@ def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Te
         fits = key[:, cut].max() >= 0
         torch._assert_async(fits & (key[:, cut - 1].max() < 0) if cut else fits,
                             "the planned length differs from what the method kept")
-    return Layout(src=src[:, cut:], valid=key[:, cut:] >= 0)
+    return Layout(src=src[:, cut:], valid=key[:, cut:] >= 0, key=key, stride=K + 1)
 
 
 def visual_spans(vis_mask: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
@@ -217,4 +233,4 @@ def visual_spans(vis_mask: torch.Tensor, frames: torch.Tensor | None = None) -> 
 def compact_positions(valid: torch.Tensor) -> torch.Tensor:
     """Positions 0..n−1 over the valid tokens of each sample (padding gets 0), as `generate()`
     numbers a left-padded prompt. Shapes: valid (B, L) -> (B, L) long."""
-    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+    return valid.cumsum(-1, dtype=torch.long).sub_(1).clamp_(min=0)

@@ -26,8 +26,9 @@ class PruneInput:
     visual tokens (recycled ones included); queries (B, H, L, Dh) and keys (B, H_kv, L, Dh) of the
     layer with RoPE applied (None before the first layer); position_embeddings: the stage's RoPE
     (cos, sin), each (B, L, Dh); token_state: the method's own per-token tensors (B, L, ...), kept
-    aligned with the sequence by the adapter (entries of any other shape, e.g. per-sample counts
-    planned in `Method.sizes`, are passed on as they are); vision (for methods with `needs_vision`):
+    aligned with the sequence by the adapter; entries named "..._index" hold positions (B, N) of
+    tokens that are never pruned, moved with them; entries of any other shape (e.g. per-sample
+    counts planned in `Method.sizes`) are passed on as they are; vision (for methods with `needs_vision`):
     "cls_attention" (B, L) the vision tower's [CLS] attention on each visual token at the feature
     layer (mean over heads) and "keys" (B, L, Dk) that layer's keys (heads concatenated), zero on
     text.
@@ -95,6 +96,8 @@ class Method:
     needs_vision: bool = False
     #: needs each sample's visual tokens to form one square grid (one LLaVA-1.5 image)
     needs_grid: bool = False
+    #: needs the pruning layers' keys before RoPE (PruneInput.raw_keys; hooked only then)
+    needs_raw_keys: bool = False
 
     def __init__(self, cfg, num_layers: int | None = None):
         self.cfg = cfg

@@ -131,6 +131,7 @@ def dart_select(hidden, key_norm, v_idx, v_valid, t_idx, t_valid, cfg: DARTConfi
 
 class DART(Method):
     cfg: DARTConfig
+    needs_raw_keys = True
 
     def prune(self, inp: PruneInput) -> Decision:
         v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))

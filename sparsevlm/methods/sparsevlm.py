@@ -11,7 +11,7 @@ from ..config import SparseVLMConfig
 from ..raters import select_raters
 from ..recycle import cluster_merge, recycle_counts
 from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
-from ..select import ON_HOST, gather, host_copy, mask_to_index
+from ..select import ON_HOST, arange, gather, host_copy, mask_to_index
 from .base import Decision, Method, PruneInput, scaled_schedules, top_visual, visual_decision
 
 
@@ -24,35 +24,40 @@ class SparseVLM(Method):
         return {"rater": raters}
 
     def counts(self, vis_mask, valid, token_state):
-        token_state["n_raters"] = token_state["rater"].sum(-1)
+        token_state["n_raters"] = token_state["rater"].sum(-1)  # (B,) raters are text: the count never changes
+        token_state["rater_norm"] = token_state["n_raters"].clamp(min=1).float().unsqueeze(1)  # (B, 1)
         return super().counts(vis_mask, valid, token_state) | {"raters": token_state["n_raters"]}
 
     def sizes(self, counts, token_state):
-        # The rater rows, and in schedule mode every later count: they follow from the input's. The
-        # per-sample counts of each step go to the device in one copy, for `prune`: token_state["plan"].
-        n_vis = counts["visual"]
-        out = {"raters": counts["raters"].max(), "visual0": n_vis.max()}
+        # The rater rows, and in schedule mode every later count: they follow from the input's, by
+        # integer arithmetic on the host. The per-sample counts of each step go to the device in one
+        # copy, for `prune`: token_state["plan"].
+        n_vis, n_valid, raters = (counts[k].tolist() for k in ("visual", "valid", "raters"))
+        out = {"raters": max(raters), "visual0": max(n_vis)}
         if self.cfg.mode == "schedule":
-            n_text, has_raters, n, plan = counts["valid"] - n_vis, counts["raters"] > 0, n_vis, []
+            n_text, n, plan = [v - n for v, n in zip(n_valid, n_vis)], n_vis, []
             for step in range(self.steps):
-                keep = keep_count(self.cfg, step, n, n_prompt=n_vis).where(has_raters, n)
+                # A sample without raters cannot be rated: it keeps all its visual tokens.
+                keep = [keep_count(self.cfg, step, k, n_prompt=p) if r else k for k, p, r in zip(n, n_vis, raters)]
                 more, step_counts = self._after(step, n, keep, n_text)
-                plan.append(torch.stack(step_counts))
+                plan.append(step_counts)
                 out |= more
-                n = step_counts[0] + step_counts[2]
-            token_state["plan"] = list(torch.stack(plan).to(token_state["rater"].device).unbind(0))
-        return dict(zip(out, torch.stack(list(out.values())).tolist()))
+                n = [k + c for k, _, c in zip(*step_counts)]
+            token_state["plan"] = list(torch.tensor(plan, device=token_state["rater"].device).unbind(0))
+        return out
 
-    def _after(self, step, n_vis, keep_n, n_text):
-        """Sizes after step `step` (device scalars) and its per-sample counts (B,): kept, recycled
-        and merged tokens."""
-        m = c = torch.zeros_like(keep_n)
+    def _after(self, step, n_vis, keep, n_text):
+        """Sizes after step `step` and its per-sample counts (lists of ints, one per sample): kept,
+        recycled and merged tokens."""
+        m = c = [0] * len(keep)
         out = {}
         if self.cfg.recycle:
-            m, c = recycle_counts(n_vis - keep_n, self.cfg.recycle_ratio, self.cfg.cluster_ratio)
-            out |= {f"recycle{step}": m.max(), f"clusters{step}": c.max()}
-        leaving = keep_n + c
-        return out | {f"width{step}": (n_text + leaving).max(), f"visual{step + 1}": leaving.max()}, (keep_n, m, c)
+            m, c = (list(x) for x in zip(*(recycle_counts(v - k, self.cfg.recycle_ratio, self.cfg.cluster_ratio)
+                                           for v, k in zip(n_vis, keep))))
+            out |= {f"recycle{step}": max(m), f"clusters{step}": max(c)}
+        leaving = [k + x for k, x in zip(keep, c)]
+        return out | {f"width{step}": max(t + x for t, x in zip(n_text, leaving)),
+                      f"visual{step + 1}": max(leaving)}, [keep, m, c]
 
     def _counts_on_host(self, step, attn, r_valid, v_valid, inp):
         """Counts that depend on what the layer computed (rank mode): the attention matrix and the
@@ -67,23 +72,28 @@ class SparseVLM(Method):
             rank = attention_rank(attn, r_valid, v_valid) if self.cfg.mode == "rank" else None
             # A sample without raters cannot be rated: it keeps all its visual tokens.
             keep_n = keep_count(self.cfg, step, n_vis, rank, n_prompt).where(r_valid.any(-1), n_vis)  # (B,)
-            more, counts = self._after(step, n_vis, keep_n, n_valid - n_vis)
-            sizes = dict(zip(more, torch.stack(list(more.values())).tolist()))
-        return (None if rank is None else rank.to(dev), *(t.to(dev) for t in counts), sizes)
+            sizes, counts = self._after(step, n_vis.tolist(), keep_n.tolist(), (n_valid - n_vis).tolist())
+        return (None if rank is None else rank.to(dev), *torch.tensor(counts, device=dev).unbind(0), sizes)
 
     def prune(self, inp: PruneInput) -> Decision:
-        cfg, sizes, step = self.cfg, dict(inp.sizes), inp.step
-        r_idx, r_valid = mask_to_index(inp.token_state["rater"], sizes.get("raters"))  # (B, R)
+        cfg, sizes, step, state = self.cfg, dict(inp.sizes), inp.step, inp.token_state
+        if "rater_index" not in state:  # the first step: where the raters are (they move with their tokens after)
+            state["rater_index"], r_valid = mask_to_index(state.pop("rater"), sizes.get("raters"))  # (B, R)
+            if "n_raters" not in state:
+                state["n_raters"] = r_valid.sum(-1)
+        r_idx = state["rater_index"]
+        r_valid = arange(r_idx.shape[1], r_idx.device) < state["n_raters"].unsqueeze(1)  # (B, R)
         v_idx, v_valid = mask_to_index(inp.vis_mask, sizes.get(f"visual{step}"))  # (B, V)
         # Significance: the raters' attention on the visual tokens, from their query rows only.
-        q_raters = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
+        B, H, _, Dh = inp.queries.shape
+        q_raters = inp.queries.gather(2, r_idx.view(B, 1, -1, 1).expand(B, H, -1, Dh))  # (B, H, R, Dh)
         attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling,
                                per_head=cfg.rope_correction or bool(cfg.top_heads))  # (B, [H,] R, V)
         if cfg.rope_correction:  # SparseVLM+: remove RoPE's preference for nearby tokens
             attn = attn / rope_gravity(*inp.position_embeddings, r_idx, v_idx)[:, None]
         if attn.dim() == 4:
             attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
-        scores = visual_scores(attn, r_valid)  # (B, V)
+        scores = visual_scores(attn, r_valid, inp.token_state.get("rater_norm"))  # (B, V)
         plan = inp.token_state.get("plan")
         rank = None
         if plan is not None:  # a schedule: the counts were planned before the first layer
@@ -94,7 +104,7 @@ class SparseVLM(Method):
             sizes |= read
         keep_vis, order, place = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
         dec = replace(visual_decision(inp, v_idx, v_valid, keep_vis, scores, keep_n), sizes=read)
-        n_raters = inp.token_state.get("n_raters")  # (raters are text: their count never changes)
+        n_raters = inp.token_state.get("n_raters")
         info = {**dec.info, "raters": r_valid.sum(-1) if n_raters is None else n_raters,
                 **({"rank": rank} if rank is not None else {})}
         if not cfg.recycle:

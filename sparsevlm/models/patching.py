@@ -4,6 +4,7 @@ copies, where the visual tokens are), and the hooks that capture queries and key
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 import threading
 import time
@@ -12,13 +13,11 @@ import warnings
 import torch
 
 
-#: attention modules whose queries and keys the hooks reproduce exactly (module -> where q, k are
-
-
-#: taken before RoPE); any other attention is refused rather than scored wrongly
-ATTENTIONS = {"modeling_llama": ("q_proj", "k_proj"), "modeling_mistral": ("q_proj", "k_proj"),
-              "modeling_qwen2": ("q_proj", "k_proj"), "modeling_qwen3": ("q_norm", "k_norm"),
-              "modeling_qwen2_vl": ("q_proj", "k_proj"), "modeling_qwen2_5_vl": ("q_proj", "k_proj")}
+#: attention modules known to rotate their queries and keys with their module's `apply_rotary_pos_emb`
+#: (whose outputs are captured: the model's own queries and keys), with the submodule whose output is
+#: the keys before RoPE; any other attention is refused rather than scored wrongly
+ATTENTIONS = {"modeling_llama": "k_proj", "modeling_mistral": "k_proj", "modeling_qwen2": "k_proj",
+              "modeling_qwen3": "k_norm", "modeling_qwen2_vl": "k_proj", "modeling_qwen2_5_vl": "k_proj"}
 
 
 def per_call(state: dict) -> dict:
@@ -37,7 +36,7 @@ def text_unsupported_reason(text, supported: str) -> str | None:
     attn = text.layers[0].self_attn
     kind = type(attn).__module__.rsplit(".", 1)[-1]
     if kind not in ATTENTIONS or not hasattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb"):
-        return (f"attention {type(attn).__name__} is not one whose queries and keys this library reproduces "
+        return (f"attention {type(attn).__name__} is not one whose queries and keys this library captures "
                 f"(Llama, Mistral, Qwen2, Qwen3 with q/k norm, Qwen2-VL, Qwen2.5-VL); supported: {supported}")
     cfg = text.config
     kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
@@ -180,17 +179,58 @@ def swap_class(module, mixin) -> None:
     _CAN_RECORD_REGISTRY[module] = cls._can_record_outputs
 
 
+#: where this thread's rotary embeddings are being captured (a pruning layer's "capture"), or None
+ROPE_CAPTURE = threading.local()
+#: attention modules whose `apply_rotary_pos_emb` is wrapped -> (the original, sparsified models using it)
+_WRAPPED: dict = {}
+
+
+def _wrap_rope(module) -> None:
+    """Wrap `module.apply_rotary_pos_emb` so that, while a pruning layer runs, its outputs (the
+    queries and keys the attention uses) are kept: no op is added, nothing is recomputed."""
+    if module in _WRAPPED:
+        _WRAPPED[module][1] += 1
+        return
+    original = module.apply_rotary_pos_emb
+
+    @functools.wraps(original)
+    def apply_rotary_pos_emb(q, k, *args, **kwargs):
+        out = original(q, k, *args, **kwargs)
+        slot = getattr(ROPE_CAPTURE, "slot", None)
+        if slot is not None:
+            slot["q"], slot["k"] = out
+        return out
+
+    apply_rotary_pos_emb._sparsevlm_original = original
+    _WRAPPED[module] = [original, 1]
+    module.apply_rotary_pos_emb = apply_rotary_pos_emb
+
+
+def _unwrap_rope(module) -> None:
+    entry = _WRAPPED.get(module)
+    if entry is not None:
+        entry[1] -= 1
+        if entry[1] == 0:
+            module.apply_rotary_pos_emb = entry[0]
+            del _WRAPPED[module]
+
+
 def hook_queries_keys(text, method, state: dict) -> None:
-    """Capture each pruning layer's queries and keys (before RoPE) into the call's "capture"."""
-    for i in method.pruning_layers:
+    """Capture each pruning layer's queries and keys (as the attention uses them, RoPE applied: "q",
+    "k", (B, H, L, Dh) and (B, H_kv, L, Dh)) and, for a method that reads them, its keys before RoPE
+    ("raw_k", (B, L, H_kv·Dh), a forward hook) into the call's "capture" (set by the staged decoder
+    around the layer)."""
+    module = sys.modules[type(text.layers[0].self_attn).__module__]
+    _wrap_rope(module)
+    state["rope_module"] = module
+    for i in method.pruning_layers if method.needs_raw_keys else ():
         attn = text.layers[i].self_attn
-        q_at, k_at = ATTENTIONS[type(attn).__module__.rsplit(".", 1)[-1]]
-        for name, module in (("q", getattr(attn, q_at)), ("k", getattr(attn, k_at))):
-            def hook(_mod, _inp, out, name=name):
-                captured = per_call(state).get("capture")
-                if captured is not None:
-                    captured[name] = out
-            state["hooks"].append(module.register_forward_hook(hook))
+
+        def hook(_mod, _inp, out):
+            captured = per_call(state).get("capture")
+            if captured is not None:
+                captured["raw_k"] = out
+        state["hooks"].append(getattr(attn, ATTENTIONS[type(attn).__module__.rsplit(".", 1)[-1]]).register_forward_hook(hook))
 
 
 def install(model, method, state: dict, top, multimodal) -> None:
@@ -215,6 +255,8 @@ def unpatch(model) -> None:
         return
     for h in state["hooks"]:
         h.remove()
+    if "rope_module" in state:
+        _unwrap_rope(state.pop("rope_module"))
     for m in (model, model.model, model.model.language_model):
         if hasattr(type(m), "_sparsevlm_original"):
             m.__class__ = type(m)._sparsevlm_original

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 
 import torch
 from transformers.cache_utils import DynamicCache, StaticLayer
@@ -30,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from ..methods.base import PruneInput
 from ..report import dense_report, from_device
 from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_spans
-from .patching import Clock, per_call
+from .patching import ROPE_CAPTURE, Clock, per_call
 
 # transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
 # name still works there, deprecated). The adapter speaks whichever name the installed version uses.
@@ -126,17 +125,6 @@ class SparseTextModel:
                                   **{CACHE: cache})
         return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions)) if rope else None
 
-    def _queries_keys(self, layer_idx, captured, position_embeddings):
-        """The pruning layer's queries and keys, RoPE applied as in the model.
-        Shapes: -> q (B, H, L, Dh), k (B, H_kv, L, Dh)."""
-        attn = self.layers[layer_idx].self_attn
-        q, k = captured["q"], captured["k"]  # (B, L, H·Dh), (B, L, H_kv·Dh)
-        B, L = q.shape[:2]
-        q = q.view(B, L, -1, attn.head_dim).transpose(1, 2)  # (B, H, L, Dh)
-        k = k.view(B, L, -1, attn.head_dim).transpose(1, 2)  # (B, H_kv, L, Dh)
-        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        return rope(q, k, *position_embeddings)
-
     def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs,
                         frames=None):
         st, method = self._sparsevlm, self._sparsevlm["method"]
@@ -153,11 +141,10 @@ class SparseTextModel:
         with clock:
             token_state = method.begin(hidden, vis_mask, valid)
         report = {"valid": valid, "vis_mask": vis_mask, "raters": token_state.get("rater"), "steps": []}
-        # The sequence as it shrinks: what each token is (origin: index into the image grid, −1 text,
-        # −2 merged), where it sits, and the method's per-token state, all kept aligned.
-        seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions,
-               "origin": (vis_mask.long().cumsum(-1) - 1).where(vis_mask, -1), "state": token_state,
-               "index": torch.arange(L, device=dev).expand(B, L),  # input position; −1: inserted
+        # The sequence as it shrinks: what each token is (its input position, −1 for a merged one),
+        # where it sits, and the method's per-token state, all kept aligned.
+        seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions, "state": token_state,
+               "index": arange(L, dev).expand(B, L),  # input position; −1: inserted
                "n_prompt": None,  # (B,) visual tokens of each prompt (`Method.counts`' "visual")
                "span": (visual_spans(vis_mask, frames.to(dev) if frames is not None else
                                      positions[..., 0] if positions.dim() == 3 else None)
@@ -190,16 +177,18 @@ class SparseTextModel:
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             counts_in.append(vis)
             prune_here = i in method.pruning_layers
-            if prune_here:
-                call["capture"] = {}
-            seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=_layer_ids(seq["positions"]),
-                                  use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
+            if prune_here:  # the layer's queries and keys are kept as it computes them (patching)
+                call["capture"] = ROPE_CAPTURE.slot = {}
+            try:
+                seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=_layer_ids(seq["positions"]),
+                                      use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
+            finally:
+                ROPE_CAPTURE.slot = None
             if prune_here:
                 with clock:
                     captured = call.pop("capture")
-                    q, k = self._queries_keys(i, captured, pe)
-                    self._prune(seq, method, report, stages, step, i, q, k, layer.self_attn.scaling, pe,
-                                captured["k"])
+                    self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
+                                layer.self_attn.scaling, pe, captured.get("raw_k"))
                 step += 1
                 vis = stages[-1]["visual"]
                 mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
@@ -229,25 +218,26 @@ class SparseTextModel:
                                       n_prompt=seq["n_prompt"], spans=seq["span"], sizes=seq["sizes"],
                                       norm=self.norm, raw_keys=raw_keys))
         seq["sizes"] = {**seq["sizes"], **dec.sizes}
-        origin, vis_mask = seq["origin"], seq["vis_mask"]
+        vis_mask = seq["vis_mask"]
         step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "score_index": dec.score_index,
-                       "origin_before": origin,
-                       "vis_before": vis_mask}
-        anchor = arange(L, dev).where(vis_mask, -1).amax(-1)  # last visual position
+                       "index_before": seq["index"], "vis_before": vis_mask}
+        anchor = (arange(L, dev) * vis_mask).amax(-1)  # last visual position (of a sample that has one)
         layout = plan_layout(dec.keep, anchor, dec.inserted_valid, seq["sizes"].get(f"width{step}"))
         ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
         K = 0 if ins is None else ins.shape[1]
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
-        # Per-token tensors follow their tokens: the integer ones in one gather; inserted tokens are
-        # visual, merged (origin −2), from no input position (index −1), with zero state.
-        ints = {("vis_mask",): (vis_mask, True), ("origin",): (origin, -2), ("index",): (seq["index"], -1)}
+        # Per-token tensors follow their tokens: the integer ones in one gather; inserted tokens come
+        # from no input position (index −1) and have zero state.
+        ints = {("index",): (seq["index"], -1)}
         if method.positions != "compact" and seq["positions"].dim() == 2:
             ints[("positions",)] = (seq["positions"], gather(seq["positions"], dec.inserted_from) if K else 0)
         if seq["span"] is not None:
             ints[("span",)] = (seq["span"], gather(seq["span"], dec.inserted_from) if K else 0)
         for part in ("state", "vision"):
             for n, t in seq[part].items():
-                if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[:2] == (B, L):
+                if n.endswith("_index"):  # positions (B, N) of tokens that stay: where they are now
+                    seq[part] = {**seq[part], n: layout.moved(t)}
+                elif isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[:2] == (B, L):
                     if t.dim() == 2 and not t.is_floating_point():
                         ints[(part, n)] = (t, 0)
                     else:  # (floats and wider tensors on their own)
@@ -257,14 +247,14 @@ class SparseTextModel:
                 seq[name[0]] = {**seq[name[0]], name[1]: out}
             else:
                 seq[name[0]] = out
-        seq["vis_mask"] = vis_mask = seq["vis_mask"] & layout.valid
-        origin = seq["origin"]
+        index = seq["index"]  # visual: inserted, or visual in the input
+        seq["vis_mask"] = vis_mask = ((index < 0) | report["vis_mask"].gather(1, index.clamp(min=0))) & layout.valid
         if method.positions == "compact":
             seq["positions"] = compact_positions(layout.valid)
         elif seq["positions"].dim() == 3:  # M-RoPE's (B, L, 3)
             seq["positions"] = layout.apply(seq["positions"], gather(seq["positions"], dec.inserted_from) if K else None)
         seq["valid"] = layout.valid
-        report["steps"].append({**step_report, "origin": origin, "vis": vis_mask,
+        report["steps"].append({**step_report, "index": index, "vis": vis_mask,
                                 "recycled": ins})
         stages.append({"start": layer + 1, "valid": layout.valid, "visual": vis_mask})
 
