@@ -25,7 +25,7 @@ def text_candidates(vis_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
 
     Shapes: vis_mask (B, L) bool, valid (B, L) bool -> (B, L) bool.
     """
-    after_image = vis_mask.int().cumsum(-1) > 0  # (B, L)
+    after_image = vis_mask.cumsum(-1) > 0  # (B, L)
     return after_image & ~vis_mask & valid
 
 
@@ -37,10 +37,10 @@ def text_relevance(embeds: torch.Tensor, vis_mask: torch.Tensor, text_mask: torc
     Shapes: embeds (B, L, D), vis_mask (B, L), text_mask (B, L) -> relevance (B, L), 0 off text.
     """
     x = embeds.float()
-    sim = torch.bmm(x, x.transpose(1, 2)).masked_fill_(text_mask.logical_not().unsqueeze(1), float("-inf"))  # (B, L rows, L columns)
+    sim = torch.bmm(x, x.transpose(1, 2)).masked_fill_(~text_mask.view(len(x), 1, -1), float("-inf"))  # (B, L rows, L columns)
     prob = sim.softmax(-1).nan_to_num_(0.0)  # samples without text give 0
-    rel = (prob * vis_mask.unsqueeze(-1)).sum(1) / vis_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, L)
-    return rel * text_mask
+    rel = prob.masked_fill_(~vis_mask.view(*vis_mask.shape, 1), 0.0).sum(1) / vis_mask.sum(-1, keepdim=True).clamp(min=1)
+    return rel.masked_fill_(~text_mask, 0.0)  # (B, L)
 
 
 def select_raters(embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Tensor, rule: str = "mean"):

@@ -34,32 +34,34 @@ def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor,
     # Pairwise distances, normalised by sqrt(D) as in the reference (exact form, not the mm trick).
     xf = x.float()
     dist = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist").div_(D ** 0.5)  # (B, N, N)
-    invalid = (~valid).view(B, 1, N)  # (B, 1, N) columns that are not tokens
+    not_token = ~valid  # (B, N)
+    invalid = not_token.view(B, 1, N)  # (B, 1, N) columns that are not tokens
     # The largest distance between two tokens (rows that are not tokens are never read after: zeroed).
-    dist_max = dist.masked_fill_(invalid.view(B, N, 1), 0.0).masked_fill_(invalid, 0.0).amax((1, 2))  # (B,)
+    dist_max = dist.masked_fill_(not_token.view(B, N, 1), 0.0).masked_fill_(invalid, 0.0).amax((1, 2))  # (B,)
     # Columns that are not tokens are never near (nor denser, nor centres).
     dist.masked_fill_(invalid, float("inf"))
     # Local density: exp(−mean squared distance to the k nearest tokens, itself included).
     nearest = dist.topk(K, dim=-1, largest=False).values  # (B, N, K)
     beyond_k = arange(K, dev) >= k.view(B, 1, 1)  # (B, 1, K)
     nearest = nearest.masked_fill_(beyond_k, 0.0)
-    density = nearest.mul_(nearest).sum(-1).div_(k.clamp(min=1).view(B, 1)).neg_().exp_()
-    density.masked_fill_(invalid.view(B, N), -1.0)  # (B, N)
+    # (a sample without tokens, k = 0, divides 0 by 0: its rows are not tokens, masked next)
+    density = nearest.mul_(nearest).sum(-1).div_(k.view(B, 1)).neg_().exp_()
+    density.masked_fill_(not_token, -1.0)  # (B, N)
     # Distance to the nearest denser token (ties in density: the lower index counts as denser; padding,
     # at −1, is never denser); the densest token takes the largest distance of its sample.
     d_i, d_j = density.view(B, N, 1), density.view(B, 1, N)
     denser = (d_j > d_i).logical_or_((d_j == d_i).logical_and_(torch.ones(N, N, dtype=torch.bool, device=dev).tril_(-1)))
     # (a token's nearest denser token is never farther than dist_max: only the densest, at inf, changes)
-    delta = torch.minimum(dist.masked_fill(denser.logical_not_(), float("inf")).amin(-1), dist_max.view(B, 1))
+    delta = torch.minimum(torch.where(denser, dist, float("inf")).amin(-1), dist_max.view(B, 1))
     # Centres: the k[b] highest density × distance; ties go to the lower index.
-    centre_score = density.mul_(delta).masked_fill_(invalid.view(B, N), float("-inf"))  # (B, N)
+    centre_score = density.mul_(delta).masked_fill_(not_token, float("-inf"))  # (B, N)
     centres = centre_score.sort(dim=-1, descending=True, stable=True).indices[:, :K]  # (B, K)
     unused = arange(K, dev) >= k.view(B, 1)  # (B, K) slots past k[b]
     # Every token joins its nearest centre; a centre always joins its own cluster.
     to_centre = dist.gather(2, centres.view(B, 1, K).expand(B, N, K))  # (B, N, K)
     to_centre.scatter_(1, centres.view(B, 1, K), float("-inf"))  # (even where another is as near)
     assign = to_centre.masked_fill_(unused.view(B, 1, K), float("inf")).argmin(-1)  # (B, N)
-    return assign.masked_fill_(invalid.view(B, N), -1), centres.masked_fill_(unused, -1)
+    return assign.masked_fill_(not_token, -1), centres.masked_fill_(unused, -1)
 
 
 def merge_clusters(x: torch.Tensor, assign: torch.Tensor, num_clusters: int, how: str = "mean") -> torch.Tensor:
@@ -69,10 +71,10 @@ def merge_clusters(x: torch.Tensor, assign: torch.Tensor, num_clusters: int, how
     """
     if how not in ("mean", "sum"):
         raise ValueError(f"how={how!r} is not supported; allowed: 'mean', 'sum'")
-    member = (assign.unsqueeze(-1) == arange(num_clusters, x.device)).float()  # (B, N, K)
+    member = (assign.view(*assign.shape, 1) == arange(num_clusters, x.device)).float()  # (B, N, K)
     merged = torch.bmm(member.transpose(1, 2), x.float())  # (B, K, D)
     if how == "mean":
-        merged = merged.div_(member.sum(1).clamp_(min=1).unsqueeze(-1))
+        merged = merged.div_(member.sum(1).clamp_(min=1).view(*merged.shape[:2], 1))
     return merged.to(x.dtype)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .budget import equivalent_tokens
-from .select import put
+from .select import put, visual_of
 
 
 @dataclass
@@ -70,46 +70,43 @@ RIGHT_PADDING = ("right padding: inside the language model the shorter sequence 
 def from_device(method: str, num_layers: int, raw: dict, overhead_seconds: float | None = None) -> Report:
     """The report of a pruned prefill, built when it is asked for (`sparsevlm.report`) from the
     tensors the prefill left on the device, so that the prefill itself never waits to copy them.
-    `raw`: "valid", "vis_mask" (B, L) of the input; "raters" (B, L) or None; "counts_in",
-    "counts_out": per layer, the visual tokens (B, L_s) it sees / leaves; "present" (B, L); "right_padding" () bool; "steps": per pruning
-    step "layer", "info" (per-sample tensors), "scores" (B, L_s) (or (B, V) with "score_index", as in
-    `Decision`) or None with the "index_before" and "vis_before" (B, L_s) they are laid out on,
-    "recycled" (B, K) the inserted tokens or None, "index" and "vis" (B, L_s+1) after it (index: the
-    input position of each token, −1 for a merged one)."""
-    n_visual = raw["vis_mask"].sum(-1).cpu()
+    `raw`: "valid", "vis_mask" (B, L) of the input; "raters" (B, L) or None; "layouts": after each
+    pruning step s, the input position of each token (−1 for a merged one) and which are valid,
+    (B, L_s) each; "counts_in", "counts_out": per layer, the layout it sees / leaves (0: the input's,
+    s: after step s); "present" (B, L); "right_padding" () bool; "steps": per pruning step "layer",
+    "info" (per-sample tensors), "scores" (B, L_{s−1}) (or (B, V) with "score_index", as in
+    `Decision`) or None, "recycled" (B, K) the inserted tokens or None."""
+    vis0 = raw["vis_mask"].cpu()
+    n_visual = vis0.sum(-1)
+    grid0 = (vis0.long().cumsum(-1) - 1).where(vis0, -1)  # each input position's place on the image grid
+    # Per layout: the place of each token on the image grid (−1 text, −2 merged) and which are visual.
+    places, visual = [grid0], [vis0]
+    for index, valid in raw["layouts"]:
+        index, valid = index.cpu(), valid.cpu()
+        places.append(grid0.gather(1, index.clamp(min=0)).masked_fill_(index < 0, -2))
+        visual.append(visual_of(index, valid, vis0))
+    counts = [v.sum(-1) for v in visual]
     rep = Report(method=method, num_layers=num_layers, n_tokens=raw["valid"].sum(-1).cpu(), n_visual=n_visual,
-                 visual_in=_counts(raw["counts_in"]), visual_out=_counts(raw["counts_out"]),
+                 visual_in=torch.stack([counts[s] for s in raw["counts_in"]], -1),
+                 visual_out=torch.stack([counts[s] for s in raw["counts_out"]], -1),
                  raters=[r.nonzero().flatten().tolist() for r in raw["raters"]] if raw["raters"] is not None else [],
                  present=raw["present"].cpu(), overhead_seconds=overhead_seconds)
-    vis0 = raw["vis_mask"].cpu()
-    grid0 = (vis0.long().cumsum(-1) - 1).where(vis0, -1)  # each input position's place on the image grid
-
-    def grid_place(index):  # index into the image grid, −1 text, −2 merged
-        index = index.cpu()
-        return grid0.gather(1, index.clamp(min=0)).masked_fill_(index < 0, -2)
-
-    for s in raw["steps"]:
-        step = {"layer": s["layer"], **{n: v.cpu() for n, v in s["info"].items()}}
+    for n, s in enumerate(raw["steps"]):
+        step = {"layer": s["layer"], **{k: v.cpu() for k, v in s["info"].items()}}
         if s["scores"] is not None:  # scores of the tokens present, placed on the original image grid
-            origin, vis = grid_place(s["index_before"]), s["vis_before"].cpu()
+            origin, vis = places[n], visual[n]
             if s.get("score_index") is not None:  # scores over the visual tokens: their places first
                 idx, ok = (t.cpu() for t in s["score_index"])
                 origin, vis = origin.gather(1, idx), vis.gather(1, idx) & ok
             grid = torch.full((len(n_visual), int(n_visual.max())), float("nan"))
             step["scores"] = put(grid, origin, vis & (origin >= 0), s["scores"].float().cpu())
-        origin, vis = grid_place(s["index"]), s["vis"].cpu()
         step["recycled"] = (s["recycled"].sum(-1).cpu() if s["recycled"] is not None
                             else torch.zeros(len(n_visual), dtype=torch.long))
-        step["kept"] = [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(origin, vis)]
+        step["kept"] = [o[m & (o >= 0)].sort().values.tolist() for o, m in zip(places[n + 1], visual[n + 1])]
         rep.steps.append(step)
     if bool(raw["right_padding"]):
         rep.notes.append(RIGHT_PADDING)
     return rep
-
-
-def _counts(masks: list) -> torch.Tensor:
-    """Visual tokens per sample and layer (B, num_layers) from each layer's visual mask."""
-    return torch.stack([m.sum(-1) for m in masks], -1).cpu()
 
 
 def dense_report(method: str, num_layers: int, n_tokens: torch.Tensor, n_visual: torch.Tensor, reason: str) -> Report:

@@ -37,12 +37,12 @@ def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, r
     V = vis_idx.shape[1]
     # The G query heads of each key head, all raters: one matmul per key head. (B, H_kv, G·R, L)
     logits = torch.bmm(q.float().reshape(B * H_kv, G * R, Dh), k.float().reshape(B * H_kv, L, Dh).transpose(1, 2))
-    blocked = (arange(L, k.device) > rater_pos.unsqueeze(-1)).logical_or_(key_valid.logical_not().unsqueeze(1))
+    blocked = (arange(L, k.device) > rater_pos.view(B, R, 1)).logical_or_((~key_valid).view(B, 1, L))
     prob = logits.mul_(scaling).view(B, H_kv, G, R, L).masked_fill_(blocked.view(B, 1, 1, R, L), float("-inf"))
     prob = prob.softmax(-1).nan_to_num_(0.0).view(B, H, R, L)
     attn = prob.gather(-1, vis_idx.view(B, 1, 1, V).expand(B, H, R, V))  # (B, H, R, V)
-    unpaired = (rater_valid.unsqueeze(-1) & vis_valid.unsqueeze(1)).logical_not_()  # (B, R, V)
-    return attn.masked_fill_(unpaired.unsqueeze(1), 0.0) if per_head else attn.mean(1).masked_fill_(unpaired, 0.0)
+    unpaired = ~(rater_valid.view(B, R, 1) & vis_valid.view(B, 1, V))  # (B, R, V)
+    return attn.masked_fill_(unpaired.view(B, 1, R, V), 0.0) if per_head else attn.mean(1).masked_fill_(unpaired, 0.0)
 
 
 def rope_gravity(cos: torch.Tensor, sin: torch.Tensor, rater_idx: torch.Tensor, vis_idx: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() == 2:
         return x.gather(1, idx)
-    index = idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
+    index = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
     return x.gather(1, index)
 
 
@@ -76,9 +76,9 @@ def host_ints(*values: torch.Tensor) -> list[int]:
 
 def host_counts(counts: dict) -> dict:
     """Per-sample device integers {name: (B,)} copied to the host in one transfer (one wait for the
-    device, counted like `host_ints`): {name: (B,) long on the CPU}."""
+    device, counted like `host_ints`): {name: list of B ints}."""
     with torch.profiler.record_function(HOST_READ):
-        rows = torch.stack([c.long() for c in counts.values()]).cpu() if counts else torch.empty(0, 0)
+        rows = torch.stack([c.long() for c in counts.values()]).tolist() if counts else []
     return dict(zip(counts, rows))
 
 
@@ -98,7 +98,7 @@ def score_order(scores: torch.Tensor, valid: torch.Tensor):
     """Valid entries from the highest score down (ties to the lower index), invalid ones last:
     `order` (the entries in that order) and `rank` (each entry's place in it). Shapes: scores (B, V),
     valid (B, V) bool -> order (B, V) long, rank (B, V) long."""
-    s = scores.float().masked_fill(~valid, float("-inf"))
+    s = torch.where(valid, scores.float(), float("-inf"))
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
     rank = torch.empty_like(order).scatter_(-1, order, arange(s.shape[1], s.device).expand_as(order))
     return order, rank
@@ -172,9 +172,9 @@ class Layout:
         Returns each gathered (B, L'), in its own dtype."""
         if len(columns) == 1:  # one tensor: gathered as it is
             (x, f), = columns
-            fill = (f if isinstance(f, torch.Tensor) else torch.full((x.shape[0], K), f, dtype=x.dtype,
-                                                                      device=x.device)) if K else None
-            return [self.apply(x, fill)]
+            if K and not isinstance(f, torch.Tensor):  # a number for every inserted token
+                return [gather(torch.nn.functional.pad(x, (0, K), value=f), self.src)]
+            return [self.apply(x, f if K else None)]
         packed = torch.stack([x for x, _ in columns], -1)  # (B, L, C) long
         if K:
             B, C = packed.shape[0], packed.shape[-1]
@@ -206,7 +206,7 @@ def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Te
     # Tokens that do not survive get key -1 so that they sort first and become the padding.
     key = (arange(L, dev) * (K + 1)).where(keep, -1)  # (B, L)
     if K:
-        ins_key = (anchor.unsqueeze(1) * (K + 1) + 1 + arange(K, dev)).masked_fill_(insert_valid.logical_not(), -1)
+        ins_key = (anchor.view(B, 1) * (K + 1) + 1 + arange(K, dev)).masked_fill_(~insert_valid, -1)
         key = torch.cat([key, ins_key], dim=1)  # (B, L + K)
     if width is None:
         width = host_ints((key >= 0).sum(-1).max())[0]
@@ -217,6 +217,13 @@ def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Te
         torch._assert_async(fits & (key[:, cut - 1].max() < 0) if cut else fits,
                             "the planned length differs from what the method kept")
     return Layout(src=src[:, cut:], valid=key[:, cut:] >= 0, key=key, stride=K + 1)
+
+
+def visual_of(index: torch.Tensor, valid: torch.Tensor, vis0: torch.Tensor) -> torch.Tensor:
+    """Which tokens of a pruned sequence are visual: inserted ones (`index` −1) and those at a visual
+    input position. Shapes: index (B, L') input position of each token, valid (B, L'), vis0 (B, L)
+    the input's visual tokens -> (B, L') bool."""
+    return ((index < 0) | vis0.gather(1, index.clamp(min=0))) & valid
 
 
 def visual_spans(vis_mask: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:

@@ -126,16 +126,21 @@ class Method:
         first layer (the only wait for the device when every count is planned): "visual" and "valid"
         tokens of each sample, and whatever else the method's `sizes` needs.
         Shapes: vis_mask, valid (B, L) -> {name: (B,) long}."""
-        return {"visual": vis_mask.sum(-1), "valid": valid.sum(-1)}
+        return self._count(visual=vis_mask, valid=valid)
+
+    @staticmethod
+    def _count(**masks: torch.Tensor) -> dict:
+        """{name: (B,) true entries of each (B, L) mask}, summed together."""
+        return dict(zip(masks, torch.stack(list(masks.values())).sum(-1).unbind(0)))
 
     def sizes(self, counts: dict, token_state: dict) -> dict:
         """The host integers the method and the adapter need, computed on the host from `counts`
         (`Method.counts`, copied to the host): "visual{s}", the most visual tokens of a sample
         entering step s, and "width{s}", the longest sequence after it, planned from
         `counts_after`; only "visual0" when the counts depend on the input.
-        Shapes: counts {name: (B,) long on the host} -> {name: int}."""
-        n_vis = counts["visual"]
-        n_text = counts["valid"] - n_vis
+        Shapes: counts {name: list of B ints} -> {name: int}."""
+        n_vis = torch.tensor(counts["visual"])
+        n_text = torch.tensor(counts["valid"]) - n_vis
         out, n = {"visual0": n_vis.max()}, n_vis
         try:
             for step in range(self.steps):
@@ -184,7 +189,7 @@ def top_visual(inp: PruneInput, scores, keep_n, budget_per, v_idx, v_valid):
     one's place in it (`score_order`, (B, V) each)."""
     order, rank = score_order(scores, v_valid)
     if budget_per != "span":
-        return (rank < keep_n.unsqueeze(1)) & v_valid, order, rank
+        return (rank < keep_n.view(-1, 1)) & v_valid, order, rank
     spans = gather(inp.spans, v_idx).clamp(min=0)  # (B, V)
     n_spans = inp.sizes.get("spans") or host_ints(spans.max())[0] + 1
     return topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans), order, rank

@@ -136,8 +136,8 @@ class _PreLLM(Method):
     def sizes(self, counts, token_state) -> dict:
         """Also each sample's counts, read with the widths before the first layer: the per-sample work
         then reads nothing more."""
-        out = super().sizes(counts, token_state) | {f"n_visual{b}": n for b, n in enumerate(counts["visual"].tolist())}
-        return out | ({f"n_text{b}": n for b, n in enumerate(counts["text"].tolist())} if self.needs_text else {})
+        out = super().sizes(counts, token_state) | {f"n_visual{b}": n for b, n in enumerate(counts["visual"])}
+        return out | ({f"n_text{b}": n for b, n in enumerate(counts["text"])} if self.needs_text else {})
 
     def prune(self, inp: PruneInput) -> Decision:
         v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get("visual0"))  # (B, V)

@@ -24,15 +24,16 @@ class SparseVLM(Method):
         return {"rater": raters}
 
     def counts(self, vis_mask, valid, token_state):
-        token_state["n_raters"] = token_state["rater"].sum(-1)  # (B,) raters are text: the count never changes
-        token_state["rater_norm"] = token_state["n_raters"].clamp(min=1).float().unsqueeze(1)  # (B, 1)
-        return super().counts(vis_mask, valid, token_state) | {"raters": token_state["n_raters"]}
+        out = self._count(visual=vis_mask, valid=valid, raters=token_state["rater"])
+        token_state["n_raters"] = out["raters"]  # (B,) raters are text: the count never changes
+        token_state["rater_norm"] = out["raters"].clamp(min=1).float().view(-1, 1)  # (B, 1)
+        return out
 
     def sizes(self, counts, token_state):
         # The rater rows, and in schedule mode every later count: they follow from the input's, by
         # integer arithmetic on the host. The per-sample counts of each step go to the device in one
         # copy, for `prune`: token_state["plan"].
-        n_vis, n_valid, raters = (counts[k].tolist() for k in ("visual", "valid", "raters"))
+        n_vis, n_valid, raters = counts["visual"], counts["valid"], counts["raters"]
         out = {"raters": max(raters), "visual0": max(n_vis)}
         if self.cfg.mode == "schedule":
             n_text, n, plan = [v - n for v, n in zip(n_valid, n_vis)], n_vis, []
@@ -43,7 +44,8 @@ class SparseVLM(Method):
                 plan.append(step_counts)
                 out |= more
                 n = [k + c for k, _, c in zip(*step_counts)]
-            token_state["plan"] = list(torch.tensor(plan, device=token_state["rater"].device).unbind(0))
+            planned = torch.tensor(plan, device=token_state["rater"].device).view(-1, len(n_vis)).unbind(0)
+            token_state["plan"] = [planned[3 * s:3 * s + 3] for s in range(self.steps)]  # (keep, m, c) (B,) each
         return out
 
     def _after(self, step, n_vis, keep, n_text):
@@ -81,8 +83,9 @@ class SparseVLM(Method):
             state["rater_index"], r_valid = mask_to_index(state.pop("rater"), sizes.get("raters"))  # (B, R)
             if "n_raters" not in state:
                 state["n_raters"] = r_valid.sum(-1)
+        else:
+            r_valid = arange(state["rater_index"].shape[1], inp.hidden.device) < state["n_raters"].view(-1, 1)
         r_idx = state["rater_index"]
-        r_valid = arange(r_idx.shape[1], r_idx.device) < state["n_raters"].unsqueeze(1)  # (B, R)
         v_idx, v_valid = mask_to_index(inp.vis_mask, sizes.get(f"visual{step}"))  # (B, V)
         # Significance: the raters' attention on the visual tokens, from their query rows only.
         B, H, _, Dh = inp.queries.shape
@@ -97,7 +100,7 @@ class SparseVLM(Method):
         plan = inp.token_state.get("plan")
         rank = None
         if plan is not None:  # a schedule: the counts were planned before the first layer
-            keep_n, m, c = plan[step].unbind(0)
+            keep_n, m, c = plan[step]
             read = {}
         else:  # rank mode (or `prune` called on its own): the one read of this step, then all on the host
             rank, keep_n, m, c, read = self._counts_on_host(step, attn, r_valid, v_valid, inp)
@@ -111,7 +114,7 @@ class SparseVLM(Method):
             return replace(dec, info=info)
         # Recycling (§3.3): the m best of the pruned tokens (by score) are clustered and merged.
         if cfg.budget_per == "sample":  # the pruned are the places keep_n.. in score order: take the next m
-            chosen = (place >= keep_n.unsqueeze(1)) & (place < (keep_n + m).unsqueeze(1))
+            chosen = (place >= keep_n.view(-1, 1)) & (place < (keep_n + m).view(-1, 1))
         else:
             pruned = (v_valid & ~keep_vis).gather(-1, order)  # (B, V) in score order
             chosen = torch.zeros_like(pruned).scatter_(-1, order, pruned & (pruned.cumsum(-1) <= m[:, None]))

@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..methods.base import PruneInput
 from ..report import dense_report, from_device
-from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_spans
+from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_of, visual_spans
 from .patching import ROPE_CAPTURE, Clock, per_call
 
 # transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
@@ -160,22 +160,22 @@ class SparseTextModel:
             with torch.profiler.record_function(ON_HOST):  # the plan: arithmetic on host integers
                 seq["sizes"] = method.sizes(counted, token_state)
                 if seq["span"] is not None:
-                    seq["sizes"]["spans"] = int(counted["spans"].max())
+                    seq["sizes"]["spans"] = max(counted["spans"])
         if seq["sizes"]["visual0"] == 0:
             return self._dense("no image tokens in the input", True, vis_mask, None, attention_mask, position_ids,
                                cache, hidden, use_cache, kwargs)
-        stages, counts_in, counts_out = [], [], []
-        vis = seq["vis_mask"]  # the visual tokens as the sequence shrinks (the report counts them)
+        # Layer by layer, which layout it sees (0: the input's, s: after pruning step s; the report
+        # counts the visual tokens of each from report["layouts"]).
+        stages, counts_in, counts_out, report["layouts"] = [], [], [], []
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
             pe = self.rotary_emb(hidden, position_ids=_model_ids(positions))
             with clock:
                 self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
-            vis = stages[-1]["visual"]
         mask, pe = self._stage(seq["hidden"], seq["valid"] if stages else attention_mask, seq["positions"], cache, 0)
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            counts_in.append(vis)
+            counts_in.append(step)
             prune_here = i in method.pruning_layers
             if prune_here:  # the layer's queries and keys are kept as it computes them (patching)
                 call["capture"] = ROPE_CAPTURE.slot = {}
@@ -190,10 +190,9 @@ class SparseTextModel:
                     self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
                                 layer.self_attn.scaling, pe, captured.get("raw_k"))
                 step += 1
-                vis = stages[-1]["visual"]
                 mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
-            counts_out.append(vis)
-        report["counts_in"], report["counts_out"] = counts_in, counts_out  # stacked by the report
+            counts_out.append(step)
+        report["counts_in"], report["counts_out"] = counts_in, counts_out
         # Outputs go back to the input positions; a position whose token was pruned gets zeros.
         present = seq["valid"] & (seq["index"] >= 0)
         slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
@@ -219,21 +218,21 @@ class SparseTextModel:
                                       norm=self.norm, raw_keys=raw_keys))
         seq["sizes"] = {**seq["sizes"], **dec.sizes}
         vis_mask = seq["vis_mask"]
-        step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "score_index": dec.score_index,
-                       "index_before": seq["index"], "vis_before": vis_mask}
+        step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "score_index": dec.score_index}
         anchor = (arange(L, dev) * vis_mask).amax(-1)  # last visual position (of a sample that has one)
         layout = plan_layout(dec.keep, anchor, dec.inserted_valid, seq["sizes"].get(f"width{step}"))
         ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
         K = 0 if ins is None else ins.shape[1]
+        last = step + 1 == method.steps  # nothing asks for the method's state after its last step
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
         # Per-token tensors follow their tokens: the integer ones in one gather; inserted tokens come
         # from no input position (index −1) and have zero state.
         ints = {("index",): (seq["index"], -1)}
         if method.positions != "compact" and seq["positions"].dim() == 2:
             ints[("positions",)] = (seq["positions"], gather(seq["positions"], dec.inserted_from) if K else 0)
-        if seq["span"] is not None:
+        if seq["span"] is not None and not last:
             ints[("span",)] = (seq["span"], gather(seq["span"], dec.inserted_from) if K else 0)
-        for part in ("state", "vision"):
+        for part in ("state", "vision") if not last else ():
             for n, t in seq[part].items():
                 if n.endswith("_index"):  # positions (B, N) of tokens that stay: where they are now
                     seq[part] = {**seq[part], n: layout.moved(t)}
@@ -247,16 +246,16 @@ class SparseTextModel:
                 seq[name[0]] = {**seq[name[0]], name[1]: out}
             else:
                 seq[name[0]] = out
-        index = seq["index"]  # visual: inserted, or visual in the input
-        seq["vis_mask"] = vis_mask = ((index < 0) | report["vis_mask"].gather(1, index.clamp(min=0))) & layout.valid
+        if not last:  # visual: inserted, or visual in the input
+            seq["vis_mask"] = visual_of(seq["index"], layout.valid, report["vis_mask"])
         if method.positions == "compact":
             seq["positions"] = compact_positions(layout.valid)
         elif seq["positions"].dim() == 3:  # M-RoPE's (B, L, 3)
             seq["positions"] = layout.apply(seq["positions"], gather(seq["positions"], dec.inserted_from) if K else None)
         seq["valid"] = layout.valid
-        report["steps"].append({**step_report, "index": index, "vis": vis_mask,
-                                "recycled": ins})
-        stages.append({"start": layer + 1, "valid": layout.valid, "visual": vis_mask})
+        report["layouts"].append((seq["index"], layout.valid))
+        report["steps"].append({**step_report, "recycled": ins})
+        stages.append({"start": layer + 1, "valid": layout.valid})
 
     def _sparse_decode(self, hidden, attention_mask, position_ids, cache, stages, use_cache, kwargs):
         st = self._sparsevlm
