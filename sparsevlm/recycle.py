@@ -42,8 +42,8 @@ def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor,
     dist.masked_fill_(invalid, float("inf"))
     # Local density: exp(−mean squared distance to the k nearest tokens, itself included).
     nearest = dist.topk(K, dim=-1, largest=False).values  # (B, N, K)
-    beyond_k = arange(K, dev) >= k.view(B, 1, 1)  # (B, 1, K)
-    nearest = nearest.masked_fill_(beyond_k, 0.0)
+    unused = arange(K, dev) >= k.view(B, 1)  # (B, K) slots past k[b]: neighbours here, clusters below
+    nearest = nearest.masked_fill_(unused.view(B, 1, K), 0.0)
     # (a sample without tokens, k = 0, divides 0 by 0: its rows are not tokens, masked next)
     density = nearest.mul_(nearest).sum(-1).div_(k.view(B, 1)).neg_().exp_()
     density.masked_fill_(not_token, -1.0)  # (B, N)
@@ -56,7 +56,6 @@ def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor,
     # Centres: the k[b] highest density × distance; ties go to the lower index.
     centre_score = density.mul_(delta).masked_fill_(not_token, float("-inf"))  # (B, N)
     centres = centre_score.sort(dim=-1, descending=True, stable=True).indices[:, :K]  # (B, K)
-    unused = arange(K, dev) >= k.view(B, 1)  # (B, K) slots past k[b]
     # Every token joins its nearest centre; a centre always joins its own cluster.
     to_centre = dist.gather(2, centres.view(B, 1, K).expand(B, N, K))  # (B, N, K)
     to_centre.scatter_(1, centres.view(B, 1, K), float("-inf"))  # (even where another is as near)

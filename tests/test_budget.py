@@ -3,6 +3,8 @@ import torch
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig, attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
+from sparsevlm.budget import schedule_keep_count
+from sparsevlm.recycle import recycle_counts
 
 
 def test_rank_of_hand_made_attention_matrices_with_padding():
@@ -42,6 +44,19 @@ def test_schedule_keep_count_keeps_everything_when_the_budget_is_larger():
     assert keep_count(cfg, 2, n, n_prompt=prompt).tolist() == [110, 110, 40]
     with pytest.raises(ValueError, match="rank is required"):
         keep_count(SparseVLMConfig(), 0, n)
+
+
+def test_the_host_plan_and_the_tensors_count_alike():
+    """The prefill plans counts on the host with Python ints; tensors (the batch API, rank mode) use
+    the same formula: they agree everywhere, roundings included."""
+    n = torch.arange(0, 2400)
+    for budget, of in ((192, None), (64, 576), (300, 576), (7, 100)):
+        prompt = n.flip(0) + 1
+        expected = schedule_keep_count(budget, n, prompt if of else None, of).tolist()
+        assert [schedule_keep_count(budget, a, b, of) for a, b in zip(n.tolist(), prompt.tolist())] == expected
+    for ratio, cluster in ((0.3, 0.1), (0.5, 0.25), (0.07, 0.33)):
+        m, c = recycle_counts(n, ratio, cluster)
+        assert [recycle_counts(a, ratio, cluster) for a in n.tolist()] == list(zip(m.tolist(), c.tolist()))
 
 
 def test_a_preset_keeps_the_references_ratios_when_the_visual_count_varies():

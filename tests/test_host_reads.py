@@ -67,3 +67,12 @@ def test_decoding_and_the_report_read_nothing(embedded):
         assert not [e for e in prof.events() if e.name in ("aten::_local_scalar_dense", "sparsevlm::host_read")]
         rep = sparsevlm.report(model)
         assert rep.steps and sparsevlm.report(model) is rep  # built once, when asked
+
+
+def test_sparsevlm_own_work_is_a_few_hundred_ops_per_pruning_layer(embedded):
+    """Issue #16, op count: SparseVLM's own aten calls in one prefill at preset 128, batch 8 — 4,410
+    before the work (results/profile_toy_cpu.csv at caadc7d), at most 1,250 after. A regression guard:
+    the count is exact (the same ops on the same shapes every run), not a timing."""
+    model, inputs = embedded
+    counts = profile_prefill(model, inputs, preset_config(model, 128))
+    assert counts["method_aten_calls"] <= 1250, counts

@@ -86,6 +86,28 @@ def test_unsparsify_restores_the_original_and_sparsify_is_idempotent(llama):
     sparsevlm.unsparsify(llama)  # harmless when not sparsified
 
 
+def test_the_rotary_embedding_stays_wrapped_while_any_model_is_sparsified():
+    """Queries and keys are taken from the attention module's `apply_rotary_pos_emb` (wrapped while a
+    model using that module is sparsified): two models share the wrapper, and the original comes
+    back when the last one is unsparsified; a dense model of the same module runs unchanged."""
+    a, b, dense = tiny_llava(seed=1), tiny_llava(seed=2), tiny_llava(seed=3)
+    module = sys.modules[type(a.model.language_model.layers[0].self_attn).__module__]
+    before = module.apply_rotary_pos_emb
+    original = getattr(before, "_sparsevlm_original", before)
+    inputs = batch([4])
+    expected = dense(**inputs).logits
+    sparsevlm.sparsify(a, PRESET)
+    sparsevlm.sparsify(b, PRESET)
+    assert module.apply_rotary_pos_emb._sparsevlm_original is original
+    assert torch.equal(dense(**inputs).logits, expected)  # nothing captured outside a pruning layer
+    sparsevlm.unsparsify(a)
+    assert module.apply_rotary_pos_emb._sparsevlm_original is original  # b still uses it
+    b(**inputs)
+    assert sparsevlm.report(b).steps
+    sparsevlm.unsparsify(b)
+    assert module.apply_rotary_pos_emb is before
+
+
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("cfg", [RANK, PRESET, PRESET.replace(positions="original"), PLUS, RANDOM, FASTV, PDROP,
                                  VISIONZIP, TOME, sparsevlm.ToMeConfig(keep=20, positions="original")],

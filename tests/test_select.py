@@ -1,7 +1,7 @@
 import torch
 
 from sparsevlm import compact_positions, gather, mask_to_index, plan_layout, topk_mask
-from sparsevlm.select import put
+from sparsevlm.select import put, visual_of
 
 
 def test_topk_per_sample_counts_and_ties_go_to_the_lower_index():
@@ -33,6 +33,16 @@ def test_layout_puts_recycled_tokens_after_the_visual_span_and_left_pads():
     assert layout.valid.tolist()[1] == [False, False, True, True, True, True]
     assert out.tolist()[1][2:] == [70, 200, 201, 100]
     assert compact_positions(layout.valid).tolist() == [[0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 2, 3]]
+    # Tokens that stay are found where they went (the text at 4, 5 and 1, 4), as `apply` puts them.
+    old = torch.tensor([[4, 5, 1], [1, 4, 4]])
+    assert layout.moved(old).tolist() == [[4, 5, 1], [2, 5, 5]]
+    assert (gather(out, layout.moved(old)) == gather(x, old)).all()
+    # Which are visual: the input's visual positions (1–3 and 2–3) and the inserted tokens (index −1).
+    vis0 = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0]], dtype=torch.bool)
+    index = layout.apply_ints([(torch.arange(6).expand(2, 6), -1)], K=2)[0]
+    assert index.tolist()[0] == [0, 1, 3, -1, 4, 5] and index.tolist()[1][2:] == [1, -1, -1, 4]  # (2 of padding)
+    assert visual_of(index, layout.valid, vis0).tolist() == [[False, True, True, True, False, False],
+                                                              [False, False, False, True, True, False]]
 
 
 def test_gather_feature_rows():
