@@ -17,16 +17,18 @@ from .select import arange, gather
 
 
 def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, rater_valid: torch.Tensor,
-                    key_valid: torch.Tensor, vis_idx: torch.Tensor, vis_valid: torch.Tensor,
-                    scaling: float | None = None, per_head: bool = False) -> torch.Tensor:
+                    key_valid: torch.Tensor, vis_idx: torch.Tensor | None, vis_valid: torch.Tensor | None,
+                    scaling: float | torch.Tensor | None = None, per_head: bool = False) -> torch.Tensor:
     """Head-averaged softmax attention of each rater on each visual token (per head if `per_head`,
-    then the shape is (B, H, R, V)).
+    then the shape is (B, H, R, V)); with `vis_idx` None, on every token of the sequence (V = L).
 
     Grouped-query attention: H query heads share H / H_kv key heads, as in the model.
     Shapes: q (B, H, R, Dh) rater queries, k (B, H_kv, L, Dh) keys, rater_pos (B, R) sequence
             index of each rater, rater_valid (B, R), key_valid (B, L) (false on padding),
             vis_idx (B, V) sequence index of each visual token, vis_valid (B, V)
-            -> attn (B, R, V), zero on invalid raters or visual tokens.
+            -> attn (B, R, V), zero on invalid raters or visual tokens (or padding).
+    `scaling`: the logits' scale (default 1/sqrt(Dh)), a number or a 0-d float32 tensor (the same
+    product, one op fewer).
     """
     B, H, R, Dh = q.shape
     H_kv, L = k.shape[1], k.shape[2]
@@ -34,15 +36,18 @@ def rater_attention(q: torch.Tensor, k: torch.Tensor, rater_pos: torch.Tensor, r
         raise ValueError(f"query heads ({H}) must be a multiple of key heads ({H_kv})")
     scaling = 1.0 / math.sqrt(Dh) if scaling is None else scaling
     G = H // H_kv
-    V = vis_idx.shape[1]
+    V = L if vis_idx is None else vis_idx.shape[1]
     # The G query heads of each key head, all raters: one matmul per key head. (B, H_kv, G·R, L)
     logits = torch.bmm(q.float().reshape(B * H_kv, G * R, Dh), k.float().reshape(B * H_kv, L, Dh).transpose(1, 2))
     blocked = (arange(L, k.device) > rater_pos.view(B, R, 1)).logical_or_((~key_valid).view(B, 1, L))
     prob = logits.mul_(scaling).view(B, H_kv, G, R, L).masked_fill_(blocked.view(B, 1, 1, R, L), float("-inf"))
     prob = prob.softmax(-1).nan_to_num_(0.0).view(B, H, R, L)
-    attn = prob.gather(-1, vis_idx.view(B, 1, 1, V).expand(B, H, R, V))  # (B, H, R, V)
-    unpaired = ~(rater_valid.view(B, R, 1) & vis_valid.view(B, 1, V))  # (B, R, V)
-    return attn.masked_fill_(unpaired.view(B, 1, R, V), 0.0) if per_head else attn.mean(1).masked_fill_(unpaired, 0.0)
+    if vis_idx is None:  # every column (padding has no attention: it is blocked)
+        attn, unpaired = prob, ~rater_valid.view(B, R, 1)
+    else:
+        attn = prob.gather(-1, vis_idx.view(B, 1, 1, V).expand(B, H, R, V))  # (B, H, R, V)
+        unpaired = ~(rater_valid.view(B, R, 1) & vis_valid.view(B, 1, V))  # (B, R, V)
+    return attn.masked_fill_(unpaired.unsqueeze(1), 0.0) if per_head else attn.mean(1).masked_fill_(unpaired, 0.0)
 
 
 def rope_gravity(cos: torch.Tensor, sin: torch.Tensor, rater_idx: torch.Tensor, vis_idx: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ def score_order(scores: torch.Tensor, valid: torch.Tensor):
     valid (B, V) bool -> order (B, V) long, rank (B, V) long."""
     s = torch.where(valid, scores.float(), float("-inf"))
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (B, V)
-    rank = torch.empty_like(order).scatter_(-1, order, arange(s.shape[1], s.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(-1, order, arange(s.shape[1], s.device).expand(*order.shape))
     return order, rank
 
 

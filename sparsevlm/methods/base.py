@@ -196,7 +196,10 @@ def top_visual(inp: PruneInput, scores, keep_n, budget_per, v_idx, v_valid):
 
 
 def visual_decision(inp: PruneInput, v_idx, v_valid, keep_vis, scores, keep_n) -> Decision:
-    """The Decision that keeps the visual tokens `keep_vis` (B, V) and every text token."""
+    """The Decision that keeps the visual tokens `keep_vis` (B, V) and every text token. With `v_idx`
+    None, `keep_vis` and `scores` are over the whole sequence (B, L) instead (false off visual)."""
+    if v_idx is None:
+        return Decision(keep=(inp.valid & ~inp.vis_mask) | keep_vis, scores=scores, info={"keep": keep_n})
     return Decision(keep=keep_mask(inp, v_idx, v_valid, keep_vis), scores=scores, score_index=(v_idx, v_valid),
                     info={"keep": keep_n})
 

@@ -86,18 +86,28 @@ class SparseVLM(Method):
         else:
             r_valid = arange(state["rater_index"].shape[1], inp.hidden.device) < state["n_raters"].view(-1, 1)
         r_idx = state["rater_index"]
-        v_idx, v_valid = mask_to_index(inp.vis_mask, sizes.get(f"visual{step}"))  # (B, V)
+        plan = state.get("plan")
+        per_head = cfg.rope_correction or bool(cfg.top_heads)
+        # The visual tokens as columns (B, V): when their order among themselves matters (heads ranked,
+        # the rank of the matrix, a budget per span); otherwise the sequence's columns (B, L) with
+        # the visual ones marked: the same scores, decisions and ties, and no index to build.
+        if per_head or plan is None or cfg.budget_per != "sample":
+            v_idx, v_valid = mask_to_index(inp.vis_mask, sizes.get(f"visual{step}"))  # (B, V)
+        else:
+            v_idx, v_valid = None, inp.vis_mask
         # Significance: the raters' attention on the visual tokens, from their query rows only.
         B, H, _, Dh = inp.queries.shape
         q_raters = inp.queries.gather(2, r_idx.view(B, 1, -1, 1).expand(B, H, -1, Dh))  # (B, H, R, Dh)
-        attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling,
-                               per_head=cfg.rope_correction or bool(cfg.top_heads))  # (B, [H,] R, V)
+        if inp.scaling is not None and state.get("scaling", (None,))[0] != inp.scaling:  # once per prefill
+            state["scaling"] = (inp.scaling, torch.tensor(inp.scaling, dtype=torch.float32, device=inp.hidden.device))
+        scaling = state["scaling"][1] if inp.scaling is not None else None
+        attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, scaling,
+                               per_head=per_head)  # (B, [H,] R, V)
         if cfg.rope_correction:  # SparseVLM+: remove RoPE's preference for nearby tokens
             attn = attn / rope_gravity(*inp.position_embeddings, r_idx, v_idx)[:, None]
         if attn.dim() == 4:
             attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
         scores = visual_scores(attn, r_valid, inp.token_state.get("rater_norm"))  # (B, V)
-        plan = inp.token_state.get("plan")
         rank = None
         if plan is not None:  # a schedule: the counts were planned before the first layer
             keep_n, m, c = plan[step]
@@ -119,11 +129,12 @@ class SparseVLM(Method):
             pruned = (v_valid & ~keep_vis).gather(-1, order)  # (B, V) in score order
             chosen = torch.zeros_like(pruned).scatter_(-1, order, pruned & (pruned.cumsum(-1) <= m[:, None]))
         M, K = sizes[f"recycle{step}"], sizes[f"clusters{step}"]
-        sel, sel_valid = mask_to_index(chosen, M)  # (B, M) among the visual tokens, ascending
-        seq_sel = gather(v_idx, sel)  # (B, M) their sequence positions
+        sel, sel_valid = mask_to_index(chosen, M)  # (B, M) among the columns, ascending
+        seq_sel = sel if v_idx is None else gather(v_idx, sel)  # (B, M) their sequence positions
         tokens, centres, _ = cluster_merge(gather(inp.hidden, seq_sel), sel_valid, c, K, cfg.merge)
-        return replace(dec, inserted=tokens, inserted_valid=centres >= 0,
-                       inserted_from=gather(seq_sel, centres.clamp(min=0)), info={**info, "recycled": c})
+        inserted_valid = centres >= 0
+        return replace(dec, inserted=tokens, inserted_valid=inserted_valid,
+                       inserted_from=gather(seq_sel, centres.clamp_(min=0)), info={**info, "recycled": c})
 
     def counts_after(self, step, n_visual, n_prompt=None):
         if self.cfg.mode == "rank":
