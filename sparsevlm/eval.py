@@ -34,7 +34,25 @@ def world() -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+    close_process_group_at_exit()
     return dist.get_rank(), size
+
+
+def close_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (once registered). Left open,
+    gloo's threads can still be running at interpreter shutdown, and a process then aborts
+    ("terminate called without an active exception") after its work is done."""
+    import atexit
+
+    import torch.distributed as dist
+
+    def close():
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    if not getattr(close_process_group_at_exit, "registered", False):
+        atexit.register(close)
+        close_process_group_at_exit.registered = True
 
 
 def _everyone(rows: list, rank: int, size: int) -> list:

@@ -88,6 +88,9 @@ class SparseVLMEval(lmms):
         if self.cfg is not None:
             sparsify(self.model, self.cfg)
         self._device = next(self.model.parameters()).device  # under torchrun: this process's GPU
+        from .eval import close_process_group_at_exit
+
+        close_process_group_at_exit()  # lmms-eval starts gloo to gather results and leaves it open
 
     @staticmethod
     def _number(name, value, kind):

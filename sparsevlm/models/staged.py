@@ -6,11 +6,11 @@ where the visual tokens are and how positions work; methods add only what to kee
   layers. After a pruning layer the method decides, and hidden states, positions, the padding mask
   and the method's per-token state are gathered into a shorter, left-padded sequence. Each stage
   builds its own causal mask and rotary embeddings against its own (shorter) KV cache.
-- Queries and keys of a pruning layer are captured by forward hooks where the attention module
-  has them before RoPE (`q_proj`/`k_proj`, or `q_norm`/`k_norm` for text models that normalise
-  them) and rotated with the model's own `apply_rotary_pos_emb`, so scoring costs O(R·L) whatever
-  the attention implementation (`eager`, `sdpa`; `flash_attention_2` takes the same path: it never
-  needs the L×L matrix either, only the 2D padding mask that each stage passes on).
+- Queries and keys of a pruning layer are the attention's own: its module's `apply_rotary_pos_emb`
+  is wrapped while a model using it is sparsified, and keeps its outputs while a pruning layer runs
+  (`patching.ROPE_CAPTURE`; nothing is recomputed). Scoring forms only the raters' rows, O(R·L),
+  whatever the attention implementation (`eager`, `sdpa`; `flash_attention_2` takes the same path:
+  it never needs the L×L matrix either, only the 2D padding mask that each stage passes on).
 - Decoding reuses the shorter caches: stage s > 0 keeps its own padding mask and token count (on
   the cache object, so nothing outlives the cache), and a new token's position there is the stage's
   count (compact positions, as the reference) or the model's own position (original positions).
