@@ -429,16 +429,21 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=N
 def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", attn: str = "sdpa",
         budgets=(192, 128, 64), repeats: int = 5, warmup: int = 2, new_tokens: int = 8, out: str | None = None,
         methods: list[str] | None = None, log=print, text_hidden: int | None = None,
-        profile: bool = False) -> pd.DataFrame:
+        profile: bool = False, batch: int = 1) -> pd.DataFrame:
     """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`
-    (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model). With
+    (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model;
+    `..._b<batch>_<device>` when timing `batch` prompts at once: the toy's first `batch` evaluation
+    questions, padded as in real batches, or the synthetic prompt repeated). With
     `profile`, count instead the aten calls and host reads of one prefill per method at batch 1 and
     8 (and SparseVLM's rank mode besides the presets): `profile_<model>_<device>.csv/.json`."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1)):
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1),
+                             ("batch", batch, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r}: allowed an integer ≥ {low}")
+    if profile and batch != 1:
+        raise ValueError(f"batch={batch}: --profile counts batches of 1 and 8 itself; allowed with it: 1")
     if text_hidden is not None and not model_name.endswith("-shaped"):
         raise ValueError(f"text_hidden={text_hidden} narrows the -shaped models only, not model={model_name!r}")
     torch.manual_seed(0)
@@ -449,14 +454,14 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         model.to(device)
         model.config._attn_implementation = attn
         model.config.text_config._attn_implementation = attn
-        records = toy.eval_split(limit=8)
+        records = toy.eval_split(limit=max(8, batch))
         batches = {}
-        for size in (1, 8):  # 8 different questions: padding as in real batches
+        for size in sorted({1, 8, batch}):  # different questions: padding as in real batches
             x = processor(images=[r["image"] for r in records[:size]], text=[r["prompt"] for r in records[:size]],
                           return_tensors="pt", padding=True).to(device)
             x["pixel_values"] = x["pixel_values"].to(DTYPES[dtype])
             batches[size] = x
-        inputs = batches[1]
+        inputs = batches[batch]
     elif model_name == "llava-1.5-7b-shaped":
         model = random_llava(llava_1_5_7b_config(attn, text_hidden or 4096), device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # ~695 tokens, as the paper's prompts
@@ -474,6 +479,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         inputs = synthetic_inputs(model, n_text=113)
     else:
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
+    if model_name != "toy" and batch > 1:  # the same prompt `batch` times
+        inputs = {k: v.repeat(batch, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
     image_token = model.config.image_token_id
     n_visual = int((inputs["input_ids"][0] == image_token).sum())
     rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None)
@@ -483,6 +490,7 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         if model_name != "toy":  # the same prompt 8 times
             batches = {1: inputs, 8: {k: v.repeat(8, *[1] * (v.dim() - 1))
                                       for k, v in inputs.items()}}
+        batches = {1: batches[1], 8: batches[8]}
         table = profile_table(model, batches, rows, repeats, warmup, log)
         info = machine(device, DTYPES[dtype], attn)
         info.update(model=model_name, prompt_tokens=int(inputs["input_ids"].shape[1]), n_visual=n_visual)
@@ -512,11 +520,11 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     table["overhead_share"] = table["overhead_ms"].astype(float) / dense["prefill_ms"]
     info = machine(device, DTYPES[dtype], attn)
     info.update(model=model_name, text_hidden=model.config.text_config.hidden_size, vision_ms=vision_ms,
-                prompt_tokens=int(inputs["input_ids"].shape[1]), repeats=repeats, warmup=warmup,
+                prompt_tokens=int(inputs["input_ids"].shape[1]), batch=batch, repeats=repeats, warmup=warmup,
                 new_tokens=new_tokens, prefill_timing="rounds: every method once per round, in turn")
     if out is not None:
-        _write(table, info, Path(out), f"bench_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}_"
-                                       f"{torch.device(device).type}", log)
+        _write(table, info, Path(out), f"bench_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}"
+                                       f"{f'_b{batch}' if batch > 1 else ''}_{torch.device(device).type}", log)
     table.attrs["machine"] = info
     return table
 
@@ -552,6 +560,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens decoded to time decoding (default 8)")
     p.add_argument("--out", default="results", help="folder for the CSV/JSON (default results)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="time this many prompts at once (toy: its first N evaluation questions, padded; the "
+                        "-shaped models and checkpoints: the synthetic prompt N times); results get a _bN suffix")
     p.add_argument("--profile", action="store_true",
                    help="count aten calls and host reads of one prefill per method at batch 1 and 8 (torch "
                         "profiler), and the method's own share of them and of the time, instead of timing")
@@ -563,7 +574,7 @@ def main(argv=None) -> int:
     add_arguments(p)
     a = p.parse_args(argv)
     run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods,
-        text_hidden=a.text_hidden, profile=a.profile)
+        text_hidden=a.text_hidden, profile=a.profile, batch=a.batch)
     return 0
 
 

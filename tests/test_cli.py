@@ -77,6 +77,16 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     assert doc["machine"]["prefill_timing"].startswith("rounds")
 
 
+def test_bench_times_a_batch_of_different_questions(capsys, tmp_path):
+    code, _, _ = run(capsys, "bench", "--methods", "sparsevlm", "--budgets", "64", "--repeats", "1", "--warmup", "0",
+                     "--new-tokens", "1", "--batch", "3", "--out", str(tmp_path))
+    assert code == 0
+    doc = json.loads((tmp_path / "bench_toy_b3_cpu.json").read_text())
+    assert doc["machine"]["batch"] == 3
+    one = json.loads((tmp_path / "bench_toy_b3_cpu.json").read_text())["results"][0]
+    assert one["method"] == "dense" and one["kv_cache_mb"] > 0.625 * 2  # three prompts' cache (one: 0.625 MB)
+
+
 def test_prefill_rounds_time_every_method_once_per_round():
     """Prefill times come from rounds in which every method (and the image features) runs once, in
     turn: a drift of the machine during the run falls on all methods alike."""
@@ -107,6 +117,8 @@ def test_prefill_rounds_time_every_method_once_per_round():
     (["eval", "--method", "fastv", "--tokens", "3"], "--tokens 3: tokens=3.0 is out of reach for FastVConfig"),
     (["eval", "--data", "none.jsonl"], "--data none.jsonl: no such file"),
     (["bench", "--text-hidden", "1024"], "text_hidden=1024 narrows the -shaped models only"),
+    (["bench", "--batch", "0"], "batch=0: allowed an integer ≥ 1"),
+    (["bench", "--profile", "--batch", "2"], "batch=2: --profile counts batches of 1 and 8 itself"),
     (["eval", "--data", "{empty}"], "the file holds no records"),
     (["eval", "--data", "{data}", "--prompt", "USER: <image> describe"], "must contain {question} and no other"),
     (["eval", "--data", "{data}", "--prompt", "{question} {lang}"], "(found lang, question)"),
