@@ -77,15 +77,32 @@ class SparseVLM(Method):
             sizes, counts = self._after(step, n_vis.tolist(), keep_n.tolist(), (n_valid - n_vis).tolist())
         return (None if rank is None else rank.to(dev), *torch.tensor(counts, device=dev).unbind(0), sizes)
 
+    @staticmethod
+    def _raters(state: dict, width: int | None, device):
+        """Where the raters are, (B, R), and which entries are raters, (B, R): found in the rater mask at
+        the first step; raters are text, never pruned, so after it their positions move with their
+        tokens (token_state "rater_index", moved by the adapter) and their count never changes."""
+        if "rater_index" not in state:
+            state["rater_index"], r_valid = mask_to_index(state.pop("rater"), width)
+            if "n_raters" not in state:  # (`prune` called without `counts`)
+                state["n_raters"] = r_valid.sum(-1)
+            return state["rater_index"], r_valid
+        r_idx = state["rater_index"]
+        return r_idx, arange(r_idx.shape[1], device) < state["n_raters"].view(-1, 1)
+
+    @staticmethod
+    def _scale(state: dict, scaling: float | None, device):
+        """The layer's logit scale as a 0-d tensor, made once per prefill (a Python number costs a
+        conversion at every use)."""
+        if scaling is None:
+            return None
+        if state.get("scaling", (None,))[0] != scaling:
+            state["scaling"] = (scaling, torch.tensor(scaling, dtype=torch.float32, device=device))
+        return state["scaling"][1]
+
     def prune(self, inp: PruneInput) -> Decision:
         cfg, sizes, step, state = self.cfg, dict(inp.sizes), inp.step, inp.token_state
-        if "rater_index" not in state:  # the first step: where the raters are (they move with their tokens after)
-            state["rater_index"], r_valid = mask_to_index(state.pop("rater"), sizes.get("raters"))  # (B, R)
-            if "n_raters" not in state:
-                state["n_raters"] = r_valid.sum(-1)
-        else:
-            r_valid = arange(state["rater_index"].shape[1], inp.hidden.device) < state["n_raters"].view(-1, 1)
-        r_idx = state["rater_index"]
+        r_idx, r_valid = self._raters(state, sizes.get("raters"), inp.hidden.device)  # (B, R)
         plan = state.get("plan")
         per_head = cfg.rope_correction or bool(cfg.top_heads)
         # The visual tokens as columns (B, V): when their order among themselves matters (heads ranked,
@@ -98,16 +115,13 @@ class SparseVLM(Method):
         # Significance: the raters' attention on the visual tokens, from their query rows only.
         B, H, _, Dh = inp.queries.shape
         q_raters = inp.queries.gather(2, r_idx.view(B, 1, -1, 1).expand(B, H, -1, Dh))  # (B, H, R, Dh)
-        if inp.scaling is not None and state.get("scaling", (None,))[0] != inp.scaling:  # once per prefill
-            state["scaling"] = (inp.scaling, torch.tensor(inp.scaling, dtype=torch.float32, device=inp.hidden.device))
-        scaling = state["scaling"][1] if inp.scaling is not None else None
-        attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, scaling,
-                               per_head=per_head)  # (B, [H,] R, V)
+        attn = rater_attention(q_raters, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid,
+                               self._scale(state, inp.scaling, inp.hidden.device), per_head=per_head)  # (B, [H,] R, V)
         if cfg.rope_correction:  # SparseVLM+: remove RoPE's preference for nearby tokens
             attn = attn / rope_gravity(*inp.position_embeddings, r_idx, v_idx)[:, None]
         if attn.dim() == 4:
             attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
-        scores = visual_scores(attn, r_valid, inp.token_state.get("rater_norm"))  # (B, V)
+        scores = visual_scores(attn, r_valid, state.get("rater_norm"))  # (B, V)
         rank = None
         if plan is not None:  # a schedule: the counts were planned before the first layer
             keep_n, m, c = plan[step]
@@ -117,9 +131,7 @@ class SparseVLM(Method):
             sizes |= read
         keep_vis, order, place = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
         dec = replace(visual_decision(inp, v_idx, v_valid, keep_vis, scores, keep_n), sizes=read)
-        n_raters = inp.token_state.get("n_raters")
-        info = {**dec.info, "raters": r_valid.sum(-1) if n_raters is None else n_raters,
-                **({"rank": rank} if rank is not None else {})}
+        info = {**dec.info, "raters": state["n_raters"], **({"rank": rank} if rank is not None else {})}
         if not cfg.recycle:
             return replace(dec, info=info)
         # Recycling (§3.3): the m best of the pruned tokens (by score) are clustered and merged.
@@ -132,7 +144,7 @@ class SparseVLM(Method):
         sel, sel_valid = mask_to_index(chosen, M)  # (B, M) among the columns, ascending
         seq_sel = sel if v_idx is None else gather(v_idx, sel)  # (B, M) their sequence positions
         tokens, centres, _ = cluster_merge(gather(inp.hidden, seq_sel), sel_valid, c, K, cfg.merge)
-        inserted_valid = centres >= 0
+        inserted_valid = centres >= 0  # (then the unused slots' −1 may be overwritten)
         return replace(dec, inserted=tokens, inserted_valid=inserted_valid,
                        inserted_from=gather(seq_sel, centres.clamp_(min=0)), info={**info, "recycled": c})
 

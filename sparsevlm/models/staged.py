@@ -227,25 +227,27 @@ class SparseTextModel:
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
         # Per-token tensors follow their tokens: the integer ones in one gather; inserted tokens come
         # from no input position (index −1) and have zero state.
-        ints = {("index",): (seq["index"], -1)}
+        ints = {(None, "index"): (seq["index"], -1)}  # (part of seq or None, name): (tensor, what inserted get)
         if method.positions != "compact" and seq["positions"].dim() == 2:
-            ints[("positions",)] = (seq["positions"], gather(seq["positions"], dec.inserted_from) if K else 0)
-        if seq["span"] is not None and not last:
-            ints[("span",)] = (seq["span"], gather(seq["span"], dec.inserted_from) if K else 0)
-        for part in ("state", "vision") if not last else ():
+            ints[None, "positions"] = (seq["positions"], gather(seq["positions"], dec.inserted_from) if K else 0)
+        if last:  # what only the method reads is dropped
+            seq.update(vis_mask=None, span=None, state={}, vision={})
+        if seq["span"] is not None:
+            ints[None, "span"] = (seq["span"], gather(seq["span"], dec.inserted_from) if K else 0)
+        for part in ("state", "vision"):
             for n, t in seq[part].items():
                 if n.endswith("_index"):  # positions (B, N) of tokens that stay: where they are now
                     seq[part] = {**seq[part], n: layout.moved(t)}
                 elif isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[:2] == (B, L):
                     if t.dim() == 2 and not t.is_floating_point():
-                        ints[(part, n)] = (t, 0)
+                        ints[part, n] = (t, 0)
                     else:  # (floats and wider tensors on their own)
                         seq[part] = {**seq[part], n: layout.apply(t, t.new_zeros(*ins.shape, *t.shape[2:]) if K else None)}
-        for name, out in zip(ints, layout.apply_ints(list(ints.values()), K)):
-            if len(name) == 2:
-                seq[name[0]] = {**seq[name[0]], name[1]: out}
+        for (part, name), out in zip(ints, layout.apply_ints(list(ints.values()), K)):
+            if part is None:
+                seq[name] = out
             else:
-                seq[name[0]] = out
+                seq[part] = {**seq[part], name: out}
         if not last:  # visual: inserted, or visual in the input
             seq["vis_mask"] = visual_of(seq["index"], layout.valid, report["vis_mask"])
         if method.positions == "compact":
