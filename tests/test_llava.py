@@ -338,3 +338,32 @@ def test_decoding_reads_nothing_back_from_the_device(llama):
         with profile() as prof:
             llama(input_ids=nxt, attention_mask=mask, use_cache=True, **{CACHE: getattr(out, CACHE)})
     assert [e.name for e in prof.events() if e.name == "aten::_local_scalar_dense"] == []
+
+
+def test_a_decode_steps_sdpa_mask_is_the_padding_mask_that_create_causal_mask_builds(llama, monkeypatch):
+    """One new token under sdpa attends to every valid cached token: the staged decoder passes the
+    padding mask (B, 1, 1, kv) instead of building it; it must equal transformers' mask at every
+    stage of every step (left padding, both position modes)."""
+    from transformers.masking_utils import create_causal_mask
+
+    from sparsevlm.models import staged
+
+    checked = []
+    stage = staged.SparseTextModel._stage
+
+    def compare(self, hidden, mask2d, positions, cache, layer_idx, skip=True, rope=True):
+        out = stage(self, hidden, mask2d, positions, cache, layer_idx, skip, rope)
+        if not skip and hidden.shape[1] == 1:
+            ref = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
+                                     position_ids=staged._layer_ids(positions), layer_idx=layer_idx,
+                                     allow_is_causal_skip=False, **{CACHE: cache})
+            assert torch.equal(ref, out[0])
+            checked.append(layer_idx)
+        return out
+
+    monkeypatch.setattr(staged.SparseTextModel, "_stage", compare)
+    inputs = batch([4, 7])
+    for cfg in (PRESET, PRESET.replace(positions="original")):
+        with sparsevlm.sparsified(llama, cfg):
+            llama.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert len(checked) == 2 * 2 * (1 + len(PRESET.pruning_layers))  # 2 configs, 2 decode steps, every stage

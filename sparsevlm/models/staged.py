@@ -119,7 +119,13 @@ class SparseTextModel:
     def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True, rope: bool = True):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on. `skip=False` always
         builds the mask: deciding that sdpa may skip it reads the padding mask on the host (the stages
-        after a pruning layer and decoding never read; the first stage decides as the dense model does)."""
+        after a pruning layer and decoding never read; the first stage decides as the dense model does).
+        One new token under sdpa attends to every valid cached token: its mask is the padding mask as it
+        is (what `create_causal_mask` would build, without building it)."""
+        if (not skip and hidden.shape[1] == 1 and mask2d is not None and mask2d.dim() == 2
+                and self.config._attn_implementation == "sdpa"):
+            mask = mask2d.bool().view(mask2d.shape[0], 1, 1, mask2d.shape[1])
+            return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions)) if rope else None
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
                                   position_ids=_layer_ids(positions), layer_idx=layer_idx, allow_is_causal_skip=skip,
                                   **{CACHE: cache})
