@@ -37,9 +37,11 @@ def text_relevance(embeds: torch.Tensor, vis_mask: torch.Tensor, text_mask: torc
     Shapes: embeds (B, L, D), vis_mask (B, L), text_mask (B, L) -> relevance (B, L), 0 off text.
     """
     x = embeds.float()
-    sim = torch.bmm(x, x.transpose(1, 2)).masked_fill_(~text_mask.view(len(x), 1, -1), float("-inf"))  # (B, L rows, L columns)
+    # (B, L rows, L columns), only text columns
+    sim = torch.bmm(x, x.transpose(1, 2)).masked_fill_(~text_mask.view(len(x), 1, -1), float("-inf"))
     prob = sim.softmax(-1).nan_to_num_(0.0)  # samples without text give 0
-    rel = prob.masked_fill_(~vis_mask.view(*vis_mask.shape, 1), 0.0).sum(1) / vis_mask.sum(-1, keepdim=True).clamp(min=1)
+    prob.masked_fill_(~vis_mask.view(*vis_mask.shape, 1), 0.0)  # visual rows only
+    rel = prob.sum(1) / vis_mask.sum(-1, keepdim=True).clamp(min=1)
     return rel.masked_fill_(~text_mask, 0.0)  # (B, L)
 
 

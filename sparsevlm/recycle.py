@@ -50,7 +50,8 @@ def density_peak_clusters(x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor,
     # Distance to the nearest denser token (ties in density: the lower index counts as denser; padding,
     # at −1, is never denser); the densest token takes the largest distance of its sample.
     d_i, d_j = density.view(B, N, 1), density.view(B, 1, N)
-    denser = (d_j > d_i).logical_or_((d_j == d_i).logical_and_(torch.ones(N, N, dtype=torch.bool, device=dev).tril_(-1)))
+    lower = torch.ones(N, N, dtype=torch.bool, device=dev).tril_(-1)  # [i, j]: j < i
+    denser = (d_j > d_i).logical_or_((d_j == d_i).logical_and_(lower))  # (B, N, N)
     # (a token's nearest denser token is never farther than dist_max: only the densest, at inf, changes)
     delta = torch.minimum(torch.where(denser, dist, float("inf")).amin(-1), dist_max.view(B, 1))
     # Centres: the k[b] highest density × distance; ties go to the lower index.

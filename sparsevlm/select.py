@@ -158,11 +158,14 @@ class Layout:
         return torch.searchsorted(self.key, idx * self.stride).sub_(cut).clamp_(0, self.src.shape[1] - 1)
 
     def apply(self, x: torch.Tensor, inserted: torch.Tensor | None = None) -> torch.Tensor:
-        """Gather a per-token tensor (hidden states, position ids, ...) into the new layout.
+        """Gather a per-token tensor (hidden states, position ids, ...) into the new layout; the
+        inserted tokens get `inserted`, or, for a 2-D `x`, a number for all of them.
 
         Shapes: x (B, L, *rest), inserted (B, K, *rest) or None -> (B, L', *rest).
         """
-        if inserted is not None:
+        if isinstance(inserted, (int, float, bool)):  # K = the keys past the old sequence
+            x = torch.nn.functional.pad(x, (0, self.key.shape[1] - x.shape[1]), value=inserted)
+        elif inserted is not None:
             x = torch.cat([x, inserted.to(x.dtype)], dim=1)
         return gather(x, self.src)
 
@@ -172,8 +175,6 @@ class Layout:
         Returns each gathered (B, L'), in its own dtype."""
         if len(columns) == 1:  # one tensor: gathered as it is
             (x, f), = columns
-            if K and not isinstance(f, torch.Tensor):  # a number for every inserted token
-                return [gather(torch.nn.functional.pad(x, (0, K), value=f), self.src)]
             return [self.apply(x, f if K else None)]
         packed = torch.stack([x for x, _ in columns], -1)  # (B, L, C) long
         if K:
@@ -189,15 +190,15 @@ class Layout:
         return [o != 0 if x.dtype == torch.bool else o.to(x.dtype) for o, (x, _) in zip(out, columns)]
 
 
-def plan_layout(keep: torch.Tensor, anchor: torch.Tensor, insert_valid: torch.Tensor | None = None,
+def plan_layout(keep: torch.Tensor, anchor: torch.Tensor | None, insert_valid: torch.Tensor | None = None,
                 width: int | None = None) -> Layout:
     """Plan the shorter sequence: kept tokens in their order, then the inserted tokens placed
     right after position `anchor[b]` (the last visual position), left-padded to the longest.
     `width`: the longest new sequence when the caller knows it (planned before the first layer);
     default: read from the device (one host read).
 
-    Shapes: keep (B, L) bool (false for dropped tokens and padding), anchor (B,) long,
-            insert_valid (B, K) bool or None -> Layout with src (B, L').
+    Shapes: keep (B, L) bool (false for dropped tokens and padding), anchor (B,) long (read only
+            when tokens are inserted), insert_valid (B, K) bool or None -> Layout with src (B, L').
     """
     B, L = keep.shape
     K = 0 if insert_valid is None else insert_valid.shape[1]

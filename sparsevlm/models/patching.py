@@ -181,7 +181,7 @@ def swap_class(module, mixin) -> None:
 
 #: where this thread's rotary embeddings are being captured (a pruning layer's "capture"), or None
 ROPE_CAPTURE = threading.local()
-#: attention modules whose `apply_rotary_pos_emb` is wrapped -> (the original, sparsified models using it)
+#: attention modules whose `apply_rotary_pos_emb` is wrapped -> how many sparsified models use it
 _WRAPPED: dict = {}
 
 
@@ -189,7 +189,7 @@ def _wrap_rope(module) -> None:
     """Wrap `module.apply_rotary_pos_emb` so that, while a pruning layer runs, its outputs (the
     queries and keys the attention uses) are kept: no op is added, nothing is recomputed."""
     if module in _WRAPPED:
-        _WRAPPED[module][1] += 1
+        _WRAPPED[module] += 1
         return
     original = module.apply_rotary_pos_emb
 
@@ -202,16 +202,16 @@ def _wrap_rope(module) -> None:
         return out
 
     apply_rotary_pos_emb._sparsevlm_original = original
-    _WRAPPED[module] = [original, 1]
+    _WRAPPED[module] = 1
     module.apply_rotary_pos_emb = apply_rotary_pos_emb
 
 
 def _unwrap_rope(module) -> None:
-    entry = _WRAPPED.get(module)
-    if entry is not None:
-        entry[1] -= 1
-        if entry[1] == 0:
-            module.apply_rotary_pos_emb = entry[0]
+    """One model fewer uses the wrapper; the last one puts the original back."""
+    if module in _WRAPPED:
+        _WRAPPED[module] -= 1
+        if _WRAPPED[module] == 0:
+            module.apply_rotary_pos_emb = module.apply_rotary_pos_emb._sparsevlm_original
             del _WRAPPED[module]
 
 
@@ -230,7 +230,8 @@ def hook_queries_keys(text, method, state: dict) -> None:
             captured = per_call(state).get("capture")
             if captured is not None:
                 captured["raw_k"] = out
-        state["hooks"].append(getattr(attn, ATTENTIONS[type(attn).__module__.rsplit(".", 1)[-1]]).register_forward_hook(hook))
+        keys_at = getattr(attn, ATTENTIONS[type(attn).__module__.rsplit(".", 1)[-1]])
+        state["hooks"].append(keys_at.register_forward_hook(hook))
 
 
 def install(model, method, state: dict, top, multimodal) -> None:

@@ -225,10 +225,11 @@ class SparseTextModel:
         seq["sizes"] = {**seq["sizes"], **dec.sizes}
         vis_mask = seq["vis_mask"]
         step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "score_index": dec.score_index}
-        anchor = (arange(L, dev) * vis_mask).amax(-1)  # last visual position (of a sample that has one)
-        layout = plan_layout(dec.keep, anchor, dec.inserted_valid, seq["sizes"].get(f"width{step}"))
         ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
         K = 0 if ins is None else ins.shape[1]
+        # Inserted tokens go right after the last visual position (of a sample that has one).
+        anchor = (arange(L, dev) * vis_mask).amax(-1) if K else None
+        layout = plan_layout(dec.keep, anchor, ins, seq["sizes"].get(f"width{step}"))
         last = step + 1 == method.steps  # nothing asks for the method's state after its last step
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
         # Per-token tensors follow their tokens: the integer ones in one gather; inserted tokens come
@@ -248,7 +249,8 @@ class SparseTextModel:
                     if t.dim() == 2 and not t.is_floating_point():
                         ints[part, n] = (t, 0)
                     else:  # (floats and wider tensors on their own)
-                        seq[part] = {**seq[part], n: layout.apply(t, t.new_zeros(*ins.shape, *t.shape[2:]) if K else None)}
+                        zeros = t.new_zeros(*ins.shape, *t.shape[2:]) if K else None
+                        seq[part] = {**seq[part], n: layout.apply(t, zeros)}
         for (part, name), out in zip(ints, layout.apply_ints(list(ints.values()), K)):
             if part is None:
                 seq[name] = out
@@ -258,7 +260,7 @@ class SparseTextModel:
             seq["vis_mask"] = visual_of(seq["index"], layout.valid, report["vis_mask"])
         if method.positions == "compact":
             seq["positions"] = compact_positions(layout.valid)
-        elif seq["positions"].dim() == 3:  # M-RoPE's (B, L, 3)
+        elif seq["positions"].dim() == 3:  # M-RoPE's (B, L, 3): inserted tokens take their source's
             seq["positions"] = layout.apply(seq["positions"], gather(seq["positions"], dec.inserted_from) if K else None)
         seq["valid"] = layout.valid
         report["layouts"].append((seq["index"], layout.valid))
