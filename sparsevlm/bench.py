@@ -9,7 +9,12 @@ bytes after prefill, peak GPU memory of the prefill (CUDA only), and the time th
 its own work (raters, scoring, rank, recycling, re-layout: `Report.overhead_seconds`) as a share of
 dense prefill. The image features (vision tower and projector) are timed alone too, so that
 `lm_prefill_ratio` — the language model's prefill time against dense — can be set beside
-`flops_ratio`, which counts the language model's FLOPs. Prefill times are taken in rounds
+`flops_ratio`, which counts the language model's FLOPs; and the time spent inside the decoder
+layers alone (`layers_ms`, each layer's call timed on its own in a second prefill of each turn) gives
+`layers_ratio`, what the layers cost at the lengths the method leaves them against dense's: where
+`lm_prefill_ratio` exceeds it, the excess is outside the layers (the method's own work, each stage's
+mask and rotary embeddings); where it exceeds `flops_ratio`, the layers themselves run fewer tokens
+less efficiently than their FLOPs (a property of the machine and the layer's size). Prefill times are taken in rounds
 (`prefill_rounds`): each round times every method and the image features once, in turn, so that
 the machine's drift over a long run falls on all of them alike. Each time is the median of
 `repeats` runs after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the machine,
@@ -30,7 +35,7 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -210,16 +215,22 @@ def _features(model, inputs: dict):
         vision_feature_select_strategy=cfg.vision_feature_select_strategy)
 
 
-def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: int = 2) -> dict:
+def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: int = 2,
+                   layers: dict | None = None) -> dict:
     """Seconds of one prefill of every method in `rows` ({name: config, None = dense}) and of the
     image features alone ("vision": the part of every prefill that no method inside the language
     model can shorten), measured in rounds: each round times every one once, in turn,
     so that the machine's drift over a long run (other load, clocks, memory) falls on all of them
-    alike rather than on whichever ran last. `warmup` untimed rounds first. Returns {name: [s, ...]}."""
+    alike rather than on whichever ran last. `warmup` untimed rounds first. Returns {name: [s, ...]}.
+
+    With a `layers` dict, each method's turn also runs a second prefill whose decoder layers are
+    timed one call at a time (`_layer_clock`), and `layers` gets {name: [s inside the layers, ...]}."""
     device = next(model.parameters()).device
     calls = {"vision": (None, _features(model, inputs)), **{name: (cfg, lambda: _prefill(model, inputs))
                                                             for name, cfg in rows.items()}}
     times = {name: [] for name in calls}
+    if layers is not None:
+        layers.update({name: [] for name in rows})
     for round_ in range(warmup + repeats):
         for name, (cfg, call) in calls.items():
             with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
@@ -229,7 +240,38 @@ def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: in
                 _sync(device)
                 if round_ >= warmup:
                     times[name].append(time.perf_counter() - start)
+                if layers is not None and name != "vision":
+                    with _layer_clock(model, device) as spent:
+                        call()
+                    if round_ >= warmup:
+                        layers[name].append(spent[0])
     return times
+
+
+@contextmanager
+def _layer_clock(model, device):
+    """Within the block, each call of a decoder layer of the language model is timed on its own (the
+    device synchronised around it) and added up: yields a one-item list holding the seconds spent
+    inside the layers, so that what the layers cost at the lengths a method leaves them is told apart
+    from everything else a prefill does (the method's own work, each stage's mask and rotary
+    embeddings, the vision tower)."""
+    spent, start = [0.0], [0.0]
+
+    def before(module, args):
+        _sync(device)
+        start[0] = time.perf_counter()
+
+    def after(module, args, out):
+        _sync(device)
+        spent[0] += time.perf_counter() - start[0]
+
+    hooks = [h for layer in model.model.language_model.layers
+             for h in (layer.register_forward_pre_hook(before), layer.register_forward_hook(after))]
+    try:
+        yield spent
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def measure(model, inputs: dict, cfg=None, repeats: int = 5, new_tokens: int = 8) -> dict:
@@ -500,13 +542,15 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
                    f"{torch.device(device).type}", log)
         table.attrs["machine"] = info
         return table
-    rounds = prefill_rounds(model, inputs, rows, repeats, warmup)  # every method in turn, `repeats` rounds
+    layers = {}  # seconds inside the decoder layers, from the same rounds
+    rounds = prefill_rounds(model, inputs, rows, repeats, warmup, layers)  # every method in turn, `repeats` rounds
     vision_ms = statistics.median(rounds["vision"]) * 1e3
     log(f"image features (vision tower + projector): {vision_ms:.2f} ms")
     results = []
     for name, cfg in rows.items():
         p50, p25, p75 = (v * 1e3 for v in _median_spread(rounds[name]))
         r = {"prefill_ms": p50, "prefill_ms_p25": p25, "prefill_ms_p75": p75,
+             "layers_ms": statistics.median(layers[name]) * 1e3,
              **measure(model, inputs, cfg, repeats, new_tokens)}
         results.append({"method": name, **r})
         log(f"{name:>16}: prefill {r['prefill_ms']:.2f} ms, decode {r['decode_ms_per_token']:.2f} ms/token, "
@@ -518,6 +562,9 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     # The language model's share of prefill, comparable with flops_ratio (language-model FLOPs)
     table["lm_prefill_ratio"] = (table["prefill_ms"] - vision_ms) / (dense["prefill_ms"] - vision_ms)
     table["overhead_share"] = table["overhead_ms"].astype(float) / dense["prefill_ms"]
+    # What the decoder layers alone cost at the lengths the method leaves them, against dense's layers:
+    # lm_prefill_ratio above it is the rest (own work, stages); it above flops_ratio, the layers themselves.
+    table["layers_ratio"] = table["layers_ms"] / dense["layers_ms"]
     info = machine(device, DTYPES[dtype], attn)
     info.update(model=model_name, text_hidden=model.config.text_config.hidden_size, vision_ms=vision_ms,
                 prompt_tokens=int(inputs["input_ids"].shape[1]), batch=batch, repeats=repeats, warmup=warmup,

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from sparsevlm import toy
@@ -73,6 +74,7 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     assert dense["overhead_ms"] is None and sparse["overhead_ms"] > 0  # the method's own work, timed
     assert sparse["kv_cache_mb"] < dense["kv_cache_mb"] and sparse["flops_ratio"] < 1
     assert 0 < doc["machine"]["vision_ms"] < dense["prefill_ms"] and dense["lm_prefill_ratio"] == 1
+    assert 0 < dense["layers_ms"] < dense["prefill_ms"] and dense["layers_ratio"] == 1 and sparse["layers_ms"] > 0
     assert pd.read_csv(tmp_path / "bench_toy_cpu.csv").shape[0] == 2
     assert doc["machine"]["prefill_timing"].startswith("rounds")
 
@@ -99,11 +101,42 @@ def test_prefill_rounds_time_every_method_once_per_round():
     calls = []
     model.register_forward_pre_hook(lambda m, a, k: calls.append(getattr(m, "_sparsevlm", None) is not None),
                                     with_kwargs=True)
-    times = prefill_rounds(model, inputs, {"dense": None, "sparsevlm 64": toy.preset(64)}, repeats=3, warmup=1)
+    layers = {}
+    times = prefill_rounds(model, inputs, {"dense": None, "sparsevlm 64": toy.preset(64)}, repeats=3, warmup=1,
+                           layers=layers)
     assert set(times) == {"vision", "dense", "sparsevlm 64"} and all(len(t) == 3 for t in times.values())
     assert all(x > 0 for t in times.values() for x in t)
-    assert calls == [False, True] * 4  # dense, then sparsified, in every round (the first untimed)
+    # dense, then sparsified, in every round (the first untimed); each turn a second, layer-timed prefill
+    assert calls == [False, False, True, True] * 4
     assert not hasattr(model, "_sparsevlm")  # each method unpatched after its turn
+    assert set(layers) == {"dense", "sparsevlm 64"} and all(len(t) == 3 for t in layers.values())
+    assert all(0 < x for t in layers.values() for x in t)
+    assert not any(layer._forward_hooks or layer._forward_pre_hooks for layer in model.model.language_model.layers)
+
+
+def test_layer_clock_adds_up_every_decoder_layer_call():
+    """`_layer_clock` counts the time inside each decoder-layer call and nothing else: a layer made
+    to sleep 20 ms adds 20 ms per call (8 layers: ≥ 160 ms), however long the rest of the forward."""
+    import time
+
+    from sparsevlm import toy
+    from sparsevlm.bench import _layer_clock, _prefill
+
+    model, processor = toy.load()
+    rec = toy.eval_split(limit=1)[0]
+    inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt")
+    layers = model.model.language_model.layers
+    slow = [layer.register_forward_hook(lambda m, a, o: time.sleep(0.02)) for layer in layers]
+    with torch.no_grad(), _layer_clock(model, torch.device("cpu")) as spent:
+        _prefill(model, inputs)
+    for h in slow:
+        h.remove()
+    assert spent[0] >= 0.02 * len(layers)
+    slow = model.model.vision_tower.register_forward_hook(lambda m, a, o: time.sleep(0.2))  # outside the layers
+    with torch.no_grad(), _layer_clock(model, torch.device("cpu")) as spent:
+        _prefill(model, inputs)
+    slow.remove()
+    assert spent[0] < 0.2
 
 
 @pytest.mark.parametrize("argv,message", [

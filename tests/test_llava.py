@@ -351,8 +351,8 @@ def test_a_decode_steps_sdpa_mask_is_the_padding_mask_that_create_causal_mask_bu
     checked = []
     stage = staged.SparseTextModel._stage
 
-    def compare(self, hidden, mask2d, positions, cache, layer_idx, skip=True, rope=True):
-        out = stage(self, hidden, mask2d, positions, cache, layer_idx, skip, rope)
+    def compare(self, hidden, mask2d, positions, cache, layer_idx, skip=True, rope=True, **kw):
+        out = stage(self, hidden, mask2d, positions, cache, layer_idx, skip, rope, **kw)
         if not skip and hidden.shape[1] == 1:
             ref = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
                                      position_ids=staged._layer_ids(positions), layer_idx=layer_idx,
@@ -367,3 +367,34 @@ def test_a_decode_steps_sdpa_mask_is_the_padding_mask_that_create_causal_mask_bu
         with sparsevlm.sparsified(llama, cfg):
             llama.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert len(checked) == 2 * 2 * (1 + len(PRESET.pruning_layers))  # 2 configs, 2 decode steps, every stage
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("positions", ["compact", "original"])
+def test_one_sample_after_pruning_builds_no_mask_and_reads_no_packed_sequences(attn, positions, monkeypatch):
+    """A stage of one sample after pruning has no padding: under sdpa no mask is built (its causal
+    flag instead), under eager the plain causal mask. The positions are kept from the mask: without a
+    cache, transformers reads gaps in them (original positions after pruning) as packed sequences and
+    would cut the attention there. Outputs equal the cached prefill's, which never looks for packing."""
+    from sparsevlm.models import staged
+
+    model = tiny_llava("llama", attn)
+    inputs = sample(batch([6], seed=3), 0)
+    masks = []
+    stage = staged.SparseTextModel._stage
+
+    def keep(self, hidden, mask2d, positions, cache, layer_idx, *a, **kw):
+        out = stage(self, hidden, mask2d, positions, cache, layer_idx, *a, **kw)
+        masks.append(out[0])
+        return out
+
+    monkeypatch.setattr(staged.SparseTextModel, "_stage", keep)
+    with sparsevlm.sparsified(model, PRESET.replace(positions=positions)):
+        cached = model(**inputs, use_cache=True).logits
+        assert len(masks) == 1 + len(PRESET.pruning_layers)
+        if attn == "sdpa":
+            assert all(m is None for m in masks)  # the first stage too, as the dense model decides
+        else:
+            assert all(m.shape[-1] == m.shape[-2] for m in masks[1:])
+        plain = model(**inputs, use_cache=False).logits
+    torch.testing.assert_close(plain, cached, atol=1e-5, rtol=1e-5)

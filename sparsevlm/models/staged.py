@@ -116,10 +116,15 @@ class SparseTextModel:
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
 
-    def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True, rope: bool = True):
+    def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True, rope: bool = True,
+               packed: bool = True):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on. `skip=False` always
         builds the mask: deciding that sdpa may skip it reads the padding mask on the host (the stages
         after a pruning layer and decoding never read; the first stage decides as the dense model does).
+        A stage of one sample after pruning has no padding: `mask2d` None, and sdpa skips the mask
+        without reading anything (its `is_causal`; on a GPU, the flash kernel). `packed=False` keeps
+        the positions from the mask: without a cache and a padding mask, transformers would read gaps in
+        them (original positions after pruning) as packed sequences.
         One new token under sdpa attends to every valid cached token: its mask is the padding mask as it
         is (what `create_causal_mask` would build, without building it)."""
         if (not skip and hidden.shape[1] == 1 and mask2d is not None and mask2d.dim() == 2
@@ -127,7 +132,8 @@ class SparseTextModel:
             mask = mask2d.bool().view(mask2d.shape[0], 1, 1, mask2d.shape[1])
             return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions)) if rope else None
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
-                                  position_ids=_layer_ids(positions), layer_idx=layer_idx, allow_is_causal_skip=skip,
+                                  position_ids=_layer_ids(positions) if packed else None, layer_idx=layer_idx,
+                                  allow_is_causal_skip=skip,
                                   **{CACHE: cache})
         return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions)) if rope else None
 
@@ -196,7 +202,10 @@ class SparseTextModel:
                     self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
                                 layer.self_attn.scaling, pe, captured.get("raw_k"))
                 step += 1
-                mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
+                if seq["hidden"].shape[0] == 1:  # one sample: no padding, the mask is causal alone (sdpa: none)
+                    mask, pe = self._stage(seq["hidden"], None, seq["positions"], cache, i + 1, packed=False)
+                else:
+                    mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
             counts_out.append(step)
         report["counts_in"], report["counts_out"] = counts_in, counts_out
         # Outputs go back to the input positions; a position whose token was pruned gets zeros.
