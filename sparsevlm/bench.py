@@ -14,11 +14,13 @@ layers alone (`layers_ms`, each layer's call timed on its own in a second prefil
 `layers_ratio`, what the layers cost at the lengths the method leaves them against dense's: where
 `lm_prefill_ratio` exceeds it, the excess is outside the layers (the method's own work, each stage's
 mask and rotary embeddings); where it exceeds `flops_ratio`, the layers themselves run fewer tokens
-less efficiently than their FLOPs (a property of the machine and the layer's size). Prefill times are taken in rounds
-(`prefill_rounds`): each round times every method and the image features once, in turn, so that
-the machine's drift over a long run falls on all of them alike. Each time is the median of
-`repeats` runs after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the machine,
-dtype, attention implementation and library versions.
+less efficiently than their FLOPs (a property of the machine and the layer's size). Prefill times
+are taken in rounds (`prefill_rounds`): each round times every method and the image features once, in turn, so that
+the machine's drift over a long run falls on all of them alike; the ratios to dense are taken
+round by round (a method against the dense prefill of the same round) and their median reported,
+with the 25–75 % spread of `lm_prefill_ratio` over the rounds. Each time is the median of `repeats`
+runs after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the
+machine, dtype, attention implementation and library versions.
 
 Models: the embedded toy (`toy`, CPU-friendly), an LLaVA-1.5-7B-shaped model with random weights
 (`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU) or a
@@ -558,13 +560,21 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     table = pd.DataFrame(results).set_index("method")
     dense = table.loc["dense"]
     table["flops_ratio"] = table["tflops"] / dense["tflops"]
-    table["prefill_ratio"] = table["prefill_ms"] / dense["prefill_ms"]
-    # The language model's share of prefill, comparable with flops_ratio (language-model FLOPs)
-    table["lm_prefill_ratio"] = (table["prefill_ms"] - vision_ms) / (dense["prefill_ms"] - vision_ms)
+    # Ratios to dense round by round (each round times dense and the method minutes apart at most, so
+    # that the machine's drift cancels), then their median and 25–75 % spread over the rounds.
+    vision = rounds["vision"]
+    paired = {name: {"prefill_ratio": [m / d for m, d in zip(rounds[name], rounds["dense"])],
+                     # the language model's share, comparable with flops_ratio (language-model FLOPs)
+                     "lm_prefill_ratio": [(m - v) / (d - v) for m, d, v in zip(rounds[name], rounds["dense"], vision)],
+                     # what the decoder layers alone cost at the lengths the method leaves them: lm_prefill_ratio
+                     # above it is the rest (own work, stages); it above flops_ratio, the layers themselves
+                     "layers_ratio": [m / d for m, d in zip(layers[name], layers["dense"])]}
+              for name in rows}
+    for column in ("prefill_ratio", "lm_prefill_ratio", "layers_ratio"):
+        table[column] = [statistics.median(paired[name][column]) for name in table.index]
+    spread = [_median_spread(paired[name]["lm_prefill_ratio"]) for name in table.index]
+    table["lm_prefill_ratio_p25"], table["lm_prefill_ratio_p75"] = [s[1] for s in spread], [s[2] for s in spread]
     table["overhead_share"] = table["overhead_ms"].astype(float) / dense["prefill_ms"]
-    # What the decoder layers alone cost at the lengths the method leaves them, against dense's layers:
-    # lm_prefill_ratio above it is the rest (own work, stages); it above flops_ratio, the layers themselves.
-    table["layers_ratio"] = table["layers_ms"] / dense["layers_ms"]
     info = machine(device, DTYPES[dtype], attn)
     info.update(model=model_name, text_hidden=model.config.text_config.hidden_size, vision_ms=vision_ms,
                 prompt_tokens=int(inputs["input_ids"].shape[1]), batch=batch, repeats=repeats, warmup=warmup,
