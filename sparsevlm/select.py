@@ -94,6 +94,15 @@ def host_copy(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def to_device(values, device, dtype=None) -> torch.Tensor:
+    """Host numbers (a list, nested lists or a host tensor) as a tensor on `device`, copied without
+    waiting: `torch.tensor(values, device="cuda")` copies synchronously, which stalls the host until
+    the GPU has drained its queue (and `torch.cuda.set_sync_debug_mode` flags it). From pageable host
+    memory CUDA stages the data before the call returns, so the host tensor may go at once."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    return t.to(device, non_blocking=True)
+
+
 def score_order(scores: torch.Tensor, valid: torch.Tensor):
     """Valid entries from the highest score down (ties to the lower index), invalid ones last:
     `order` (the entries in that order) and `rank` (each entry's place in it). Shapes: scores (B, V),
@@ -179,7 +188,8 @@ class Layout:
         packed = torch.stack([x for x, _ in columns], -1)  # (B, L, C) long
         if K:
             B, C = packed.shape[0], packed.shape[-1]
-            fill = packed.new_tensor([0 if isinstance(f, torch.Tensor) else int(f) for _, f in columns])
+            fill = to_device([0 if isinstance(f, torch.Tensor) else int(f) for _, f in columns], packed.device,
+                             packed.dtype)
             fill = fill.expand(B, K, C)
             tensors = [c for c, (_, f) in enumerate(columns) if isinstance(f, torch.Tensor)]
             if tensors:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PoolingConfig, ToMeConfig, VisionZipConfig, pool_grid
-from ..select import gather, host_counts, mask_to_index
+from ..select import gather, host_counts, mask_to_index, to_device
 from .base import Decision, Method, PruneInput, keep_mask
 
 
@@ -109,7 +109,7 @@ def pool_sample(x: torch.Tensor, h: int, w: int):
                          f"cannot give {h} × {w}")
     grid = x.float().T.reshape(1, D, s, s)
     pooled = F.adaptive_avg_pool2d(grid, (h, w))[0].flatten(1).T  # (h·w, D)
-    centre = torch.tensor([r * s + c for r in _centres(s, h) for c in _centres(s, w)], device=x.device)
+    centre = to_device([r * s + c for r in _centres(s, h) for c in _centres(s, w)], x.device)
     return pooled.to(x.dtype), centre
 
 

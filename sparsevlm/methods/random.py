@@ -5,7 +5,7 @@ import torch
 
 from ..budget import schedule_keep_count
 from ..config import RandomConfig
-from ..select import host_ints
+from ..select import host_ints, to_device
 from .base import Decision, Method, PruneInput, keep_top, scaled_schedules
 
 
@@ -17,7 +17,7 @@ class RandomTokens(Method):
         # One draw per visual slot, shared by the batch: a sample's choice does not depend on its batch.
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + inp.step)
         width = inp.sizes.get(f"visual{inp.step}") or host_ints(n_vis.max())[0]  # the most of a sample
-        draw = torch.rand(width, generator=g).to(inp.hidden.device).expand(len(n_vis), -1)  # (B, V)
+        draw = to_device(torch.rand(width, generator=g), inp.hidden.device).expand(len(n_vis), -1)  # (B, V)
         return keep_top(inp, draw, self.counts_after(inp.step, n_vis, inp.n_prompt), self.cfg.budget_per)
 
     def counts_after(self, step, n_visual, n_prompt=None):

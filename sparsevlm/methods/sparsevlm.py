@@ -11,7 +11,7 @@ from ..config import SparseVLMConfig
 from ..raters import select_raters
 from ..recycle import cluster_merge, recycle_counts
 from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
-from ..select import ON_HOST, arange, gather, host_copy, mask_to_index
+from ..select import ON_HOST, arange, gather, host_copy, mask_to_index, to_device
 from .base import Decision, Method, PruneInput, scaled_schedules, top_visual, visual_decision
 
 
@@ -44,7 +44,7 @@ class SparseVLM(Method):
                 plan.append(step_counts)
                 out |= more
                 n = [k + c for k, _, c in zip(*step_counts)]
-            planned = torch.tensor(plan, device=token_state["rater"].device).view(-1, len(n_vis)).unbind(0)
+            planned = to_device(plan, token_state["rater"].device).view(-1, len(n_vis)).unbind(0)
             token_state["plan"] = [planned[3 * s:3 * s + 3] for s in range(self.steps)]  # (keep, m, c) (B,) each
         return out
 
@@ -75,7 +75,7 @@ class SparseVLM(Method):
             # A sample without raters cannot be rated: it keeps all its visual tokens.
             keep_n = keep_count(self.cfg, step, n_vis, rank, n_prompt).where(r_valid.any(-1), n_vis)  # (B,)
             sizes, counts = self._after(step, n_vis.tolist(), keep_n.tolist(), (n_valid - n_vis).tolist())
-        return (None if rank is None else rank.to(dev), *torch.tensor(counts, device=dev).unbind(0), sizes)
+        return (None if rank is None else to_device(rank, dev), *to_device(counts, dev).unbind(0), sizes)
 
     @staticmethod
     def _raters(state: dict, width: int | None, device):
@@ -97,7 +97,7 @@ class SparseVLM(Method):
         if scaling is None:
             return None
         if state.get("scaling", (None,))[0] != scaling:
-            state["scaling"] = (scaling, torch.tensor(scaling, dtype=torch.float32, device=device))
+            state["scaling"] = (scaling, torch.full((), scaling, dtype=torch.float32, device=device))
         return state["scaling"][1]
 
     def prune(self, inp: PruneInput) -> Decision:
