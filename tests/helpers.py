@@ -70,3 +70,30 @@ def assert_batched_equals_alone(model, inputs, alone, new_tokens: int = 4):
         assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps]
         assert torch.equal(model.generate(**one, **greedy)[0, -new_tokens:], ids[b])
     return rep
+
+
+def embedded_batch(n: int = 8):
+    """The embedded model and its first `n` evaluation questions, padded into one batch."""
+    from sparsevlm import toy
+
+    model, processor = toy.load()
+    recs = toy.eval_split(limit=n)
+    inputs = processor(images=[r["image"] for r in recs], text=[r["prompt"] for r in recs], return_tensors="pt",
+                       padding=True)
+    return model, inputs
+
+
+def planned_configs(model) -> dict:
+    """One config of every method whose counts are planned before the first layer (on the embedded model)."""
+    import sparsevlm
+    from sparsevlm.bench import preset_config
+
+    return {"preset 128": preset_config(model, 128), "preset 64 span": preset_config(model, 64).replace(
+        budget_per="span"), "random": sparsevlm.RandomConfig(pruning_layers=(1, 2, 4), schedule=(30, 12, 6)),
+            "fastv": sparsevlm.FastVConfig(layer=1, prune_ratio=0.7),
+            "pdrop": sparsevlm.PDropConfig(pruning_layers=(1, 3, 5)),
+            "dart": sparsevlm.DARTConfig(pruning_layers=(1,)),
+            # before the language model: one read of every sample's counts, then per-sample work
+            "visionzip": sparsevlm.VisionZipConfig(dominant=12, contextual=4), "tome": sparsevlm.ToMeConfig(keep=16),
+            "divprune": sparsevlm.DivPruneConfig(keep=16), "vispruner": sparsevlm.VisPrunerConfig(keep=16),
+            "cdpruner": sparsevlm.CDPrunerConfig(keep=16), "pooling": sparsevlm.PoolingConfig(tokens=16)}

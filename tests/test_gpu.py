@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import sparsevlm
-from sparsevlm import toy
 from sparsevlm.bench import preset_config, rank_config
 from sparsevlm.models.staged import CACHE
+
+from helpers import embedded_batch, planned_configs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device: run `python -m pytest tests/test_gpu.py` on a GPU machine")
@@ -41,19 +42,7 @@ def waits(fn) -> int:
 def embedded():
     torch.backends.cudnn.allow_tf32 = False  # the vision tower's convolution in full float32, as on a CPU
     torch.backends.cuda.matmul.allow_tf32 = False
-    model, processor = toy.load()
-    recs = toy.eval_split(limit=8)
-    inputs = processor(images=[r["image"] for r in recs], text=[r["prompt"] for r in recs], return_tensors="pt",
-                       padding=True)
-    return model, inputs
-
-
-def configs(model):
-    return {"preset 128": preset_config(model, 128), "random": sparsevlm.RandomConfig(pruning_layers=(1, 2, 4),
-                                                                                      schedule=(30, 12, 6)),
-            "fastv": sparsevlm.FastVConfig(layer=1, prune_ratio=0.7),
-            "pdrop": sparsevlm.PDropConfig(pruning_layers=(1, 3, 5)),
-            "visionzip": sparsevlm.VisionZipConfig(dominant=12, contextual=4)}
+    return embedded_batch(8)
 
 
 def test_a_sparsified_prefill_waits_only_at_the_allowed_reads(embedded):
@@ -63,7 +52,7 @@ def test_a_sparsified_prefill_waits_only_at_the_allowed_reads(embedded):
     prefill = lambda: model(**x, use_cache=True, logits_to_keep=1)  # noqa: E731
     prefill()
     dense = waits(prefill)
-    for name, cfg in {**configs(model), "rank": rank_config(model)}.items():
+    for name, cfg in {**planned_configs(model), "rank": rank_config(model)}.items():
         allowed = 1 + (len(cfg.pruning_layers) if name == "rank" else 0)
         with sparsevlm.sparsified(model, cfg):
             prefill()  # warm-up

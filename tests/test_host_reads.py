@@ -8,38 +8,23 @@ import pytest
 import torch
 
 import sparsevlm
-from sparsevlm import toy
 from sparsevlm.bench import preset_config, profile_prefill, rank_config
 from sparsevlm.models.staged import CACHE
+
+from helpers import embedded_batch, planned_configs
 
 torch.set_grad_enabled(False)
 
 
 @pytest.fixture(scope="module")
 def embedded():
-    model, processor = toy.load()
-    recs = toy.eval_split(limit=8)
-    inputs = processor(images=[r["image"] for r in recs], text=[r["prompt"] for r in recs], return_tensors="pt",
-                       padding=True)
-    return model, inputs
-
-
-def configs(model):
-    return {"preset 128": preset_config(model, 128), "preset 64 span": preset_config(model, 64).replace(
-        budget_per="span"), "random": sparsevlm.RandomConfig(pruning_layers=(1, 2, 4), schedule=(30, 12, 6)),
-            "fastv": sparsevlm.FastVConfig(layer=1, prune_ratio=0.7),
-            "pdrop": sparsevlm.PDropConfig(pruning_layers=(1, 3, 5)),
-            "dart": sparsevlm.DARTConfig(pruning_layers=(1,)),
-            # before the language model: one read of every sample's counts, then per-sample work
-            "visionzip": sparsevlm.VisionZipConfig(dominant=12, contextual=4), "tome": sparsevlm.ToMeConfig(keep=16),
-            "divprune": sparsevlm.DivPruneConfig(keep=16), "vispruner": sparsevlm.VisPrunerConfig(keep=16),
-            "cdpruner": sparsevlm.CDPrunerConfig(keep=16), "pooling": sparsevlm.PoolingConfig(tokens=16)}
+    return embedded_batch(8)
 
 
 def test_a_planned_prefill_reads_the_device_once(embedded):
     model, inputs = embedded
     dense = profile_prefill(model, inputs)
-    for name, cfg in configs(model).items():
+    for name, cfg in planned_configs(model).items():
         counts = profile_prefill(model, inputs, cfg)
         assert counts["method_host_reads"] == 1, name
         assert counts["host_reads"] == dense["host_reads"] + 1, name  # nothing else waits either

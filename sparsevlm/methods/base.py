@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..config import layers_for
-from ..select import gather, host_ints, mask_to_index, put, score_order, split_budget, topk_mask
+from ..select import gather, host_ints, mask_to_index, score_order, split_budget, topk_mask
 
 
 @dataclass(frozen=True)
