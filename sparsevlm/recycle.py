@@ -128,5 +128,10 @@ def cluster_merge(x: torch.Tensor, valid: torch.Tensor, c: torch.Tensor, K: int,
     """The chosen tokens of every sample clustered into c[b] groups (density peaks) and merged.
     Shapes: x (B, M, D), valid (B, M), c (B,) -> tokens (B, K, D), centres (B, K) row of x at each
     cluster's centre (−1 past c[b]), assign (B, M) cluster of each row (−1 off valid)."""
-    assign, centres = density_peak_clusters(x, valid, c, K)  # (B, M), (B, K)
+    if K == 1:  # one cluster, one neighbour (the token itself): every density is 1, the first token is
+        # the densest (ties go to the lower index) and so the centre, and every token joins it
+        centres = valid.long().argmax(-1, keepdim=True).masked_fill_(c.view(-1, 1) < 1, -1)  # (B, 1)
+        assign = valid.long() - 1  # 0 on the tokens, −1 off them
+    else:
+        assign, centres = density_peak_clusters(x, valid, c, K)  # (B, M), (B, K)
     return merge_clusters(x, assign, K, merge), centres, assign

@@ -74,3 +74,22 @@ def test_merge_ignores_tokens_outside_clusters(how):
     out = merge_clusters(x, torch.tensor([[0, -1, 0]]), 1, how)
     expected = [[[1.0, 1.0]]] if how == "mean" else [[[2.0, 2.0]]]
     assert out.tolist() == expected
+
+
+def test_one_cluster_is_density_peaks_with_one_neighbour():
+    """`cluster_merge` with one cluster skips the distances: with one neighbour (the token itself) every
+    density is 1, so the first token is the centre and all join it — the same as density peaks computes,
+    for any valid tokens (not only a prefix), samples without tokens, and ties."""
+    from sparsevlm.recycle import cluster_merge
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        B, M, D = 4, int(torch.randint(1, 9, (1,), generator=g)), 5
+        x = torch.randint(-2, 3, (B, M, D), generator=g).float()  # small integers: ties happen
+        valid = torch.rand(B, M, generator=g) < 0.7
+        valid[0] = False  # a sample without tokens
+        c = valid.any(-1).long()
+        tokens, centres, assign = cluster_merge(x, valid, c, 1)
+        ref_assign, ref_centres = density_peak_clusters(x, valid, c, 1)
+        assert torch.equal(assign, ref_assign) and torch.equal(centres, ref_centres), trial
+        assert torch.equal(tokens, merge_clusters(x, ref_assign, 1))
