@@ -15,8 +15,8 @@ layers alone (`layers_ms`, each layer's call timed on its own in a second prefil
 `lm_prefill_ratio` exceeds it, the excess is outside the layers (the method's own work, each stage's
 mask and rotary embeddings); where it exceeds `flops_ratio`, the layers themselves run fewer tokens
 less efficiently than their FLOPs (a property of the machine and the layer's size). Prefill times
-are taken in rounds (`prefill_rounds`): each round times every method and the image features once, in turn, so that
-the machine's drift over a long run falls on all of them alike; the ratios to dense are taken
+are taken in rounds (`prefill_rounds`): each round times every method and the image features once,
+in turn, so that the machine's drift over a long run falls on all of them alike; the ratios to dense are taken
 round by round (a method against the dense prefill of the same round) and their median reported,
 with the 25–75 % spread of `lm_prefill_ratio` over the rounds. Each time is the median of `repeats`
 runs after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the
