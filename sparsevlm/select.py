@@ -186,16 +186,10 @@ class Layout:
             (x, f), = columns
             return [self.apply(x, f if K else None)]
         packed = torch.stack([x for x, _ in columns], -1)  # (B, L, C) long
-        if K:
-            B, C = packed.shape[0], packed.shape[-1]
-            fill = to_device([0 if isinstance(f, torch.Tensor) else int(f) for _, f in columns], packed.device,
-                             packed.dtype)
-            fill = fill.expand(B, K, C)
-            tensors = [c for c, (_, f) in enumerate(columns) if isinstance(f, torch.Tensor)]
-            if tensors:
-                fill = fill.clone()
-                fill[..., tensors] = torch.stack([columns[c][1] for c in tensors], -1).to(fill.dtype)
-            packed = torch.cat([packed, fill], dim=1)
+        if K:  # what the inserted tokens get, column by column (made on the device: nothing to copy)
+            fill = torch.stack([f.to(packed.dtype) if isinstance(f, torch.Tensor)
+                                else packed.new_full((packed.shape[0], K), int(f)) for _, f in columns], -1)
+            packed = torch.cat([packed, fill], dim=1)  # (B, L + K, C)
         out = gather(packed, self.src).unbind(-1)
         return [o != 0 if x.dtype == torch.bool else o.to(x.dtype) for o, (x, _) in zip(out, columns)]
 

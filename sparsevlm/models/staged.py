@@ -123,8 +123,8 @@ class SparseTextModel:
         after a pruning layer and decoding never read; the first stage decides as the dense model does).
         A stage of one sample after pruning has no padding: `mask2d` None, and sdpa skips the mask
         without reading anything (its `is_causal`; on a GPU, the flash kernel). `packed=False` keeps
-        the positions from the mask: without a cache and a padding mask, transformers would read gaps in
-        them (original positions after pruning) as packed sequences.
+        the positions from the mask (the stages after pruning): without a cache and a padding mask,
+        transformers would read gaps in them (original positions) as packed sequences.
         One new token under sdpa attends to every valid cached token: its mask is the padding mask as it
         is (what `create_causal_mask` would build, without building it)."""
         if (not skip and hidden.shape[1] == 1 and mask2d is not None and mask2d.dim() == 2
@@ -202,10 +202,9 @@ class SparseTextModel:
                     self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
                                 layer.self_attn.scaling, pe, captured.get("raw_k"))
                 step += 1
-                if seq["hidden"].shape[0] == 1:  # one sample: no padding, the mask is causal alone (sdpa: none)
-                    mask, pe = self._stage(seq["hidden"], None, seq["positions"], cache, i + 1, packed=False)
-                else:
-                    mask, pe = self._stage(seq["hidden"], seq["valid"], seq["positions"], cache, i + 1, skip=False)
+                one = seq["hidden"].shape[0] == 1  # one sample: no padding, the mask is causal alone (sdpa: none)
+                mask, pe = self._stage(seq["hidden"], None if one else seq["valid"], seq["positions"], cache, i + 1,
+                                       skip=one, packed=False)
             counts_out.append(step)
         report["counts_in"], report["counts_out"] = counts_in, counts_out
         # Outputs go back to the input positions; a position whose token was pruned gets zeros.
