@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 LMMS_EVAL ?= lmms-eval==0.7.3
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-.PHONY: install demo test unit notebooks bench run-notebooks lab lock clean docs browser
+.PHONY: install demo test unit notebooks bench gpu-check run-notebooks lab lock clean docs browser
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,14 @@ demo: install
 BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/sparsevlm bench --out results $(BENCH_ARGS)
+
+# On a CUDA machine whose Python already has torch (a CUDA build) and this library's requirements
+# (no venv is made: `make gpu-check PYTHON=python3`): the GPU checks of tests/test_gpu.py (waits for
+# the device, GPU decisions against the CPU's), then the LLaVA-1.5-7B-shaped bench in bfloat16 into
+# results/ (bench_llava-1.5-7b-shaped_cuda.{csv,json}; ~15 GB of GPU memory).
+gpu-check:
+	$(PYTHON) -m pytest -q tests/test_gpu.py
+	$(PYTHON) -m sparsevlm.bench --model llava-1.5-7b-shaped --device cuda --dtype bfloat16 --out results $(BENCH_ARGS)
 
 unit: install
 	$(PY) -m pytest tests

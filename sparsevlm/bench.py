@@ -47,7 +47,7 @@ from .flops import dims, report_flops
 from .models import report, sparsified
 from .models.staged import CACHE
 from .report import dense_report_for
-from .utils import positive_int, shipped_path
+from .utils import device_problem, positive_int, shipped_path
 
 MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -482,6 +482,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     8 (and SparseVLM's rank mode besides the presets): `profile_<model>_<device>.csv/.json`."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    if device_problem(device) is not None:
+        raise ValueError(f"device={device!r}: {device_problem(device)}")
     for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1),
                              ("batch", batch, 1)):
         if not isinstance(value, int) or value < low:
@@ -630,8 +632,11 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     a = p.parse_args(argv)
-    run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods,
-        text_hidden=a.text_hidden, profile=a.profile, batch=a.batch)
+    try:
+        run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods,
+            text_hidden=a.text_hidden, profile=a.profile, batch=a.batch)
+    except ValueError as e:  # bad input: one line, as `sparsevlm bench` says it
+        p.exit(1, f"{p.prog}: error: {e}\n")
     return 0
 
 

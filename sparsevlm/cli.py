@@ -35,16 +35,11 @@ class CliError(Exception):
 
 def check_device(device: str) -> None:
     """Refuse a device this machine does not have, before anything is loaded."""
-    import torch
+    from .utils import device_problem
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    problem = device_problem(device)
+    if problem is not None:
+        raise CliError(f"--device {device}: {problem}")
 
 
 def check_out(path: str | None, folder: bool) -> None:

@@ -34,3 +34,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise ArgumentTypeError(f"{value} is not allowed; give an integer ≥ 1")
     return value
+
+
+def device_problem(device) -> str | None:
+    """Why `device` cannot be used on this machine (not a torch device, no CUDA, no such GPU), or None."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return "not a torch device (e.g. cpu, cuda, cuda:1)"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return f"CUDA is not available here (torch {torch.__version__}); use cpu"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None

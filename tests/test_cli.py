@@ -191,6 +191,21 @@ def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_bench_module_refuses_a_device_it_does_not_have(capsys):
+    """`python -m sparsevlm.bench` and `bench.run` check the device before loading anything (cuda:99
+    exists nowhere: no CUDA here, or fewer GPUs): one line naming the argument, exit status 1."""
+    from sparsevlm import bench
+
+    with pytest.raises(ValueError, match=r"device='cuda:99': (CUDA is not available|this machine has)"):
+        bench.run(device="cuda:99")
+    with pytest.raises(ValueError, match=r"device='gpu0': not a torch device"):
+        bench.run(device="gpu0")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--device", "cuda:99"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "device='cuda:99'" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("argv", [["demo", "--presets", "100"], ["eval", "--budget", "7"], ["nosuch"],
                                   ["eval", "--dtype", "int8"], ["eval", "--method", "magic"]])
 def test_unknown_choices_exit_2_with_one_line(capsys, argv):
