@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from .flops import dims, report_flops
+from .methods import BASELINES
 from .models import report, sparsified
 from .models.staged import CACHE
 from .report import dense_report_for
@@ -449,7 +450,7 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=N
     """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
     model's `n_visual` tokens per image), and every baseline matched to its equivalent tokens that
     the model's family supports (M-RoPE models: original positions; the others are logged)."""
-    from .methods import BASELINES, build, matched_baselines
+    from .methods import build, matched_baselines
     from .models import _adapter
 
     n_vis, layers = model_shape(model)
@@ -611,9 +612,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")
     p.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64], choices=[192, 128, 96, 64],
                    help="SparseVLM presets (LLaVA-1.5 equivalent tokens; scaled on the toy) (default 192 128 64)")
-    p.add_argument("--methods", nargs="+", default=None,
-                   choices=["sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome", "dart", "divprune",
-                            "vispruner", "cdpruner", "pooling"],
+    p.add_argument("--methods", nargs="+", default=None, choices=["sparsevlm", *BASELINES],
                    help="only these methods besides dense (default: all)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per method (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")

@@ -13,10 +13,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .bench import model_shape
+from .methods import BASELINES
 from .utils import positive_int
 
-METHOD_NAMES = ("dense", "sparsevlm", "random", "fastv", "pdrop", "visionzip", "tome", "dart", "divprune", "vispruner",
-                "cdpruner", "pooling")
+METHOD_NAMES = ("dense", "sparsevlm", *BASELINES)
 BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
 MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")

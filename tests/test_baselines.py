@@ -153,3 +153,48 @@ def test_match_budget_refuses_what_a_method_cannot_reach():
 def test_pre_llm_config_validation(cls, kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}"):
         cls(**kwargs)
+
+
+def test_every_method_is_registered_once_and_the_command_line_offers_it():
+    """`methods.ALL` is the one list: each class names its config, each exported config has its
+    method, and `sparsevlm eval --method` / `sparsevlm bench --methods` offer exactly those names."""
+    import argparse
+
+    from sparsevlm import bench
+    from sparsevlm.cli import METHOD_NAMES
+    from sparsevlm.methods import ALL, BASELINES, METHODS
+
+    names = [m.name for m in ALL]
+    assert len(set(names)) == len(names) and names[0] == "sparsevlm" and tuple(names[1:]) == BASELINES
+    assert all(METHODS[m.config] is m for m in ALL) and len(METHODS) == len(ALL)
+    exported = {getattr(sparsevlm, n) for n in sparsevlm.__all__ if n.endswith("Config")}
+    assert exported == set(METHODS)
+    assert METHOD_NAMES == ("dense", *names)
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    assert next(a for a in p._actions if a.dest == "methods").choices == names
+
+
+@pytest.mark.parametrize("budget", [192, 64])
+def test_matched_baselines_sit_beside_the_schedule_at_its_budget(budget):
+    """On LLaVA-1.5's shape: every baseline at the SparseVLM preset's equivalent tokens (within one;
+    pooling: its nearest grid), at its positions — except random tokens, on the same layers and
+    schedule (without the recycled tokens); FastV after its first pruning layer, PyramidDrop at its layers."""
+    from dataclasses import replace
+
+    from sparsevlm.methods import BASELINES, matched_baselines, planned_tokens
+
+    cfg = SparseVLMConfig.preset(budget, positions="original", pruning_layers=(4, 9, 18))  # not the defaults
+    target = planned_tokens(cfg, 576, 32)
+    got = sparsevlm.matched_baselines(cfg, 576, 32)
+    assert tuple(got) == BASELINES
+    for name, c in got.items():
+        assert c.positions == "original"
+        if name != "random":
+            assert abs(planned_tokens(c, 576, 32) - target) <= (8 if name == "pooling" else 1), name
+    assert planned_tokens(got["random"], 576, 32) == planned_tokens(replace(cfg, recycle=False), 576, 32) < target
+    assert (got["random"].pruning_layers, got["random"].schedule) == (cfg.pruning_layers, cfg.schedule)
+    assert got["fastv"].layer == cfg.pruning_layers[0] and got["pdrop"].pruning_layers == cfg.pruning_layers
+    assert list(matched_baselines(cfg, 576, 32, methods=["tome", "fastv"])) == ["fastv", "tome"]
+    with pytest.raises(ValueError, match=r"methods=\['magic'\]: unknown baselines; allowed: random, fastv"):
+        matched_baselines(cfg, 576, 32, methods=["magic"])

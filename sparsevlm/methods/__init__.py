@@ -7,8 +7,7 @@ import numbers
 import torch
 
 from ..budget import equivalent_tokens, layer_counts
-from ..config import (CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, PDropConfig, PoolingConfig, RandomConfig,
-                      SparseVLMConfig, ToMeConfig, VisionZipConfig, VisPrunerConfig)
+from ..config import SparseVLMConfig
 from .base import Decision, Method, PruneInput
 from .attention import FastV, PDrop
 from .diversity import CDPruner, DART, DivPrune, VisPruner
@@ -16,11 +15,12 @@ from .merge import Pooling, ToMe, VisionZip
 from .random import RandomTokens
 from .sparsevlm import SparseVLM
 
-# Config class -> method class. Baselines register here.
-METHODS: dict[type, type[Method]] = {SparseVLMConfig: SparseVLM, RandomConfig: RandomTokens, FastVConfig: FastV,
-                                     PDropConfig: PDrop, VisionZipConfig: VisionZip, ToMeConfig: ToMe,
-                                     DARTConfig: DART, DivPruneConfig: DivPrune, VisPrunerConfig: VisPruner,
-                                     CDPrunerConfig: CDPruner, PoolingConfig: Pooling}
+#: every method, SparseVLM first and the baselines in the order comparisons list them; a new method
+#: joins here (its name, config and `beside` are its class's)
+ALL: tuple[type[Method], ...] = (SparseVLM, RandomTokens, FastV, PDrop, VisionZip, ToMe, DART, DivPrune, VisPruner,
+                                 CDPruner, Pooling)
+METHODS: dict[type, type[Method]] = {m.config: m for m in ALL}  # config class -> method class
+BASELINES = tuple(m.name for m in ALL[1:])
 COUNTINGS = ("output", "input")
 
 
@@ -84,9 +84,6 @@ def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: s
     return best[1]
 
 
-BASELINES = ("random", "fastv", "pdrop", "visionzip", "tome", "dart", "divprune", "vispruner", "cdpruner", "pooling")
-
-
 def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, counting: str = "output",
                       methods=BASELINES) -> dict:
     """Every baseline (or those named in `methods`) at the equivalent tokens of a SparseVLM schedule
@@ -99,27 +96,13 @@ def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, coun
     if unknown:
         raise ValueError(f"methods={unknown!r}: unknown baselines; allowed: {', '.join(BASELINES)}")
     target = planned_tokens(cfg, n_visual, num_layers, counting)
-    pos = cfg.positions
 
     def matched(base, tolerance=1.0):
         return match_budget(base, target, n_visual, num_layers, counting, tolerance)
 
-    make = {
-        "random": lambda: RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule,
-                                       schedule_of=cfg.schedule_of, budget_per=cfg.budget_per, positions=pos),
-        "fastv": lambda: matched(FastVConfig(layer=cfg.pruning_layers[0], positions=pos)),
-        "pdrop": lambda: matched(PDropConfig(pruning_layers=cfg.pruning_layers, positions=pos)),
-        "visionzip": lambda: matched(VisionZipConfig(positions=pos)),
-        "tome": lambda: matched(ToMeConfig(positions=pos)),
-        "dart": lambda: matched(DARTConfig(positions=pos)),
-        "divprune": lambda: matched(DivPruneConfig(positions=pos)),
-        "vispruner": lambda: matched(VisPrunerConfig(positions=pos)),
-        "cdpruner": lambda: matched(CDPrunerConfig(positions=pos)),
-        "pooling": lambda: matched(PoolingConfig(positions=pos), tolerance=math.inf),
-    }
-    return {name: make[name]() for name in BASELINES if name in methods}
+    return {m.name: m.beside(cfg, matched) for m in ALL[1:] if m.name in methods}
 
 
 __all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "VisionZip",
-           "ToMe", "DART", "DivPrune", "VisPruner", "CDPruner", "Pooling", "METHODS", "planned_counts", "planned_tokens", "match_budget",
-           "matched_baselines", "BASELINES"]
+           "ToMe", "DART", "DivPrune", "VisPruner", "CDPruner", "Pooling", "ALL", "METHODS",
+           "planned_counts", "planned_tokens", "match_budget", "matched_baselines", "BASELINES"]

@@ -35,6 +35,12 @@ def last_token(valid: torch.Tensor) -> torch.Tensor:
 
 class FastV(Method):
     cfg: FastVConfig
+    name, config = "fastv", FastVConfig
+
+    @classmethod
+    def beside(cls, cfg, matched):
+        """Pruning once, after cfg's first pruning layer."""
+        return matched(FastVConfig(layer=cfg.pruning_layers[0], positions=cfg.positions))
 
     def prune(self, inp: PruneInput) -> Decision:
         raters, width = (inp.valid, inp.valid.shape[1]) if self.cfg.rater == "all" else (last_token(inp.valid), 1)
@@ -50,6 +56,12 @@ class FastV(Method):
 
 class PDrop(Method):
     cfg: PDropConfig
+    name, config = "pdrop", PDropConfig
+
+    @classmethod
+    def beside(cls, cfg, matched):
+        """At cfg's pruning layers (its own 8/16/24 on LLaVA-1.5 cannot go below ~1/4 of the tokens)."""
+        return matched(PDropConfig(pruning_layers=cfg.pruning_layers, positions=cfg.positions))
 
     def prune(self, inp: PruneInput) -> Decision:
         scores, visual = attention_received(inp, last_token(inp.valid), 1)

@@ -84,7 +84,13 @@ class Decision:
 
 
 class Method:
-    """Base class: a pruning method driven by a config."""
+    """Base class: a pruning method driven by a config. A new method sets `name` and `config` and
+    joins `sparsevlm.methods.ALL`; the command line, the bench and `matched_baselines` read them there."""
+
+    #: the method's name on the command line, in results and in `matched_baselines`
+    name: str = ""
+    #: its config class (a frozen dataclass in `sparsevlm.config`)
+    config: type | None = None
 
     #: decoder layers after which `prune` is called
     pruning_layers: tuple[int, ...] = ()
@@ -155,6 +161,13 @@ class Method:
         for budgets that do not depend on the input (`n_prompt`: each sample's visual tokens in
         its prompt, for budgets written as ratios). Shapes: (B,) -> (B,) long."""
         raise ValueError(f"{type(self).__name__}'s token counts depend on the input; they cannot be planned")
+
+    @classmethod
+    def beside(cls, cfg, matched):
+        """This method's config for a comparison with the SparseVLM schedule `cfg`: at cfg's positions,
+        its budget knob set by `matched(config, tolerance=1.0)` (`match_budget` to cfg's equivalent
+        tokens, within `tolerance`). Methods placed by cfg's layers or schedule say so here."""
+        return matched(cls.config(positions=cfg.positions))
 
     def budget_candidates(self, n_visual: int):
         """Configs of this method spanning its budget knob, from the fewest tokens to all of them

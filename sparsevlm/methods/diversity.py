@@ -131,6 +131,7 @@ def dart_select(hidden, key_norm, v_idx, v_valid, t_idx, t_valid, cfg: DARTConfi
 
 class DART(Method):
     cfg: DARTConfig
+    name, config = "dart", DARTConfig
     needs_raw_keys = True
 
     def prune(self, inp: PruneInput) -> Decision:
@@ -169,6 +170,7 @@ class _Keep(_PreLLM):
 
 class DivPrune(_Keep):
     cfg: DivPruneConfig
+    name, config = "divprune", DivPruneConfig
 
     def select(self, x, cls, text):
         return divprune_select(x, self.cfg.keep)
@@ -176,6 +178,7 @@ class DivPrune(_Keep):
 
 class VisPruner(_Keep):
     cfg: VisPrunerConfig
+    name, config = "vispruner", VisPrunerConfig
     needs_vision = True
 
     def select(self, x, cls, text):
@@ -184,6 +187,7 @@ class VisPruner(_Keep):
 
 class CDPruner(_Keep):
     cfg: CDPrunerConfig
+    name, config = "cdpruner", CDPrunerConfig
     needs_text = True
 
     def select(self, x, cls, text):

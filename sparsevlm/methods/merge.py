@@ -174,6 +174,7 @@ class _PreLLM(Method):
 
 class VisionZip(_PreLLM):
     cfg: VisionZipConfig
+    name, config = "visionzip", VisionZipConfig
 
     def counts_after(self, step, n_visual, n_prompt=None):
         return n_visual.clamp(max=self.cfg.dominant + self.cfg.contextual).long()
@@ -190,6 +191,7 @@ class VisionZip(_PreLLM):
 
 class ToMe(_PreLLM):
     cfg: ToMeConfig
+    name, config = "tome", ToMeConfig
 
     def counts_after(self, step, n_visual, n_prompt=None):
         return n_visual.clamp(max=self.cfg.keep).long()
@@ -203,6 +205,7 @@ class ToMe(_PreLLM):
 
 class Pooling(_PreLLM):
     cfg: PoolingConfig
+    name, config = "pooling", PoolingConfig
     needs_grid = True
     needs_vision = False
 
@@ -213,6 +216,11 @@ class Pooling(_PreLLM):
         side = math.isqrt(n_visual)
         return (replace(self.cfg, tokens=t) for t in range(1, n_visual + 1)
                 if t == n_visual or ((g := pool_grid(t)) is not None and g[1] <= side))
+
+    @classmethod
+    def beside(cls, cfg, matched):
+        """The nearest h × w grid: its grids skip some counts."""
+        return matched(PoolingConfig(positions=cfg.positions), tolerance=math.inf)
 
     def reduce(self, x, cls, keys, text):
         n = x.shape[0]

@@ -11,6 +11,13 @@ from .base import Decision, Method, PruneInput, keep_top, scaled_schedules
 
 class RandomTokens(Method):
     cfg: RandomConfig
+    name, config = "random", RandomConfig
+
+    @classmethod
+    def beside(cls, cfg, matched):
+        """cfg's own layers and schedule: the same counts, chosen at random (nothing to match)."""
+        return RandomConfig(pruning_layers=cfg.pruning_layers, schedule=cfg.schedule, schedule_of=cfg.schedule_of,
+                            budget_per=cfg.budget_per, positions=cfg.positions)
 
     def prune(self, inp: PruneInput) -> Decision:
         n_vis = inp.vis_mask.sum(-1)  # (B,)

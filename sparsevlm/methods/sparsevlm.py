@@ -17,6 +17,7 @@ from .base import Decision, Method, PruneInput, scaled_schedules, top_visual, vi
 
 class SparseVLM(Method):
     cfg: SparseVLMConfig
+    name, config = "sparsevlm", SparseVLMConfig
 
     def begin(self, embeds, vis_mask, valid):
         # Raters are chosen once, from the embeddings entering the language model (§3.2).
