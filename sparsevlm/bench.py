@@ -123,11 +123,12 @@ def qwen2_5_vl_7b_config(text_hidden: int = 3584):
 
 def random_llava(config, device: str, dtype: torch.dtype):
     """A model of `config`'s architecture (any family) with random weights built directly on
-    `device` (no download)."""
+    `device` in `dtype` (no download; never a float32 copy first: LLaVA-1.5-7B's shapes take ~14 GB
+    in bfloat16, 28 GB in float32)."""
     from transformers import AutoModelForImageTextToText
 
     with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config).to(dtype).eval()
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
     model.generation_config.pad_token_id = 0
     return model
 

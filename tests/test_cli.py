@@ -73,8 +73,10 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     dense, sparse = doc["results"]
     assert dense["overhead_ms"] is None and sparse["overhead_ms"] > 0  # the method's own work, timed
     assert sparse["kv_cache_mb"] < dense["kv_cache_mb"] and sparse["flops_ratio"] < 1
-    assert 0 < doc["machine"]["vision_ms"] < dense["prefill_ms"] and dense["lm_prefill_ratio"] == 1
-    assert 0 < dense["layers_ms"] < dense["prefill_ms"] and dense["layers_ratio"] == 1 and sparse["layers_ms"] > 0
+    # (times from one round: only their presence is checked; what the layer clock adds up is checked by
+    # test_layer_clock_adds_up_every_decoder_layer_call, with sleeps far above a loaded machine's noise)
+    assert doc["machine"]["vision_ms"] > 0 and dense["lm_prefill_ratio"] == 1
+    assert dense["layers_ms"] > 0 and dense["layers_ratio"] == 1 and sparse["layers_ms"] > 0
     assert pd.read_csv(tmp_path / "bench_toy_cpu.csv").shape[0] == 2
     assert doc["machine"]["prefill_timing"].startswith("rounds")
 
@@ -290,6 +292,33 @@ def test_eval_and_demo_on_a_llava_next_checkpoint(capsys, tmp_path):
                          "--out", str(tmp_path / "show.png"))
     assert code == 0, err
     assert "SparseVLM: visual tokens [56]" in out and (tmp_path / "show.png").stat().st_size > 0
+
+
+def test_the_shaped_models_are_built_in_their_dtype_without_a_float32_copy():
+    """`random_llava` in bfloat16 makes every weight in bfloat16 from the start (meta device: the
+    allocations of LLaVA-1.5-7B's shapes are counted, none made): a float32 copy first would need
+    28 GB where the bench promises ~15."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sparsevlm.bench import llava_1_5_7b_config, random_llava
+
+    class Allocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.elements = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.empty, torch.ops.aten.empty_strided):
+                self.elements[out.dtype] = self.elements.get(out.dtype, 0) + out.numel()
+            return out
+
+    with Allocations() as made:
+        model = random_llava(llava_1_5_7b_config(), "meta", torch.bfloat16)
+    weights = sum(p.numel() for p in model.parameters())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and 7.0e9 < weights < 7.2e9
+    assert made.elements.get(torch.float32, 0) < 1e-3 * weights  # (a few small float32 buffers at most)
 
 
 def test_method_configs_for_an_m_rope_model_take_original_positions_and_ratios():
