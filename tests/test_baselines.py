@@ -198,3 +198,29 @@ def test_matched_baselines_sit_beside_the_schedule_at_its_budget(budget):
     assert list(matched_baselines(cfg, 576, 32, methods=["tome", "fastv"])) == ["fastv", "tome"]
     with pytest.raises(ValueError, match=r"methods=\['magic'\]: unknown baselines; allowed: random, fastv"):
         matched_baselines(cfg, 576, 32, methods=["magic"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_method_runs_in_half_precision_with_its_planned_counts(dtype):
+    """What a GPU user runs (`--dtype bfloat16`): the embedded model in half precision, a padded batch,
+    every method at the 64 preset and SparseVLM's rank mode — finite logits in the model's dtype, a
+    generate call, and the planned methods keep exactly their planned counts. (SparseVLM scores and
+    clusters in float32 whatever the model's dtype; merged tokens go back in the model's.)"""
+    from sparsevlm import toy
+    from sparsevlm.bench import methods_for, rank_config
+
+    model, processor = toy.load(dtype=dtype)
+    recs = toy.eval_split(limit=3)
+    x = processor(images=[r["image"] for r in recs], text=[r["prompt"] for r in recs], return_tensors="pt", padding=True)
+    x["pixel_values"] = x["pixel_values"].to(dtype)
+    rows = {n: c for n, c in methods_for(model, (64,)).items() if c is not None} | {"rank": rank_config(model)}
+    assert len(rows) == 12
+    for name, cfg in rows.items():
+        with sparsevlm.sparsified(model, cfg):
+            logits = model(**x).logits
+            rep = sparsevlm.report(model)
+            assert model.generate(**x, max_new_tokens=2, min_new_tokens=2, do_sample=False).shape[1] == x["input_ids"].shape[1] + 2
+        assert logits.dtype == dtype and logits.isfinite().all(), name
+        if name != "rank":
+            _, planned = sparsevlm.planned_counts(cfg, 64, 8)
+            assert (rep.visual_out == torch.tensor(planned)).all(), name
