@@ -7,9 +7,10 @@ per-token decode time (each decoding step of greedy `generate` timed on its own,
 logits to the next: the median and 25–75 % spread of all steps of all repeats), the KV-cache
 bytes after prefill, peak GPU memory of the prefill (CUDA only), and the time the method spends on
 its own work (raters, scoring, rank, recycling, re-layout: `Report.overhead_seconds`) as a share of
-dense prefill. The image features (vision tower and projector) are timed alone too, so that
-`lm_prefill_ratio` — the language model's prefill time against dense — can be set beside
-`flops_ratio`, which counts the language model's FLOPs; and the time spent inside the decoder
+dense prefill. The image features (vision tower and projector) are timed alone too (`vision_ms`), and
+the language model's call is clocked inside each timed prefill (`lm_prefill_ms`: the method's own
+work, its stages and the layers), so that `lm_prefill_ratio` — the language model's prefill time
+against dense — can be set beside `flops_ratio`, which counts the language model's FLOPs; and the time spent inside the decoder
 layers alone (`layers_ms`, each layer's call timed on its own in a second prefill of each turn) gives
 `layers_ratio`, what the layers cost at the lengths the method leaves them against dense's: where
 `lm_prefill_ratio` exceeds it, the excess is outside the layers (the method's own work, each stage's
@@ -220,32 +221,40 @@ def _features(model, inputs: dict):
 
 
 def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: int = 2,
-                   layers: dict | None = None) -> dict:
+                   layers: dict | None = None, lm: dict | None = None) -> dict:
     """Seconds of one prefill of every method in `rows` ({name: config, None = dense}) and of the
     image features alone ("vision": the part of every prefill that no method inside the language
     model can shorten), measured in rounds: each round times every one once, in turn,
     so that the machine's drift over a long run (other load, clocks, memory) falls on all of them
     alike rather than on whichever ran last. `warmup` untimed rounds first. Returns {name: [s, ...]}.
 
-    With a `layers` dict, each method's turn also runs a second prefill whose decoder layers are
-    timed one call at a time (`_layer_clock`), and `layers` gets {name: [s inside the layers, ...]}."""
+    With an `lm` dict, the language model's call inside each timed prefill is clocked too (`_clock`
+    on it: the method's own work, its stages and the layers; not the image features, the splice or
+    the head), and `lm` gets {name: [s, ...]}. With a `layers` dict, each method's turn also runs a
+    second prefill whose decoder layers are timed one call at a time, and `layers` gets {name: [s
+    inside the layers, ...]}."""
     device = next(model.parameters()).device
+    text = model.model.language_model
     calls = {"vision": (None, _features(model, inputs)), **{name: (cfg, lambda: _prefill(model, inputs))
                                                             for name, cfg in rows.items()}}
     times = {name: [] for name in calls}
-    if layers is not None:
-        layers.update({name: [] for name in rows})
+    for parts in (layers, lm):
+        if parts is not None:
+            parts.update({name: [] for name in rows})
     for round_ in range(warmup + repeats):
         for name, (cfg, call) in calls.items():
             with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
-                _sync(device)
-                start = time.perf_counter()
-                call()
-                _sync(device)
+                with _clock([text] if lm is not None and name != "vision" else [], device) as in_lm:
+                    _sync(device)
+                    start = time.perf_counter()
+                    call()
+                    _sync(device)
                 if round_ >= warmup:
                     times[name].append(time.perf_counter() - start)
+                    if lm is not None and name != "vision":
+                        lm[name].append(in_lm[0])
                 if layers is not None and name != "vision":
-                    with _layer_clock(model, device) as spent:
+                    with _clock(text.layers, device) as spent:
                         call()
                     if round_ >= warmup:
                         layers[name].append(spent[0])
@@ -253,12 +262,12 @@ def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: in
 
 
 @contextmanager
-def _layer_clock(model, device):
-    """Within the block, each call of a decoder layer of the language model is timed on its own (the
-    device synchronised around it) and added up: yields a one-item list holding the seconds spent
-    inside the layers, so that what the layers cost at the lengths a method leaves them is told apart
-    from everything else a prefill does (the method's own work, each stage's mask and rotary
-    embeddings, the vision tower)."""
+def _clock(modules, device):
+    """Within the block, each call of each of `modules` is timed on its own (the device synchronised
+    around it) and added up: yields a one-item list holding the seconds spent inside them. On the
+    decoder layers it tells what the layers cost at the lengths a method leaves them apart from
+    everything else a prefill does (the method's own work, each stage's mask and rotary embeddings,
+    the vision tower); on the language model, its prefill without the image features."""
     spent, start = [0.0], [0.0]
 
     def before(module, args):
@@ -269,8 +278,7 @@ def _layer_clock(model, device):
         _sync(device)
         spent[0] += time.perf_counter() - start[0]
 
-    hooks = [h for layer in model.model.language_model.layers
-             for h in (layer.register_forward_pre_hook(before), layer.register_forward_hook(after))]
+    hooks = [h for m in modules for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
     try:
         yield spent
     finally:
@@ -548,15 +556,15 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
                    f"{torch.device(device).type}", log)
         table.attrs["machine"] = info
         return table
-    layers = {}  # seconds inside the decoder layers, from the same rounds
-    rounds = prefill_rounds(model, inputs, rows, repeats, warmup, layers)  # every method in turn, `repeats` rounds
+    layers, lm = {}, {}  # seconds inside the decoder layers and inside the language model, from the same rounds
+    rounds = prefill_rounds(model, inputs, rows, repeats, warmup, layers, lm)  # every method in turn, `repeats` rounds
     vision_ms = statistics.median(rounds["vision"]) * 1e3
     log(f"image features (vision tower + projector): {vision_ms:.2f} ms")
     results = []
     for name, cfg in rows.items():
         p50, p25, p75 = (v * 1e3 for v in _median_spread(rounds[name]))
         r = {"prefill_ms": p50, "prefill_ms_p25": p25, "prefill_ms_p75": p75,
-             "layers_ms": statistics.median(layers[name]) * 1e3,
+             "lm_prefill_ms": statistics.median(lm[name]) * 1e3, "layers_ms": statistics.median(layers[name]) * 1e3,
              **measure(model, inputs, cfg, repeats, new_tokens)}
         results.append({"method": name, **r})
         log(f"{name:>16}: prefill {r['prefill_ms']:.2f} ms, decode {r['decode_ms_per_token']:.2f} ms/token, "
@@ -566,10 +574,10 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     table["flops_ratio"] = table["tflops"] / dense["tflops"]
     # Ratios to dense round by round (each round times dense and the method minutes apart at most, so
     # that the machine's drift cancels), then their median and 25–75 % spread over the rounds.
-    vision = rounds["vision"]
     paired = {name: {"prefill_ratio": [m / d for m, d in zip(rounds[name], rounds["dense"])],
-                     # the language model's share, comparable with flops_ratio (language-model FLOPs)
-                     "lm_prefill_ratio": [(m - v) / (d - v) for m, d, v in zip(rounds[name], rounds["dense"], vision)],
+                     # the language model's share, clocked inside the same prefill: comparable with
+                     # flops_ratio (language-model FLOPs)
+                     "lm_prefill_ratio": [m / d for m, d in zip(lm[name], lm["dense"])],
                      # what the decoder layers alone cost at the lengths the method leaves them: lm_prefill_ratio
                      # above it is the rest (own work, stages); it above flops_ratio, the layers themselves
                      "layers_ratio": [m / d for m, d in zip(layers[name], layers["dense"])]}

@@ -74,9 +74,10 @@ def test_bench_writes_csv_and_json(capsys, tmp_path):
     assert dense["overhead_ms"] is None and sparse["overhead_ms"] > 0  # the method's own work, timed
     assert sparse["kv_cache_mb"] < dense["kv_cache_mb"] and sparse["flops_ratio"] < 1
     # (times from one round: only their presence is checked; what the layer clock adds up is checked by
-    # test_layer_clock_adds_up_every_decoder_layer_call, with sleeps far above a loaded machine's noise)
+    # test_the_clocks_add_up_the_calls_of_their_modules_alone, with sleeps far above a loaded machine's noise)
     assert doc["machine"]["vision_ms"] > 0 and dense["lm_prefill_ratio"] == 1
     assert dense["layers_ms"] > 0 and dense["layers_ratio"] == 1 and sparse["layers_ms"] > 0
+    assert dense["lm_prefill_ms"] > 0 and sparse["lm_prefill_ms"] > 0 and sparse["lm_prefill_ratio"] > 0
     assert pd.read_csv(tmp_path / "bench_toy_cpu.csv").shape[0] == 2
     assert doc["machine"]["prefill_timing"].startswith("rounds")
 
@@ -103,42 +104,52 @@ def test_prefill_rounds_time_every_method_once_per_round():
     calls = []
     model.register_forward_pre_hook(lambda m, a, k: calls.append(getattr(m, "_sparsevlm", None) is not None),
                                     with_kwargs=True)
-    layers = {}
+    layers, lm = {}, {}
     times = prefill_rounds(model, inputs, {"dense": None, "sparsevlm 64": toy.preset(64)}, repeats=3, warmup=1,
-                           layers=layers)
+                           layers=layers, lm=lm)
     assert set(times) == {"vision", "dense", "sparsevlm 64"} and all(len(t) == 3 for t in times.values())
     assert all(x > 0 for t in times.values() for x in t)
     # dense, then sparsified, in every round (the first untimed); each turn a second, layer-timed prefill
     assert calls == [False, False, True, True] * 4
     assert not hasattr(model, "_sparsevlm")  # each method unpatched after its turn
-    assert set(layers) == {"dense", "sparsevlm 64"} and all(len(t) == 3 for t in layers.values())
-    assert all(0 < x for t in layers.values() for x in t)
-    assert not any(layer._forward_hooks or layer._forward_pre_hooks for layer in model.model.language_model.layers)
+    for part in (layers, lm):
+        assert set(part) == {"dense", "sparsevlm 64"} and all(len(t) == 3 for t in part.values())
+        assert all(0 < x for t in part.values() for x in t)
+    text = model.model.language_model
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in [text, *text.layers])
 
 
-def test_layer_clock_adds_up_every_decoder_layer_call():
-    """`_layer_clock` counts the time inside each decoder-layer call and nothing else: a layer made
-    to sleep 20 ms adds 20 ms per call (8 layers: ≥ 160 ms), however long the rest of the forward."""
+def test_the_clocks_add_up_the_calls_of_their_modules_alone():
+    """`_clock` counts the time inside each call of the modules it is given and nothing else: on the
+    decoder layers, a layer made to sleep 20 ms adds 20 ms per call (8 layers: ≥ 160 ms) and a 200 ms
+    sleep in the vision tower adds nothing; on the language model, the tower's sleep adds nothing
+    and a layer's does."""
     import time
 
     from sparsevlm import toy
-    from sparsevlm.bench import _layer_clock, _prefill
+    from sparsevlm.bench import _clock, _prefill
 
     model, processor = toy.load()
     rec = toy.eval_split(limit=1)[0]
     inputs = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt")
-    layers = model.model.language_model.layers
-    slow = [layer.register_forward_hook(lambda m, a, o: time.sleep(0.02)) for layer in layers]
-    with torch.no_grad(), _layer_clock(model, torch.device("cpu")) as spent:
+    text, cpu = model.model.language_model, torch.device("cpu")
+
+    def clocked(modules, slow_module, seconds):
+        slow = slow_module.register_forward_hook(lambda m, a, o: time.sleep(seconds))
+        with torch.no_grad(), _clock(modules, cpu) as spent:
+            _prefill(model, inputs)
+        slow.remove()
+        return spent[0]
+
+    slow = [layer.register_forward_hook(lambda m, a, o: time.sleep(0.02)) for layer in text.layers]
+    with torch.no_grad(), _clock(text.layers, cpu) as spent:
         _prefill(model, inputs)
     for h in slow:
         h.remove()
-    assert spent[0] >= 0.02 * len(layers)
-    slow = model.model.vision_tower.register_forward_hook(lambda m, a, o: time.sleep(0.2))  # outside the layers
-    with torch.no_grad(), _layer_clock(model, torch.device("cpu")) as spent:
-        _prefill(model, inputs)
-    slow.remove()
-    assert spent[0] < 0.2
+    assert spent[0] >= 0.02 * len(text.layers)
+    assert clocked(text.layers, model.model.vision_tower, 0.2) < 0.2
+    assert clocked([text], model.model.vision_tower, 0.2) < 0.2
+    assert clocked([text], text.layers[3], 0.2) >= 0.2
 
 
 @pytest.mark.parametrize("argv,message", [
