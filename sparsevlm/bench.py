@@ -243,17 +243,18 @@ def prefill_rounds(model, inputs: dict, rows: dict, repeats: int = 5, warmup: in
             parts.update({name: [] for name in rows})
     for round_ in range(warmup + repeats):
         for name, (cfg, call) in calls.items():
+            prefill = name != "vision"  # (the image features alone have no language model to clock)
             with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
-                with _clock([text] if lm is not None and name != "vision" else [], device) as in_lm:
+                with _clock([text] if prefill and lm is not None else [], device) as in_lm:
                     _sync(device)
                     start = time.perf_counter()
                     call()
                     _sync(device)
                 if round_ >= warmup:
                     times[name].append(time.perf_counter() - start)
-                    if lm is not None and name != "vision":
+                    if prefill and lm is not None:
                         lm[name].append(in_lm[0])
-                if layers is not None and name != "vision":
+                if prefill and layers is not None:
                     with _clock(text.layers, device) as spent:
                         call()
                     if round_ >= warmup:
@@ -492,8 +493,9 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     8 (and SparseVLM's rank mode besides the presets): `profile_<model>_<device>.csv/.json`."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-    if device_problem(device) is not None:
-        raise ValueError(f"device={device!r}: {device_problem(device)}")
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"device={device!r}: {problem}")
     for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1),
                              ("batch", batch, 1)):
         if not isinstance(value, int) or value < low:

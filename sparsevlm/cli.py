@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .bench import model_shape
 from .methods import BASELINES
-from .utils import positive_int
+from .utils import device_problem, positive_int
 
 METHOD_NAMES = ("dense", "sparsevlm", *BASELINES)
 BUDGETS = (192, 128, 96, 64)
@@ -35,8 +35,6 @@ class CliError(Exception):
 
 def check_device(device: str) -> None:
     """Refuse a device this machine does not have, before anything is loaded."""
-    from .utils import device_problem
-
     problem = device_problem(device)
     if problem is not None:
         raise CliError(f"--device {device}: {problem}")
