@@ -89,6 +89,8 @@ class SparseTop:
 
     - `generate(prefill_chunk_size=k)` with a prompt longer than k runs dense (said in the report):
       pruning needs the whole prompt in one forward.
+    - Assisted generation (`assistant_model=`, `prompt_lookup_num_tokens=`) is pruned, with a warning:
+      its first forward holds the prompt and the first draft tokens, which rate the visual tokens too.
     - `labels=`: outputs are aligned with the input positions; a position whose token was pruned
       predicts nothing, so its next label is left out of the loss (the seam: `loss_function`).
     """
@@ -109,6 +111,11 @@ class SparseTop:
             warnings.warn("generate(use_cache=False) with a sparsified model prunes again at every step, with the "
                           "tokens generated so far among the raters: answers differ from the cached run, and nothing "
                           "is saved", stacklevel=2)
+        if kwargs.get("assistant_model") is not None or option("prompt_lookup_num_tokens") or \
+                option("assistant_early_exit"):
+            warnings.warn("assisted generation verifies the first draft tokens in the same forward as the prompt: "
+                          "they are among the raters that decide what a sparsified model prunes, so answers can differ "
+                          "from generate without an assistant", stacklevel=2)
         try:
             return super().generate(*args, **kwargs)
         finally:

@@ -11,9 +11,11 @@ where the visual tokens are and how positions work; methods add only what to kee
   (`patching.ROPE_CAPTURE`; nothing is recomputed). Scoring forms only the raters' rows, O(R·L),
   whatever the attention implementation (`eager`, `sdpa`; `flash_attention_2` takes the same path:
   it never needs the L×L matrix either, only the 2D padding mask that each stage passes on).
-- Decoding reuses the shorter caches: stage s > 0 keeps its own padding mask and token count (on
-  the cache object, so nothing outlives the cache), and a new token's position there is the stage's
-  count (compact positions, as the reference) or the model's own position (original positions).
+- Decoding reuses the shorter caches: stage s > 0 keeps its prefill's padding mask (on the cache
+  object, so nothing outlives the cache); what was appended since is read from the cache's length
+  and the attention mask at every step, so a cache cropped between steps (assisted decoding drops
+  rejected draft tokens) stays consistent. A new token's position there is the count of the stage's
+  tokens before it (compact positions, as the reference) or the model's own (original positions).
 - Outputs are aligned with the input positions; pruned positions get zeros.
 """
 from __future__ import annotations
@@ -279,7 +281,6 @@ class SparseTextModel:
         st = self._sparsevlm
         B, q = hidden.shape[:2]
         dev = hidden.device
-        new_valid = attention_mask[:, -q:].bool() if attention_mask is not None else torch.ones(B, q, dtype=torch.bool, device=dev)
         if position_ids is None:
             position_ids = torch.arange(q, device=dev)[None] + cache.get_seq_length(0)
         positions0 = _batch_first(position_ids, B, q, dev)
@@ -288,15 +289,19 @@ class SparseTextModel:
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if i in starts:  # a shorter stage: its own mask, and its own positions when compact
                 s = starts[i]
-                if "count" not in s:  # its tokens, counted once per generate call
-                    s["count"] = s["valid"].sum(-1)
-                s["valid"] = torch.cat([s["valid"], new_valid], dim=1)
-                pos = s["count"][:, None] + new_valid.long().cumsum(-1) - 1
-                s["count"] = s["count"] + new_valid.sum(-1)
-                if st["method"].positions == "compact":
-                    mask, pe = self._stage(hidden, s["valid"], pos, cache, i, skip=False)
+                # Its cache holds the prefill's kept tokens, then every token decoded since, as the dense layers'
+                # does. Whatever was dropped since (assisted decoding crops rejected draft tokens, even some that
+                # the prefill verified) is gone from the cache and the attention mask alike: both are read afresh.
+                cached = cache.get_seq_length(i)
+                kept = min(cached, s["valid"].shape[1])  # of the prefill's tokens
+                new = cached + q - kept
+                valid = torch.cat([s["valid"][:, :kept], attention_mask[:, -new:].bool() if attention_mask is not None
+                                   else torch.ones(B, new, dtype=torch.bool, device=dev)], dim=1)
+                if st["method"].positions == "compact":  # numbered on from the stage's own tokens
+                    pos = valid.long().cumsum(-1)[:, -q:] - 1
+                    mask, pe = self._stage(hidden, valid, pos, cache, i, skip=False)
                 else:  # the same positions: only the mask is new
-                    mask = self._stage(hidden, s["valid"], positions0, cache, i, skip=False, rope=False)[0]
+                    mask = self._stage(hidden, valid, positions0, cache, i, skip=False, rope=False)[0]
             hidden = layer(hidden, attention_mask=mask, position_ids=_layer_ids(positions0), use_cache=use_cache,
                            position_embeddings=pe, **{CACHE: cache}, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
