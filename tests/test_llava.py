@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 from helpers import N_VISUAL, batch, sample, tiny_llava
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
@@ -228,43 +228,6 @@ def test_beam_search_reorders_the_shorter_caches_consistently(llama):
         ids = llama.generate(**inputs, **beams)[:, -5:]
         for b in range(2):
             assert torch.equal(llama.generate(**sample(inputs, b), **beams)[0, -5:], ids[b])
-
-
-@pytest.mark.parametrize("positions", ["compact", "original"])
-def test_a_cropped_cache_decodes_as_if_the_cropped_tokens_never_came(llama, positions):
-    # Assisted decoding crops rejected draft tokens from every layer's cache, even some that the
-    # prefill verified with the prompt: the shorter stages' masks and positions must follow.
-    inputs = batch([4, 7], seed=3)
-    mask = inputs["attention_mask"]
-    draft = torch.tensor([[5, 6, 7], [8, 9, 10]])
-    with sparsevlm.sparsified(llama, PRESET.replace(positions=positions)):
-        cache = DynamicCache(config=llama.config.text_config)
-
-        def step(ids, m):
-            return llama(input_ids=ids, attention_mask=m, use_cache=True, **{CACHE: cache}).logits
-
-        prefill = llama(**inputs, use_cache=True, **{CACHE: cache}).logits
-        grown = torch.cat([mask, torch.ones_like(draft)], 1)
-        first = step(draft, grown)
-        cache.crop(-3)  # the draft is rejected ...
-        torch.testing.assert_close(step(draft, grown), first, atol=1e-5, rtol=0)  # ... and the same tokens again
-        cache.crop(-5)  # the draft and the prompt's last two tokens
-        again = step(inputs["input_ids"][:, -2:], mask)
-    torch.testing.assert_close(again, prefill[:, -2:], atol=1e-5, rtol=0)
-
-
-def test_assisted_generation_prunes_and_warns():
-    target, assistant = tiny_llava("llama"), tiny_llava("llama", seed=1)  # a poor assistant: many rejections
-    inputs = sample(batch([6], seed=4), 0)
-    dense = target.generate(**inputs, **GREEDY)
-    for kwargs in (dict(assistant_model=assistant), dict(prompt_lookup_num_tokens=2)):
-        assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), dense)  # transformers' own guarantee
-        with sparsevlm.sparsified(target, KEEP_ALL):  # shorter stages that keep everything: still the dense answer
-            with pytest.warns(UserWarning, match="first draft tokens .* among the raters"):
-                assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), dense)
-            assert not sparsevlm.report(target).dense
-    with sparsevlm.sparsified(assistant, PRESET):  # a sparsified assistant, cropped as the target accepts
-        assert torch.equal(target.generate(**inputs, assistant_model=assistant, **GREEDY), dense)
 
 
 def test_a_static_cache_runs_dense_and_says_so(llama):

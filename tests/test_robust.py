@@ -1,19 +1,22 @@
 """What users do beyond a plain forward: beams, chunked prefill, captured outputs, labels, copies,
-threads, memory, re-sparsifying with a bad config, and the notices for use_cache=False and right
-padding. Each test failed before its fix."""
+saving, threads, memory, assisted generation, re-sparsifying with a bad config, and the notices for
+use_cache=False and right padding. Each test failed before its fix."""
 import copy
 import gc
+import json
 import pickle
 import threading
 
 import pytest
 import torch
 from helpers import N_VISUAL, batch, sample, tiny_llava
+from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
 from sparsevlm.models import config_of
+from sparsevlm.models.staged import CACHE
 from sparsevlm.raters import select_raters
 
 torch.set_grad_enabled(False)
@@ -147,6 +150,55 @@ def test_a_deep_copy_is_an_independent_sparsified_model_and_pickling_says_what_t
     with pytest.raises(TypeError, match=r"cannot be pickled .* save model.state_dict\(\)"):
         pickle.dumps(model)
     sparsevlm.unsparsify(model)
+
+
+def test_save_pretrained_saves_the_dense_model_under_its_own_class_name(model, tmp_path):
+    inputs = batch([5])
+    dense = model(**inputs).logits
+    with sparsevlm.sparsified(model, PRESET):
+        model.save_pretrained(tmp_path)
+        assert type(model).__name__.startswith("Sparse") and config_of(model) == PRESET  # still sparsified
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert type(loaded) is LlavaForConditionalGeneration
+    torch.testing.assert_close(loaded(**inputs).logits, dense)
+
+
+@pytest.mark.parametrize("positions", ["compact", "original"])
+def test_a_cropped_cache_decodes_as_if_the_cropped_tokens_never_came(model, positions):
+    # Assisted decoding crops rejected draft tokens from every layer's cache, even some that the
+    # prefill verified with the prompt: the shorter stages' masks and positions must follow.
+    inputs = batch([4, 7], seed=3)
+    mask = inputs["attention_mask"]
+    draft = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    with sparsevlm.sparsified(model, PRESET.replace(positions=positions)):
+        cache = DynamicCache(config=model.config.text_config)
+
+        def step(ids, m):
+            return model(input_ids=ids, attention_mask=m, use_cache=True, **{CACHE: cache}).logits
+
+        prefill = model(**inputs, use_cache=True, **{CACHE: cache}).logits
+        grown = torch.cat([mask, torch.ones_like(draft)], 1)
+        first = step(draft, grown)
+        cache.crop(-3)  # the draft is rejected ...
+        torch.testing.assert_close(step(draft, grown), first, atol=1e-5, rtol=0)  # ... and the same tokens again
+        cache.crop(-5)  # the draft and the prompt's last two tokens
+        again = step(inputs["input_ids"][:, -2:], mask)
+    torch.testing.assert_close(again, prefill[:, -2:], atol=1e-5, rtol=0)
+
+
+def test_assisted_generation_prunes_and_warns():
+    target, assistant = tiny_llava("llama"), tiny_llava("llama", seed=1)  # a poor assistant: many rejections
+    inputs = sample(batch([6], seed=4), 0)
+    dense = target.generate(**inputs, **GREEDY)
+    for kwargs in (dict(assistant_model=assistant), dict(prompt_lookup_num_tokens=2)):
+        assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), dense)  # transformers' own guarantee
+        with sparsevlm.sparsified(target, KEEP_ALL):  # shorter stages that keep everything: still the dense answer
+            with pytest.warns(UserWarning, match="first draft tokens .* among the raters"):
+                assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), dense)
+            assert not sparsevlm.report(target).dense
+    with sparsevlm.sparsified(assistant, PRESET):  # a sparsified assistant, cropped as the target accepts
+        assert torch.equal(target.generate(**inputs, assistant_model=assistant, **GREEDY), dense)
 
 
 def test_one_model_serves_several_threads(model):

@@ -146,9 +146,20 @@ class SparseTop:
             per_call(self._sparsevlm)["report"] = last
         return sparsify(twin, cfg)
 
+    def save_pretrained(self, *args, **kwargs):
+        """Saves the dense model (sparsifying changes no weight) under its own class name, which
+        transformers writes into config.json as `architectures` for loaders that read it; sparsify
+        again after loading. (The class is swapped back while saving, as `unsparsify` would.)"""
+        sparse = type(self)
+        self.__class__ = sparse._sparsevlm_original
+        try:
+            return self.save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = sparse
+
     def __reduce_ex__(self, protocol):
         raise TypeError(f"a sparsified {type(self).__name__} cannot be pickled (its classes are made by sparsify): "
-                        f"save model.state_dict() or sparsevlm.unsparsify(model).save_pretrained(path), and call "
+                        f"save model.state_dict() or model.save_pretrained(path), and call "
                         f"sparsevlm.sparsify after loading")
 
 
