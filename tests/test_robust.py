@@ -201,6 +201,17 @@ def test_assisted_generation_prunes_and_warns():
         assert torch.equal(target.generate(**inputs, assistant_model=assistant, **GREEDY), dense)
 
 
+def test_a_model_split_across_devices_is_refused_and_offloading_is_not():
+    model = tiny_llava("llama")
+    model.hf_device_map = {"model.vision_tower": 0, "model.language_model.layers.0": 0,
+                           "model.language_model.layers.1": 1, "lm_head": 1}  # as from_pretrained(device_map=...)
+    with pytest.raises(ValueError, match=r"model runs on several devices \(0, 1; its device_map splits it\)"):
+        sparsevlm.sparsify(model, PRESET)
+    assert config_of(model) is None
+    model.hf_device_map = {"model": "cpu", "model.language_model.layers.1": "disk", "lm_head": "cpu"}  # offloaded
+    assert config_of(sparsevlm.sparsify(model, PRESET)) == PRESET
+
+
 def test_one_model_serves_several_threads(model):
     batches = [batch([4, 8], seed=s) for s in range(3)]
     sparsevlm.sparsify(model, PRESET)

@@ -11,7 +11,7 @@ from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
 from . import llava, qwen2_vl
-from .patching import per_call, unpatch
+from .patching import check_one_device, per_call, unpatch
 
 ADAPTERS = [llava, qwen2_vl]
 
@@ -44,6 +44,7 @@ def sparsify(model, cfg=None):
     adapter = _adapter(model)
     method = build(cfg, depth(model))  # default layers follow the model's depth
     adapter.check(model, method)
+    check_one_device(model)
     unsparsify(model)
     adapter.patch(model, method, {"cfg": cfg, "method": method, "method_name": type(method).__name__})
     return model

@@ -55,6 +55,21 @@ def check_layers(text, method) -> None:
                          f"this model has layers 0..{n - 1}")
 
 
+def check_one_device(model) -> None:
+    """Raise if the model's modules run on more than one device (a `device_map` across GPUs): the
+    staged decoder keeps the shortened sequence's layout on the device the prompt starts on.
+    Offloading is fine: accelerate runs modules mapped to "cpu" or "disk" on the main device."""
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        devices = {str(d) for d in placed.values()} - {"cpu", "disk"}
+    else:
+        devices = {str(p.device) for p in model.parameters()} - {"meta"}
+    if len(devices) > 1:
+        raise ValueError(f"model runs on several devices ({', '.join(sorted(devices))}; its device_map splits it): "
+                         f"a pruned prefill keeps the shortened sequence on one device. Load the model on one "
+                         f"device (device_map={{'': 0}}; offloading to 'cpu' or 'disk' is fine)")
+
+
 #: the profiler range that marks the method's own work (counted by `sparsevlm bench --profile`)
 METHOD_RANGE = "sparsevlm::method"
 
