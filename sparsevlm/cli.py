@@ -396,6 +396,10 @@ def show(args) -> int:
     if args.model:
         check_prompt(args.prompt)
     visual = {"videos": [_frames(args.video)]} if args.video else {"images": _image(args.image)}
+    if not args.model and args.image and visual["images"].shape[:2] != (toy.IMAGE, toy.IMAGE):
+        h, w = visual["images"].shape[:2]
+        raise CliError(f"--image {args.image}: {w}×{h} pixels; the embedded model reads its own {toy.IMAGE}×{toy.IMAGE} "
+                       f"synthetic scenes (its processor does not resize); give --model PATH for a real checkpoint")
     model, processor = load_model(args.model, args.device, args.dtype)
     if args.video and (getattr(processor, "video_processor", None) is None
                        or getattr(model.config, "video_token_id", None) is None):

@@ -55,6 +55,9 @@ def test_show_draws_the_kept_tokens(capsys, tmp_path):
                        "--budget", "64", "--out", str(tmp_path / "fig.png"))
     assert code == 0 and out.startswith("dense : ") and "SparseVLM: visual tokens [64]" in out
     assert (tmp_path / "fig.png").stat().st_size > 0
+    Image.new("RGB", (640, 480)).save(tmp_path / "photo.png")
+    code, _, err = run(capsys, "show", "--image", str(tmp_path / "photo.png"), "--question", "what color is the circle")
+    assert code == 1 and "--image" in err and "640×480 pixels; the embedded model reads its own 96×96" in err
 
 
 def test_flops_prints_the_paper_table_and_the_three_counts(capsys):

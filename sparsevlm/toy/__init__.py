@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..utils import shipped_path
-from .data import QUESTION_TYPES, REGION_TYPES, make_dataset, naming_words, prompt
+from .data import IMAGE, QUESTION_TYPES, REGION_TYPES, make_dataset, naming_words, prompt
 from .tensors import planted_example, walkthrough
 
 # LLaVA-1.5-7B prunes after layers 2, 6, 15 (presets) or 2, 6, 15, 19 (rank mode) of 32, i.e.
@@ -84,4 +84,4 @@ def eval_split(path: str | Path = CHECKPOINT, limit: int | None = None) -> list[
 
 
 __all__ = ["load", "preset", "rank_config", "TOY_LAYERS", "TOY_RANK_LAYERS", "eval_split", "write_eval_split", "make_dataset", "planted_example", "walkthrough",
-           "QUESTION_TYPES", "REGION_TYPES", "CHECKPOINT", "naming_words"]
+           "IMAGE", "QUESTION_TYPES", "REGION_TYPES", "CHECKPOINT", "naming_words"]
