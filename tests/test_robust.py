@@ -130,7 +130,7 @@ def test_nothing_outlives_generate(model):
         model.generate(**inputs, **GREEDY)
         assert _caches() == before  # the shortened KV cache is collectable once generate returns
         out = model.generate(**inputs, **GREEDY, return_dict_in_generate=True)
-        cont = model.generate(out.sequences, attention_mask=torch.ones_like(out.sequences), cache=out.cache,
+        cont = model.generate(out.sequences, attention_mask=torch.ones_like(out.sequences), **{CACHE: getattr(out, CACHE)},
                               **GREEDY)  # a cache the caller keeps still decodes with its stages
         assert cont.shape[1] == out.sequences.shape[1] + 4
 
