@@ -209,7 +209,8 @@ def swap_class(module, mixin) -> None:
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
     except ImportError:
         return
-    _CAN_RECORD_REGISTRY[module] = cls._can_record_outputs
+    # keyed by the class's name (transformers >= 5.23 derives that key from the model itself; a plain dict before)
+    dict.__setitem__(_CAN_RECORD_REGISTRY, str(module.__class__), cls._can_record_outputs)
 
 
 #: where this thread's rotary embeddings are being captured (a pruning layer's "capture"), or None

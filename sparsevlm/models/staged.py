@@ -289,9 +289,9 @@ class SparseTextModel:
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if i in starts:  # a shorter stage: its own mask, and its own positions when compact
                 s = starts[i]
-                # Its cache holds the prefill's kept tokens, then every token decoded since, as the dense layers'
-                # does. Whatever was dropped since (assisted decoding crops rejected draft tokens, even some that
-                # the prefill verified) is gone from the cache and the attention mask alike: both are read afresh.
+                # Its cache holds the prefill's kept tokens, then every token decoded since (as the dense layers'
+                # caches do). What was dropped since (assisted decoding crops rejected draft tokens, even ones
+                # that the prefill verified) is gone from the cache and the attention mask alike: read both afresh.
                 cached = cache.get_seq_length(i)
                 kept = min(cached, s["valid"].shape[1])  # of the prefill's tokens
                 new = cached + q - kept
