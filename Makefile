@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 LMMS_EVAL ?= lmms-eval==0.7.3
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-.PHONY: install demo test unit notebooks bench gpu-check run-notebooks lab lock clean docs browser
+.PHONY: install demo test unit versions notebooks bench gpu-check run-notebooks lab lock clean docs browser
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,14 @@ gpu-check:
 
 unit: install
 	$(PY) -m pytest tests
+
+# The unit tests against older transformers releases (~5 min each), each installed on its own in
+# build/ and put ahead of the venv's: pyproject's floor is the oldest that passes.
+TRANSFORMERS_VERSIONS ?= 5.19.0 5.20.2 5.21.1 5.22.2 5.23.0
+versions: install
+	for v in $(TRANSFORMERS_VERSIONS); do \
+	  $(PY) -m pip install -q --no-deps --target build/transformers-$$v transformers==$$v && \
+	  PYTHONPATH=build/transformers-$$v $(PY) -m pytest -q -p no:cacheprovider tests || exit 1; done
 
 notebooks: install
 	$(PY) -m pytest $(NBVAL) notebooks
