@@ -25,6 +25,7 @@ torch.set_grad_enabled(False)
 
 KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 3), schedule=(N_VISUAL, 1000), recycle=False)
 PRESET = SparseVLMConfig.preset(64, pruning_layers=(1, 2, 4), schedule=(40, 20, 10))
+RANK = SparseVLMConfig(pruning_layers=(1, 3), scale=3.0)
 VISIONZIP = sparsevlm.VisionZipConfig(dominant=12, contextual=4)
 TOME = sparsevlm.ToMeConfig(keep=20)
 GREEDY = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
@@ -136,8 +137,8 @@ def test_nothing_outlives_generate(model):
         model.generate(**inputs, **GREEDY)
         assert _caches() == before  # the shortened KV cache is collectable once generate returns
         out = model.generate(**inputs, **GREEDY, return_dict_in_generate=True)
-        cont = model.generate(out.sequences, attention_mask=torch.ones_like(out.sequences), **{CACHE: getattr(out, CACHE)},
-                              **GREEDY)  # a cache the caller keeps still decodes with its stages
+        cont = model.generate(out.sequences, attention_mask=torch.ones_like(out.sequences),
+                              **{CACHE: getattr(out, CACHE)}, **GREEDY)  # a kept cache still decodes with its stages
         assert cont.shape[1] == out.sequences.shape[1] + 4
 
 
@@ -193,16 +194,24 @@ def test_a_cropped_cache_decodes_as_if_the_cropped_tokens_never_came(model, posi
     torch.testing.assert_close(again, prefill[:, -2:], atol=1e-5, rtol=0)
 
 
-def test_assisted_generation_prunes_and_warns():
+def test_assisted_generation_decides_as_without_an_assistant():
+    # Its first forward holds the prompt and the first draft: the prompt alone is pruned, the draft
+    # decoded after it, so the draft rates nothing and the answer is the one without an assistant.
     target, assistant = tiny_llava("llama"), tiny_llava("llama", seed=1)  # a poor assistant: many rejections
     inputs = sample(batch([6], seed=4), 0)
     dense = target.generate(**inputs, **GREEDY)
     for kwargs in (dict(assistant_model=assistant), dict(prompt_lookup_num_tokens=2)):
         assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), dense)  # transformers' own guarantee
-        with sparsevlm.sparsified(target, KEEP_ALL):  # shorter stages that keep everything: still the dense answer
-            with pytest.warns(UserWarning, match="first draft tokens .* among the raters"):
-                assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), dense)
-            assert not sparsevlm.report(target).dense
+        for cfg in (KEEP_ALL, PRESET, RANK):
+            with sparsevlm.sparsified(target, cfg):
+                alone = target.generate(**inputs, **GREEDY)
+                rep = sparsevlm.report(target)
+                assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), alone)
+                assisted = sparsevlm.report(target)  # the prompt's prefill: its tokens, raters and decisions
+                assert torch.equal(assisted.n_tokens, rep.n_tokens) and assisted.raters == rep.raters
+                assert [step["kept"] for step in assisted.steps] == [step["kept"] for step in rep.steps]
+            if cfg is KEEP_ALL:
+                assert torch.equal(alone, dense)
     with sparsevlm.sparsified(assistant, PRESET):  # a sparsified assistant, cropped as the target accepts
         assert torch.equal(target.generate(**inputs, assistant_model=assistant, **GREEDY), dense)
 

@@ -104,8 +104,10 @@ class SparseTop:
 
     - `generate(prefill_chunk_size=k)` with a prompt longer than k runs dense (said in the report):
       pruning needs the whole prompt in one forward.
-    - Assisted generation (`assistant_model=`, `prompt_lookup_num_tokens=`) is pruned, with a warning:
-      its first forward holds the prompt and the first draft tokens, which rate the visual tokens too.
+    - Assisted generation (`assistant_model=`, `prompt_lookup_num_tokens=`): its first forward holds
+      the prompt and the assistant's first draft. The prompt's length is kept for the call, so that the
+      staged decoder prunes the prompt alone and takes the draft as a first decoding step: the same
+      decisions as without an assistant.
     - `labels=`: outputs are aligned with the input positions; a position whose token was pruned
       predicts nothing, so its next label is left out of the loss (the seam: `loss_function`).
     """
@@ -126,15 +128,16 @@ class SparseTop:
             warnings.warn("generate(use_cache=False) with a sparsified model prunes again at every step, with the "
                           "tokens generated so far among the raters: answers differ from the cached run, and nothing "
                           "is saved", stacklevel=2)
-        if kwargs.get("assistant_model") is not None or option("prompt_lookup_num_tokens") or \
-                option("assistant_early_exit"):
-            warnings.warn("assisted generation verifies the first draft tokens in the same forward as the prompt: "
-                          "they are among the raters that decide what a sparsified model prunes, so answers can differ "
-                          "from generate without an assistant", stacklevel=2)
+        prompt = ids if ids is not None else kwargs.get("inputs_embeds")
+        assisted = kwargs.get("assistant_model") is not None or option("prompt_lookup_num_tokens") or \
+            option("assistant_early_exit")
+        before = call.get("prompt_len")  # (a sparsified model may be its own assistant: its generate nests)
+        call["prompt_len"] = prompt.shape[1] if assisted and prompt is not None else None
         try:
             return super().generate(*args, **kwargs)
         finally:
             call.pop("dense_reason", None)
+            call["prompt_len"] = before
 
     @property
     def loss_function(self):

@@ -16,6 +16,8 @@ where the visual tokens are and how positions work; methods add only what to kee
   and the attention mask at every step, so a cache cropped between steps (assisted decoding drops
   rejected draft tokens) stays consistent. A new token's position there is the count of the stage's
   tokens before it (compact positions, as the reference) or the model's own (original positions).
+- Assisted generation's first forward holds the prompt and the assistant's first draft: it runs as
+  the prompt's prefill, then the draft's first decoding step (the draft rates nothing).
 - Outputs are aligned with the input positions; pruned positions get zeros.
 """
 from __future__ import annotations
@@ -101,8 +103,34 @@ class SparseTextModel:
         if reason is not None:
             return self._dense(reason, is_prefill, vis_mask, input_ids, attention_mask, position_ids, cache,
                                inputs_embeds, use_cache, kwargs)
+        n = call.get("prompt_len")
+        if n is not None and n < inputs_embeds.shape[1] and cache is not None:  # assisted: the prompt, then a draft
+            return self._prompt_then_draft(n, inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
+                                           use_cache, kwargs, frames)
         return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
                                     use_cache, kwargs, frames)
+
+    def _prompt_then_draft(self, n, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache,
+                           kwargs, frames):
+        """Assisted generation verifies the assistant's first draft in the same forward as the prompt
+        (its first `n` tokens). The prompt alone is the prefill, pruned as without an assistant (the
+        draft rates nothing), and the draft is the first decoding step on the shortened cache."""
+        B, L = hidden.shape[:2]
+
+        def prompt(t):  # per-token tensors (B, L, ...) cut to the prompt; positions (.., B, L) too
+            if t is None or not isinstance(t, torch.Tensor):
+                return t
+            return t[:, :n] if t.shape[:2] == (B, L) else t[..., :n]
+
+        first = self._sparse_prefill(prompt(hidden), prompt(vis_mask), {k: prompt(v) for k, v in vision.items()},
+                                     prompt(attention_mask), prompt(position_ids), cache, use_cache, kwargs,
+                                     prompt(frames))
+        cache = getattr(first, CACHE)
+        draft = self.forward(inputs_embeds=hidden[:, n:], attention_mask=attention_mask, use_cache=use_cache,
+                             position_ids=None if position_ids is None else position_ids[..., n:], **{CACHE: cache},
+                             **kwargs)  # not a prefill: it decodes on the stages the prompt left
+        out = torch.cat([first.last_hidden_state, draft.last_hidden_state], 1)
+        return BaseModelOutputWithPast(last_hidden_state=out, **{CACHE: cache})
 
     def _dense(self, reason, is_prefill, vis_mask, input_ids, attention_mask, position_ids, cache, inputs_embeds,
                use_cache, kwargs):
