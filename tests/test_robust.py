@@ -202,7 +202,7 @@ def test_assisted_generation_decides_as_without_an_assistant():
     dense = target.generate(**inputs, **GREEDY)
     for kwargs in (dict(assistant_model=assistant), dict(prompt_lookup_num_tokens=2)):
         assert torch.equal(target.generate(**inputs, **kwargs, **GREEDY), dense)  # transformers' own guarantee
-        for cfg in (KEEP_ALL, PRESET, RANK):
+        for cfg in (KEEP_ALL, PRESET, RANK, VISIONZIP):  # (VisionZip: prunes the input, reads the tower)
             with sparsevlm.sparsified(target, cfg):
                 alone = target.generate(**inputs, **GREEDY)
                 rep = sparsevlm.report(target)
