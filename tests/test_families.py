@@ -1,4 +1,5 @@
-"""LLaVA-NeXT and LLaVA-OneVision (images and video): tiny random models built in-process. The same
+"""LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA and LLaVA-NeXT-Video (images and video): tiny random
+models built in-process. The same
 properties as LLaVA-1.5: keep-all equals dense, batched equals each sample alone (images of
 different sizes, so different visual counts), the report accounts for every visual token, the
 shorter KV caches decode, unsparsify restores the dense model exactly."""
@@ -53,20 +54,37 @@ def video_batch(model, text_lens, seed=0):
     g = torch.Generator().manual_seed(seed)
     B = len(text_lens)
     frames = torch.randn(B, 4, 3, 16, 16, generator=g)
-    n = model.model.get_video_features(frames[:1], return_dict=True).pooler_output.shape[1]
+    features = model.model.get_video_features(frames[:1], return_dict=True).pooler_output  # (frames or 1, n, D)
+    n = features.numel() // features.shape[-1]
     rows = [[1, 7] + [VIDEO] * n + torch.randint(10, 128, (t,), generator=g).tolist() for t in text_lens]
     full = rows_to_batch(rows, {"pixel_values_videos": frames})
     alone = [rows_to_batch([r], {"pixel_values_videos": frames[b:b + 1]}) for b, r in enumerate(rows)]
     return full, alone, [n] * B
 
 
-BATCHES = [("next", image_batch), ("onevision", image_batch), ("onevision", video_batch)]
-BATCH_IDS = ["next-images", "onevision-images", "onevision-video"]
+def plain_image_batch(model, text_lens, seed=0):
+    """One image per row, the tower's own size (Video-LLaVA: one grid of patches per image)."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(text_lens)
+    pixels = torch.randn(B, 3, 16, 16, generator=g)
+    n = model.model.get_image_features(pixels[:1], return_dict=True).pooler_output.shape[1]
+    rows = [[1, 7, 8] + [IMAGE] * n + torch.randint(10, 128, (t,), generator=g).tolist() for t in text_lens]
+    full = rows_to_batch(rows, {"pixel_values": pixels})
+    alone = [rows_to_batch([r], {"pixel_values": pixels[b:b + 1]}) for b, r in enumerate(rows)]
+    return full, alone, [n] * B
+
+
+BATCHES = [("next", image_batch), ("onevision", image_batch), ("onevision", video_batch),
+           ("video-llava", video_batch), ("video-llava", plain_image_batch), ("next-video", video_batch),
+           ("next-video", image_batch)]
+BATCH_IDS = ["next-images", "onevision-images", "onevision-video", "video-llava-video", "video-llava-images",
+             "next-video-video", "next-video-images"]
+READ_THE_TOWER = ["next", "onevision", "video-llava", "next-video"]  # all but LLaVA-1.5 refuse such methods
 
 
 @pytest.fixture(scope="module")
 def models():
-    return {"next": tiny("next"), "onevision": tiny("onevision")}
+    return {name: tiny(name) for name in READ_THE_TOWER}
 
 
 @pytest.mark.parametrize("family,make", BATCHES, ids=BATCH_IDS)
@@ -108,14 +126,16 @@ def test_an_image_and_a_video_in_one_prompt_are_one_visual_set(models):
     assert rep.n_visual.tolist() == [n_img[0] + n_vid[0]] and len(rep.steps[-1]["kept"][0]) == 10  # one budget
 
 
-@pytest.mark.parametrize("family", ["next", "onevision"])
+@pytest.mark.parametrize("family", READ_THE_TOWER)
 def test_methods_that_read_the_vision_tower_are_refused(models, family):
     model = models[family]
-    with pytest.raises(ValueError, match=f"{type(model).__name__} builds its features from high-resolution crops"):
+    why = ("encodes images and video frames with two towers" if family == "video-llava"
+           else "builds its features from high-resolution crops")
+    with pytest.raises(ValueError, match=f"reads the vision tower's .*{type(model).__name__} {why}"):
         sparsevlm.sparsify(model, sparsevlm.VisionZipConfig())
-    with pytest.raises(ValueError, match=f"{type(model).__name__} builds its features from high-resolution crops"):
+    with pytest.raises(ValueError, match=f"reads the vision tower's .*{type(model).__name__} {why}"):
         sparsevlm.sparsify(model, sparsevlm.VisPrunerConfig())
-    with pytest.raises(ValueError, match=f"pools one square grid .* {type(model).__name__} lays out"):
+    with pytest.raises(ValueError, match=f"pools one square grid .* {type(model).__name__} {why}"):
         sparsevlm.sparsify(model, sparsevlm.PoolingConfig())
     assert not hasattr(model, "_sparsevlm")
 
@@ -148,3 +168,18 @@ def test_budget_per_span_gives_each_onevision_video_frame_its_share(models):
     for k in kept:
         frames = (torch.tensor(k) // 4).clamp(max=3)
         assert torch.bincount(frames, minlength=4).tolist() == [2, 2, 2, 3]
+
+
+@pytest.mark.parametrize("family,per", [("video-llava", 17), ("next-video", 4)])
+def test_budget_per_span_gives_each_video_frame_its_share(models, family, per):
+    """Video-LLaVA: each of 4 frames is its 4×4 patches and its [CLS] token (17); LLaVA-NeXT-Video:
+    each frame pooled 2×2 (4), no newline. With budget_per="span" each frame keeps an equal share."""
+    model = models[family]
+    inputs, _, counts = video_batch(model, [4, 14])
+    assert counts == [4 * per] * 2
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(1,), schedule=(8,), recycle=False, budget_per="span")
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        kept = sparsevlm.report(model).steps[0]["kept"]
+    for k in kept:
+        assert torch.bincount(torch.tensor(k) // per, minlength=4).tolist() == [2, 2, 2, 2]

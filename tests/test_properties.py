@@ -167,14 +167,15 @@ def test_random_models_and_batches(model_seed):
         check_case(model, inputs, alone, cfg, keep_all, f"model {model_seed} case {case}: {cfg!r}")
 
 
-FAMILIES, FAMILY_CASES = ["next", "onevision", "qwen2-vl", "qwen2.5-vl"], 40  # 160 cases
+FAMILIES, FAMILY_CASES = ["next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl"], 40  # 240 cases
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_random_batches_on_other_families(family):
-    """The same properties on LLaVA-NeXT, OneVision (images, video) and Qwen2-VL/2.5-VL (M-RoPE, images,
-    video), with the methods each family supports and the position modes it allows."""
-    from test_families import image_batch, video_batch
+    """The same properties on LLaVA-NeXT, OneVision, Video-LLaVA, LLaVA-NeXT-Video (images, video) and
+    Qwen2-VL/2.5-VL (M-RoPE, images, video), with the methods each family supports and the position
+    modes it allows."""
+    from test_families import image_batch, plain_image_batch, video_batch
     from test_qwen_vl import batch as qwen_batch
 
     from sparsevlm.toy.families import IMAGE as FAMILY_IMAGE
@@ -192,7 +193,8 @@ def test_random_batches_on_other_families(family):
             grids = [(rng.choice([2, 4]) if video else 1, 2 * rng.randint(2, 5), 2 * rng.randint(2, 5)) for _ in lens]
             inputs, alone = qwen_batch(grids, lens, video, seed=case)
         else:
-            inputs, alone, _ = (video_batch if video else image_batch)(model, lens, seed=case)
+            images = plain_image_batch if family == "video-llava" else image_batch
+            inputs, alone, _ = (video_batch if video else images)(model, lens, seed=case)
         n_visual = int(((inputs["input_ids"] == FAMILY_IMAGE) | (inputs["input_ids"] == FAMILY_VIDEO)).sum(-1).min())
         method = rng.choice(["sparsevlm", "random", "fastv", "pdrop"])
         positions = "original" if qwen else rng.choice(["compact", "original"])

@@ -1,17 +1,19 @@
 """Adapter for the LLaVA family of transformers 5.x — `LlavaForConditionalGeneration` (LLaVA-1.5),
-`LlavaNextForConditionalGeneration` (LLaVA-NeXT) and `LlavaOnevisionForConditionalGeneration`
-(LLaVA-OneVision, images and video) — with a Llama, Mistral, Qwen2 or Qwen3 text model and full
-attention. All three use 1D RoPE.
+`LlavaNextForConditionalGeneration` (LLaVA-NeXT), `LlavaOnevisionForConditionalGeneration`
+(LLaVA-OneVision, images and video), `VideoLlavaForConditionalGeneration` (Video-LLaVA, the video
+model of the SparseVLM paper) and `LlavaNextVideoForConditionalGeneration` (LLaVA-NeXT-Video) — with
+a Llama, Mistral, Qwen2 or Qwen3 text model and full attention. All use 1D RoPE.
 
 One seam is used here, nothing is vendored: `get_placeholder_mask` (where the image and video
 features are spliced in) records which positions hold visual tokens: image and video tokens alike,
-several images per prompt, a video's frames one after the other (OneVision: each frame a span of its
-own for per-frame budgets). LLaVA-NeXT and OneVision end each row of
-their high-resolution grid with an `image_newline` token; it is a visual token here, scored and
+several images per prompt, a video's frames one after the other (each frame a span of its own for
+per-frame budgets: `FRAMES` says how many tokens a frame has). LLaVA-NeXT and OneVision end each row
+of their high-resolution grid with an `image_newline` token; it is a visual token here, scored and
 pruned like any other (it carries image features too — the learned separator — and the reference
-code has no rule for it). For methods that read the vision tower (VisionZip/ToMe-style) its
-[CLS] attention and keys are captured at the feature layer: LLaVA-1.5 only, where each image
-feature is one tower patch. The decoder loop in stages is `staged.py`'s.
+code has no rule for it); so is the [CLS] token that Video-LLaVA keeps at the start of each frame.
+For methods that read the vision tower (VisionZip/ToMe-style) its [CLS] attention and keys are
+captured at the feature layer: LLaVA-1.5 only, where each image feature is one tower patch. The
+decoder loop in stages is `staged.py`'s.
 """
 from __future__ import annotations
 
@@ -25,15 +27,46 @@ from .patching import Clock, SparsePlaceholders, SparseTop, check_layers, instal
 
 #: position modes the family allows (the first is the default of configs built for it)
 POSITIONS = ("compact", "original")
-SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration or "
-             "LlavaOnevisionForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model")
+SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, "
+             "LlavaOnevisionForConditionalGeneration, VideoLlavaForConditionalGeneration or "
+             "LlavaNextVideoForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model")
+#: why a family has no single grid of one feature per vision-tower patch per image (all but LLaVA-1.5)
+NOT_ONE_GRID = {
+    "llava_next": "builds its features from high-resolution crops (pooled, with newline tokens)",
+    "llava_onevision": "builds its features from high-resolution crops (pooled, with newline tokens)",
+    "llava_next_video": "builds its features from high-resolution crops (pooled, with newline tokens) and pools "
+                        "its video frames",
+    "video_llava": "encodes images and video frames with two towers and keeps each frame's [CLS] token",
+}
 
 
 def _families():
     from transformers import (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
-                              LlavaOnevisionForConditionalGeneration)
+                              LlavaNextVideoForConditionalGeneration, LlavaOnevisionForConditionalGeneration,
+                              VideoLlavaForConditionalGeneration)
 
-    return LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration
+    return (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration,
+            VideoLlavaForConditionalGeneration, LlavaNextVideoForConditionalGeneration)
+
+
+def frame_tokens(config) -> tuple[int, bool]:
+    """A video's layout in the language model, from the model's config: tokens per frame, and
+    whether one newline token closes the video (counted with its last frame).
+
+    - OneVision: each frame's patch grid pooled to ⌈side / 2⌉², then one newline for the video;
+    - Video-LLaVA: each frame's side² patches and its [CLS] token (the video tower's features keep it);
+    - LLaVA-NeXT-Video: each frame's grid pooled by `spatial_pool_stride`, ⌊side / stride⌋².
+    """
+    vc = config.vision_config
+    side = vc.image_size // vc.patch_size
+    kind = config.model_type
+    if kind == "llava_onevision":
+        return math.ceil(side / 2) ** 2, True
+    if kind == "video_llava":
+        return side * side + 1, False
+    if kind == "llava_next_video":
+        return (side // config.spatial_pool_stride) ** 2, False
+    raise ValueError(f"model_type {kind!r} reads no video")
 
 
 def unsupported_reason(model) -> str | None:
@@ -113,15 +146,16 @@ class _SparseLlavaModel(SparsePlaceholders):
                 call["vision"] = self._vision_per_token(signals, vis)
 
     def _frames(self, video):
-        """OneVision: a video is its frames' pooled grids, ceil(side / 2)² tokens each, one after the
-        other, then one newline token, counted here with the last frame."""
-        vc = self.config.vision_config
-        per = math.ceil(vc.image_size // vc.patch_size / 2) ** 2
+        """A video is its frames' tokens, `frame_tokens` each, one after the other; OneVision's closing
+        newline token is counted with the last frame."""
+        per, newline = frame_tokens(self.config)
         idx = torch.arange(video.shape[1], device=video.device).expand_as(video)
         start = video & ~torch.nn.functional.pad(video, (1, 0))[:, :-1]
         offset = idx - idx.where(start, 0).cummax(-1).values  # place within its video
-        last = video & ~torch.nn.functional.pad(video, (0, 1))[:, 1:]
-        frame = offset // per - (last & (offset > 0) & (offset % per == 0)).long()
+        frame = offset // per
+        if newline:  # the token after the last frame's grid is the newline: it belongs to that frame
+            last = video & ~torch.nn.functional.pad(video, (0, 1))[:, 1:]
+            frame = frame - (last & (offset > 0) & (offset % per == 0)).long()
         return frame.where(video, -1)
 
     def _vision_per_token(self, signals, vis):
@@ -143,15 +177,14 @@ class _SparseLlavaModel(SparsePlaceholders):
 def check(model, method) -> None:
     """Raise if `method` cannot run on `model`; touches nothing (sparsify checks before it patches)."""
     check_layers(model.model.language_model, method)
-    if method.needs_grid and isinstance(model, _families()[1:]):
-        raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; "
-                         f"{type(model).__name__} lays out high-resolution crops with newline tokens. Use "
-                         f"DivPrune, CDPruner or a method that prunes inside the language model")
+    name, why = type(model).__name__, NOT_ONE_GRID.get(model.config.model_type)
+    if method.needs_grid and why:
+        raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} {why}. "
+                         f"Use DivPrune, CDPruner or a method that prunes inside the language model")
     if method.needs_vision:
-        if isinstance(model, _families()[1:]):
+        if why:
             raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention for each image "
-                             f"feature; {type(model).__name__} builds its features from high-resolution crops "
-                             f"(pooled, with newline tokens), not one per tower patch. Use a method that prunes "
+                             f"feature; {name} {why}, not one feature per tower patch. Use a method that prunes "
                              f"inside the language model (SparseVLM, FastV, PyramidDrop, random)")
         vision_attention(model)
 

@@ -1,11 +1,11 @@
 """Tiny random models of each supported family, built in-process (no download, milliseconds on a
 CPU): for tests, and for the course's notebook on model families. Same shapes everywhere: a
-4-layer text model, hidden 64, 4 heads and 2 key/value heads."""
+4-layer text model, hidden 64, 4 heads and 2 key/value heads; 16-pixel views of 4-pixel patches."""
 from __future__ import annotations
 
 import torch
 
-FAMILIES = ("next", "onevision", "qwen2-vl", "qwen2.5-vl")
+FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl")
 IMAGE, VIDEO, START, END = 3, 4, 5, 6  # special token ids of the tiny models
 PINPOINTS = [[16, 32], [32, 16], [32, 32]]
 
@@ -19,12 +19,21 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
     torch.manual_seed(seed)
     text = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, pad_token_id=0, initializer_range=0.2)
+    clip = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16,
+                patch_size=4)
     if family == "next":
-        vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                     image_size=16, patch_size=4)
         model = tf.LlavaNextForConditionalGeneration(tf.LlavaNextConfig(
-            vision_config=vision, text_config=tf.LlamaConfig(**text), image_token_id=IMAGE,
+            vision_config=tf.CLIPVisionConfig(**clip), text_config=tf.LlamaConfig(**text), image_token_id=IMAGE,
             image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1, vision_feature_select_strategy="default"))
+    elif family == "video-llava":  # an image: 4×4 patches; a video: per frame its 4×4 patches and [CLS]
+        model = tf.VideoLlavaForConditionalGeneration(tf.VideoLlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**clip), text_config=tf.LlamaConfig(**text), image_token_id=IMAGE,
+            video_token_id=VIDEO, vision_feature_layer=-1, vision_feature_select_strategy="default"))
+    elif family == "next-video":  # images as NeXT; a video: per frame its 4×4 patches pooled 2×2
+        model = tf.LlavaNextVideoForConditionalGeneration(tf.LlavaNextVideoConfig(
+            vision_config=tf.CLIPVisionConfig(**clip), text_config=tf.LlamaConfig(**text), image_token_id=IMAGE,
+            video_token_id=VIDEO, image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
+            vision_feature_select_strategy="default", spatial_pool_stride=2))
     elif family == "onevision":
         vision = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4, image_size=16, patch_size=4)
