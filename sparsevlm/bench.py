@@ -103,6 +103,34 @@ def llava_onevision_7b_config():
         image_token_id=151646, video_token_id=151647)
 
 
+def video_llava_7b_config():
+    """LanguageBind/Video-LLaVA-7B-hf's architecture (LanguageBind's CLIP ViT-L/14 towers at 224 for
+    images and video frames, Vicuna-7B), no weights: the video model of the SparseVLM paper."""
+    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+
+    return VideoLlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                       num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768),
+        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=32, pad_token_id=0),
+        image_token_id=32000, video_token_id=32001, vision_feature_layer=-2, vision_feature_select_strategy="default")
+
+
+def llava_next_video_7b_config():
+    """llava-hf/LLaVA-NeXT-Video-7B-hf's architecture (CLIP ViT-L/14-336 with anyres crops for
+    images, each video frame average-pooled 2×2; Vicuna-7B), no weights."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
+
+    return LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=32, pad_token_id=0),
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        image_token_id=32001, video_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        spatial_pool_mode="average", spatial_pool_stride=2)
+
+
 def qwen2_5_vl_7b_config(text_hidden: int = 3584):
     """Qwen/Qwen2.5-VL-7B-Instruct's architecture (window-attention ViT, 2×2 token merging,
     Qwen2.5-7B with M-RoPE), no weights. `text_hidden` < 3584 narrows the language model (head

@@ -1,7 +1,8 @@
 """sparsevlm — SparseVLM and its baselines on LLaVA models, from the command line.
 
 Every subcommand runs on the embedded toy model by default (offline, CPU) and on a local checkpoint
-folder with --model PATH: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL.
+folder with --model PATH: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA, LLaVA-NeXT-Video,
+Qwen2-VL or Qwen2.5-VL.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .utils import device_problem, positive_int
 METHOD_NAMES = ("dense", "sparsevlm", *BASELINES)
 BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
-MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "video_llava", "llava_next_video", "qwen2_vl", "qwen2_5_vl")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,8 +149,8 @@ def method_config(model, method: str, budget: int | None = None, tokens: float |
 
 def add_model_args(p, methods: bool = True) -> None:
     p.add_argument("--model", metavar="PATH", default=None,
-                   help="local checkpoint folder of LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL or Qwen2.5-VL "
-                        "(default: the embedded toy model)")
+                   help="local checkpoint folder of LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA, "
+                        "LLaVA-NeXT-Video, Qwen2-VL or Qwen2.5-VL (default: the embedded toy model)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="model dtype (default float32)")
     if methods:
@@ -224,13 +225,11 @@ def _frames(paths: list[str]):
 def kept_figure(model, processor, inputs, rep, title: str):
     """The kept tokens of sample 0's first image (or, without images, its first video, frame by
     frame) over what the model saw: the whole image for LLaVA-1.5 and Qwen2/2.5-VL, the whole-image
-    view (before the high-resolution crops) for LLaVA-NeXT and OneVision, each frame of a OneVision
-    or Qwen video."""
-    import math
-
+    view (before the high-resolution crops) for LLaVA-NeXT and OneVision, each frame of a video."""
     import numpy as np
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+    from .models.llava import frame_layout
     from .plots import draw_kept, model_view, qwen_frames
 
     vision = model.config.vision_config
@@ -244,10 +243,10 @@ def kept_figure(model, processor, inputs, rep, title: str):
         frames = qwen_frames(pixels[:t * h * w], grid_thw[0], vision, mean, std)
         m = vision.spatial_merge_size
         return draw_kept(frames, rep, title=title + (" (frame by frame)" if video else ""), grid=(h // m, w // m))
-    if video:  # OneVision: (B, frames, 3, H, W); each frame pooled to a ceil(side / 2) grid
-        side = math.ceil(vision.image_size // vision.patch_size / 2)
+    if video:  # OneVision, Video-LLaVA, LLaVA-NeXT-Video: (B, frames, 3, H, W), each frame a grid of tokens
+        side, lead, _ = frame_layout(model.config)
         frames = np.stack([model_view(processor, f) for f in pixels[0]])
-        return draw_kept(frames, rep, title=title + " (frame by frame)", grid=side)
+        return draw_kept(frames, rep, title=title + " (frame by frame)", grid=side, lead=lead)
     if pixels.dim() == 4:
         return draw_kept(model_view(processor, pixels[0]), rep, title=title)
     return draw_kept(model_view(processor, pixels[0, 0]), rep, title=title + " (whole-image view)",
@@ -404,7 +403,7 @@ def show(args) -> int:
     if args.video and (getattr(processor, "video_processor", None) is None
                        or getattr(model.config, "video_token_id", None) is None):
         raise CliError(f"--video: {type(model).__name__} reads no video (models that do: LLaVA-OneVision, "
-                       f"Qwen2-VL, Qwen2.5-VL); give --image")
+                       f"Video-LLaVA, LLaVA-NeXT-Video, Qwen2-VL, Qwen2.5-VL); give --image")
     cfg = method_config(model, args.method, args.budget, args.tokens)
     if cfg is None:
         raise CliError("--method dense keeps every token; choose a pruning method to show")
@@ -492,7 +491,8 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--image", help="image file (PNG, JPEG, ...)")
     source.add_argument("--video", nargs="+", metavar="FRAME",
                         help="a video as its frames, image files in order, for a --model that reads video "
-                             "(LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL); --prompt must hold its video token")
+                             "(LLaVA-OneVision, Video-LLaVA, LLaVA-NeXT-Video, Qwen2-VL, Qwen2.5-VL); --prompt must "
+                             "hold its video token")
     p.add_argument("--question", required=True,
                    help="the question; for the embedded model use its vocabulary, e.g. 'what color is the circle'")
     p.add_argument("--prompt", default=LLAVA_PROMPT, help="prompt template with {question}, for --model "

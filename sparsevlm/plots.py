@@ -41,14 +41,16 @@ def qwen_frames(pixel_values, grid_thw, vision_config, mean, std) -> np.ndarray:
     return (x.clip(0, 1) * 255).round().astype(np.uint8)
 
 
-def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str | None = None, grid=None):
+def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str | None = None, grid=None,
+              lead: int = 0):
     """One panel per pruning step: the image with the pruned patches dimmed and a grid over the
     patches. Recycled/merged tokens are counted in each panel's title. Returns the figure.
     `image`: (H, W, 3), or (T, H, W, 3) for the frames of a video, drawn frame by frame (one row of
     panels per frame). `grid`: the side, or (rows, cols), of the grid of visual tokens over each
     image or frame; the first T · rows · cols visual tokens are drawn, in order (the whole-image view
     that LLaVA-NeXT and OneVision put before their high-resolution crops; a video's frames). Default:
-    all the visual tokens, as one square over one image."""
+    all the visual tokens, as one square over one image. `lead`: tokens before each frame's grid,
+    not drawn (Video-LLaVA's [CLS] token per frame)."""
     import matplotlib.pyplot as plt
 
     frames = image[None] if image.ndim == 3 else image
@@ -61,8 +63,9 @@ def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str 
     else:
         rows, cols = (grid, grid) if isinstance(grid, int) else grid
     per, T = rows * cols, len(frames)
-    if T * per > n:
-        raise ValueError(f"{T} frame(s) of {rows}×{cols} tokens need {T * per} visual tokens; the sample has {n}")
+    if T * (lead + per) > n:
+        raise ValueError(f"{T} frame(s) of {lead} + {rows}×{cols} tokens need {T * (lead + per)} visual tokens; "
+                         f"the sample has {n}")
     masks = kept_masks(report, sample)
     if axes is None:
         _, axes = plt.subplots(T, len(masks) + 1, figsize=(2.4 * (len(masks) + 1), 2.6 * T), squeeze=False)
@@ -73,7 +76,8 @@ def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str 
         axes[f, 0].imshow(frame)
         axes[f, 0].set_title("input" if T == 1 else f"frame {f}", fontsize=9)
         for ax, m, step in zip(axes[f, 1:], masks, report.steps):
-            here = m[f * per:(f + 1) * per].reshape(rows, cols)
+            start = f * (lead + per) + lead
+            here = m[start:start + per].reshape(rows, cols)
             cover = np.kron(here, np.ones((math.ceil(H / rows), math.ceil(W / cols))))[:H, :W]
             ax.imshow((frame * (0.25 + 0.75 * cover[..., None])).astype(np.uint8))
             extra = int(step["recycled"][sample]) if "recycled" in step else 0

@@ -378,8 +378,9 @@ def test_bench_runs_on_checkpoints_of_other_families(capsys, tmp_path, family):
 
 def test_kept_tokens_are_drawn_for_qwen_images_and_video_frame_by_frame():
     """`show`'s figure for the Qwen family (flattened patches put back on the pixel grid, one grid of
-    merged tokens per image) and for videos (one row of panels per frame, Qwen and OneVision). The
-    counts in the panel titles add up to the tokens each step kept."""
+    merged tokens per image) and for videos (one row of panels per frame: Qwen, OneVision, Video-LLaVA,
+    LLaVA-NeXT-Video). The counts in the panel titles add up to the tokens each step kept in the
+    frames' grids (not OneVision's closing newline, not Video-LLaVA's [CLS] token per frame)."""
     import types
 
     import torch
@@ -394,10 +395,12 @@ def test_kept_tokens_are_drawn_for_qwen_images_and_video_frame_by_frame():
 
     cfg = SparseVLMConfig.preset(64, pruning_layers=(1, 2), schedule=(20, 10), positions="original")
     onevision = types.SimpleNamespace(image_processor=LlavaOnevisionImageProcessorPil())
-    cases = [("qwen2-vl", None, qwen_batch([(1, 8, 12)], [4])[0], 1, 24),
-             ("qwen2-vl", None, qwen_batch([(4, 8, 8)], [4], video=True)[0], 4, 16),
-             ("onevision", onevision, video_batch(tiny_vlm("onevision"), [4])[0], 4, 4)]
-    for family, processor, inputs, frames, per_frame in cases:
+    cases = [("qwen2-vl", None, qwen_batch([(1, 8, 12)], [4])[0], 1, 24, 0),
+             ("qwen2-vl", None, qwen_batch([(4, 8, 8)], [4], video=True)[0], 4, 16, 0),
+             ("onevision", onevision, video_batch(tiny_vlm("onevision"), [4])[0], 4, 4, 0),
+             ("video-llava", onevision, video_batch(tiny_vlm("video-llava"), [4])[0], 4, 16, 1),
+             ("next-video", onevision, video_batch(tiny_vlm("next-video"), [4])[0], 4, 4, 0)]
+    for family, processor, inputs, frames, per_frame, lead in cases:
         model = tiny_vlm(family)
         with sparsified(model, cfg), torch.no_grad():
             model(**inputs)
@@ -407,7 +410,7 @@ def test_kept_tokens_are_drawn_for_qwen_images_and_video_frame_by_frame():
         for s, step in enumerate(rep.steps):  # the titles of column s + 1, one per frame
             titles = [fig.axes[f * (len(rep.steps) + 1) + s + 1].get_title() for f in range(frames)]
             here = [int(t.split(": ")[1].split()[0]) for t in titles]
-            drawn = [k for k in step["kept"][0] if k < frames * per_frame]  # OneVision's newline is not drawn
+            drawn = [k for k in step["kept"][0] if k < frames * (lead + per_frame) and k % (lead + per_frame) >= lead]
             assert sum(here) == len(drawn), (family, titles)
 
 

@@ -175,7 +175,7 @@ def test_random_batches_on_other_families(family):
     """The same properties on LLaVA-NeXT, OneVision, Video-LLaVA, LLaVA-NeXT-Video (images, video) and
     Qwen2-VL/2.5-VL (M-RoPE, images, video), with the methods each family supports and the position
     modes it allows."""
-    from test_families import image_batch, plain_image_batch, video_batch
+    from test_families import dense_beams_work, image_batch, plain_image_batch, video_batch
     from test_qwen_vl import batch as qwen_batch
 
     from sparsevlm.toy.families import IMAGE as FAMILY_IMAGE
@@ -202,6 +202,7 @@ def test_random_batches_on_other_families(family):
         label = f"{family} case {case}: {cfg!r}"
         valid = inputs["attention_mask"].bool()
         dense = model(**inputs).logits
+        beams_work = dense_beams_work(model, inputs)  # (not LLaVA-NeXT-Video's videos before transformers 5.23)
         with sparsevlm.sparsified(model, cfg):
             out = model(**inputs).logits
             rep = sparsevlm.report(model)
@@ -213,8 +214,9 @@ def test_random_batches_on_other_families(family):
                 assert [s["kept"][b] for s in rep.steps] == [s["kept"][0] for s in rep1.steps], label
                 torch.testing.assert_close(logits[0, -1], out[b, -1], atol=2e-4, rtol=2e-4, msg=label)
             beams = dict(max_new_tokens=2, min_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
-            ids = model.generate(**inputs, **beams)
-            assert torch.equal(model.generate(**alone[0], **beams)[:, -2:], ids[:2, -2:]), label
+            if beams_work:
+                ids = model.generate(**inputs, **beams)
+                assert torch.equal(model.generate(**alone[0], **beams)[:, -2:], ids[:2, -2:]), label
         with sparsevlm.sparsified(model, keep_all):
             torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=2e-4, rtol=2e-4, msg=label)
         assert torch.equal(model(**inputs).logits, dense), label

@@ -7,7 +7,7 @@ a Llama, Mistral, Qwen2 or Qwen3 text model and full attention. All use 1D RoPE.
 One seam is used here, nothing is vendored: `get_placeholder_mask` (where the image and video
 features are spliced in) records which positions hold visual tokens: image and video tokens alike,
 several images per prompt, a video's frames one after the other (each frame a span of its own for
-per-frame budgets: `FRAMES` says how many tokens a frame has). LLaVA-NeXT and OneVision end each row
+per-frame budgets: `frame_layout` says how a frame's tokens are laid out). LLaVA-NeXT and OneVision end each row
 of their high-resolution grid with an `image_newline` token; it is a visual token here, scored and
 pruned like any other (it carries image features too — the learned separator — and the reference
 code has no rule for it); so is the [CLS] token that Video-LLaVA keeps at the start of each frame.
@@ -49,23 +49,24 @@ def _families():
             VideoLlavaForConditionalGeneration, LlavaNextVideoForConditionalGeneration)
 
 
-def frame_tokens(config) -> tuple[int, bool]:
-    """A video's layout in the language model, from the model's config: tokens per frame, and
-    whether one newline token closes the video (counted with its last frame).
+def frame_layout(config) -> tuple[int, int, bool]:
+    """A video's layout in the language model, from the model's config: each frame is `lead` tokens
+    then a `side` × `side` grid of tokens (row by row), frame after frame; `newline`: one token closes
+    the video (counted with its last frame). Returns (side, lead, newline).
 
-    - OneVision: each frame's patch grid pooled to ⌈side / 2⌉², then one newline for the video;
-    - Video-LLaVA: each frame's side² patches and its [CLS] token (the video tower's features keep it);
-    - LLaVA-NeXT-Video: each frame's grid pooled by `spatial_pool_stride`, ⌊side / stride⌋².
+    - OneVision: each frame's patch grid pooled to ⌈patches / 2⌉ a side, then one newline for the video;
+    - Video-LLaVA: each frame's [CLS] token (its video tower's features keep it), then its patches;
+    - LLaVA-NeXT-Video: each frame's patch grid pooled by `spatial_pool_stride`.
     """
     vc = config.vision_config
-    side = vc.image_size // vc.patch_size
+    patches = vc.image_size // vc.patch_size
     kind = config.model_type
     if kind == "llava_onevision":
-        return math.ceil(side / 2) ** 2, True
+        return math.ceil(patches / 2), 0, True
     if kind == "video_llava":
-        return side * side + 1, False
+        return patches, 1, False
     if kind == "llava_next_video":
-        return (side // config.spatial_pool_stride) ** 2, False
+        return patches // config.spatial_pool_stride, 0, False
     raise ValueError(f"model_type {kind!r} reads no video")
 
 
@@ -146,9 +147,10 @@ class _SparseLlavaModel(SparsePlaceholders):
                 call["vision"] = self._vision_per_token(signals, vis)
 
     def _frames(self, video):
-        """A video is its frames' tokens, `frame_tokens` each, one after the other; OneVision's closing
-        newline token is counted with the last frame."""
-        per, newline = frame_tokens(self.config)
+        """A video is its frames' tokens (`frame_layout`), one frame after the other; OneVision's
+        closing newline token is counted with the last frame."""
+        side, lead, newline = frame_layout(self.config)
+        per = lead + side * side
         idx = torch.arange(video.shape[1], device=video.device).expand_as(video)
         start = video & ~torch.nn.functional.pad(video, (1, 0))[:, :-1]
         offset = idx - idx.where(start, 0).cummax(-1).values  # place within its video
