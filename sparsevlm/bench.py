@@ -26,9 +26,10 @@ machine, dtype, attention implementation and library versions.
 Models: the embedded toy (`toy`, CPU-friendly), an LLaVA-1.5-7B-shaped model with random weights
 (`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU) or a
 Qwen2.5-VL-7B-shaped one (`qwen2.5-vl-7b-shaped`: a 672×672 image, 576 visual tokens, M-RoPE,
-original positions; VisionZip/ToMe-style do not apply). With `--text-hidden` the language model is
-narrowed (same visual tokens, ~700-token prompt, layers, pruning layers and vision tower) so that it
-runs on a CPU in float32: 1024 for LLaVA, 896 for Qwen.
+original positions; VisionZip/ToMe-style do not apply) or a Video-LLaVA-7B-shaped one
+(`video-llava-7b-shaped`: the paper's video setting, 8 frames of 257 tokens). With `--text-hidden`
+the language model is narrowed (same visual tokens, prompt, layers, pruning layers and vision tower)
+so that it runs on a CPU in float32: 1024 for LLaVA, 896 for Qwen.
 """
 from __future__ import annotations
 
@@ -47,33 +48,48 @@ import torch
 from .flops import dims, report_flops
 from .methods import BASELINES
 from .models import report, sparsified
+from .models.llava import frame_layout
 from .models.staged import CACHE
 from .report import dense_report_for
 from .utils import device_problem, positive_int, shipped_path
 
-MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped")
+MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped", "video-llava-7b-shaped")
+#: frames of the synthetic video (Video-LLaVA's, as in the paper)
+VIDEO_FRAMES = 8
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: the committed benchmark results (results/ in a checkout, sparsevlm/results/ when installed)
 RESULTS = shipped_path("results")
 
 
-def llava_1_5_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
-    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336, Vicuna-7B), no weights.
-    `text_hidden` < 4096 narrows the language model (head size 128 and the MLP's 11008/4096 ratio
-    kept), leaving the tokens, the layers and the vision tower as they are: a model that fits a CPU."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+def _vicuna_7b(text_hidden: int = 4096):
+    """Vicuna-7B's architecture (the text model of LLaVA-1.5, Video-LLaVA and LLaVA-NeXT-Video).
+    `text_hidden` < 4096 narrows it (head size 128 and the MLP's 11008/4096 ratio kept), leaving the
+    tokens and the layers as they are: a model that fits a CPU."""
+    from transformers import LlamaConfig
 
     if not (isinstance(text_hidden, int) and 128 <= text_hidden <= 4096 and text_hidden % 128 == 0):
         raise ValueError(f"text_hidden={text_hidden!r}: allowed a multiple of 128 from 128 to 4096")
     heads = text_hidden // 128
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=32064, hidden_size=text_hidden, intermediate_size=text_hidden * 11008 // 4096,
-                                num_hidden_layers=32, num_attention_heads=heads, num_key_value_heads=heads,
-                                max_position_embeddings=4096, pad_token_id=0),
-        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    return LlamaConfig(vocab_size=32064, hidden_size=text_hidden, intermediate_size=text_hidden * 11008 // 4096,
+                       num_hidden_layers=32, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=4096, pad_token_id=0)
+
+
+def _clip_l14(image_size: int):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=image_size, patch_size=14, projection_dim=768)
+
+
+def llava_1_5_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
+    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336, Vicuna-7B), no weights;
+    `text_hidden` narrows the language model (`_vicuna_7b`), the vision tower stays."""
+    from transformers import LlavaConfig
+
+    cfg = LlavaConfig(vision_config=_clip_l14(336), text_config=_vicuna_7b(text_hidden), image_token_id=32000,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
     cfg._attn_implementation = attn
     return cfg
 
@@ -103,29 +119,25 @@ def llava_onevision_7b_config():
         image_token_id=151646, video_token_id=151647)
 
 
-def video_llava_7b_config():
+def video_llava_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
     """LanguageBind/Video-LLaVA-7B-hf's architecture (LanguageBind's CLIP ViT-L/14 towers at 224 for
-    images and video frames, Vicuna-7B), no weights: the video model of the SparseVLM paper."""
-    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+    images and video frames, Vicuna-7B), no weights: the video model of the SparseVLM paper;
+    `text_hidden` narrows the language model (`_vicuna_7b`)."""
+    from transformers import VideoLlavaConfig
 
-    return VideoLlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                       num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=32, pad_token_id=0),
-        image_token_id=32000, video_token_id=32001, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg = VideoLlavaConfig(vision_config=_clip_l14(224), text_config=_vicuna_7b(text_hidden), image_token_id=32000,
+                           video_token_id=32001, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg._attn_implementation = attn
+    return cfg
 
 
 def llava_next_video_7b_config():
     """llava-hf/LLaVA-NeXT-Video-7B-hf's architecture (CLIP ViT-L/14-336 with anyres crops for
     images, each video frame average-pooled 2×2; Vicuna-7B), no weights."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
+    from transformers import LlavaNextVideoConfig
 
     return LlavaNextVideoConfig(
-        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=32, pad_token_id=0),
+        vision_config=_clip_l14(336), text_config=_vicuna_7b(),
         image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
         image_token_id=32001, video_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default",
         spatial_pool_mode="average", spatial_pool_stride=2)
@@ -165,16 +177,18 @@ def random_llava(config, device: str, dtype: torch.dtype):
 def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
     """A prompt as `model`'s family builds it, for timing only: <s>, 5 system tokens, one image's
     visual tokens, `n_text` question tokens; random pixels. LLaVA-1.5: a tower-sized image.
-    LLaVA-NeXT / OneVision: an image twice the tower's size on each side (the whole-image view and
-    2×2 crops), as many tokens as the model's own feature code makes. Qwen2-VL / 2.5-VL: 48×48
-    patches (672 pixels for 14-pixel patches, 576 tokens after 2×2 merging) between
-    <vision_start> and <vision_end>."""
+    LLaVA-NeXT / OneVision / NeXT-Video: an image twice the tower's size on each side (the
+    whole-image view and 2×2 crops), as many tokens as the model's own feature code makes.
+    Video-LLaVA: a video of 8 tower-sized frames, as in the paper (`frame_layout`: 8 × 257 tokens).
+    Qwen2-VL / 2.5-VL: 48×48 patches (672 pixels for 14-pixel patches, 576 tokens after 2×2
+    merging) between <vision_start> and <vision_end>."""
     cfg, vision = model.config, model.config.vision_config
     dev, dtype = device or next(model.parameters()).device, next(model.parameters()).dtype
     g = torch.Generator().manual_seed(seed)
     text = lambda n: torch.randint(10, min(cfg.text_config.vocab_size, 32000), (n,), generator=g)  # noqa: E731
     kind = cfg.model_type
-    if kind in ("llava_next", "llava_onevision"):  # the token count comes from the model's own code
+    token = cfg.image_token_id
+    if kind in ("llava_next", "llava_onevision", "llava_next_video"):  # the token count comes from the model's code
         side = vision.image_size
         pixels = {"pixel_values": torch.randn(1, 5, 3, side, side, generator=g).to(dev, dtype),
                   "image_sizes": torch.tensor([[2 * side, 2 * side]], device=dev)}
@@ -182,9 +196,14 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
             n_visual = len(model.model.get_image_features(*pixels.values(), return_dict=True).pooler_output[0])
     elif kind.startswith("qwen"):
         n_visual = 48 * 48 // vision.spatial_merge_size ** 2
+    elif kind == "video_llava":
+        side, lead, _ = frame_layout(cfg)
+        n_visual, token = VIDEO_FRAMES * (lead + side * side), cfg.video_token_id
+        pixels = {"pixel_values_videos": torch.randn(1, VIDEO_FRAMES, 3, vision.image_size, vision.image_size,
+                                                     generator=g).to(dev, dtype)}
     else:
         n_visual = (vision.image_size // vision.patch_size) ** 2
-    image = torch.full((n_visual,), cfg.image_token_id)
+    image = torch.full((n_visual,), token)
     if kind.startswith("qwen"):
         image = torch.cat([torch.tensor([cfg.vision_start_token_id]), image, torch.tensor([cfg.vision_end_token_id])])
     ids = torch.cat([torch.tensor([1]), text(5), image, text(n_text)])[None].to(dev)
@@ -237,10 +256,13 @@ def prefill_time(model, inputs: dict, cfg=None, repeats: int = 5, warmup: int = 
 
 
 def _features(model, inputs: dict):
-    """A call computing the image features alone (vision tower and projector)."""
+    """A call computing the image (or video) features alone (vision tower and projector)."""
     cfg = model.config
     if "image_grid_thw" in inputs:  # Qwen2-VL / Qwen2.5-VL
         return lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    if "pixel_values_videos" in inputs:  # Video-LLaVA: the frames of a video
+        return lambda: model.model.get_video_features(inputs["pixel_values_videos"],
+                                                      vision_feature_layer=cfg.vision_feature_layer)
     if "image_sizes" in inputs:  # LLaVA-NeXT / OneVision
         return lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
     return lambda: model.model.get_image_features(
@@ -557,6 +579,9 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
             c._attn_implementation = attn
         model = random_llava(config, device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 8)
+    elif model_name == "video-llava-7b-shaped":
+        model = random_llava(video_llava_7b_config(attn, text_hidden or 4096), device, DTYPES[dtype])
+        inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # an 8-frame video and the same ~113 text tokens
     elif Path(model_name).is_dir():  # a local checkpoint: timings depend on shapes only
         from .cli import load_model
 
@@ -567,8 +592,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
     if model_name != "toy" and batch > 1:  # the same prompt `batch` times
         inputs = {k: v.repeat(batch, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
-    image_token = model.config.image_token_id
-    n_visual = int((inputs["input_ids"][0] == image_token).sum())
+    visual = [getattr(model.config, k, None) for k in ("image_token_id", "video_token_id")]
+    n_visual = int(sum((inputs["input_ids"][0] == t).sum() for t in visual if t is not None))
     rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None)
     if profile:
         if "sparsevlm" in (methods or ["sparsevlm"]):
@@ -638,10 +663,11 @@ def _write(table: pd.DataFrame, info: dict, path: Path, stem: str, log=print) ->
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", metavar="{toy,llava-1.5-7b-shaped,qwen2.5-vl-7b-shaped,PATH}",
-                   help="toy: the embedded model (default); llava-1.5-7b-shaped / qwen2.5-vl-7b-shaped: random "
+    p.add_argument("--model", default="toy", metavar="{" + ",".join(MODELS) + ",PATH}",
+                   help="toy: the embedded model (default); llava-1.5-7b-shaped / qwen2.5-vl-7b-shaped / "
+                        "video-llava-7b-shaped (an 8-frame video): random "
                         "weights in those models' shapes (need a GPU unless --text-hidden narrows them); PATH: a "
-                        "local LLaVA checkpoint folder (synthetic ~700-token prompt)")
+                        "local checkpoint folder of a supported family (synthetic ~700-token prompt)")
     p.add_argument("--text-hidden", type=int, default=None,
                    help="-shaped models only: narrow the language model to this width (same tokens, layers and "
                         "vision tower): a multiple of 128 up to 4096 for LLaVA (1024 fits a CPU), of 896 up to "

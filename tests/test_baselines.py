@@ -200,6 +200,17 @@ def test_matched_baselines_sit_beside_the_schedule_at_its_budget(budget):
         matched_baselines(cfg, 576, 32, methods=["magic"])
 
 
+def test_every_baseline_is_matched_where_the_visual_tokens_are_no_grid():
+    """A Video-LLaVA video is 8 × 257 = 2,056 tokens, a count with no h × w grid: every baseline is
+    still matched (pooling to its nearest grid; it once tried keep-all as a grid and failed)."""
+    cfg = SparseVLMConfig.preset(128)
+    from sparsevlm.methods import BASELINES
+
+    got = sparsevlm.matched_baselines(cfg, 2056, 32)
+    assert tuple(got) == BASELINES
+    assert abs(sparsevlm.planned_tokens(got["pooling"], 2056, 32) - sparsevlm.planned_tokens(cfg, 2056, 32)) <= 8
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_every_method_runs_in_half_precision_with_its_planned_counts(dtype):
     """What a GPU user runs (`--dtype bfloat16`): the embedded model in half precision, a padded batch,

@@ -274,6 +274,34 @@ def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
     assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "vispruner", "pooling"]
 
 
+def test_the_video_llava_shaped_bench_builds_the_papers_video_prompt():
+    """Video-LLaVA-7B's architecture on the meta device: an 8-frame video is 8 × 257 tokens (each
+    frame's [CLS] and 16×16 patches) of a 2,175-token prompt; methods that read the vision tower or
+    pool one grid per image are skipped; the narrowed model keeps everything but the text width."""
+    import torch
+    import transformers
+
+    from sparsevlm.bench import methods_for, synthetic_inputs, video_llava_7b_config
+
+    with torch.device("meta"):
+        model = transformers.VideoLlavaForConditionalGeneration(video_llava_7b_config())
+    inputs = synthetic_inputs(model, n_text=695 - 576 - 6, device="cpu")
+    assert inputs["input_ids"].shape == (1, 6 + 2056 + 113) and int((inputs["input_ids"] == 32001).sum()) == 2056
+    assert inputs["pixel_values_videos"].shape == (1, 8, 3, 224, 224) and "pixel_values" not in inputs
+    skipped = []
+    rows = methods_for(model, [128], n_visual=2056, log=skipped.append)
+    assert list(rows) == ["dense"] + [f"{m} 128" for m in ("sparsevlm", "random", "fastv", "pdrop", "dart",
+                                                           "divprune", "cdpruner")]
+    from sparsevlm import planned_tokens
+
+    assert abs(planned_tokens(rows["sparsevlm 128"], 2056, 32) - 128 * 2056 / 576) < 2  # the preset's share
+    assert rows["sparsevlm 128"].positions == "compact"
+    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "vispruner", "pooling"]
+    narrow = video_llava_7b_config(text_hidden=1024)
+    assert (narrow.text_config.hidden_size, narrow.text_config.num_hidden_layers, narrow.vision_config.image_size) == \
+        (1024, 32, 224)
+
+
 def test_eval_and_demo_on_a_llava_next_checkpoint(capsys, tmp_path):
     """Another family through the command line: a tiny LLaVA-NeXT checkpoint with its processor,
     questions in JSONL with images of two sizes; VisionZip-style is refused with the reason."""
@@ -363,7 +391,7 @@ def test_bench_profile_counts_aten_calls_and_host_reads(capsys, tmp_path):
     assert "machine" in json.loads((tmp_path / "profile_toy_cpu.json").read_text())
 
 
-@pytest.mark.parametrize("family", ["next", "qwen2-vl"])
+@pytest.mark.parametrize("family", ["next", "qwen2-vl", "video-llava", "next-video"])
 def test_bench_runs_on_checkpoints_of_other_families(capsys, tmp_path, family):
     from sparsevlm.toy.families import tiny_vlm
 

@@ -214,8 +214,8 @@ class Pooling(_PreLLM):
 
     def budget_candidates(self, n_visual):
         side = math.isqrt(n_visual)
-        return (replace(self.cfg, tokens=t) for t in range(1, n_visual + 1)
-                if t == n_visual or ((g := pool_grid(t)) is not None and g[1] <= side))
+        return (replace(self.cfg, tokens=t) for t in range(1, n_visual + 1)  # (keep-all only where it is a grid)
+                if (g := pool_grid(t)) is not None and (t == n_visual or g[1] <= side))
 
     @classmethod
     def beside(cls, cfg, matched):
