@@ -116,9 +116,11 @@ def dense_report(method: str, num_layers: int, n_tokens: torch.Tensor, n_visual:
 
 
 def dense_report_for(model, inputs) -> Report:
-    """The report of a dense (unpruned) forward of `inputs` on a LLaVA `model`: every layer sees
-    every visual token. Used where dense runs are accounted like sparsified ones."""
-    n_visual = (inputs["input_ids"] == model.config.image_token_id).sum(-1).cpu()
+    """The report of a dense (unpruned) forward of `inputs` on `model`: every layer sees every visual
+    token (image and video tokens). Used where dense runs are accounted like sparsified ones."""
+    ids, cfg = inputs["input_ids"], model.config
+    tokens = [t for t in (cfg.image_token_id, getattr(cfg, "video_token_id", None)) if t is not None]
+    n_visual = sum((ids == t).sum(-1) for t in tokens).cpu()
     mask = inputs.get("attention_mask")
     n_tokens = mask.sum(-1).cpu() if mask is not None else torch.full_like(n_visual, inputs["input_ids"].shape[1])
     return dense_report("dense", model.config.text_config.num_hidden_layers, n_tokens, n_visual, "dense")

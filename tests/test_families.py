@@ -205,3 +205,17 @@ def test_budget_per_span_gives_each_video_frame_its_share(models, family, per):
         kept = sparsevlm.report(model).steps[0]["kept"]
     for k in kept:
         assert torch.bincount(torch.tensor(k) // per, minlength=4).tolist() == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("family", ["onevision", "video-llava", "next-video"])
+def test_a_dense_report_counts_video_tokens_as_visual(models, family):
+    """Dense rows (eval, bench, lmms-eval) are accounted by `dense_report_for`: a video's tokens are
+    visual tokens there too, as in a sparsified model's report (they once counted image tokens only)."""
+    from sparsevlm.report import dense_report_for
+
+    model = models[family]
+    inputs, _, counts = video_batch(model, [3, 5])
+    with sparsevlm.sparsified(model, KEEP_ALL):
+        model(**inputs)
+        assert sparsevlm.report(model).n_visual.tolist() == counts
+    assert dense_report_for(model, inputs).n_visual.tolist() == counts
