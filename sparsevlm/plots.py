@@ -64,8 +64,8 @@ def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str 
         rows, cols = (grid, grid) if isinstance(grid, int) else grid
     per, T = rows * cols, len(frames)
     if T * (lead + per) > n:
-        raise ValueError(f"{T} frame(s) of {lead} + {rows}×{cols} tokens need {T * (lead + per)} visual tokens; "
-                         f"the sample has {n}")
+        raise ValueError(f"{T} frame(s) of {f'{lead} + ' if lead else ''}{rows}×{cols} tokens need "
+                         f"{T * (lead + per)} visual tokens; the sample has {n}")
     masks = kept_masks(report, sample)
     if axes is None:
         _, axes = plt.subplots(T, len(masks) + 1, figsize=(2.4 * (len(masks) + 1), 2.6 * T), squeeze=False)
