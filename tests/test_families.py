@@ -58,7 +58,7 @@ def video_batch(model, text_lens, seed=0):
     B = len(text_lens)
     frames = torch.randn(B, 4, 3, 16, 16, generator=g)
     features = model.model.get_video_features(frames[:1], return_dict=True).pooler_output  # (frames or 1, n, D)
-    if isinstance(features, tuple):  # LLaVA-NeXT-Video before transformers 5.23: one (frames, n, D) per video
+    if isinstance(features, tuple):  # LLaVA-NeXT-Video on older transformers (5.19): one (frames, n, D) per video
         (features,) = features
     n = features.numel() // features.shape[-1]
     rows = [[1, 7] + [VIDEO] * n + torch.randint(10, 128, (t,), generator=g).tolist() for t in text_lens]
@@ -82,7 +82,7 @@ def plain_image_batch(model, text_lens, seed=0):
 
 
 def dense_beams_work(model, inputs) -> bool:
-    """Whether the dense model beam-searches `inputs` (transformers before 5.23 fails on LLaVA-NeXT-Video's
+    """Whether the dense model beam-searches `inputs` (transformers 5.19 fails on LLaVA-NeXT-Video's
     videos: "torch.cat(): expected a non-empty list of Tensors")."""
     try:
         model.generate(**inputs, max_new_tokens=1, num_beams=2)
@@ -166,7 +166,7 @@ def test_beams_sampling_and_several_returned_sequences(models, family, make):
     beams = dict(max_new_tokens=3, min_new_tokens=3, num_beams=3, num_return_sequences=2)
     if not dense_beams_work(model, inputs):
         pytest.skip(f"transformers {transformers.__version__} cannot beam-search this input with the dense model "
-                    f"(LLaVA-NeXT-Video's videos before 5.23); a newer transformers runs it")
+                    f"(LLaVA-NeXT-Video's videos on 5.19); 5.22 and later run it")
     with sparsevlm.sparsified(model, METHODS[1]):
         ids = model.generate(**inputs, **beams)
         assert ids.shape[0] == 4 and torch.equal(model.generate(**alone[0], **beams)[:, -3:], ids[:2, -3:])

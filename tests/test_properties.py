@@ -202,7 +202,7 @@ def test_random_batches_on_other_families(family):
         label = f"{family} case {case}: {cfg!r}"
         valid = inputs["attention_mask"].bool()
         dense = model(**inputs).logits
-        beams_work = dense_beams_work(model, inputs)  # (not LLaVA-NeXT-Video's videos before transformers 5.23)
+        beams_work = dense_beams_work(model, inputs)  # (not LLaVA-NeXT-Video's videos on transformers 5.19)
         with sparsevlm.sparsified(model, cfg):
             out = model(**inputs).logits
             rep = sparsevlm.report(model)
