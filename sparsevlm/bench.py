@@ -77,6 +77,7 @@ def _vicuna_7b(text_hidden: int = 4096):
 
 
 def _clip_l14(image_size: int):
+    """CLIP ViT-L/14's architecture at `image_size` pixels (LLaVA's towers)."""
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -97,11 +98,10 @@ def llava_1_5_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
 def llava_next_7b_config():
     """llava-hf/llava-v1.6-mistral-7b-hf's architecture (CLIP ViT-L/14-336 with anyres crops,
     Mistral-7B), no weights."""
-    from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
+    from transformers import LlavaNextConfig, MistralConfig
 
     return LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+        vision_config=_clip_l14(336),
         text_config=MistralConfig(vocab_size=32064, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                   num_attention_heads=32, num_key_value_heads=8, sliding_window=None),
         image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
@@ -592,8 +592,7 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
     if model_name != "toy" and batch > 1:  # the same prompt `batch` times
         inputs = {k: v.repeat(batch, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
-    visual = [getattr(model.config, k, None) for k in ("image_token_id", "video_token_id")]
-    n_visual = int(sum((inputs["input_ids"][0] == t).sum() for t in visual if t is not None))
+    n_visual = int(dense_report_for(model, inputs).n_visual[0])  # image and video tokens
     rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None)
     if profile:
         if "sparsevlm" in (methods or ["sparsevlm"]):
