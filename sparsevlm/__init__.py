@@ -5,9 +5,10 @@ attention, the rank of that attention sets how many to keep, pruned tokens are r
 few merged ones, and the language model prunes progressively.
 """
 from .budget import attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
-from .config import (PLUS_SCHEDULES, PRESET_SCHEDULES, CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, PDropConfig, PoolingConfig,
-                     RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig, VisPrunerConfig)
-from .methods import match_budget, matched_baselines, planned_counts, planned_tokens
+from .config import PLUS_SCHEDULES, PRESET_SCHEDULES, SparseVLMConfig
+from .methods import (CDPrunerConfig, DARTConfig, DivPruneConfig, FastVConfig, PDropConfig, PoolingConfig, RandomConfig,
+                      ToMeConfig, VisionZipConfig, VisPrunerConfig, match_budget, matched_baselines, planned_counts,
+                      planned_tokens)
 from .models import report, sparsified, sparsify, unsparsify
 from .raters import select_raters, text_relevance
 from .recycle import Recycled, density_peak_clusters, merge_clusters, recycle

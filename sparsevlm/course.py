@@ -41,7 +41,7 @@ def _inputs(rec):
 # --- 01: redundancy and question dependence --------------------------------------------------
 
 def _s01_1():
-    from .config import RandomConfig
+    from .methods import RandomConfig
     from .eval import compare
 
     model, processor, records = _toy()

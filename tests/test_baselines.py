@@ -7,7 +7,8 @@ from helpers import N_VISUAL, batch, tiny_llava
 import sparsevlm
 from sparsevlm import FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig, VisionZipConfig
 from sparsevlm.methods import PruneInput, build
-from sparsevlm.methods.merge import tome_sample, zip_sample
+from sparsevlm.methods.tome import tome_sample
+from sparsevlm.methods.visionzip import zip_sample
 
 
 def planted_input():
@@ -169,6 +170,9 @@ def test_every_method_is_registered_once_and_the_command_line_offers_it():
     assert all(METHODS[m.config] is m for m in ALL) and len(METHODS) == len(ALL)
     exported = {getattr(sparsevlm, n) for n in sparsevlm.__all__ if n.endswith("Config")}
     assert exported == set(METHODS)
+    # one file per baseline, its config beside its decision (SparseVLM's config is `sparsevlm.config`)
+    files = [m.__module__ for m in ALL[1:]]
+    assert len(set(files)) == len(files) and all(m.config.__module__ == m.__module__ for m in ALL[1:])
     assert METHOD_NAMES == ("dense", *names)
     p = argparse.ArgumentParser()
     bench.add_arguments(p)

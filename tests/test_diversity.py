@@ -11,9 +11,12 @@ import sparsevlm
 from helpers import N_VISUAL, batch, tiny_llava
 from sparsevlm import CDPrunerConfig, DARTConfig, DivPruneConfig, PDropConfig, PoolingConfig, VisPrunerConfig
 from sparsevlm.methods import build
-from sparsevlm.methods.diversity import (conditional_kernel, dart_select, divprune_select, dpp_greedy_map,
-                                         vispruner_select)
-from sparsevlm.methods.merge import pool_sample
+from sparsevlm.methods.before_llm import cosine
+from sparsevlm.methods.cdpruner import conditional_kernel, dpp_greedy_map
+from sparsevlm.methods.dart import dart_select
+from sparsevlm.methods.divprune import divprune_select
+from sparsevlm.methods.pooling import pool_sample
+from sparsevlm.methods.vispruner import vispruner_select
 
 torch.set_grad_enabled(False)
 
@@ -53,7 +56,7 @@ def test_dpp_greedy_map_takes_the_largest_determinant_gain_and_finds_the_map_whe
     e = torch.eye(3)
     x = torch.stack([e[0], e[0] + 0.1 * e[1], e[1], e[1] + 0.1 * e[2], e[2], e[2] + 0.1 * e[0]])
     q = torch.tensor([2.0, 1.0, 1.0, 1.5, 1.2, 1.0])
-    K = q[:, None] * sparsevlm.methods.diversity.cosine(x, x) * q[None, :]
+    K = q[:, None] * cosine(x, x) * q[None, :]
     best = max(itertools.combinations(range(6), 3), key=lambda S: _det(K, list(S)).item())
     assert dpp_greedy_map(K, 3).nonzero().flatten().tolist() == list(best) == [0, 3, 4]
 

@@ -1,4 +1,9 @@
-"""Pruning methods behind one interface: a config selects the method."""
+"""Pruning methods behind one interface: a config selects the method.
+
+One file per method, its config (a frozen dataclass, validated on construction) beside its
+decision, as NVIDIA's kvpress keeps its presses; shared machinery in `base.py` (the contract,
+"keep the best-scoring tokens") and `before_llm.py` (methods that reduce the tokens before the
+language model). SparseVLM's own config is `sparsevlm.config`, read by its step modules too."""
 from __future__ import annotations
 
 import math
@@ -9,14 +14,20 @@ import torch
 from ..budget import equivalent_tokens, layer_counts
 from ..config import SparseVLMConfig
 from .base import Decision, Method, PruneInput
-from .attention import FastV, PDrop
-from .diversity import CDPruner, DART, DivPrune, VisPruner
-from .merge import Pooling, ToMe, VisionZip
-from .random import RandomTokens
+from .cdpruner import CDPruner, CDPrunerConfig
+from .dart import DART, DARTConfig
+from .divprune import DivPrune, DivPruneConfig
+from .fastv import FastV, FastVConfig
+from .pdrop import PDrop, PDropConfig
+from .pooling import Pooling, PoolingConfig
+from .random import RandomConfig, RandomTokens
 from .sparsevlm import SparseVLM
+from .tome import ToMe, ToMeConfig
+from .vispruner import VisPruner, VisPrunerConfig
+from .visionzip import VisionZip, VisionZipConfig
 
 #: every method, SparseVLM first and the baselines in the order comparisons list them; a new method
-#: joins here (its name, config and `beside` are its class's)
+#: is one file (its config and its class: name, config, `beside`) and its place here
 ALL: tuple[type[Method], ...] = (SparseVLM, RandomTokens, FastV, PDrop, VisionZip, ToMe, DART, DivPrune, VisPruner,
                                  CDPruner, Pooling)
 METHODS: dict[type, type[Method]] = {m.config: m for m in ALL}  # config class -> method class
@@ -105,4 +116,6 @@ def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, coun
 
 __all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "VisionZip",
            "ToMe", "DART", "DivPrune", "VisPruner", "CDPruner", "Pooling", "ALL", "METHODS",
+           "RandomConfig", "FastVConfig", "PDropConfig", "VisionZipConfig", "ToMeConfig", "DARTConfig", "DivPruneConfig",
+           "VisPrunerConfig", "CDPrunerConfig", "PoolingConfig",
            "planned_counts", "planned_tokens", "match_budget", "matched_baselines", "BASELINES"]

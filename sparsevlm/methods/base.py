@@ -89,7 +89,7 @@ class Method:
 
     #: the method's name on the command line, in results and in `matched_baselines`
     name: str = ""
-    #: its config class (a frozen dataclass in `sparsevlm.config`)
+    #: its config class (a frozen dataclass, in the method's own file)
     config: type | None = None
 
     #: decoder layers after which `prune` is called

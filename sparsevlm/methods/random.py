@@ -1,12 +1,38 @@
 """Random visual-token selection: the floor every informed method must beat."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..budget import schedule_keep_count
-from ..config import RandomConfig
+from ..config import BUDGET_PER, POSITIONS, PRESET_LAYERS, PRESET_SCHEDULES, _choice, _layers, _schedule, _schedule_of
 from ..select import host_ints, to_device
 from .base import Decision, Method, PruneInput, keep_top, scaled_schedules
+
+
+@dataclass(frozen=True)
+class RandomConfig:
+    """Random baseline, the floor: after each pruning layer keep `schedule[i]` visual tokens drawn
+    uniformly at random (seeded; the same draw for every sample of a batch, so a batch gives the
+    same result as its samples alone). No recycling."""
+
+    pruning_layers: tuple[int, ...] = PRESET_LAYERS
+    schedule: tuple[int, ...] = PRESET_SCHEDULES[192]
+    schedule_of: int | None = None  # as SparseVLMConfig.schedule_of
+    budget_per: str = "sample"  # as SparseVLMConfig.budget_per
+    seed: int = 0
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        _choice("positions", self.positions, POSITIONS)
+        layers = _layers("pruning_layers", self.pruning_layers)
+        object.__setattr__(self, "pruning_layers", layers)
+        object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
+        _schedule_of(self.schedule_of)
+        _choice("budget_per", self.budget_per, BUDGET_PER)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63)")
 
 
 class RandomTokens(Method):

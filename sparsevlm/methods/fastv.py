@@ -1,19 +1,41 @@
-"""Attention-ranked baselines inside the language model: FastV and PyramidDrop.
-
-Both rank the visual tokens by the attention they receive at a pruning layer, as SparseVLM does,
-but without choosing text raters: FastV averages the attention of every token (or of the last
-one), PyramidDrop uses the last instruction token.
-"""
+"""FastV (Chen et al., ECCV 2024, arXiv 2403.06764): the visual tokens that receive the least
+attention at one layer go. Its config and its decision, side by side."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from ..config import FastVConfig, PDropConfig
+from ..config import POSITIONS, _choice, _layers, _number
 from ..scores import rater_attention, visual_scores
 from ..select import gather, mask_to_index
 from .base import Decision, Method, PruneInput, keep_top
+
+
+@dataclass(frozen=True)
+class FastVConfig:
+    """FastV (Chen et al., ECCV 2024, arXiv 2403.06764): after layer `layer` (K), drop the fraction
+    `prune_ratio` (R) of visual tokens that receive the least attention, averaged over heads and
+    over every query token ("all", the paper) or only the last token ("last"). Text-agnostic
+    beyond the attention itself; one pruning step; defaults K = 2, R = 50 %. `layer=None` (default):
+    K = 2 of 32 layers, scaled to the model's depth (`scale_layers`)."""
+
+    DEFAULT_LAYERS = (2,)
+    layer: int | None = None
+    prune_ratio: float = 0.5
+    rater: str = "all"
+    positions: str = "compact"
+
+    def __post_init__(self) -> None:
+        if self.layer is not None:
+            _layers("layer", (self.layer,))
+        _choice("rater", self.rater, ("all", "last"))
+        _choice("positions", self.positions, POSITIONS)
+        _number("prune_ratio", self.prune_ratio, 0, 1, high_open=True)
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...] | None:
+        return None if self.layer is None else (self.layer,)
 
 
 def attention_received(inp: PruneInput, rater_mask: torch.Tensor, raters: int):
@@ -52,24 +74,3 @@ class FastV(Method):
 
     def budget_candidates(self, n_visual):
         return (replace(self.cfg, prune_ratio=(n_visual - k) / n_visual) for k in range(1, n_visual + 1))
-
-
-class PDrop(Method):
-    cfg: PDropConfig
-    name, config = "pdrop", PDropConfig
-
-    @classmethod
-    def beside(cls, cfg, matched):
-        """At cfg's pruning layers (its own 8/16/24 on LLaVA-1.5 cannot go below ~1/4 of the tokens)."""
-        return matched(PDropConfig(pruning_layers=cfg.pruning_layers, positions=cfg.positions))
-
-    def prune(self, inp: PruneInput) -> Decision:
-        scores, visual = attention_received(inp, last_token(inp.valid), 1)
-        return keep_top(inp, scores, self.counts_after(inp.step, inp.vis_mask.sum(-1)), visual=visual)
-
-    def counts_after(self, step, n_visual, n_prompt=None):
-        return torch.trunc(n_visual.double() * self.cfg.keep_ratio).long()
-
-    def budget_candidates(self, n_visual):
-        ratios = sorted({k / n_visual for k in range(1, n_visual + 1)} | {i / 1000 for i in range(1, 1001)})
-        return (replace(self.cfg, keep_ratio=r) for r in ratios)
