@@ -11,9 +11,16 @@ TORCH ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
 # lmms-eval without its declared dependencies (torchvision/timm: see pyproject's [eval] extra).
 LMMS_EVAL ?= lmms-eval==0.7.3
+# transformers' video processors (LLaVA-OneVision, Video-LLaVA, LLaVA-NeXT-Video, Qwen2/2.5-VL) are
+# torchvision's, and the package index has no torchvision that loads beside the CPU torch above: a second
+# environment, with torch 2.14.1 and torchvision 0.29.1 (a CUDA build, ~5.5 GB, that runs on the CPU),
+# runs the tests that load those processors (tests/test_processors.py; in .venv they skip).
+# `make test VIDEO_VENV=` leaves it out (on Linux x86_64, PyPI's builds are several GB to download).
+VIDEO_VENV ?= .venv-video
+VIDEO_TORCH ?= torch==2.14.1 torchvision==0.29.1
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-.PHONY: install demo test unit versions notebooks bench gpu-check run-notebooks lab lock clean docs browser
+.PHONY: install demo test unit versions notebooks bench gpu-check run-notebooks lab lock clean docs browser video-env test-video
 
 install: $(VENV)/.installed
 
@@ -25,6 +32,18 @@ $(VENV)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
 	$(PY) -m pip install -q -e ".[dev,eval,docs]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
+
+video-env: $(VIDEO_VENV)/.installed
+
+$(VIDEO_VENV)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
+	test -x $(VIDEO_VENV)/bin/python || $(PYTHON) -m venv $(VIDEO_VENV)
+	$(VIDEO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VIDEO_VENV)/bin/python -m pip install -q $(VIDEO_TORCH)
+	$(VIDEO_VENV)/bin/python -m pip install -q -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	touch $@
+
+test-video: video-env
+	$(VIDEO_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_processors.py
 
 demo: install
 	$(VENV)/bin/sparsevlm demo
@@ -67,8 +86,9 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "no chromium here: tests/test_docs.py will skip (apt-get install chromium)"
 
-test: install docs browser
+test: install docs browser $(if $(VIDEO_VENV),video-env)
 	$(PY) -m pytest tests $(NBVAL) notebooks
+	$(if $(VIDEO_VENV),$(VIDEO_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_processors.py)
 
 # Re-execute every notebook in place (after a library change), storing fresh outputs for nbval.
 run-notebooks: install
@@ -82,4 +102,4 @@ lock:
 	  $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-.*|triton)=='; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VIDEO_VENV) *.egg-info .pytest_cache

@@ -305,10 +305,10 @@ def test_the_video_llava_shaped_bench_builds_the_papers_video_prompt():
 def test_eval_and_demo_on_a_llava_next_checkpoint(capsys, tmp_path):
     """Another family through the command line: a tiny LLaVA-NeXT checkpoint with its processor,
     questions in JSONL with images of two sizes; VisionZip-style is refused with the reason."""
-    from sparsevlm.toy.families import tiny_next_processor, tiny_vlm
+    from sparsevlm.toy.families import tiny_processor, tiny_vlm
 
     tiny_vlm("next").save_pretrained(tmp_path / "next")
-    tiny_next_processor().save_pretrained(tmp_path / "next")
+    tiny_processor("next").save_pretrained(tmp_path / "next")
     rng = np.random.default_rng(0)
     lines = []
     for i, (h, w) in enumerate([(16, 32), (40, 20), (32, 32)]):
@@ -461,12 +461,12 @@ def test_a_checkpoint_whose_processor_cannot_load_gets_one_line(capsys, tmp_path
     """Qwen2-VL's processor needs torchvision (its video processor); without it the CLI says so."""
     from transformers.utils import is_torchvision_available
 
-    from sparsevlm.toy.families import tiny_next_processor, tiny_vlm
+    from sparsevlm.toy.families import tiny_processor, tiny_vlm
 
     if is_torchvision_available():
         pytest.skip("torchvision is installed here, so the processor loads; runs where torchvision is absent")
     tiny_vlm("qwen2-vl").save_pretrained(tmp_path / "q")
-    tiny_next_processor().tokenizer.save_pretrained(tmp_path / "q")
+    tiny_processor("next").tokenizer.save_pretrained(tmp_path / "q")
     (tmp_path / "q" / "preprocessor_config.json").write_text(json.dumps(
         {"processor_class": "Qwen2VLProcessor", "image_processor_type": "Qwen2VLImageProcessor"}))
     Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(tmp_path / "img.png")  # the embedded model's size

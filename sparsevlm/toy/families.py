@@ -1,5 +1,5 @@
 """Tiny random models of each supported family, built in-process (no download, milliseconds on a
-CPU): for tests, and for the course's notebook on model families. Same shapes everywhere: a
+CPU), and their processors: for tests, and for the course's notebook on model families. Same shapes everywhere: a
 4-layer text model, hidden 64, 4 heads and 2 key/value heads; 16-pixel views of 4-pixel patches."""
 from __future__ import annotations
 
@@ -61,25 +61,53 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
     return model
 
 
-WORDS = ["<pad>", "<s>", "</s>", "<image>", "<unk>", "what", "color", "shape", "is", "it", "the", "red", "green",
-         "blue", "circle", "square", "?"]
+#: the vision tokens of a tiny model's prompts, (image, video, start, end), at ids IMAGE, VIDEO, START, END
+#: (start and end frame a visual span on Qwen2/2.5-VL; the other families have none)
+SPECIAL = {family: ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+           if family.startswith("qwen") else ("<image>", "<video>", "<start>", "<end>") for family in FAMILIES}
+WORDS = ["what", "color", "shape", "is", "it", "the", "red", "green", "blue", "circle", "square", "?"]
 
 
-def tiny_next_processor():
-    """A LLaVA-NeXT processor for `tiny_vlm("next")`: a word-level tokenizer over WORDS ("<image>" is
-    token 3) and the PIL image processor with the tiny model's grid (16-pixel views, 4-pixel patches).
-    Together they make a checkpoint folder that `sparsevlm eval --model` can load offline."""
+def tiny_processor(family: str):
+    """The processor of `tiny_vlm(family)`, as its checkpoint would ship it: a word-level tokenizer (the
+    special tokens of SPECIAL at the model's ids, then WORDS) and the family's own image and video
+    processors at the tiny model's sizes (16-pixel views and frames, 4-pixel patches; Qwen: 2 × 2
+    patches merged, frames in pairs, 16² to 64² pixels). A checkpoint folder with it loads in `sparsevlm
+    eval|demo|show --model` offline. Every family but LLaVA-NeXT needs torchvision (transformers'
+    video processors, and its image processors beside them, are torchvision's)."""
+    import transformers as tf
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlavaNextProcessor, PreTrainedTokenizerFast
+
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(FAMILIES)}")
+    image, video, start, end = SPECIAL[family]
+    vocab = ["<pad>", "<s>", "</s>", image, video, start, end, "<unk>", *WORDS]
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    named = {"image_token": image, "video_token": video} | (
+        {"vision_start_token": start, "vision_end_token": end} if family.startswith("qwen") else {})
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                           unk_token="<unk>", padding_side="left", extra_special_tokens=named)
+    if family.startswith("qwen"):
+        size = dict(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
+        processor = tf.Qwen2VLProcessor if family == "qwen2-vl" else tf.Qwen2_5_VLProcessor
+        return processor(image_processor=tf.Qwen2VLImageProcessor(**size), tokenizer=tokenizer,
+                         video_processor=tf.Qwen2VLVideoProcessor(**size))
+    square, views = {"height": 16, "width": 16}, dict(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    if family == "onevision":
+        return tf.LlavaOnevisionProcessor(
+            image_processor=tf.LlavaOnevisionImageProcessor(image_grid_pinpoints=PINPOINTS, size=square),
+            video_processor=tf.LlavaOnevisionVideoProcessor(size=square), tokenizer=tokenizer, num_image_tokens=16,
+            vision_feature_select_strategy="full")
+    if family == "video-llava":
+        return tf.VideoLlavaProcessor(image_processor=tf.VideoLlavaImageProcessor(**views),
+                                      video_processor=tf.VideoLlavaVideoProcessor(**views), tokenizer=tokenizer,
+                                      patch_size=4)
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>", padding_side="left",
-                                        extra_special_tokens={"image_token": "<image>"})
-    images = LlavaNextImageProcessorPil(image_grid_pinpoints=PINPOINTS, size={"shortest_edge": 16},
-                                        crop_size={"height": 16, "width": 16})
-    return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=4,
-                              vision_feature_select_strategy="default", image_token="<image>",
-                              num_additional_image_tokens=1)
+    images = LlavaNextImageProcessorPil(image_grid_pinpoints=PINPOINTS, **views)  # (PIL: no torchvision)
+    common = dict(image_processor=images, tokenizer=tokenizer, patch_size=4, vision_feature_select_strategy="default",
+                  num_additional_image_tokens=1)
+    if family == "next-video":
+        return tf.LlavaNextVideoProcessor(video_processor=tf.LlavaNextVideoVideoProcessor(**views), **common)
+    return tf.LlavaNextProcessor(**common)
