@@ -82,11 +82,10 @@ def draw_kept(image: np.ndarray, report, sample: int = 0, axes=None, title: str 
             ax.imshow((frame * (0.25 + 0.75 * cover[..., None])).astype(np.uint8))
             extra = int(step["recycled"][sample]) if "recycled" in step else 0
             where = "input" if step["layer"] < 0 else f"layer {step['layer']}"
-            count = f"{int(here.sum())}" if per == n else \
-                f"{int(here.sum())} here, {len(step['kept'][sample])} of {n} in all"
-            # a frame's panel is narrow: its count goes on a second line
-            ax.set_title(f"after {where}:{' ' if per == n else chr(10)}{count}" + (f" + {extra} merged" if extra else ""),
-                         fontsize=9)
+            # (a frame's panel is narrow: its count goes on a second line)
+            count = f" {int(here.sum())}" if per == n else \
+                f"\n{int(here.sum())} here, {len(step['kept'][sample])} of {n} in all"
+            ax.set_title(f"after {where}:{count}" + (f" + {extra} merged" if extra else ""), fontsize=9)
         for ax in axes[f]:
             ax.set_xticks(np.linspace(-0.5, W - 0.5, cols + 1), minor=True)
             ax.set_yticks(np.linspace(-0.5, H - 0.5, rows + 1), minor=True)

@@ -1,6 +1,7 @@
 """Tiny random models of each supported family, built in-process (no download, milliseconds on a
-CPU), and their processors: for tests, and for the course's notebook on model families. Same shapes everywhere: a
-4-layer text model, hidden 64, 4 heads and 2 key/value heads; 16-pixel views of 4-pixel patches."""
+CPU), and their processors: for tests, and for the course's notebook on model families. Same shapes
+everywhere: a 4-layer text model, hidden 64, 4 heads and 2 key/value heads; 16-pixel views of
+4-pixel patches."""
 from __future__ import annotations
 
 import torch
