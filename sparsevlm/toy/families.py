@@ -66,6 +66,10 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
 #: (start and end frame a visual span on Qwen2/2.5-VL; the other families have none)
 SPECIAL = {family: ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
            if family.startswith("qwen") else ("<image>", "<video>", "<start>", "<end>") for family in FAMILIES}
+#: a chat template as Qwen2/2.5-VL's frames its images and videos, words split by spaces for WORDS
+QWEN_CHAT = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] in ('image', 'video') %}"
+             "<|vision_start|> <|{{ c['type'] }}_pad|> <|vision_end|> {% else %}{{ c['text'] }} {% endif %}"
+             "{% endfor %}{% endfor %}")
 WORDS = ["what", "color", "shape", "is", "it", "the", "red", "green", "blue", "circle", "square", "?"]
 
 
@@ -93,7 +97,7 @@ def tiny_processor(family: str):
         size = dict(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
         processor = tf.Qwen2VLProcessor if family == "qwen2-vl" else tf.Qwen2_5_VLProcessor
         return processor(image_processor=tf.Qwen2VLImageProcessor(**size), tokenizer=tokenizer,
-                         video_processor=tf.Qwen2VLVideoProcessor(**size))
+                         video_processor=tf.Qwen2VLVideoProcessor(**size), chat_template=QWEN_CHAT)
     square, views = {"height": 16, "width": 16}, dict(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     if family == "onevision":
         return tf.LlavaOnevisionProcessor(
