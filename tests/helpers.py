@@ -97,3 +97,28 @@ def planned_configs(model) -> dict:
             "visionzip": sparsevlm.VisionZipConfig(dominant=12, contextual=4), "tome": sparsevlm.ToMeConfig(keep=16),
             "divprune": sparsevlm.DivPruneConfig(keep=16), "vispruner": sparsevlm.VisPrunerConfig(keep=16),
             "cdpruner": sparsevlm.CDPrunerConfig(keep=16), "pooling": sparsevlm.PoolingConfig(tokens=16)}
+
+
+def run_skipped_cells(notebook: str, stand_ins: dict, skipped: int, scope: dict, only_skipped: bool = False) -> dict:
+    """Run a notebook's `nbval-skip` cells (weights, a GPU: CI skips them) with each text in `stand_ins`
+    replaced (a local checkpoint for the hub name, the CPU for "cuda", ...), after its other code cells
+    unless `only_skipped`; `skipped` is how many such cells the stand-ins were written for. Every
+    stand-in must be used, and no "cuda" may be left. Returns the cells' namespace."""
+    import json
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / notebook).read_text())
+    code = [("nbval-skip" in c.get("metadata", {}).get("tags", []), "".join(c["source"]))
+            for c in nb["cells"] if c["cell_type"] == "code"]
+    assert sum(skip for skip, _ in code) == skipped, f"the stand-ins were written for {skipped} skipped cells"
+    unused = set(stand_ins)
+    for skip, source in code:
+        if skip:
+            for old, new in stand_ins.items():
+                unused -= {old} if old in source else set()
+                source = source.replace(old, new)
+            assert '"cuda"' not in source, source
+        if skip or not only_skipped:
+            exec(compile(source, notebook, "exec"), scope)
+    assert not unused, f"stand-ins not found in {notebook}: {sorted(unused)}"
+    return scope

@@ -5,8 +5,6 @@ images of three sizes, `show` on a 4-frame video and `demo`. Beside this machine
 no torchvision, so these skip in `.venv`; `make test` runs them again in `.venv-video` (`make
 video-env`: torch 2.14.1 and torchvision 0.29.1, a CUDA build that runs on the CPU)."""
 import json
-import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -95,22 +93,16 @@ def test_the_skipped_gpu_cell_of_notebook_11_runs_on_a_local_checkpoint(tmp_path
     does), the CPU, a local image for the URL, the preset scaled to its 4 layers."""
     import torch
 
-    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "11_beyond_llava.ipynb").read_text())
-    code = [("nbval-skip" in c.get("metadata", {}).get("tags", []), "".join(c["source"]))
-            for c in nb["cells"] if c["cell_type"] == "code"]
-    assert sum(skip for skip, _ in code) == 1, "the stand-ins below were written for one skipped cell"
-    source = next(s for skip, s in code if skip)
-    Image.fromarray(np.full((40, 24, 3), 200, np.uint8)).save(tmp_path / "picture.png")
-    url = re.search(r'"(https://[^"]+)"', source).group(1)
-    stand_ins = {'"Qwen/Qwen2.5-VL-7B-Instruct"': repr(checkpoint("qwen2.5-vl", tmp_path)), '"cuda"': '"cpu"',
-                 "torch.bfloat16": "torch.float32", url: str(tmp_path / "picture.png"), "num_layers=28": "num_layers=4"}
-    for old, new in stand_ins.items():
-        assert old in source, old
-        source = source.replace(old, new)
     import sparsevlm
+    from helpers import run_skipped_cells
 
-    scope = {"torch": torch, "sparsevlm": sparsevlm}
-    exec(compile(source, "notebook 11", "exec"), scope)
+    Image.fromarray(np.full((40, 24, 3), 200, np.uint8)).save(tmp_path / "picture.png")
+    stand_ins = {'"Qwen/Qwen2.5-VL-7B-Instruct"': repr(checkpoint("qwen2.5-vl", tmp_path)), '"cuda"': '"cpu"',
+                 "torch.bfloat16": "torch.float32", "num_layers=28": "num_layers=4",
+                 "https://upload.wikimedia.org/wikipedia/commons/4/47/PNG_transparency_demonstration_1.png":
+                 str(tmp_path / "picture.png")}
+    scope = run_skipped_cells("11_beyond_llava.ipynb", stand_ins, 1, {"torch": torch, "sparsevlm": sparsevlm},
+                              only_skipped=True)
     rep = sparsevlm.report(scope["model"])
     n_image = int((scope["inputs"]["input_ids"] == IMAGE).sum())  # the placeholders the chat template's image became
     assert n_image > 1 and rep.n_visual[0] == n_image and rep.visual_out[0, -1] < n_image

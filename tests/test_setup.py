@@ -119,16 +119,15 @@ def test_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
 def test_the_skipped_gpu_cells_of_notebook_10_run_on_a_local_checkpoint(tmp_path, monkeypatch):
     """The cells CI skips (`nbval-skip`: weights and a GPU) are the first a user with a GPU runs, so
     they run here with stand-ins: the embedded checkpoint for llava-1.5-7b-hf, the CPU in float32,
-    one of its images as my_image.jpg, the presets scaled to its 8 layers, and the bench on the toy model (two methods, one round)."""
+    one of its images as my_image.jpg, the presets scaled to its 8 layers, and the bench on the toy
+    model (two methods, one round)."""
     import torch
     from PIL import Image
 
     from sparsevlm import toy
 
-    nb = json.loads((ROOT / "notebooks" / "10_real_llava.ipynb").read_text())
-    code = [("nbval-skip" in c.get("metadata", {}).get("tags", []), "".join(c["source"]))
-            for c in nb["cells"] if c["cell_type"] == "code"]
-    assert sum(skip for skip, _ in code) == 3, "the substitutions below were written for three skipped cells"
+    from helpers import run_skipped_cells
+
     stand_ins = {'"llava-hf/llava-1.5-7b-hf"': repr(str(toy.CHECKPOINT)), '"cuda"': '"cpu"',
                  "torch.bfloat16": "torch.float32",
                  "sparsevlm.SparseVLMConfig.preset(": "toy.preset(",  # the presets scaled to its 8 layers
@@ -137,13 +136,7 @@ def test_the_skipped_gpu_cells_of_notebook_10_run_on_a_local_checkpoint(tmp_path
                                                         'methods=["sparsevlm", "fastv"])'}
     Image.fromarray(toy.eval_split(limit=1)[0]["image"]).save(tmp_path / "my_image.jpg")
     monkeypatch.chdir(tmp_path)
-    scope = {"toy": toy}
-    for skip, source in code:
-        if skip:
-            for old, new in stand_ins.items():
-                source = source.replace(old, new)
-            assert '"cuda"' not in source and "bfloat16" not in source, source
-        exec(compile(source, "notebook 10", "exec"), scope)
+    scope = run_skipped_cells("10_real_llava.ipynb", stand_ins, 3, {"toy": toy})
     assert scope["model"].dtype == torch.float32 and not hasattr(scope["model"], "_sparsevlm")  # unsparsified after
     assert list(scope["table"].index) == ["dense", "sparsevlm 192", "fastv 192", "sparsevlm 128", "fastv 128",
                                           "sparsevlm 64", "fastv 64"]
