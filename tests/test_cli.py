@@ -437,7 +437,7 @@ def test_kept_tokens_are_drawn_for_qwen_images_and_video_frame_by_frame():
         assert len(fig.axes) == frames * (len(rep.steps) + 1)
         for s, step in enumerate(rep.steps):  # the titles of column s + 1, one per frame
             titles = [fig.axes[f * (len(rep.steps) + 1) + s + 1].get_title() for f in range(frames)]
-            here = [int(t.split(": ")[1].split()[0]) for t in titles]
+            here = [int(t.split(":")[1].split()[0]) for t in titles]  # "after layer l:\n<n> here, ..."
             drawn = [k for k in step["kept"][0] if k < frames * (lead + per_frame) and k % (lead + per_frame) >= lead]
             assert sum(here) == len(drawn), (family, titles)
 
