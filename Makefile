@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 LMMS_EVAL ?= lmms-eval==0.7.3
 # transformers' video processors (LLaVA-OneVision, Video-LLaVA, LLaVA-NeXT-Video, Qwen2/2.5-VL) are
 # torchvision's, and the package index has no torchvision that loads beside the CPU torch above: a second
-# environment, with torch 2.14.1 and torchvision 0.29.1 (a CUDA build, ~5.5 GB, that runs on the CPU),
+# environment, with torch 2.14.1 and torchvision 0.29.1 (a CUDA build, ~6 GB installed, that runs on the CPU),
 # runs the tests that load those processors (tests/test_processors.py; in .venv they skip).
 # `make test VIDEO_VENV=` leaves it out (on Linux x86_64, PyPI's builds are several GB to download).
 VIDEO_VENV ?= .venv-video
