@@ -12,19 +12,13 @@ import pytest
 from PIL import Image
 from transformers.utils import is_torchvision_available
 
-from sparsevlm.cli import main
 from sparsevlm.toy.families import IMAGE, SPECIAL, tiny_processor, tiny_vlm
+from test_cli import run
 
 pytestmark = pytest.mark.skipif(not is_torchvision_available(),
                                 reason="needs torchvision beside torch: `make video-env`, then run it with .venv-video")
 
 FAMILIES = ("onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl")
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def checkpoint(family: str, tmp_path) -> str:
