@@ -20,8 +20,12 @@ are taken in rounds (`prefill_rounds`): each round times every method and the im
 in turn, so that the machine's drift over a long run falls on all of them alike; the ratios to dense are taken
 round by round (a method against the dense prefill of the same round) and their median reported,
 with the 25–75 % spread of `lm_prefill_ratio` over the rounds. Each time is the median of `repeats`
-runs after `warmup` runs, with the 25–75 % spread. Results are written as CSV and JSON with the
-machine, dtype, attention implementation and library versions.
+runs after `warmup` runs, with the 25–75 % spread (and, for `lm_prefill_ratio`, a distribution-free
+interval of the median: `median_ci`). Results are written as CSV and JSON with the machine, dtype,
+attention implementation and library versions (the JSON with every round's ratios).
+`--layer-curve` measures instead what the layers alone allow: one decoder layer's time at each
+length (`layer_curve`) and the length each method leaves every layer, whence the best time ratio
+its layers can reach on this machine (`predicted_layers_ratio`).
 
 Models: the embedded toy (`toy`, CPU-friendly), an LLaVA-1.5-7B-shaped model with random weights
 (`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU) or a
@@ -45,7 +49,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .flops import dims, report_flops
+from .flops import dims, prefill_flops, report_flops
 from .methods import BASELINES
 from .models import report, sparsified
 from .models.llava import frame_layout
@@ -242,6 +246,23 @@ def _median_spread(xs: list[float]):
     return statistics.median(xs), q[0], q[2]
 
 
+def median_ci(xs, level: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median of independent draws `xs`: the k-th
+    smallest and k-th largest, k the largest for which both tails of Binomial(n, 1/2) below k hold at
+    most (1 − level) / 2 each. Returns (low, high, coverage), coverage ≥ level when n allows it (n ≥ 6
+    at 95 %); with fewer draws, the smallest and largest and the coverage they have."""
+    from math import comb
+
+    xs, n = sorted(xs), len(xs)
+    if n == 0:
+        raise ValueError("xs is empty: allowed one draw or more")
+    tail = lambda k: sum(comb(n, i) for i in range(k)) / 2 ** n  # P(Binomial(n, 1/2) < k)
+    k = 1
+    while k < n // 2 and tail(k + 1) <= (1 - level) / 2:
+        k += 1
+    return xs[k - 1], xs[n - k], 1 - 2 * tail(k)
+
+
 def _prefill(model, inputs: dict):
     """One prefill as `generate` runs it: a forward with a KV cache, logits of the last position only
     (the head over every prompt position would add a cost that no pruning method changes)."""
@@ -335,6 +356,65 @@ def _clock(modules, device):
     finally:
         for h in hooks:
             h.remove()
+
+
+#: lengths at which `--layer-curve` times a decoder layer (below the prompt's; its own length besides)
+CURVE_TOKENS = (1, 16, 32, 64, 96, 128, 192, 256, 384, 512)
+
+
+def layer_curve(model, counts, repeats: int = 5, warmup: int = 1) -> pd.DataFrame:
+    """What one decoder layer costs at each length n in `counts`: the language model runs dense on n
+    random embeddings (no cache, causal), each layer's call is clocked on its own (`_clock`) and their
+    mean taken; in rounds (every n once per round, so the machine's drift falls on all alike), `warmup`
+    untimed rounds first. Index `tokens`; columns `layer_ms` (median over the `repeats` rounds),
+    `layer_ms_p25` / `layer_ms_p75` (spread) and `layer_flops` (`flops.layer_flops` at n). A method
+    that leaves n_ℓ tokens to layer ℓ cannot make its layers cheaper than Σ_ℓ t(n_ℓ) on this machine:
+    `predicted_layers_ratio`."""
+    from .flops import layer_flops
+
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    text = model.model.language_model
+    hidden = model.config.text_config.hidden_size
+    if not counts or any(not isinstance(n, int) or n < 1 for n in counts):
+        raise ValueError(f"counts={counts!r}: allowed a non-empty list of integers ≥ 1")
+    g = torch.Generator().manual_seed(0)
+    embeds = {n: torch.randn(1, n, hidden, generator=g).to(device, dtype) for n in counts}
+    times = {n: [] for n in counts}
+    for round_ in range(warmup + repeats):
+        for n in counts:
+            with torch.no_grad(), _clock(text.layers, device) as spent:
+                text(inputs_embeds=embeds[n], use_cache=False)
+            if round_ >= warmup:
+                times[n].append(spent[0] / len(text.layers))
+    rows = []
+    for n in counts:
+        p50, p25, p75 = (t * 1e3 for t in _median_spread(times[n]))
+        rows.append({"tokens": n, "layer_ms": p50, "layer_ms_p25": p25, "layer_ms_p75": p75,
+                     "layer_flops": float(layer_flops(n, **dims(model)))})
+    return pd.DataFrame(rows).set_index("tokens")
+
+
+def tokens_per_layer(model, inputs: dict, cfg=None) -> list[int]:
+    """The sequence length each decoder layer sees in one prefill of the first prompt of `inputs`
+    under `cfg` (None: dense): its text tokens plus the visual tokens entering the layer."""
+    with torch.no_grad(), sparsified(model, cfg) if cfg is not None else nullcontext():
+        if cfg is None:
+            rep = dense_report_for(model, inputs)
+        else:
+            model(**inputs, use_cache=True, logits_to_keep=1)
+            rep = report(model)
+    return ((rep.n_tokens - rep.n_visual)[:, None] + rep.visual_in)[0].tolist()
+
+
+def predicted_layers_ratio(curve: pd.DataFrame, tokens, dense) -> float:
+    """Σ_ℓ t(n_ℓ) / Σ_ℓ t(N_ℓ): what the decoder layers cost at the lengths `tokens` (one per layer)
+    against `dense`'s, each layer's time t read off `layer_curve` (linear between measured lengths)."""
+    import numpy as np
+
+    n, t = curve.index.to_numpy(), curve["layer_ms"].to_numpy()
+    if max(*tokens, *dense) > n.max():
+        raise ValueError(f"tokens up to {max(*tokens, *dense)}: the curve was measured up to {n.max()} only")
+    return float(np.interp(tokens, n, t).sum() / np.interp(dense, n, t).sum())
 
 
 def measure(model, inputs: dict, cfg=None, repeats: int = 5, new_tokens: int = 8) -> dict:
@@ -531,30 +611,12 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=N
     return rows
 
 
-def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", attn: str = "sdpa",
-        budgets=(192, 128, 64), repeats: int = 5, warmup: int = 2, new_tokens: int = 8, out: str | None = None,
-        methods: list[str] | None = None, log=print, text_hidden: int | None = None,
-        profile: bool = False, batch: int = 1) -> pd.DataFrame:
-    """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`
-    (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model;
-    `..._b<batch>_<device>` when timing `batch` prompts at once: the toy's first `batch` evaluation
-    questions, padded as in real batches, or the synthetic prompt repeated). With
-    `profile`, count instead the aten calls and host reads of one prefill per method at batch 1 and
-    8 (and SparseVLM's rank mode besides the presets): `profile_<model>_<device>.csv/.json`."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-    problem = device_problem(device)
-    if problem is not None:
-        raise ValueError(f"device={device!r}: {problem}")
-    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1),
-                             ("batch", batch, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: allowed an integer ≥ {low}")
-    if profile and batch != 1:
-        raise ValueError(f"batch={batch}: --profile counts batches of 1 and 8 itself; allowed with it: 1")
-    if text_hidden is not None and not model_name.endswith("-shaped"):
-        raise ValueError(f"text_hidden={text_hidden} narrows the -shaped models only, not model={model_name!r}")
+def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa", text_hidden: int | None = None,
+                     batch: int = 1):
+    """The bench's model (weights seeded) and prompt: (model, inputs of `batch` prompts, {1: ..., 8: ...}
+    batches for `--profile`: the toy's own questions, else None)."""
     torch.manual_seed(0)
+    batches = None
     if model_name == "toy":
         from . import toy
 
@@ -592,6 +654,38 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
     if model_name != "toy" and batch > 1:  # the same prompt `batch` times
         inputs = {k: v.repeat(batch, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
+    return model, inputs, batches
+
+
+def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", attn: str = "sdpa",
+        budgets=(192, 128, 64), repeats: int = 5, warmup: int = 2, new_tokens: int = 8, out: str | None = None,
+        methods: list[str] | None = None, log=print, text_hidden: int | None = None,
+        profile: bool = False, batch: int = 1, curve: bool = False) -> pd.DataFrame:
+    """Benchmark dense, SparseVLM and the baselines; write `bench_<model>_<device>.csv/.json` to `out`
+    (`bench_llava-1.5-7b-shaped-h<text_hidden>_<device>` for a narrowed language model;
+    `..._b<batch>_<device>` when timing `batch` prompts at once: the toy's first `batch` evaluation
+    questions, padded as in real batches, or the synthetic prompt repeated). With
+    `profile`, count instead the aten calls and host reads of one prefill per method at batch 1 and
+    8 (and SparseVLM's rank mode besides the presets): `profile_<model>_<device>.csv/.json`. With
+    `curve`, time instead one decoder layer at lengths up to the prompt's (`layer_curve`) and record
+    the length each method leaves every layer, logging the layers' time ratio this predicts beside the
+    FLOPs ratio: `layers_<model>_<device>.csv/.json` (the curve; the JSON holds the lengths too)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"device={device!r}: {problem}")
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 1),
+                             ("batch", batch, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r}: allowed an integer ≥ {low}")
+    if profile and batch != 1:
+        raise ValueError(f"batch={batch}: --profile counts batches of 1 and 8 itself; allowed with it: 1")
+    if curve and (profile or batch != 1):
+        raise ValueError("--layer-curve times one prompt's layers: allowed without --profile and with batch 1")
+    if text_hidden is not None and not model_name.endswith("-shaped"):
+        raise ValueError(f"text_hidden={text_hidden} narrows the -shaped models only, not model={model_name!r}")
+    model, inputs, batches = model_and_inputs(model_name, device, dtype, attn, text_hidden, batch)
     n_visual = int(dense_report_for(model, inputs).n_visual[0])  # image and video tokens
     rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None)
     if profile:
@@ -608,6 +702,23 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
             _write(table.set_index(["method", "batch"]), info, Path(out),
                    f"profile_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}_"
                    f"{torch.device(device).type}", log)
+        table.attrs["machine"] = info
+        return table
+    if curve:
+        n_prompt = int(inputs["input_ids"].shape[1])
+        table = layer_curve(model, sorted({*(n for n in CURVE_TOKENS if n < n_prompt), n_prompt}), repeats, warmup)
+        lengths = {name: tokens_per_layer(model, inputs, cfg) for name, cfg in rows.items()}
+        flops = {name: float(prefill_flops(torch.tensor([n]), **dims(model))[0]) for name, n in lengths.items()}
+        for name, n in lengths.items():
+            log(f"{name:>16}: layers at {predicted_layers_ratio(table, n, lengths['dense']):.3f} of dense's time "
+                f"(this curve) for {flops[name] / flops['dense']:.3f} of its FLOPs")
+        info = machine(device, DTYPES[dtype], attn)
+        info.update(model=model_name, text_hidden=model.config.text_config.hidden_size, prompt_tokens=n_prompt,
+                    repeats=repeats, warmup=warmup)
+        if out is not None:
+            _write(table, info, Path(out), f"layers_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}"
+                                           f"_{torch.device(device).type}", log, tokens_per_layer=lengths)
+        table.attrs["tokens_per_layer"] = lengths
         table.attrs["machine"] = info
         return table
     layers, lm = {}, {}  # seconds inside the decoder layers and inside the language model, from the same rounds
@@ -640,24 +751,28 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
         table[column] = [statistics.median(paired[name][column]) for name in table.index]
     spread = [_median_spread(paired[name]["lm_prefill_ratio"]) for name in table.index]
     table["lm_prefill_ratio_p25"], table["lm_prefill_ratio_p75"] = [s[1] for s in spread], [s[2] for s in spread]
+    ci = [median_ci(paired[name]["lm_prefill_ratio"]) for name in table.index]  # of the median, over the rounds
+    table["lm_prefill_ratio_ci_low"], table["lm_prefill_ratio_ci_high"] = [c[0] for c in ci], [c[1] for c in ci]
     table["overhead_share"] = table["overhead_ms"].astype(float) / dense["prefill_ms"]
     info = machine(device, DTYPES[dtype], attn)
     info.update(model=model_name, text_hidden=model.config.text_config.hidden_size, vision_ms=vision_ms,
                 prompt_tokens=int(inputs["input_ids"].shape[1]), batch=batch, repeats=repeats, warmup=warmup,
-                new_tokens=new_tokens, prefill_timing="rounds: every method once per round, in turn")
+                new_tokens=new_tokens, prefill_timing="rounds: every method once per round, in turn",
+                ratio_ci=f"lm_prefill_ratio_ci_*: {ci[0][2]:.1%} interval of the median over the rounds (median_ci)")
     if out is not None:
         _write(table, info, Path(out), f"bench_{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}"
-                                       f"{f'_b{batch}' if batch > 1 else ''}_{torch.device(device).type}", log)
+                                       f"{f'_b{batch}' if batch > 1 else ''}_{torch.device(device).type}", log,
+               rounds=paired)
     table.attrs["machine"] = info
     return table
 
 
-def _write(table: pd.DataFrame, info: dict, path: Path, stem: str, log=print) -> None:
-    """`table` as CSV and, with the machine, as JSON."""
+def _write(table: pd.DataFrame, info: dict, path: Path, stem: str, log=print, **extra) -> None:
+    """`table` as CSV and, with the machine (and any `extra` entries), as JSON."""
     path.mkdir(parents=True, exist_ok=True)
     table.to_csv(path / f"{stem}.csv")
     (path / f"{stem}.json").write_text(json.dumps({"machine": info, "results": json.loads(
-        table.reset_index().to_json(orient="records"))}, indent=2) + "\n")
+        table.reset_index().to_json(orient="records")), **extra}, indent=2) + "\n")
     log(f"wrote {path / stem}.csv and .json")
 
 
@@ -688,6 +803,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true",
                    help="count aten calls and host reads of one prefill per method at batch 1 and 8 (torch "
                         "profiler), and the method's own share of them and of the time, instead of timing")
+    p.add_argument("--layer-curve", action="store_true",
+                   help="time one decoder layer at lengths up to the prompt's and record the length each method "
+                        "leaves every layer, instead of timing prefills: what the layers alone allow on this "
+                        "machine (layers_<model>_<device>.csv/.json)")
 
 
 def main(argv=None) -> int:
@@ -697,7 +816,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods,
-            text_hidden=a.text_hidden, profile=a.profile, batch=a.batch)
+            text_hidden=a.text_hidden, profile=a.profile, batch=a.batch, curve=a.layer_curve)
     except ValueError as e:  # bad input: one line, as `sparsevlm bench` says it
         p.exit(1, f"{p.prog}: error: {e}\n")
     return 0

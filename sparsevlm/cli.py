@@ -344,7 +344,7 @@ def bench_cmd(args) -> int:
     check_out(args.out, folder=True)
     bench.run(args.model, args.device, args.dtype, args.attn, args.budgets, args.repeats, args.warmup,
               args.new_tokens, args.out, args.methods, text_hidden=args.text_hidden, profile=args.profile,
-              batch=args.batch)
+              batch=args.batch, curve=args.layer_curve)
     return 0
 
 

@@ -167,6 +167,8 @@ def test_the_clocks_add_up_the_calls_of_their_modules_alone():
     (["bench", "--text-hidden", "1024"], "text_hidden=1024 narrows the -shaped models only"),
     (["bench", "--batch", "0"], "batch=0: allowed an integer ≥ 1"),
     (["bench", "--profile", "--batch", "2"], "batch=2: --profile counts batches of 1 and 8 itself"),
+    (["bench", "--layer-curve", "--profile"], "--layer-curve times one prompt's layers: allowed without --profile"),
+    (["bench", "--layer-curve", "--batch", "2"], "--layer-curve times one prompt's layers: allowed without --profile and with batch 1"),
     (["eval", "--data", "{empty}"], "the file holds no records"),
     (["eval", "--data", "{data}", "--prompt", "USER: <image> describe"], "must contain {question} and no other"),
     (["eval", "--data", "{data}", "--prompt", "{question} {lang}"], "(found lang, question)"),
@@ -389,6 +391,56 @@ def test_bench_profile_counts_aten_calls_and_host_reads(capsys, tmp_path):
     assert 0 < sparse["method_aten_calls"] < sparse["aten_calls"] and 0 < sparse["method_host_reads"] <= sparse["host_reads"]
     assert sparse["aten_calls"] > dense["aten_calls"] and 0 < sparse["method_time_share"]
     assert "machine" in json.loads((tmp_path / "profile_toy_cpu.json").read_text())
+
+
+def test_bench_layer_curve_times_a_layer_by_length_and_records_each_methods_lengths(capsys, tmp_path):
+    """`bench --layer-curve`: one decoder layer's time at lengths up to the prompt's (80 tokens on the
+    toy), with its FLOPs, and the length each method leaves every layer — the same lengths the
+    bench's FLOPs come from (`report_flops` of a sparsified prefill)."""
+    from sparsevlm import report, sparsified
+    from sparsevlm.flops import dims, prefill_flops, report_flops
+
+    code, out, _ = run(capsys, "bench", "--layer-curve", "--methods", "sparsevlm", "--budgets", "64", "--repeats", "1",
+                       "--warmup", "0", "--out", str(tmp_path))
+    assert code == 0
+    curve = pd.read_csv(tmp_path / "layers_toy_cpu.csv", index_col="tokens")
+    assert list(curve.index) == [1, 16, 32, 64, 80] and (curve["layer_ms"] > 0).all()
+    assert curve["layer_flops"].is_monotonic_increasing
+    doc = json.loads((tmp_path / "layers_toy_cpu.json").read_text())
+    lengths, (model, processor) = doc["tokens_per_layer"], toy.load()
+    assert lengths["dense"] == [80] * model.config.text_config.num_hidden_layers
+    sparse = lengths["sparsevlm 64"]
+    assert sparse[0] == 80 and sparse[-1] < 80 and all(a >= b for a, b in zip(sparse, sparse[1:]))
+    rec = toy.eval_split(limit=1)[0]
+    with torch.no_grad(), sparsified(model, toy.preset(64)):
+        model(**processor(images=rec["image"], text=rec["prompt"], return_tensors="pt"))
+        expected = report_flops(report(model), **dims(model))
+    assert torch.allclose(prefill_flops(torch.tensor([sparse]), **dims(model)), expected)
+    assert "sparsevlm 64: layers at " in out and "of its FLOPs" in out and "machine" in doc
+
+
+def test_predicted_layers_ratio_reads_each_layers_time_off_the_curve():
+    """Σ t(n_ℓ) / Σ t(N_ℓ), t linear between the measured lengths; lengths beyond the curve refused."""
+    from sparsevlm.bench import predicted_layers_ratio
+
+    curve = pd.DataFrame({"layer_ms": [3.0, 12.0]}, index=pd.Index([1, 10], name="tokens"))  # t(n) = 2 + n
+    assert predicted_layers_ratio(curve, [10, 5, 5], [10, 10, 10]) == pytest.approx((12 + 7 + 7) / 36)
+    assert predicted_layers_ratio(curve, [10, 10], [10, 10]) == 1
+    proportional = pd.DataFrame({"layer_ms": [1.0, 10.0]}, index=[1, 10])  # no fixed cost: the tokens' ratio
+    assert predicted_layers_ratio(proportional, [10, 4], [10, 10]) == pytest.approx(14 / 20)
+    with pytest.raises(ValueError, match="tokens up to 11: the curve was measured up to 10 only"):
+        predicted_layers_ratio(curve, [11], [10])
+
+
+def test_layer_curve_runs_on_an_m_rope_language_model():
+    """Qwen2-VL's language model (M-RoPE positions) takes plain embeddings for the curve too."""
+    from sparsevlm.bench import layer_curve
+    from sparsevlm.toy.families import tiny_vlm
+
+    curve = layer_curve(tiny_vlm("qwen2-vl").eval(), [1, 4], repeats=1, warmup=0)
+    assert list(curve.index) == [1, 4] and (curve["layer_ms"] > 0).all()
+    with pytest.raises(ValueError, match="counts=\\[\\]: allowed a non-empty list of integers ≥ 1"):
+        layer_curve(tiny_vlm("qwen2-vl"), [])
 
 
 @pytest.mark.parametrize("family", ["next", "qwen2-vl", "video-llava", "next-video"])
