@@ -203,6 +203,31 @@ def _s08_2():
     return {"a better": "sparsevlm", "b better": "pdrop", "tie": "tie"}[paired_bootstrap(a, b)["verdict"]]
 
 
+# --- 09: latency and memory ---------------------------------------------------------------------
+
+def _s09_1():
+    import json
+
+    import pandas as pd
+
+    from .bench import RESULTS, predicted_layers_ratio
+
+    doc = json.loads((RESULTS / "layers_llava-1.5-7b-shaped-h1024_cpu.json").read_text())
+    curve = pd.DataFrame(doc["results"]).set_index("tokens")
+    return predicted_layers_ratio(curve, [695] * 2 + [183] * 30, [695] * 32)
+
+
+def _s09_2():
+    from . import toy
+    from .models import sparsified
+    from .models.staged import CACHE
+
+    model, _, records = _toy()
+    with torch.no_grad(), sparsified(model, toy.preset(64)):
+        cache = getattr(model(**_inputs(records[0]), use_cache=True), CACHE)
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)) / 2 ** 20
+
+
 EXERCISES = {e.id: e for e in [
     Exercise("01.1", "Random pruning to 16 tokens after layer 1: what share of dense accuracy is retained on "
              "records[:240]? (a fraction, ±0.01)", "number", _s01_1,
@@ -256,6 +281,18 @@ EXERCISES = {e.id: e for e in [
              "'pdrop' or 'tie' at 95 % (paired bootstrap)?", "choice", _s08_2,
              "evaluate both on the same questions, then sparsevlm.eval.paired_bootstrap",
              choices=("sparsevlm", "pdrop", "tie")),
+    Exercise("09.1", "On the committed LLaVA-1.5-7B-shaped layer curve (bench.RESULTS / "
+             "'layers_llava-1.5-7b-shaped-h1024_cpu.json'), a method keeps all 695 tokens in layers 0–1 and 183 "
+             "(119 text + 64 visual) in layers 2–31: at best, what share of dense's layer time do its layers take? "
+             "(±0.005)", "number", _s09_1,
+             "read t(n) off the curve for each layer (linear between its lengths), add up, divide by 32 · t(695); "
+             "bench.predicted_layers_ratio does the same", tol=0.005),
+    Exercise("09.2", "Dense prefill of records[0] leaves a 0.625 MB KV cache (8 layers × 80 tokens × keys and "
+             "values of width 128 in float32). How many MB does SparseVLM's toy.preset(64) leave? (±0.001)",
+             "number", _s09_2,
+             "each layer caches the keys and values of the tokens that reach it: 2 × tokens × 128 × 4 bytes per "
+             "layer (report(model).visual_in says how many visual tokens each layer sees), or sum the cache's "
+             "tensors", tol=0.001),
 ]}
 
 
