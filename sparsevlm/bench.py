@@ -412,8 +412,11 @@ def predicted_layers_ratio(curve: pd.DataFrame, tokens, dense) -> float:
     import numpy as np
 
     n, t = curve.index.to_numpy(), curve["layer_ms"].to_numpy()
-    if max(*tokens, *dense) > n.max():
-        raise ValueError(f"tokens up to {max(*tokens, *dense)}: the curve was measured up to {n.max()} only")
+    if len(tokens) != len(dense):
+        raise ValueError(f"tokens has {len(tokens)} layers and dense {len(dense)}: allowed one length per layer in both")
+    longest = max(max(tokens), max(dense))
+    if longest > n.max():
+        raise ValueError(f"tokens up to {longest}: the curve was measured up to {n.max()} only")
     return float(np.interp(tokens, n, t).sum() / np.interp(dense, n, t).sum())
 
 

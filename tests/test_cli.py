@@ -430,6 +430,8 @@ def test_predicted_layers_ratio_reads_each_layers_time_off_the_curve():
     assert predicted_layers_ratio(proportional, [10, 4], [10, 10]) == pytest.approx(14 / 20)
     with pytest.raises(ValueError, match="tokens up to 11: the curve was measured up to 10 only"):
         predicted_layers_ratio(curve, [11], [10])
+    with pytest.raises(ValueError, match="tokens has 1 layers and dense 2"):
+        predicted_layers_ratio(curve, [5], [10, 10])
 
 
 def test_layer_curve_runs_on_an_m_rope_language_model():
