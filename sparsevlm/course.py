@@ -228,6 +228,28 @@ def _s09_2():
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)) / 2 ** 20
 
 
+# --- 11: beyond LLaVA-1.5 ------------------------------------------------------------------------
+
+def _s11_1():
+    import transformers
+
+    from .bench import llava_next_7b_config
+
+    with torch.device("meta"):  # the architecture's own count, without weights
+        model = transformers.LlavaNextForConditionalGeneration(llava_next_7b_config())
+    pixels = torch.empty(1, 10, 3, 336, 336, device="meta")
+    out = model.model.get_image_features(pixels, torch.tensor([[336, 672]]), return_dict=True)
+    return int(out.pooler_output[0].shape[0])
+
+
+def _s11_2():
+    from .config import SparseVLMConfig
+    from .methods import planned_counts
+
+    _, outs = planned_counts(SparseVLMConfig.preset(128), 2928, 32)
+    return int(outs[2])
+
+
 EXERCISES = {e.id: e for e in [
     Exercise("01.1", "Random pruning to 16 tokens after layer 1: what share of dense accuracy is retained on "
              "records[:240]? (a fraction, ±0.01)", "number", _s01_1,
@@ -293,6 +315,15 @@ EXERCISES = {e.id: e for e in [
              "each layer caches the keys and values of the tokens that reach it: 2 × tokens × 128 × 4 bytes per "
              "layer (report(model).visual_in says how many visual tokens each layer sees), or sum the cache's "
              "tensors", tol=0.001),
+    Exercise("11.1", "LLaVA-NeXT-7B (anyres, 336-pixel tiles): how many visual tokens does an image 336 pixels high "
+             "and 672 wide become?", "int", _s11_1,
+             "24² for the whole image's view, plus the best grid of tiles (here 1 × 2: a 24 × 48 feature grid, "
+             "nothing cut for this aspect ratio), plus one newline token per row of that grid"),
+    Exercise("11.2", "SparseVLMConfig.preset(128), as ratios (schedule_of = 576), on LLaVA-NeXT's 2,928-token "
+             "image: how many visual tokens leave layer 2, the kept ones and the recycled ones together?", "int",
+             _s11_2,
+             "keep round(303 · 2928 / 576), then recycle the pruned ones as in exercise 05.1 (int(0.3 · n) + 1 "
+             "tokens into int(0.1 · m) + 1 clusters); sparsevlm.planned_counts gives the counts per layer"),
 ]}
 
 
