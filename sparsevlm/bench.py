@@ -437,15 +437,20 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, new_tokens: int = 8
             base = torch.cuda.memory_allocated(device)
         out = model(**inputs, use_cache=True)
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20 if device.type == "cuda" else float("nan")
-        kv = sum(t.numel() * t.element_size() for layer in getattr(out, CACHE).layers for t in (layer.keys, layer.values))
+        kv = kv_cache_mb(getattr(out, CACHE))
         rep = report(model) if state is not None else dense_report_for(model, inputs)
         eq, eq_in = float(rep.equivalent_tokens.mean()), float(rep.equivalent_tokens_input.mean())
         flops = float(report_flops(rep, **dims(model)).mean())
     d50, d25, d75 = _median_spread(steps)
     return {"decode_ms_per_token": d50 * 1e3, "decode_ms_p25": d25 * 1e3, "decode_ms_p75": d75 * 1e3,
             "overhead_ms": None if overhead is None else overhead * 1e3,
-            "kv_cache_mb": kv / 2 ** 20, "peak_prefill_mb": peak, "equivalent_tokens": eq,
+            "kv_cache_mb": kv, "peak_prefill_mb": peak, "equivalent_tokens": eq,
             "equivalent_tokens_input": eq_in, "tflops": flops / 1e12}
+
+
+def kv_cache_mb(cache) -> float:
+    """MiB held by a KV cache's keys and values, over its layers (each as long as the tokens that reached it)."""
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)) / 2 ** 20
 
 
 def decode_steps(model, inputs: dict, new_tokens: int, repeats: int) -> list[float]:

@@ -219,13 +219,13 @@ def _s09_1():
 
 def _s09_2():
     from . import toy
+    from .bench import kv_cache_mb
     from .models import sparsified
     from .models.staged import CACHE
 
     model, _, records = _toy()
     with torch.no_grad(), sparsified(model, toy.preset(64)):
-        cache = getattr(model(**_inputs(records[0]), use_cache=True), CACHE)
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)) / 2 ** 20
+        return kv_cache_mb(getattr(model(**_inputs(records[0]), use_cache=True), CACHE))
 
 
 # --- 11: beyond LLaVA-1.5 ------------------------------------------------------------------------
