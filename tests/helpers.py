@@ -103,7 +103,7 @@ def run_skipped_cells(notebook: str, stand_ins: dict, skipped: int, scope: dict,
     """Run a notebook's `nbval-skip` cells (weights, a GPU: CI skips them) with each text in `stand_ins`
     replaced (a local checkpoint for the hub name, the CPU for "cuda", ...), after its other code cells
     unless `only_skipped`; `skipped` is how many such cells the stand-ins were written for. Every
-    stand-in must be used, and no "cuda" may be left. Returns the cells' namespace."""
+    stand-in must be used, and no "cuda" or bfloat16 may be left. Returns the cells' namespace."""
     import json
     from pathlib import Path
 
@@ -117,7 +117,7 @@ def run_skipped_cells(notebook: str, stand_ins: dict, skipped: int, scope: dict,
             for old, new in stand_ins.items():
                 unused -= {old} if old in source else set()
                 source = source.replace(old, new)
-            assert '"cuda"' not in source, source
+            assert '"cuda"' not in source and "bfloat16" not in source, source
         if skip or not only_skipped:
             exec(compile(source, notebook, "exec"), scope)
     assert not unused, f"stand-ins not found in {notebook}: {sorted(unused)}"
