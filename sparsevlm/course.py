@@ -1,9 +1,12 @@
 """The course's exercises: `check("04.1", answer)` says right or wrong, and why.
 
-Each exercise belongs to a notebook (its id starts with the notebook's number) and has a reference
-solution computed live from the library and the embedded model — never a stored number — so an
-exercise cannot silently go stale: `make test` runs every solution and checks that `check` accepts
-it and refuses a wrong answer. Notebooks call `check`; they never print a solution.
+Each exercise belongs to a notebook: its id starts with the notebook's number. Its reference solution
+is computed live from the library and the embedded model, never stored, so it cannot go stale.
+`make test` runs every solution, its named slips and a wrong answer. Notebooks call `check`; they never
+print a solution.
+
+Hints are graded. A first wrong answer gets a nudge; later ones get the recipe. A known slip is named.
+A right answer says why in one line.
 """
 from __future__ import annotations
 
@@ -20,9 +23,14 @@ class Exercise:
     question: str
     kind: str  # "number" (within `tol`), "int", "choice" (one of `choices`) or "set" (of ints)
     solve: Callable[[], Any]
-    hint: str
+    hint: str  # the recipe: shown from the second wrong answer on
     tol: float = 0.0
     choices: tuple = ()
+    nudge: str = ""  # shown after the first wrong answer
+    why: str = ""  # one line, shown with a right answer
+    # Common slips: (name, wrong answer computed from the reference), e.g.
+    # ("two FLOPs per multiply-add", lambda ref: 2 * ref). A matching answer is told the slip's name.
+    slips: tuple = ()
 
 
 @lru_cache(maxsize=1)
@@ -143,22 +151,22 @@ def _s05_2():
     return float(summed.norm() / mean.norm())
 
 
-# --- 06: FLOPs --------------------------------------------------------------------------------
+# --- 07: FLOPs --------------------------------------------------------------------------------
 
-def _s06_1():
+def _s07_1():
     from .flops import layer_flops
 
     return float(layer_flops(695, 4096, 11008)) / 1e9
 
 
-def _s06_2():
+def _s07_2():
     from .config import SparseVLMConfig
     from .methods import planned_tokens
 
     return planned_tokens(SparseVLMConfig.preset(64), 576, 32, "input")
 
 
-# --- 07: ablations ----------------------------------------------------------------------------
+# --- 08: ablations ----------------------------------------------------------------------------
 
 def _ablate(**overrides):
     from . import toy
@@ -168,7 +176,7 @@ def _ablate(**overrides):
     return evaluate(model, processor, records[:240], toy.preset(128, **overrides), batch_size=64, progress=False)
 
 
-def _s07_1():
+def _s08_1():
     base = _ablate()["correct"].mean()
     changes = {"no recycling": {"recycle": False}, "original positions": {"positions": "original"},
                "raters = last token": {"rater_rule": "last"}, "raters = all text": {"rater_rule": "all"}}
@@ -176,22 +184,22 @@ def _s07_1():
     return max(drop, key=drop.get)
 
 
-def _s07_2():
+def _s08_2():
     from .eval import paired_bootstrap
 
     return paired_bootstrap(_ablate(rater_rule="all"), _ablate())["verdict"]
 
 
-# --- 08: baselines ----------------------------------------------------------------------------
+# --- 09: baselines ----------------------------------------------------------------------------
 
-def _s08_1():
+def _s09_1():
     from . import toy
     from .methods import matched_baselines
 
     return float(matched_baselines(toy.preset(64), 64, 8)["fastv"].prune_ratio)
 
 
-def _s08_2():
+def _s09_2():
     from . import toy
     from .eval import evaluate, paired_bootstrap
     from .methods import matched_baselines
@@ -203,9 +211,9 @@ def _s08_2():
     return {"a better": "sparsevlm", "b better": "pdrop", "tie": "tie"}[paired_bootstrap(a, b)["verdict"]]
 
 
-# --- 09: latency and memory ---------------------------------------------------------------------
+# --- 10: latency and memory ---------------------------------------------------------------------
 
-def _s09_1():
+def _s10_1():
     import json
 
     import pandas as pd
@@ -217,7 +225,7 @@ def _s09_1():
     return predicted_layers_ratio(curve, [695] * 2 + [183] * 30, [695] * 32)
 
 
-def _s09_2():
+def _s10_2():
     from . import toy
     from .bench import kv_cache_mb
     from .models import sparsified
@@ -228,9 +236,9 @@ def _s09_2():
         return kv_cache_mb(getattr(model(**_inputs(records[0]), use_cache=True), CACHE))
 
 
-# --- 11: beyond LLaVA-1.5 ------------------------------------------------------------------------
+# --- 12: beyond LLaVA-1.5 ------------------------------------------------------------------------
 
-def _s11_1():
+def _s12_1():
     import transformers
 
     from .bench import llava_next_7b_config
@@ -242,7 +250,7 @@ def _s11_1():
     return int(out.pooler_output[0].shape[0])
 
 
-def _s11_2():
+def _s12_2():
     from .config import SparseVLMConfig
     from .methods import planned_counts
 
@@ -282,46 +290,46 @@ EXERCISES = {e.id: e for e in [
     Exercise("05.2", "A cluster of 5 identical tokens: how many times larger is the norm of the paper's summed "
              "token than the reference's mean token? (±1e-6)", "number", _s05_2,
              "sum = size × mean", tol=1e-6),
-    Exercise("06.1", "Prefill cost of one LLaVA-1.5-7B decoder layer (d = 4096, m = 11008) on n = 695 tokens, by "
-             "the paper's formula, in GFLOPs (multiply-adds, ±0.5)", "number", _s06_1,
+    Exercise("07.1", "Prefill cost of one LLaVA-1.5-7B decoder layer (d = 4096, m = 11008) on n = 695 tokens, by "
+             "the paper's formula, in GFLOPs (multiply-adds, ±0.5)", "number", _s07_1,
              "4·n·d² + 2·n²·d + 3·n·d·m", tol=0.5),
-    Exercise("06.2", "Equivalent tokens of LLaVA-1.5-7B's 64-token preset counted at each layer's *input* "
-             "(±0.01)", "number", _s06_2,
+    Exercise("07.2", "Equivalent tokens of LLaVA-1.5-7B's 64-token preset counted at each layer's *input* "
+             "(±0.01)", "number", _s07_2,
              "a pruning layer processes its input tokens; use sparsevlm.planned_tokens(..., 'input')", tol=0.01),
-    Exercise("07.1", "From the 128-token defaults, which one-knob change costs the most accuracy on the 240 "
+    Exercise("08.1", "From the 128-token defaults, which one-knob change costs the most accuracy on the 240 "
              "questions: 'no recycling', 'original positions', 'raters = last token' or 'raters = all text'?",
-             "choice", _s07_1, "run ablation() with each change and compare acc_all with the defaults",
+             "choice", _s08_1, "run ablation() with each change and compare acc_all with the defaults",
              choices=("no recycling", "original positions", "raters = last token", "raters = all text")),
-    Exercise("07.2", "Raters = all text against the paper's mean rule at the 128 preset, 240 questions: is the "
+    Exercise("08.2", "Raters = all text against the paper's mean rule at the 128 preset, 240 questions: is the "
              "difference significant at 95 % (paired bootstrap)? Answer 'a better' (all text), 'b better' "
-             "(mean) or 'tie'.", "choice", _s07_2,
+             "(mean) or 'tie'.", "choice", _s08_2,
              "sparsevlm.eval.paired_bootstrap on the two per-question results",
              choices=("a better", "b better", "tie")),
-    Exercise("08.1", "What FastV prune ratio does matched_baselines choose to match the toy 64 preset? (±1e-3)",
-             "number", _s08_1, "sparsevlm.matched_baselines(toy.preset(64), 64, 8)['fastv']", tol=1e-3),
-    Exercise("08.2", "At the 192 preset, SparseVLM against PyramidDrop on all 800 questions: 'sparsevlm', "
-             "'pdrop' or 'tie' at 95 % (paired bootstrap)?", "choice", _s08_2,
+    Exercise("09.1", "What FastV prune ratio does matched_baselines choose to match the toy 64 preset? (±1e-3)",
+             "number", _s09_1, "sparsevlm.matched_baselines(toy.preset(64), 64, 8)['fastv']", tol=1e-3),
+    Exercise("09.2", "At the 192 preset, SparseVLM against PyramidDrop on all 800 questions: 'sparsevlm', "
+             "'pdrop' or 'tie' at 95 % (paired bootstrap)?", "choice", _s09_2,
              "evaluate both on the same questions, then sparsevlm.eval.paired_bootstrap",
              choices=("sparsevlm", "pdrop", "tie")),
-    Exercise("09.1", "On the committed LLaVA-1.5-7B-shaped layer curve (bench.RESULTS / "
+    Exercise("10.1", "On the committed LLaVA-1.5-7B-shaped layer curve (bench.RESULTS / "
              "'layers_llava-1.5-7b-shaped-h1024_cpu.json'), a method keeps all 695 tokens in layers 0–1 and 183 "
              "(119 text + 64 visual) in layers 2–31: at best, what share of dense's layer time do its layers take? "
-             "(±0.005)", "number", _s09_1,
+             "(±0.005)", "number", _s10_1,
              "read t(n) off the curve for each layer (linear between its lengths), add up, divide by 32 · t(695); "
              "bench.predicted_layers_ratio does the same", tol=0.005),
-    Exercise("09.2", "Dense prefill of records[0] leaves a 0.625 MB KV cache (8 layers × 80 tokens × keys and "
+    Exercise("10.2", "Dense prefill of records[0] leaves a 0.625 MB KV cache (8 layers × 80 tokens × keys and "
              "values of width 128 in float32). How many MB does SparseVLM's toy.preset(64) leave? (±0.001)",
-             "number", _s09_2,
+             "number", _s10_2,
              "each layer caches the keys and values of the tokens that reach it: 2 × tokens × 128 × 4 bytes per "
              "layer (report(model).visual_in says how many visual tokens each layer sees), or sum the cache's "
              "tensors", tol=0.001),
-    Exercise("11.1", "LLaVA-NeXT-7B (anyres, 336-pixel tiles): how many visual tokens does an image 336 pixels high "
-             "and 672 wide become?", "int", _s11_1,
+    Exercise("12.1", "LLaVA-NeXT-7B (anyres, 336-pixel tiles): how many visual tokens does an image 336 pixels high "
+             "and 672 wide become?", "int", _s12_1,
              "24² for the whole image's view, plus the best grid of tiles (here 1 × 2: a 24 × 48 feature grid, "
              "nothing cut for this aspect ratio), plus one newline token per row of that grid"),
-    Exercise("11.2", "SparseVLMConfig.preset(128), as ratios (schedule_of = 576), on LLaVA-NeXT's 2,928-token "
+    Exercise("12.2", "SparseVLMConfig.preset(128), as ratios (schedule_of = 576), on LLaVA-NeXT's 2,928-token "
              "image: how many visual tokens leave layer 2, the kept ones and the recycled ones together?", "int",
-             _s11_2,
+             _s12_2,
              "keep round(303 · 2928 / 576), then recycle the pruned ones as in exercise 05.1 (int(0.3 · n) + 1 "
              "tokens into int(0.1 · m) + 1 clusters); sparsevlm.planned_counts gives the counts per layer"),
 ]}
@@ -339,7 +347,30 @@ def _get(exercise: str) -> Exercise:
     return EXERCISES[exercise]
 
 
+def _plain(answer):
+    """A numpy scalar, a 0-d array or a 0-d tensor as the Python number it holds."""
+    if hasattr(answer, "item") and getattr(answer, "ndim", None) == 0:
+        return answer.item()
+    return answer
+
+
+def _int(answer):
+    answer = _plain(answer)
+    if isinstance(answer, float) and answer.is_integer():
+        return int(answer)
+    return answer
+
+
+def _same(ex: Exercise, answer, value) -> bool:
+    if ex.kind == "number":
+        return abs(float(answer) - value) <= ex.tol
+    if ex.kind == "set":
+        return {int(x) for x in answer} == set(value)
+    return answer == value
+
+
 def _verdict(ex: Exercise, answer, ref) -> tuple[bool, str]:
+    answer = _int(answer) if ex.kind == "int" else _plain(answer)
     if ex.kind == "number":
         try:
             value = float(answer)
@@ -366,18 +397,45 @@ def _verdict(ex: Exercise, answer, ref) -> tuple[bool, str]:
     return False, f"{missing} missing, {extra} that should not be there"
 
 
+def slip(ex: Exercise, answer, ref) -> str | None:
+    """The name of the common slip that `answer` matches, if any."""
+    answer = _int(answer) if ex.kind == "int" else _plain(answer)
+    for name, wrong in ex.slips:
+        value = wrong(ref)
+        try:
+            if value != ref and _same(ex, answer, value):
+                return name
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+_ATTEMPTS: dict[str, int] = {}
+
+
 def check(exercise: str, answer=None, quiet: bool = False) -> bool | None:
-    """Say whether `answer` solves `exercise` ("04.1", ...), and if not, why and a hint.
-    None (the default) means not answered yet. Returns True / False (None if unanswered)."""
+    """Say whether `answer` solves `exercise` ("04.1", ...): why when right; when wrong, a nudge
+    the first time and the recipe after. A known slip is named. None (the default) means not
+    answered yet. Returns True / False (None if unanswered)."""
     ex = _get(exercise)
     if answer is None:
         if not quiet:
             print(f"{ex.id}: not answered yet — {ex.question}")
         return None
-    ok, why = _verdict(ex, answer, solution(exercise))
+    ref = solution(exercise)
+    ok, why = _verdict(ex, answer, ref)
+    if ok:
+        _ATTEMPTS.pop(ex.id, None)
+        if not quiet:
+            print(f"{ex.id}: right. {ex.why}".rstrip())
+        return True
+    named = slip(ex, answer, ref)
+    tries = _ATTEMPTS[ex.id] = _ATTEMPTS.get(ex.id, 0) + 1
+    hint = ex.nudge if tries == 1 and ex.nudge else ex.hint
     if not quiet:
-        print(f"{ex.id}: right." if ok else f"{ex.id}: wrong — {why}. Hint: {ex.hint}.")
-    return ok
+        said = f"that is the slip '{named}'" if named else why
+        print(f"{ex.id}: wrong — {said}. Hint: {hint}.")
+    return False
 
 
-__all__ = ["check", "solution", "EXERCISES", "Exercise"]
+__all__ = ["check", "solution", "slip", "EXERCISES", "Exercise"]

@@ -22,14 +22,41 @@ def _wrong(ex, ref):
 
 @pytest.mark.parametrize("exercise", list(course.EXERCISES))
 def test_reference_solution_is_accepted_and_a_wrong_answer_refused(exercise, capsys):
+    """A right answer says why; the first wrong answer gets the nudge, the second the recipe."""
     ex = course.EXERCISES[exercise]
+    assert ex.nudge and ex.why and ex.hint and ex.nudge != ex.hint, exercise
     ref = course.solution(exercise)
     assert course.check(exercise, ref) is True
+    assert capsys.readouterr().out.strip() == f"{exercise}: right. {ex.why}"
     assert course.check(exercise, _wrong(ex, ref)) is False
-    out = capsys.readouterr().out
-    assert f"{exercise}: right." in out and f"{exercise}: wrong" in out and "Hint:" in out
+    assert f"{exercise}: wrong" in (first := capsys.readouterr().out) and f"Hint: {ex.nudge}." in first
+    assert course.check(exercise, _wrong(ex, ref)) is False
+    assert f"Hint: {ex.hint}." in capsys.readouterr().out
+    course.check(exercise, ref, quiet=True)  # a right answer resets the hints
     if ex.kind == "choice":
         assert ref in ex.choices
+
+
+@pytest.mark.parametrize("exercise", [e for e, ex in course.EXERCISES.items() if ex.slips])
+def test_each_named_slip_is_recognised(exercise, capsys):
+    ex = course.EXERCISES[exercise]
+    ref = course.solution(exercise)
+    for name, wrong in ex.slips:
+        assert course.check(exercise, wrong(ref)) is False
+        assert f"that is the slip '{name}'" in capsys.readouterr().out, name
+    course.check(exercise, ref, quiet=True)
+
+
+def test_numpy_scalars_and_zero_d_tensors_are_numbers():
+    import numpy as np
+    import torch
+
+    for exercise in ("04.1", "02.1"):
+        ref = course.solution(exercise)
+        for answer in (np.array(ref), np.array([ref])[0], torch.tensor(ref)):
+            assert course.check(exercise, answer, quiet=True) is True, (exercise, type(answer))
+    assert course.check("04.1", np.float64(course.solution("04.1")), quiet=True) is True
+    assert course.check("04.1", torch.ones(2), quiet=True) is False
 
 
 def test_unanswered_and_malformed_answers():
@@ -51,8 +78,10 @@ def test_every_exercise_is_posed_in_its_notebook_and_no_solution_is_printed():
                 assert f"solution({ex!r}" not in src
     assert set(posed) == set(course.EXERCISES)
     assert all(posed[ex].startswith(ex.split(".")[0]) for ex in posed)
-    counts = {f"{n:02d}": sum(ex.startswith(f"{n:02d}.") for ex in course.EXERCISES) for n in (*range(1, 10), 11)}
-    assert all(2 <= c <= 3 for c in counts.values()), counts
+    numbers = {path.name[:2] for path in NOTEBOOKS.glob("*.ipynb")}
+    counts = {n: sum(ex.startswith(f"{n}.") for ex in course.EXERCISES) for n in numbers}
+    assert all(1 <= c <= 3 for c in counts.values()), counts
+    assert all(counts[n] >= 2 for n in numbers - {"00", "11"}), counts
 
 
 def test_every_notebook_ends_with_takeaways_and_try_next():

@@ -1,7 +1,7 @@
 """The course website as a reader sees it (issue #19): the site `make docs` built, served on
 localhost and opened in a real headless Chromium (Debian's, driven by playwright; no browser is
 downloaded). Every page: no console errors, every internal link resolves, every image loaded; the
-notebooks 02–06 show rendered equations; 07 shows the static snapshot of its explorer. Screenshots of
+notebooks 02–07 show rendered equations; 07 shows the static snapshot of its explorer. Screenshots of
 the landing page and one notebook page are written to the build folder."""
 import functools
 import http.server
@@ -91,7 +91,7 @@ def test_every_page_loads_cleanly_with_its_links_and_images(site, browser, name)
 
 
 @pytest.mark.parametrize("nb", ["02_text_raters", "03_scoring", "04_rank_adaptive_ratio", "05_recycling",
-                                "06_flops_with_fvcore"])
+                                "07_flops_with_fvcore"])
 def test_equations_render(site, browser, nb):
     page, errors = visit(browser, urljoin(site, f"notebooks/{nb}.html"))
     rendered = page.evaluate("() => document.querySelectorAll('mjx-container').length")
@@ -100,10 +100,10 @@ def test_equations_render(site, browser, nb):
 
 
 def test_the_explorer_shows_its_snapshot_and_the_pages_are_photographed(site, browser):
-    page, _ = visit(browser, urljoin(site, "notebooks/07_ablations.html"))
+    page, _ = visit(browser, urljoin(site, "notebooks/08_ablations.html"))
     text = page.inner_text("body")
     figures = page.evaluate("() => Array.from(document.images).filter(i => i.naturalWidth > 300).length")
-    page.screenshot(path=str(SITE / "_screenshot_07_ablations.png"), full_page=False)
+    page.screenshot(path=str(SITE / "_screenshot_08_ablations.png"), full_page=False)
     page.close()
     assert "live in Jupyter" in text and figures >= 1
     landing, _ = visit(browser, site + "README.html")

@@ -82,7 +82,7 @@ def test_demo_compares_methods_on_a_qwen2_5_vl_checkpoint(capsys, tmp_path):
 
 
 def test_the_skipped_gpu_cell_of_notebook_11_runs_on_a_local_checkpoint(tmp_path):
-    """Notebook 11's Qwen2.5-VL cell (`nbval-skip`: weights and a GPU) with stand-ins: the tiny
+    """Notebook 12's Qwen2.5-VL cell (`nbval-skip`: weights and a GPU) with stand-ins: the tiny
     Qwen2.5-VL checkpoint and its processor (whose chat template frames an image as the real one
     does), the CPU, a local image for the URL, the preset scaled to its 4 layers."""
     import torch
@@ -95,7 +95,7 @@ def test_the_skipped_gpu_cell_of_notebook_11_runs_on_a_local_checkpoint(tmp_path
                  "torch.bfloat16": "torch.float32", "num_layers=28": "num_layers=4",
                  "https://upload.wikimedia.org/wikipedia/commons/4/47/PNG_transparency_demonstration_1.png":
                  str(tmp_path / "picture.png")}
-    scope = run_skipped_cells("11_beyond_llava.ipynb", stand_ins, 1, {"torch": torch, "sparsevlm": sparsevlm},
+    scope = run_skipped_cells("12_beyond_llava.ipynb", stand_ins, 1, {"torch": torch, "sparsevlm": sparsevlm},
                               only_skipped=True)
     rep = sparsevlm.report(scope["model"])
     n_image = int((scope["inputs"]["input_ids"] == IMAGE).sum())  # the placeholders the chat template's image became

@@ -89,7 +89,7 @@ def test_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
                     str(ROOT)], check=True, capture_output=True)
-    wheel = next(dist.glob("sparsevlm-*.whl"))
+    wheel = next(dist.glob("sparsevlm_course-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ["sparsevlm/data/toy-llava/model.safetensors", "sparsevlm/data/toy-llava/eval_split.json",
                    "sparsevlm/data/toy-llava/MODEL_CARD.md", "sparsevlm/results/bench_toy_cpu.json", "sparsevlm/course.py"]:
@@ -136,7 +136,7 @@ def test_the_skipped_gpu_cells_of_notebook_10_run_on_a_local_checkpoint(tmp_path
                                                         'methods=["sparsevlm", "fastv"])'}
     Image.fromarray(toy.eval_split(limit=1)[0]["image"]).save(tmp_path / "my_image.jpg")
     monkeypatch.chdir(tmp_path)
-    scope = run_skipped_cells("10_real_llava.ipynb", stand_ins, 3, {"toy": toy})
+    scope = run_skipped_cells("11_real_llava.ipynb", stand_ins, 3, {"toy": toy})
     assert scope["model"].dtype == torch.float32 and not hasattr(scope["model"], "_sparsevlm")  # unsparsified after
     assert list(scope["table"].index) == ["dense", "sparsevlm 192", "fastv 192", "sparsevlm 128", "fastv 128",
                                           "sparsevlm 64", "fastv 64"]
