@@ -85,6 +85,25 @@ def test_captured_attentions_and_hidden_states_come_back_as_from_the_dense_model
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("flag", ["output_attentions", "output_hidden_states"])
+def test_output_flags_set_on_the_config_run_dense_as_the_arguments_do(flag):
+    """transformers reads an output flag from the config when the forward is not given it (#32.1)."""
+    model = tiny_llava("llama", "eager")
+    inputs = batch([6])
+    setattr(model.config.text_config, flag, True)
+    dense = model(**inputs)
+    with sparsevlm.sparsified(model, PRESET):
+        out = model(**inputs)
+        rep = sparsevlm.report(model)
+        assert rep.dense and rep.reason.startswith("output_attentions/output_hidden_states were requested")
+        model(**inputs, **{flag: False})  # the argument wins over the config
+        assert not sparsevlm.report(model).dense
+    name = flag.removeprefix("output_")
+    assert getattr(out, name) is not None and len(getattr(out, name)) == len(getattr(dense, name))
+    for a, b in zip(getattr(out, name), getattr(dense, name)):
+        assert torch.equal(a, b)
+
+
 def test_outputs_are_aligned_with_the_input_and_labels_give_the_loss_of_the_kept_positions(model):
     inputs = batch([6, 9], seed=4)
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)

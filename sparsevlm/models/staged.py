@@ -94,7 +94,7 @@ class SparseTextModel:
             reason = "the language model was called with input_ids instead of embeddings"
         elif attention_mask is not None and attention_mask.dim() != 2:
             reason = "a 4D attention mask was given; pruning needs the 2D padding mask"
-        elif any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states")):
+        elif any(self._requested(k, kwargs) for k in ("output_attentions", "output_hidden_states")):
             reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
         elif st["method"].needs_vision and not vision:
             reason = "the vision tower's signals for these image tokens were not captured"
@@ -109,6 +109,11 @@ class SparseTextModel:
                                            use_cache, kwargs, frames)
         return self._sparse_prefill(inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
                                     use_cache, kwargs, frames)
+
+    def _requested(self, flag: str, kwargs) -> bool:
+        """An output flag as transformers resolves it: the forward argument, else the config's."""
+        value = kwargs.get(flag)
+        return bool(getattr(self.config, flag, False) if value is None else value)
 
     def _prompt_then_draft(self, n, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache,
                            kwargs, frames):
