@@ -103,13 +103,16 @@ def load_model(path: str | None, device: str, dtype: str, with_processor: bool =
                            f"supported: {', '.join(MODEL_TYPES)}")
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise CliError(f"--model {path}: the folder has config.json but no weights (*.safetensors or *.bin)")
+        import pickle
+
+        from safetensors import SafetensorError
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
             model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True,
                                                                 dtype=torch_dtype).eval()
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if with_processor else None
-        except OSError as e:
+        except (OSError, SafetensorError, pickle.UnpicklingError) as e:  # missing files; corrupt weights
             raise CliError(f"--model {path}: cannot load ({str(e).splitlines()[0]})") from None
         except ImportError as e:  # e.g. Qwen2-VL's and OneVision's processors need torchvision
             raise CliError(f"--model {path}: cannot load its processor ({' '.join(str(e).split()[:12])} ...); "
@@ -272,8 +275,20 @@ def demo(args) -> int:
     model, processor = load_model(args.model, args.device, args.dtype)
     n_visual, layers = model_shape(model)
     configs = methods_for(model, args.presets, methods=["sparsevlm", *args.methods])
-    table = compare(model, processor, records, configs, progress=not args.quiet)  # data-parallel under torchrun
+    table, frames = compare(model, processor, records, configs, progress=not args.quiet, per_question=True)  # data-parallel under torchrun
     if world()[0] > 0:  # the other processes helped answer; the first one times, plots and writes
+        return 0
+    if args.results is not None:  # the committed comparison (notebook 09 reads it; tests/test_comparison.py checks it)
+        from .eval import write_comparison
+
+        command = " ".join(["sparsevlm demo --quiet", *([f"--model {args.model}"] if args.model else []),
+                            *([f"--limit {args.limit}"] if args.limit else []),
+                            f"--presets {' '.join(map(str, args.presets))}",
+                            *([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHOD_NAMES[2:]) else []),
+                            f"--results {args.results}"])
+        stem = f"baselines_{Path(args.model).name if args.model else 'toy'}_{torch.device(args.device).type}"
+        path = write_comparison(table, frames, configs, args.results, stem, command, args.device, args.dtype)
+        print(f"{len(records)} questions, {len(configs)} rows; wrote {path.with_suffix('.csv')} and .json")
         return 0
     # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
     inputs = processor(images=[r["image"] for r in records[:32]], text=[r["prompt"] for r in records[:32]],
@@ -462,6 +477,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES[2:]), choices=METHOD_NAMES[2:],
                    help="baselines to run at each preset (default: all)")
     p.add_argument("--out", default="sparsevlm-demo", help="output folder (default ./sparsevlm-demo)")
+    p.add_argument("--results", metavar="DIR", default=None,
+                   help="instead of timing and plotting, keep the comparison as DIR/baselines_<model>_<device>.csv "
+                        "and .json (table, per-question correctness, configs, machine, this command), e.g. "
+                        "results/baselines_toy_cpu.* (notebook 09 reads it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=demo)
 

@@ -66,6 +66,8 @@ class SparseVLMEval(lmms):
         budget, tokens = self._number("budget", budget, int), self._number("tokens", tokens, float)
         if budget is not None and budget not in BUDGETS:
             raise _fail(f"budget={budget}", f"no preset; allowed: {', '.join(map(str, BUDGETS))}")
+        if budget is not None and tokens is not None:  # the CLI's --budget / --tokens are exclusive too
+            raise _fail(f"budget={budget},tokens={tokens:g}", "give one of the two: a preset or equivalent tokens")
         self.batch_size_per_gpu = self._number("batch_size", batch_size, int) or 1
         self.max_new_tokens = self._number("max_new_tokens", max_new_tokens, int)
         if self.batch_size_per_gpu < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):

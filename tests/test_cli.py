@@ -173,6 +173,7 @@ def test_the_clocks_add_up_the_calls_of_their_modules_alone():
     (["eval", "--data", "{data}", "--prompt", "USER: <image> describe"], "must contain {question} and no other"),
     (["eval", "--data", "{data}", "--prompt", "{question} {lang}"], "(found lang, question)"),
     (["eval", "--model", "{noweights}"], "has config.json but no weights (*.safetensors or *.bin)"),
+    (["eval", "--model", "{corrupt}"], "cannot load (Error while deserializing header"),
     (["bench", "--device", "cuda"], "--device cuda: CUDA is not available here"),
     (["eval", "--device", "gpu0"], "--device gpu0: not a torch device"),
     (["eval", "--out", "{bad}/rows.csv"], "cannot write there"),
@@ -195,10 +196,12 @@ def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     (tmp_path / "nosplit" / "config.json").write_text(json.dumps({"model_type": "llava"}))
     shutil.copytree(tmp_path / "nosplit", tmp_path / "noweights")  # config and questions, no weights
     shutil.copy(toy.CHECKPOINT / "eval_split.json", tmp_path / "noweights")
+    shutil.copytree(toy.CHECKPOINT, tmp_path / "corrupt")  # the embedded model, its weights cut short
+    (tmp_path / "corrupt" / "model.safetensors").write_bytes((toy.CHECKPOINT / "model.safetensors").read_bytes()[:1000])
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "data.jsonl").write_text(json.dumps({"image": "img.png", "question": "q", "answer": "a"}) + "\n")
     names = {n: tmp_path / f for n, f in [("bad", "bad.png"), ("img", "img.png"), ("wide", "wide.png"), ("nollava", "nollava"),
-                                           ("nosplit", "nosplit"), ("noweights", "noweights"),
+                                           ("nosplit", "nosplit"), ("noweights", "noweights"), ("corrupt", "corrupt"),
                                            ("empty", "empty.jsonl"), ("data", "data.jsonl")]}
     for key, path in names.items():  # "{key}" names a file made here; other braces are the user's
         argv = [a.replace("{%s}" % key, str(path)) for a in argv]

@@ -115,6 +115,7 @@ def test_multiple_choice_task_runs_through_lmms_eval(task, tmp_path):
     ("pretrained=toy,method=fastest", "method=fastest: unknown method; allowed: dense, sparsevlm"),
     ("pretrained=toy,budget=100", "budget=100: no preset; allowed: 192, 128, 96, 64"),
     ("pretrained=toy,colour=red", "colour: unknown; allowed: pretrained"),
+    ("pretrained=toy,budget=64,tokens=20", "budget=64,tokens=20: give one of the two"),
     ("pretrained=/nonexistent/folder", "pretrained=/nonexistent/folder"),
 ])
 def test_bad_model_args_are_one_clear_error(model_args, message):
