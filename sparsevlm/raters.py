@@ -8,6 +8,11 @@ raters are the text tokens whose relevance is above the mean relevance.
 a rater. The reference compares with a bare `>`, which lets rounding decide near-ties, and rounding
 depends on the batch a sample sits in (padding changes the order of sums): without the margin a
 sample's raters could differ alone and batched. Beyond the margin the two rules agree.
+
+A sample whose prompt has a single text token after the image has no token above the mean: that
+token's relevance is the mean. Rather than leave the image unrated, the "mean" rule then falls back
+to the last text token, as rule "last" does. A sample with no text after the image has no rater at all:
+it keeps every visual token, and the report says so in its notes.
 """
 from __future__ import annotations
 
@@ -68,4 +73,7 @@ def select_raters(embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Ten
         return (pos[None, :] == last[:, None]) & text_mask, relevance
     n_text = text_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
     mean = relevance.sum(-1, keepdim=True) / n_text  # (B, 1); relevance is 0 off text
-    return (relevance > mean * (1 + TIE_RTOL)) & text_mask, relevance
+    raters = (relevance > mean * (1 + TIE_RTOL)) & text_mask
+    unrated = ~raters.any(-1, keepdim=True)  # (B, 1): e.g. one text token, whose relevance is the mean
+    last, _ = select_raters(embeds, vis_mask, valid, "last")
+    return raters | (unrated & last), relevance

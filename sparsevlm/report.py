@@ -67,6 +67,9 @@ RIGHT_PADDING = ("right padding: inside the language model the shorter sequence 
                  "outputs are returned at the input positions")
 
 
+UNRATED = "no text token follows the image, so nothing rates its visual tokens; all are kept in samples"
+
+
 def from_device(method: str, num_layers: int, raw: dict, overhead_seconds: float | None = None) -> Report:
     """The report of a pruned prefill, built when it is asked for (`sparsevlm.report`) from the
     tensors the prefill left on the device, so that the prefill itself never waits to copy them.
@@ -106,6 +109,10 @@ def from_device(method: str, num_layers: int, raw: dict, overhead_seconds: float
         rep.steps.append(step)
     if bool(raw["right_padding"]):
         rep.notes.append(RIGHT_PADDING)
+    if raw["raters"] is not None:
+        unrated = [b for b, (r, n) in enumerate(zip(raw["raters"].cpu(), n_visual)) if n > 0 and not r.any()]
+        if unrated:
+            rep.notes.append(f"{UNRATED} {unrated}")
     return rep
 
 

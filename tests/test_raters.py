@@ -74,3 +74,35 @@ def test_no_image_means_no_raters():
     emb, _, valid = planted()
     raters, rel = select_raters(emb, torch.zeros_like(valid), valid)
     assert not raters.any() and (rel == 0).all()
+
+
+def test_a_single_text_token_rates_and_a_prompt_without_text_is_kept_whole_with_a_note():
+    """#32.8: one text token after the image has the mean relevance, so the paper's rule finds no
+    rater; the mean rule falls back to the last text token, and the schedule prunes as planned. With
+    no text after the image nothing rates: every visual token is kept and the report says so."""
+    import sparsevlm
+    from helpers import prompt_ids, tiny_llava
+    from sparsevlm.methods import planned_counts
+
+    emb, vis, valid = planted()
+    one = valid.clone()
+    one[0, 6:] = False  # a single text token (position 5) after the image
+    raters, _ = select_raters(emb, vis, one)
+    assert raters[0].nonzero().flatten().tolist() == [5]
+
+    model = tiny_llava("llama")
+    cfg = sparsevlm.SparseVLMConfig(mode="schedule", pruning_layers=(1, 3), schedule=(20, 8))
+    _, planned_out = planned_counts(cfg, 64, 6)
+    g = torch.Generator().manual_seed(1)
+    for text_len in (0, 1):
+        ids = prompt_ids(text_len, 0)[None]
+        x = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(1, 3, 32, 32, generator=g)}
+        with torch.no_grad(), sparsevlm.sparsified(model, cfg):
+            model(**x)
+            rep = sparsevlm.report(model)
+        if text_len:
+            assert rep.visual_out[0].tolist() == planned_out and not rep.notes
+        else:
+            assert rep.visual_out[0].tolist() == [64] * 6
+            assert rep.notes == ["no text token follows the image, so nothing rates its visual tokens; all are kept "
+                                 "in samples [0]"]
