@@ -387,7 +387,13 @@ def flops_cmd(args) -> int:
             rep = dense_report_for(model, inputs)
         formula = float(report_flops(rep, **dims(model))[0])
         for counter in ("fvcore", "torch"):
-            c = count_flops(model, dict(inputs), counter)
+            try:
+                c = count_flops(model, dict(inputs), counter)
+            except ValueError as e:  # fvcore's tracer cannot follow some families (LLaVA-NeXT, OneVision)
+                if counter == "torch":
+                    raise
+                print(f"\n{str(e).split('; ')[0]}: counted with torch's FlopCounterMode only")
+                continue
             rows[counter] = {"layers": c["layers"], "vision": c["vision"], "lm_head": c["lm_head"],
                              "overhead": c["overhead"], "total": c["total"]}
     rows["formula"] = {"layers": formula}

@@ -333,6 +333,10 @@ def test_eval_and_demo_on_a_llava_next_checkpoint(capsys, tmp_path):
     assert code == 0, err
     table = pd.read_csv(tmp_path / "demo" / "table.csv", index_col=0)
     assert list(table.index) == ["dense", "sparsevlm 64", "random 64"]  # VisionZip-style does not apply
+    code, out, err = run(capsys, "flops", *common, "--budget", "64")  # fvcore cannot trace NeXT (#32.11)
+    assert code == 0, err
+    assert "fvcore cannot trace LlavaNextForConditionalGeneration" in out and "counted with torch's" in out
+    assert "counter='torch'" not in out + err and "\ntorch " in out and "\nformula " in out
     assert (tmp_path / "demo" / "kept_tokens.png").stat().st_size > 0  # over the whole-image view
     code, out, err = run(capsys, "show", "--model", str(tmp_path / "next"), "--image", str(tmp_path / "1.png"),
                          "--question", "what color is it ?", "--prompt", "<image> {question}", "--budget", "64",
