@@ -20,7 +20,7 @@ VIDEO_VENV ?= .venv-video
 VIDEO_TORCH ?= torch==2.14.1 torchvision==0.29.1
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-.PHONY: install demo test unit versions notebooks bench gpu-check run-notebooks lab lock clean docs browser video-env test-video
+.PHONY: install demo test unit versions notebooks bench gpu-check run-notebooks lab lock clean docs browser video-env test-video readme
 
 install: $(VENV)/.installed
 
@@ -80,6 +80,11 @@ notebooks: install
 # Open it with: python -m http.server -d docs/_build/html  (then http://localhost:8000/)
 docs: install
 	$(PY) -m sphinx -W --keep-going -q -b html -c docs . docs/_build/html
+
+# The README's result figures and the site pages' tables, regenerated from results/ and
+# data/toy-llava/results.json (tests/test_readme.py fails when they differ).
+readme: install
+	$(PY) docs/readme.py
 
 # Debian's chromium for tests/test_docs.py (root installs it; otherwise those tests say they skip).
 browser:

@@ -1,5 +1,6 @@
 """Sphinx configuration of the course website (`make docs`): the README as the landing page, the
-notebooks in course order with the outputs CI verified (never re-executed here), the model card,
+notebooks in course order with the outputs CI verified (never re-executed here), the pages the
+README links to (`docs/pages/`: families, behaviour, evaluation, numbers, versions...), the model card,
 the committed results, the command line's --help and an API reference of `sparsevlm.__all__`.
 Everything builds offline from the package index: myst-nb renders the notebooks, sphinx-book-theme
 ships its assets, sphinx-mathjax-offline serves MathJax from the build folder. The source root is
@@ -17,7 +18,8 @@ author = "the sparsevlm developers"
 root_doc = "README"  # the landing page; its navigation is added when Sphinx reads it (`_navigation`)
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.mathjax", "sphinx-mathjax-offline"]
 COURSE = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-include_patterns = ["README.md", "docs/_generated/*.md", "notebooks/[0-9][0-9]_*.ipynb", "data/toy-llava/MODEL_CARD.md"]
+PAGES = ["families", "behaviour", "evaluation", "numbers", "baselines", "versions", "extending"]  # docs/pages/, in this order
+include_patterns = ["README.md", "docs/pages/*.md", "docs/_generated/*.md", "notebooks/[0-9][0-9]_*.ipynb", "data/toy-llava/MODEL_CARD.md"]
 exclude_patterns = ["docs/_build/**", ".venv/**", "build/**"]
 nb_execution_mode = "off"  # what readers see is what nbval checked
 nb_output_stderr = "remove"
@@ -90,11 +92,19 @@ def _navigation(app, docname, source) -> None:
     the sidebar and the previous/next links; the README on GitHub stays as it is)."""
     if docname != "README":
         return
-    blocks = [("The course", [f"notebooks/{n}" for n in COURSE]),
+    blocks = [("The course", [f"notebooks/{n}" for n in COURSE]),  # an `NN_*_appendix` follows its NN
+              ("Using the library", [f"docs/pages/{p}" for p in PAGES]),
               ("Reference", ["data/toy-llava/MODEL_CARD", "docs/_generated/results", "docs/_generated/cli",
                              "docs/_generated/api"])]
     for caption, pages in blocks:
         source[0] += "\n\n```{toctree}\n:hidden:\n:caption: " + caption + "\n\n" + "\n".join(pages) + "\n```\n"
+
+
+def _reread_navigation(app, env, added, changed, removed) -> list[str]:
+    """The README carries the navigation, which follows the notebooks and pages on disk: re-read it on
+    every build, so that a notebook added since the last one joins the toc (Sphinx's cache would keep
+    the README's old doctree)."""
+    return ["README"]
 
 
 def _entry(app, exception) -> None:
@@ -110,3 +120,4 @@ def setup(app):
     app.connect("builder-inited", _generate)
     app.connect("build-finished", _entry)
     app.connect("source-read", _navigation)
+    app.connect("env-get-outdated", _reread_navigation)
