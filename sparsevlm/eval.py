@@ -240,3 +240,32 @@ def rater_precision(raters: list[list[str]], naming: set[str]) -> float:
     a colour, a shape or a cell — words that name something that can be in the image)."""
     total = sum(map(len, raters))
     return sum(w in naming for r in raters for w in r) / total if total else float("nan")
+
+
+def write_comparison(table: pd.DataFrame, frames: dict, configs: dict, folder, stem: str, command: str,
+                     device="cpu", dtype="float32") -> Path:
+    """Keep a `compare(..., per_question=True)` run as a committed result: `stem`.csv (the table) and
+    `stem`.json with the machine, the `command` that produced it, each row's config, the table, and
+    each row's per-question correctness ("1" right, "0" wrong, in the dataset's order). Returns the
+    JSON's path. `read_comparison` reads it back."""
+    from pathlib import Path
+
+    from .bench import _write, machine
+
+    per_question = {name: "".join("1" if c else "0" for c in df["correct"]) for name, df in frames.items()}
+    _write(table, machine(device, dtype, "sdpa"), Path(folder), stem, log=lambda _: None, command=command,
+           questions=len(next(iter(frames.values()))), configs={name: repr(cfg) for name, cfg in configs.items()},
+           per_question=per_question)
+    return Path(folder) / f"{stem}.json"
+
+
+def read_comparison(path) -> tuple[pd.DataFrame, dict, dict]:
+    """A comparison kept by `write_comparison`: (table, {row: per-question correctness as a bool
+    array}, the whole JSON document: machine, command, configs)."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads(Path(path).read_text())
+    table = pd.DataFrame(doc["results"]).set_index("method")
+    correct = {name: np.array([c == "1" for c in s]) for name, s in doc["per_question"].items()}
+    return table, correct, doc
