@@ -230,15 +230,18 @@ def test_beam_search_reorders_the_shorter_caches_consistently(llama):
             assert torch.equal(llama.generate(**sample(inputs, b), **beams)[0, -5:], ids[b])
 
 
-def test_a_static_cache_runs_dense_and_says_so(llama):
+@pytest.mark.parametrize("text", ["llama", "qwen2"])
+def test_a_static_cache_runs_dense_and_says_so(llama, text):
+    """A Qwen2 language model is handed a mask per attention type with a static cache (#32.2)."""
+    model = llama if text == "llama" else tiny_llava(text)
     inputs = batch([4, 6])
     static = dict(GREEDY, cache_implementation="static")
-    dense = llama.generate(**inputs, **static)
-    with sparsevlm.sparsified(llama, PRESET):
-        assert torch.equal(llama.generate(**inputs, **static), dense)
-        rep = sparsevlm.report(llama)
+    dense = model.generate(**inputs, **static)
+    with sparsevlm.sparsified(model, PRESET):
+        assert torch.equal(model.generate(**inputs, **static), dense)
+        rep = sparsevlm.report(model)
         assert rep.dense and rep.reason.startswith("the KV cache is pre-allocated (StaticCache)")
-        assert not torch.equal(llama.generate(**inputs, **GREEDY), dense)  # the default cache is pruned
+        assert not torch.equal(model.generate(**inputs, **GREEDY), dense)  # the default cache is pruned
 
 
 def test_budget_larger_than_the_visual_tokens_keeps_them_all(llama):

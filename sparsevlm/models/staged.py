@@ -92,8 +92,8 @@ class SparseTextModel:
                       f"different numbers of tokens (DynamicCache, generate's default)")
         elif input_ids is not None or inputs_embeds is None:
             reason = "the language model was called with input_ids instead of embeddings"
-        elif attention_mask is not None and attention_mask.dim() != 2:
-            reason = "a 4D attention mask was given; pruning needs the 2D padding mask"
+        elif attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+            reason = "a 4D attention mask (or one per attention type) was given; pruning needs the 2D padding mask"
         elif any(self._requested(k, kwargs) for k in ("output_attentions", "output_hidden_states")):
             reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
         elif st["method"].needs_vision and not vision:
@@ -144,8 +144,8 @@ class SparseTextModel:
         if is_prefill:
             B, L = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
             n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
-            n_tok = attention_mask.sum(-1) if attention_mask is not None and attention_mask.dim() == 2 \
-                else torch.full((B,), L)
+            n_tok = attention_mask.sum(-1) if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
+                else torch.full((B,), L)  # (generate builds a mask per attention type for a static cache)
             per_call(st)["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
                                                   n_vis.cpu(), reason)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
