@@ -236,6 +236,34 @@ def _s10_2():
         return kv_cache_mb(getattr(model(**_inputs(records[0]), use_cache=True), CACHE))
 
 
+# --- 11: the real LLaVA-1.5-7B -------------------------------------------------------------------
+
+def _s11_clip():
+    """(tokens, width, MLP width, layers) of LLaVA-1.5-7B's vision tower, from its config."""
+    from .bench import llava_1_5_7b_config
+
+    v = llava_1_5_7b_config().vision_config
+    return (v.image_size // v.patch_size) ** 2 + 1, v.hidden_size, v.intermediate_size, v.num_hidden_layers
+
+
+def _s11_clip_layer():
+    n, d, m, _ = _s11_clip()
+    return (4 * n * d * d + 2 * n * n * d + 2 * n * d * m) / 1e9
+
+
+def _s11_1():
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .bench import llava_1_5_7b_config
+
+    with torch.device("meta"):  # the architecture's own count, without weights
+        model = transformers.LlavaForConditionalGeneration(llava_1_5_7b_config())
+    with FlopCounterMode(display=False) as counter:
+        model.model.get_image_features(torch.empty(1, 3, 336, 336, device="meta"))
+    return counter.get_total_flops() / 2 / 1e9  # FlopCounterMode counts 2 per multiply-add
+
+
 # --- 12: beyond LLaVA-1.5 ------------------------------------------------------------------------
 
 def _s12_1():
@@ -250,11 +278,11 @@ def _s12_1():
     return int(out.pooler_output[0].shape[0])
 
 
-def _s12_2():
+def _s12_2(schedule_of=576):
     from .config import SparseVLMConfig
     from .methods import planned_counts
 
-    _, outs = planned_counts(SparseVLMConfig.preset(128), 2928, 32)
+    _, outs = planned_counts(SparseVLMConfig.preset(128).replace(schedule_of=schedule_of), 2928, 32)
     return int(outs[2])
 
 
@@ -323,15 +351,43 @@ EXERCISES = {e.id: e for e in [
              "each layer caches the keys and values of the tokens that reach it: 2 × tokens × 128 × 4 bytes per "
              "layer (report(model).visual_in says how many visual tokens each layer sees), or sum the cache's "
              "tensors", tol=0.001),
+    Exercise("11.1", "One 336×336 image through LLaVA-1.5-7B's vision tower (all 24 of its layers run) and its "
+             "projector: how many GFLOPs, one multiply-add counted as one FLOP as the paper does? (±0.5)", "number",
+             _s11_1,
+             "24 × (4·n·d² + 2·n²·d + 2·n·d·m) with n = 577, d = 1024, m = 4096 from meta.config.vision_config, plus "
+             "576 × (1024·4096 + 4096·4096) for the projector (the patch embedding adds less than the tolerance); "
+             "or run meta.model.get_image_features under torch.utils.flop_counter.FlopCounterMode and halve its count",
+             tol=0.5,
+             nudge="each CLIP layer has four attention projections, the scores and weighted sum over every token "
+                   "(the [CLS] token too), and an MLP of two matrices; the projector then maps each patch's "
+                   "feature to the language model's width",
+             why="the tower works on all 577 tokens in each layer; pruning inside the language model leaves this "
+                 "cost untouched, so its share grows as a preset shrinks the rest",
+             slips=(("two FLOPs per multiply-add", lambda ref: 2 * ref),
+                    ("a gated MLP of three matrices, as in the language model",
+                     lambda ref: ref + _s11_clip()[3] * _s11_clip()[0] * _s11_clip()[1] * _s11_clip()[2] / 1e9),
+                    ("23 layers: LLaVA reads the second-to-last layer's features, but all 24 run",
+                     lambda ref: ref - _s11_clip_layer()),
+                    ("the projector left out", lambda ref: ref - 576 * (1024 * 4096 + 4096 * 4096) / 1e9))),
     Exercise("12.1", "LLaVA-NeXT-7B (anyres, 336-pixel tiles): how many visual tokens does an image 336 pixels high "
              "and 672 wide become?", "int", _s12_1,
              "24² for the whole image's view, plus the best grid of tiles (here 1 × 2: a 24 × 48 feature grid, "
-             "nothing cut for this aspect ratio), plus one newline token per row of that grid"),
+             "nothing cut for this aspect ratio), plus one newline token per row of that grid",
+             nudge="the count has three parts: a view of the whole image, the tiles' feature grid, and the "
+                   "image_newline tokens",
+             why="anyres encodes a 336-pixel view of the whole image and every tile, so the count grows with the image",
+             slips=(("the whole image's view left out", lambda ref: ref - 24 ** 2),
+                    ("the newline tokens left out", lambda ref: ref - 24))),
     Exercise("12.2", "SparseVLMConfig.preset(128), as ratios (schedule_of = 576), on LLaVA-NeXT's 2,928-token "
              "image: how many visual tokens leave layer 2, the kept ones and the recycled ones together?", "int",
              _s12_2,
              "keep round(303 · 2928 / 576), then recycle the pruned ones as in exercise 05.1 (int(0.3 · n) + 1 "
-             "tokens into int(0.1 · m) + 1 clusters); sparsevlm.planned_counts gives the counts per layer"),
+             "tokens into int(0.1 · m) + 1 clusters); sparsevlm.planned_counts gives the counts per layer",
+             nudge="the preset keeps 303 of 576 at layer 2: scale that share to 2,928 tokens, then add the "
+                   "cluster centres that recycling makes of the pruned ones",
+             why="a ratio keeps the same share of a longer image; recycling adds a few merged tokens on top",
+             slips=(("only the kept tokens: the recycled ones are missing", lambda ref: round(303 * 2928 / 576)),
+                    ("the preset as absolute counts (schedule_of=None)", lambda ref: _s12_2(None)))),
 ]}
 
 
