@@ -46,6 +46,27 @@ def _inputs(rec):
     return processor(images=rec["image"], text=rec["prompt"], return_tensors="pt")
 
 
+# --- 00: quickstart ---------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _quickstart_counts():
+    """records[5] under toy.preset(128): (tokens that are not visual, visual tokens entering each layer)."""
+    from . import toy
+    from .models import report, sparsified
+
+    model, _, records = _toy()
+    inputs = _inputs(records[5])
+    with torch.no_grad(), sparsified(model, toy.preset(128)):
+        model(**inputs)
+        rep = report(model)
+    return int(rep.n_tokens[0] - rep.n_visual[0]), [int(v) for v in rep.visual_in[0]]
+
+
+def _s00_1():
+    other, visual_in = _quickstart_counts()
+    return other + visual_in[3]
+
+
 # --- 01: redundancy and question dependence --------------------------------------------------
 
 def _s01_1():
@@ -53,17 +74,16 @@ def _s01_1():
     from .eval import compare
 
     model, processor, records = _toy()
-    configs = {"dense": None, "random 16": RandomConfig(pruning_layers=(1,), schedule=(16,))}
+    configs = {"dense": None, "random 24": RandomConfig(pruning_layers=(1,), schedule=(24,))}
     t = compare(model, processor, records[:240], configs, progress=False)
-    return float(t.loc["random 16", "retained"])
+    return float(t.loc["random 24", "retained"])
 
 
 def _s01_2():
     from .eval import focus_mass, question_dependence
 
     model, processor, records = _toy()
-    per_layer = {layer: question_dependence(focus_mass(model, processor, records[:400], layer)) for layer in range(8)}
-    return max(per_layer, key=per_layer.get)
+    return float(question_dependence(focus_mass(model, processor, records[400:800], 3)))
 
 
 # --- 02: raters -------------------------------------------------------------------------------
@@ -77,12 +97,12 @@ def _s02_1():
     return float(rel[0].sum())
 
 
-def _s02_2():
+def _s02_2(factor: float = 4.0):
     from .raters import select_raters
     from .toy import planted_example
 
     ex = planted_example(seed=0)
-    embeds = torch.where(ex["vis_mask"][..., None], 4 * ex["embeds"], ex["embeds"])
+    embeds = torch.where(ex["vis_mask"][..., None], factor * ex["embeds"], ex["embeds"])
     raters, _ = select_raters(embeds, ex["vis_mask"], ex["valid"])
     first_text = int(ex["vis_mask"][0].nonzero().max()) + 1
     return set((raters[0].nonzero().flatten() - first_text).tolist())
@@ -106,11 +126,25 @@ def _s03_1():
     return float(_every_layer_scores(records[5])[1].sum())
 
 
-def _s03_2():
+@lru_cache(maxsize=1)
+def _focus_shares_03_2():
+    """records[2]: per layer, the focus patches' share of the raters' visual attention, and their
+    raw score sum (a share of all the raters' attention)."""
     _, _, records = _toy()
-    rec = records[5]
-    share = [float(s[list(rec["focus"])].sum() / s.sum()) for s in _every_layer_scores(rec)]
-    return max(range(len(share)), key=share.__getitem__)
+    rec = records[2]
+    scores = _every_layer_scores(rec)
+    return ([float(s[list(rec["focus"])].sum() / s.sum()) for s in scores],
+            [float(s[list(rec["focus"])].sum()) for s in scores])
+
+
+def _s03_2():
+    share, _ = _focus_shares_03_2()
+    return max(share)
+
+
+def _s03_2_undivided(ref):
+    share, raw = _focus_shares_03_2()
+    return raw[share.index(max(share))]
 
 
 # --- 04: the rank -----------------------------------------------------------------------------
@@ -126,9 +160,12 @@ def _s04_1():
 
 def _s04_2():
     from .budget import rank_keep_count
-    from .toy import TOY_RANK_SCALE
+    from .config import SparseVLMConfig
 
-    return int(rank_keep_count(torch.tensor([3]), torch.tensor([64]), scale=TOY_RANK_SCALE)[0])
+    return int(rank_keep_count(torch.tensor([_RANK_04_2]), torch.tensor([_VISUAL_04_2]), scale=SparseVLMConfig().scale)[0])
+
+
+_RANK_04_2, _VISUAL_04_2 = 3, 36  # exercise 04.2: three independent raters, 36 visual tokens left
 
 
 # --- 05: recycling ----------------------------------------------------------------------------
@@ -137,9 +174,18 @@ def _s05_1():
     from .recycle import recycle
 
     g = torch.Generator().manual_seed(5)
-    hidden, scores = torch.randn(1, 40, 16, generator=g), torch.rand(1, 40, generator=g)
-    out = recycle(hidden, scores, torch.ones(1, 40, dtype=torch.bool))
+    hidden, scores = torch.randn(1, _PRUNED_05_1, 16, generator=g), torch.rand(1, _PRUNED_05_1, generator=g)
+    out = recycle(hidden, scores, torch.ones(1, _PRUNED_05_1, dtype=torch.bool))
     return int(out.valid.sum())
+
+
+_PRUNED_05_1 = 40  # exercise 05.1: tokens pruned at the layer
+
+
+def _recycled_05_1():
+    from .config import SparseVLMConfig
+
+    return int(SparseVLMConfig().recycle_ratio * _PRUNED_05_1) + 1
 
 
 def _s05_2():
@@ -151,6 +197,76 @@ def _s05_2():
     return float(summed.norm() / mean.norm())
 
 
+# --- 06: progressive pruning ---------------------------------------------------------------------
+
+def _stage_run(cfg, layer: int | None = None):
+    """A sparsified prefill of records[5] with a cache: the report, the cache's length per layer, the
+    position ids handed to decoder `layer` and the layouts the staged decoder planned (index −1: merged)."""
+    from .models import report, sparsified
+    from .models.patching import per_call
+    from .models.staged import CACHE
+
+    model, _, records = _toy()
+    seen = {}
+    hook = None if layer is None else model.model.language_model.layers[layer].register_forward_pre_hook(
+        lambda _m, _a, kw: seen.update(positions=kw["position_ids"]), with_kwargs=True)
+    try:
+        with torch.no_grad(), sparsified(model, cfg):
+            out = model(**_inputs(records[5]), use_cache=True)
+            layouts = per_call(model._sparsevlm)["report"].args[2]["layouts"]
+            rep = report(model)
+    finally:
+        if hook is not None:
+            hook.remove()
+    cache = getattr(out, CACHE)
+    return rep, [cache.get_seq_length(i) for i in range(rep.num_layers)], seen.get("positions"), layouts
+
+
+def _s06_1():
+    from . import toy
+
+    return sum(_stage_run(toy.preset(96))[1])
+
+
+def _s06_1_output_count():
+    """Slip: each layer counted with the tokens that leave it (a pruning layer's shorter output)."""
+    from . import toy
+
+    rep = _stage_run(toy.preset(96))[0]
+    return int(rep.num_layers * (rep.n_tokens[0] - rep.n_visual[0]) + rep.visual_out[0].sum())
+
+
+def _s06_1_no_merged():
+    """Slip: the merged tokens left out (the same schedule without recycling)."""
+    from . import toy
+
+    return sum(_stage_run(toy.preset(96, recycle=False))[1])
+
+
+def _s06_1_visual_only():
+    """Slip: the text tokens left out."""
+    from . import toy
+
+    return int(_stage_run(toy.preset(96))[0].visual_in[0].sum())
+
+
+def _s06_2_layer1_merged():
+    """How many merged tokens the pruning after layer 1 made (toy.preset(64), records[5])."""
+    from . import toy
+
+    return int(_stage_run(toy.preset(64))[0].steps[0]["recycled"][0])
+
+
+def _s06_2():
+    from . import toy
+
+    rep, _, positions, layouts = _stage_run(toy.preset(64), layer=3)
+    index = layouts[1][0][0]  # after the pruning at layer 2: each token's input position, −1 for a merged one
+    merged = (index < 0).nonzero().flatten()
+    first_new = merged[len(merged) - int(rep.steps[1]["recycled"][0])]  # this step's merged tokens come last
+    return int(positions[0, first_new])
+
+
 # --- 07: FLOPs --------------------------------------------------------------------------------
 
 def _s07_1():
@@ -159,81 +275,119 @@ def _s07_1():
     return float(layer_flops(695, 4096, 11008)) / 1e9
 
 
-def _s07_2():
+def _planned_64(counting):
     from .config import SparseVLMConfig
     from .methods import planned_tokens
 
-    return planned_tokens(SparseVLMConfig.preset(64), 576, 32, "input")
+    return planned_tokens(SparseVLMConfig.preset(64), 576, 32, counting)
+
+
+def _s07_2():
+    return _planned_64("input")
 
 
 # --- 08: ablations ----------------------------------------------------------------------------
 
-def _ablate(**overrides):
+def _ablate(preset=128, **overrides):
+    """Per-question results of toy.preset(preset, **overrides) on records[:240] (cached)."""
+    return _ablated(preset, tuple(sorted(overrides.items())))
+
+
+@lru_cache(maxsize=None)
+def _ablated(preset, overrides):
     from . import toy
     from .eval import evaluate
 
     model, processor, records = _toy()
-    return evaluate(model, processor, records[:240], toy.preset(128, **overrides), batch_size=64, progress=False)
+    return evaluate(model, processor, records[:240], toy.preset(preset, **dict(overrides)), batch_size=64,
+                    progress=False)
+
+
+def _gain(**overrides):
+    """Accuracy of the change minus the 128-preset defaults' on the 240 questions."""
+    return float(_ablate(**overrides)["correct"].mean() - _ablate()["correct"].mean())
 
 
 def _s08_1():
-    base = _ablate()["correct"].mean()
-    changes = {"no recycling": {"recycle": False}, "original positions": {"positions": "original"},
-               "raters = last token": {"rater_rule": "last"}, "raters = all text": {"rater_rule": "all"}}
-    drop = {name: base - _ablate(**kw)["correct"].mean() for name, kw in changes.items()}
-    return max(drop, key=drop.get)
+    return _gain(recycle=False, positions="original")
 
 
 def _s08_2():
     from .eval import paired_bootstrap
 
-    return paired_bootstrap(_ablate(rater_rule="all"), _ablate())["verdict"]
+    return paired_bootstrap(_ablate(64, rater_rule="all"), _ablate(64))["verdict"]
+
+
+def _unpaired_08_2():
+    """The verdict of the slip: two accuracies' own intervals compared, overlap read as a tie."""
+    from .eval import accuracy_ci
+
+    (a_low, a_high), (b_low, b_high) = accuracy_ci(_ablate(64, rater_rule="all")), accuracy_ci(_ablate(64))
+    return "a better" if a_low > b_high else "b better" if a_high < b_low else "tie"
 
 
 # --- 09: baselines ----------------------------------------------------------------------------
 
-def _s09_1():
+def _s09_1(counting: str = "output"):
     from . import toy
-    from .methods import matched_baselines
+    from .methods import FastVConfig, match_budget, planned_tokens
 
-    return float(matched_baselines(toy.preset(64), 64, 8)["fastv"].prune_ratio)
+    target = planned_tokens(toy.preset(128), 64, 8, counting)
+    return float(match_budget(FastVConfig(layer=2), target, 64, 8, counting).prune_ratio)
 
 
-def _s09_2():
+@lru_cache(maxsize=1)
+def _s09_pair():
     from . import toy
-    from .eval import evaluate, paired_bootstrap
-    from .methods import matched_baselines
+    from .eval import evaluate
 
     model, processor, records = _toy()
-    cfg = toy.preset(192)
-    a = evaluate(model, processor, records, cfg, batch_size=64, progress=False)
-    b = evaluate(model, processor, records, matched_baselines(cfg, 64, 8)["pdrop"], batch_size=64, progress=False)
-    return {"a better": "sparsevlm", "b better": "pdrop", "tie": "tie"}[paired_bootstrap(a, b)["verdict"]]
+    return tuple(evaluate(model, processor, records, toy.preset(n), batch_size=64, progress=False)["correct"].to_numpy()
+                 for n in (64, 128))
+
+
+def _s09_2(reverse: bool = False):
+    a, b = _s09_pair()[::-1] if reverse else _s09_pair()
+    return int((a & ~b).sum())
 
 
 # --- 10: latency and memory ---------------------------------------------------------------------
 
-def _s10_1():
+def _toy_layers_ratio(tokens) -> float:
+    """Σ t(n_ℓ) / Σ t(80) on the committed toy layer curve (results/layers_toy_cpu.json)."""
     import json
 
     import pandas as pd
 
     from .bench import RESULTS, predicted_layers_ratio
 
-    doc = json.loads((RESULTS / "layers_llava-1.5-7b-shaped-h1024_cpu.json").read_text())
+    doc = json.loads((RESULTS / "layers_toy_cpu.json").read_text())
     curve = pd.DataFrame(doc["results"]).set_index("tokens")
-    return predicted_layers_ratio(curve, [695] * 2 + [183] * 30, [695] * 32)
+    return predicted_layers_ratio(curve, tokens, [80] * len(tokens))
+
+
+def _s10_1():
+    return _toy_layers_ratio([80] * 2 + [24] * 6)
+
+
+def _kv_7b(counting: str = "input") -> float:
+    """MiB of LLaVA-1.5-7B's bfloat16 KV cache under SparseVLMConfig.preset(64), 119 text + 576 visual
+    tokens: the dense cache measured on the meta device, scaled by the tokens each layer caches."""
+    from .bench import kv_cache_mb, llava_1_5_7b_config, random_llava
+    from .config import SparseVLMConfig
+    from .methods import planned_counts
+    from .models.staged import CACHE
+
+    text = random_llava(llava_1_5_7b_config(), "meta", torch.bfloat16).model.language_model
+    with torch.no_grad():
+        x = torch.empty(1, 695, text.config.hidden_size, device="meta", dtype=torch.bfloat16)
+        dense = kv_cache_mb(getattr(text(inputs_embeds=x, use_cache=True), CACHE))
+    ins, outs = planned_counts(SparseVLMConfig.preset(64), 576, 32)
+    return dense * sum(119 + v for v in (ins if counting == "input" else outs)) / (32 * 695)
 
 
 def _s10_2():
-    from . import toy
-    from .bench import kv_cache_mb
-    from .models import sparsified
-    from .models.staged import CACHE
-
-    model, _, records = _toy()
-    with torch.no_grad(), sparsified(model, toy.preset(64)):
-        return kv_cache_mb(getattr(model(**_inputs(records[0]), use_cache=True), CACHE))
+    return _kv_7b()
 
 
 # --- 11: the real LLaVA-1.5-7B -------------------------------------------------------------------
@@ -287,70 +441,185 @@ def _s12_2(schedule_of=576):
 
 
 EXERCISES = {e.id: e for e in [
-    Exercise("01.1", "Random pruning to 16 tokens after layer 1: what share of dense accuracy is retained on "
+    Exercise("00.1", "In the sparsified prefill of records[5] under toy.preset(128), how many tokens in all (system, "
+             "visual and text) enter layer 3?", "int", _s00_1,
+             "rep.visual_in[0] gives the visual tokens entering each layer; add the tokens that are never pruned: "
+             "the prompt's length minus its visual tokens",
+             nudge="only visual tokens are pruned; the text and system tokens reach every layer",
+             why="n_3 = the text and system tokens + the visual tokens left after layers 1 and 2 (notation: n_l)",
+             slips=(("counted only the visual tokens", lambda ref: _quickstart_counts()[1][3]),
+                    ("one layer early: that is what enters layer 2", lambda ref: sum(_quickstart_counts()[:1])
+                     + _quickstart_counts()[1][2]))),
+    Exercise("01.1", "Random pruning to 24 tokens after layer 1: what share of dense accuracy is retained on "
              "records[:240]? (a fraction, ±0.01)", "number", _s01_1,
-             "read the `retained` column of the table for random 16", tol=0.01),
-    Exercise("01.2", "At which decoder layer (0-7) is the raters' attention most question-dependent on "
-             "records[:400]?", "int", _s01_2,
-             "take the layer with the largest value of `per_layer`; then compare it with the layers the model card "
-             "says the training recipe grounds"),
+             "run compare() on records[:240] with 'dense' and RandomConfig(pruning_layers=(1,), schedule=(24,)), and "
+             "read the `retained` column (accuracy divided by dense accuracy)", tol=0.01,
+             nudge="24 is not in the table: run the comparison yourself, as in the first code cell, with schedule=(24,)",
+             why="retained = accuracy / dense accuracy; 24 random tokens sit between the 32 and 16 rows"),
+    Exercise("01.2", "On the other half of the split, records[400:800], what is the question dependence at layer 3 "
+             "(±0.01)?", "number", _s01_2,
+             "question_dependence(focus_mass(model, processor, records[400:800], 3))", tol=0.01,
+             nudge="the printed values are for records[:400]; recompute on the other 400 questions",
+             why="layer 3's grounded head serves the last prompt token, not the raters, so the dependence there is "
+                 "modest on both halves"),
     Exercise("02.1", "The relevance of a sample's text tokens always sums to the same number. Which? (±1e-4)",
-             "number", _s02_1, "each visual token's softmax over the text sums to 1; what does averaging over "
-             "visual tokens do to that?", tol=1e-4),
+             "number", _s02_1, "each visual token's softmax over the text sums to 1; averaging V such sums "
+             "gives their common value", tol=1e-4,
+             nudge="look at the equation: what does one softmax over the text tokens sum to?",
+             why="a mean of V softmaxes, each summing to 1 over the text, sums to 1",
+             slips=(("summed over the visual tokens instead of averaging", lambda ref: 64 * ref),)),
     Exercise("02.2", "Multiply every visual embedding of the planted example by 4. Which text tokens are raters "
              "now? (a set of positions 0-5, counted from the first text token after the image)", "set", _s02_2,
-             "scaling V sharpens every softmax over the text (a lower temperature); recompute with "
-             "sparsevlm.select_raters"),
+             "recompute with sparsevlm.select_raters on torch.where(vis_mask[..., None], 4 * embeds, embeds) and "
+             "subtract the first text position",
+             nudge="scaling V multiplies every logit by 4: each softmax over the text gets sharper",
+             why="with logits four times larger, each softmax goes almost wholly to its top text token, so the set above the mean changes",
+             slips=(("positions counted from the start of the sequence", lambda ref: {x + 65 for x in ref}),
+                    ("the raters before scaling", lambda ref: _s02_2(1.0)))),
     Exercise("03.1", "For records[5] at layer 1, what share of the raters' attention falls on visual tokens at "
              "all? (the sum of the scores, ±0.005)", "number", _s03_1,
-             "an attention row sums to 1 over every key; sum the visual columns only", tol=0.005),
-    Exercise("03.2", "For records[5], at which layer (0-7) do the raters put the largest share of their visual "
-             "attention on the question's focus patches?", "int", _s03_2,
-             "divide each layer's scores by their sum and add up the focus patches"),
+             "take rep.steps[0]['scores'][0] for records[5] at layer 1 (a keep-all schedule) and sum it", tol=0.005,
+             nudge="an attention row sums to 1 over every key; keep the visual columns only",
+             why="the rest of each rater's row goes to the system and text tokens",
+             slips=(("the scores were normalised first; they then always sum to 1", lambda ref: 1.0),)),
+    Exercise("03.2", "For records[2] (where is the green triangle), over the 8 layers, what is the largest share of "
+             "the raters' visual attention that falls on the question's focus patches? (±0.005)", "number", _s03_2,
+             "score every layer with a keep-all schedule at layers 0-7, as the notebook does for records[5]; per "
+             "layer divide the focus patches' scores by the sum of all visual scores; take the maximum", tol=0.005,
+             nudge="the printed shares are for records[5]; repeat that cell with records[2]",
+             why="as for records[5], the best layer is the one whose head 0 the recipe grounded",
+             slips=(("not divided by the sum of the visual scores", _s03_2_undivided),)),
     Exercise("04.1", "Three raters whose attention rows over 64 visual tokens are p1, p2 and (p1 + p2) / 2: "
              "what is the rank of the 3 × 64 matrix?", "int", _s04_1,
-             "a row that is a combination of the others adds no dimension; check with sparsevlm.attention_rank"),
-    Exercise("04.2", "Toy rank mode (scale 1.5, bias 0), 64 visual tokens, 3 raters with linearly independent "
-             "rows: how many tokens are kept?", "int", _s04_2,
-             "the rank is 3; apply the reference's keep rule min(int(scale·rank + bias), V − 1)"),
-    Exercise("05.1", "Recycling 40 pruned tokens with the default ratios: how many merged tokens come out?",
-             "int", _s05_1, "first int(0.3·n) + 1 tokens are recycled, then int(0.1·m) + 1 clusters"),
+             "build the 3 × 64 matrix from two softmax rows and check with sparsevlm.attention_rank",
+             nudge="a row that is a combination of the others adds no dimension",
+             why="the third row is the mean of the first two, so only two directions remain",
+             slips=(("counted the rows: the rank is at most 3, not always 3", lambda ref: 3),)),
+    Exercise("04.2", f"The reference's rank mode (scale 13.5, bias 0) at a layer where {_VISUAL_04_2} visual tokens "
+             f"remain, with {_RANK_04_2} raters whose rows are linearly independent: how many tokens are kept?", "int",
+             _s04_2, "the rank is 3; apply min(int(scale·rank + bias), V − 1) with V = 36",
+             nudge="the rank of independent rows is their number; then mind the cap",
+             why="int(13.5 × 3) = 40 exceeds the tokens present, so the cap V − 1 decides",
+             slips=(("capped at V instead of V − 1", lambda ref: _VISUAL_04_2),
+                    ("forgot the cap", lambda ref: int(13.5 * _RANK_04_2)))),
+    Exercise("05.1", f"Recycling {_PRUNED_05_1} pruned tokens with the default ratios: how many merged tokens come out?",
+             "int", _s05_1, "G = int(recycle_ratio·U) + 1 tokens are recycled, then C = int(cluster_ratio·G) + 1 "
+             "clusters, one merged token each",
+             nudge="two counts in a row: first the recycled tokens, then the clusters they form",
+             why="U pruned tokens give G = int(0.3·U) + 1 recycled ones, and those form C = int(0.1·G) + 1 clusters",
+             slips=(("counted the recycled tokens, not the clusters", lambda ref: _recycled_05_1()),
+                    ("applied the cluster ratio to the pruned tokens, not the recycled ones",
+                     lambda ref: int(0.1 * _PRUNED_05_1) + 1))),
     Exercise("05.2", "A cluster of 5 identical tokens: how many times larger is the norm of the paper's summed "
              "token than the reference's mean token? (±1e-6)", "number", _s05_2,
-             "sum = size × mean", tol=1e-6),
+             "sum = size × mean, and identical members make the mean equal to each of them", tol=1e-6,
+             nudge="write both merges for members that are all equal to h",
+             why="the sum of 5 copies of h is 5h, the mean is h: the ratio is the cluster size",
+             slips=(("mean vs sum merge: that is the mean's norm over the sum's", lambda ref: 1 / ref),
+                    ("norms of identical vectors add linearly, not as a square root", lambda ref: ref ** 0.5))),
+    Exercise("06.1", "toy.preset(96) on records[5]'s prompt (16 text and 64 visual tokens), prefilled with "
+             "use_cache=True: how many token entries do the 8 layers' KV caches hold in all (the sum over layers "
+             "of the tokens each caches)?", "int", _s06_1,
+             "layer ℓ caches the n_ℓ tokens that enter it: text plus the visual tokens left by the earlier pruning "
+             "layers, kept plus merged; add n_ℓ over the 8 layers",
+             nudge="a pruning layer still sees, and caches, every token that enters it; the shorter sequence "
+                   "starts one layer later. Did you count the merged tokens?",
+             why="each layer caches its input, n_ℓ = T + N_in(ℓ); merged tokens are cached like kept ones",
+             slips=(("a pruning layer counted with its output, not its input", lambda ref: _s06_1_output_count()),
+                    ("the recycled (merged) tokens left out", lambda ref: _s06_1_no_merged()),
+                    ("the text tokens left out", lambda ref: _s06_1_visual_only()))),
+    Exercise("06.2", "toy.preset(64) on records[5], compact positions: what position id does the first merged "
+             "token made at the pruning after layer 2 get in layer 3?", "int", _s06_2,
+             "count the tokens before it in layer 3's sequence: the text before the image, then the visual "
+             "tokens kept at this step (toy.preset(64).schedule); compact positions number them from 0",
+             nudge="in compact mode a token's position is the number of tokens before it in the shorter "
+                   "sequence, and merged tokens sit right after the kept visual ones",
+             why="compact positions renumber 0, 1, …; a merged token follows the kept visual tokens",
+             slips=(("positions counted from 1", lambda ref: ref + 1),
+                    ("the position right after the original image", lambda ref: 8 + 64),
+                    ("the merged tokens of layer 1 added on top of the kept ones",
+                     lambda ref: ref + _s06_2_layer1_merged()))),
     Exercise("07.1", "Prefill cost of one LLaVA-1.5-7B decoder layer (d = 4096, m = 11008) on n = 695 tokens, by "
              "the paper's formula, in GFLOPs (multiply-adds, ±0.5)", "number", _s07_1,
-             "4·n·d² + 2·n²·d + 3·n·d·m", tol=0.5),
-    Exercise("07.2", "Equivalent tokens of LLaVA-1.5-7B's 64-token preset counted at each layer's *input* "
-             "(±0.01)", "number", _s07_2,
-             "a pruning layer processes its input tokens; use sparsevlm.planned_tokens(..., 'input')", tol=0.01),
-    Exercise("08.1", "From the 128-token defaults, which one-knob change costs the most accuracy on the 240 "
-             "questions: 'no recycling', 'original positions', 'raters = last token' or 'raters = all text'?",
-             "choice", _s08_1, "run ablation() with each change and compare acc_all with the defaults",
-             choices=("no recycling", "original positions", "raters = last token", "raters = all text")),
-    Exercise("08.2", "Raters = all text against the paper's mean rule at the 128 preset, 240 questions: is the "
-             "difference significant at 95 % (paired bootstrap)? Answer 'a better' (all text), 'b better' "
-             "(mean) or 'tie'.", "choice", _s08_2,
-             "sparsevlm.eval.paired_bootstrap on the two per-question results",
-             choices=("a better", "b better", "tie")),
-    Exercise("09.1", "What FastV prune ratio does matched_baselines choose to match the toy 64 preset? (±1e-3)",
-             "number", _s09_1, "sparsevlm.matched_baselines(toy.preset(64), 64, 8)['fastv']", tol=1e-3),
-    Exercise("09.2", "At the 192 preset, SparseVLM against PyramidDrop on all 800 questions: 'sparsevlm', "
-             "'pdrop' or 'tie' at 95 % (paired bootstrap)?", "choice", _s09_2,
-             "evaluate both on the same questions, then sparsevlm.eval.paired_bootstrap",
-             choices=("sparsevlm", "pdrop", "tie")),
-    Exercise("10.1", "On the committed LLaVA-1.5-7B-shaped layer curve (bench.RESULTS / "
-             "'layers_llava-1.5-7b-shaped-h1024_cpu.json'), a method keeps all 695 tokens in layers 0–1 and 183 "
-             "(119 text + 64 visual) in layers 2–31: at best, what share of dense's layer time do its layers take? "
-             "(±0.005)", "number", _s10_1,
-             "read t(n) off the curve for each layer (linear between its lengths), add up, divide by 32 · t(695); "
-             "bench.predicted_layers_ratio does the same", tol=0.005),
-    Exercise("10.2", "Dense prefill of records[0] leaves a 0.625 MB KV cache (8 layers × 80 tokens × keys and "
-             "values of width 128 in float32). How many MB does SparseVLM's toy.preset(64) leave? (±0.001)",
-             "number", _s10_2,
-             "each layer caches the keys and values of the tokens that reach it: 2 × tokens × 128 × 4 bytes per "
-             "layer (report(model).visual_in says how many visual tokens each layer sees), or sum the cache's "
-             "tensors", tol=0.001),
+             "F(n) = 4·n·d² + 2·n²·d + 3·n·d·m with n = 695, d = 4096, m = 11008, divided by 1e9; "
+             "sparsevlm.flops.layer_flops(695, 4096, 11008) computes the same", tol=0.5,
+             nudge="one layer, not the whole prefill: put n, d and m into the formula F(n) at the top of the "
+                   "notebook, and count one multiply-add as one FLOP",
+             why="the gated MLP (3·n·d·m) is about two thirds of it; attention's n² term is small at this length",
+             slips=(("two FLOPs per multiply-add", lambda r: 2 * r),
+                    ("an ungated MLP (2·n·d·m instead of 3·n·d·m)", lambda r: r - 695 * 4096 * 11008 / 1e9))),
+    Exercise("07.2", "Equivalent tokens of LLaVA-1.5-7B's 64-token preset (SparseVLMConfig.preset(64), 576 visual "
+             "tokens, 32 layers) counted at each layer's *input* (±0.01)", "number", _s07_2,
+             "ins, outs = sparsevlm.planned_counts(SparseVLMConfig.preset(64), 576, 32), then the mean of ins; "
+             "sparsevlm.planned_tokens(..., 'input') checks it", tol=0.01,
+             nudge="count the tokens entering each layer: layer 0 gets all 576, layer ℓ gets what left layer ℓ − 1",
+             why="a layer pays for the tokens that enter it, so FLOPs follow the input count",
+             slips=(("output vs input counting", lambda r: _planned_64("output")),)),
+    Exercise("08.1", "From the 128-preset defaults, turn off recycling and use original positions, both at once. "
+             "On the 240 questions, what is its accuracy minus the defaults' accuracy? (a fraction, ±0.002)",
+             "number", _s08_1,
+             "ablation(recycle=False, positions='original')['accuracy'] minus the defaults' accuracy (the "
+             "grid's first row); a negative answer means the change costs accuracy", tol=0.002,
+             nudge="measure the two changes together on the same 240 questions, then subtract the defaults' "
+                   "accuracy; the grid's one-knob rows do not give it",
+             why="a combination of knobs is its own measurement: one-knob differences need not add up",
+             slips=(("the defaults minus the change: the sign is flipped", lambda r: -r),
+                    ("adding the two one-knob differences",
+                     lambda r: _gain(recycle=False) + _gain(positions="original")))),
+    Exercise("08.2", "At the 64 preset, raters = all text against the paper's mean rule on the 240 questions: at "
+             "95 % (paired bootstrap), is it 'a better' (all text), 'b better' (mean) or 'tie'?", "choice",
+             _s08_2,
+             "a = evaluate(model, processor, SUBSET, make_config(preset=64, rater_rule='all'), progress=False), "
+             "b the same with make_config(preset=64); then paired_bootstrap(a, b)['verdict']",
+             choices=("a better", "b better", "tie"),
+             nudge="evaluate both rules at the 64 preset on the same questions and pair them question by "
+                   "question; the grid above is at the 128 preset",
+             why="pairing cancels the questions both rules answer alike, so its interval is narrower than the "
+                 "two accuracies' own intervals",
+             slips=(("overlapping intervals read as a tie (an unpaired comparison)", lambda r: _unpaired_08_2()),)),
+    Exercise("09.1", "matched_baselines puts FastV after layer 1. Pruning after layer 2 instead "
+             "(FastVConfig(layer=2)), what prune ratio matches the toy 128 preset's equivalent tokens (counted at "
+             "each layer's output)? (±1e-3)", "number", _s09_1,
+             "solve (2 · 64 + 6 · k) / 8 = E for the kept count k, with E = "
+             "sparsevlm.planned_tokens(toy.preset(128), 64, 8); the ratio is 1 − k / 64 "
+             "(sparsevlm.match_budget(FastVConfig(layer=2), E, 64, 8) does the same)", tol=1e-3,
+             nudge="equivalent tokens are the mean over the 8 layers of the visual tokens each layer outputs; "
+                   "layers 0 and 1 output all 64, layers 2–7 the kept ones",
+             why="two layers at all 64 tokens spend most of the budget, so the six after keep only a few: the later "
+                 "FastV prunes, the harder it must prune",
+             slips=(("counting each layer's input tokens", lambda ref: _s09_1("input")),
+                    ("the share kept, not the share pruned", lambda ref: 1 - ref))),
+    Exercise("09.2", "SparseVLM at the toy 64 and 128 presets, all 800 questions: on how many is the 64 preset right "
+             "and the 128 preset wrong?", "int", _s09_2,
+             "(correct['sparsevlm 64'] & ~correct['sparsevlm 128']).sum()",
+             nudge="compare the two rows of `correct` question by question (True = right)",
+             why="a paired comparison rests on the questions where the two disagree: the accuracy difference is "
+                 "(this count − the reverse count) / 800",
+             slips=(("the other direction: right at 128, wrong at 64", lambda ref: _s09_2(reverse=True)),
+                    ("every question where the two disagree", lambda ref: ref + _s09_2(reverse=True)))),
+    Exercise("10.1", "On the committed toy layer curve (results/layers_toy_cpu.json), a method keeps all 80 tokens "
+             "in layers 0–1 and 24 (16 text + 8 visual) in layers 2–7: at best, what share of dense's layer time "
+             "do its layers take? (±0.005)", "number", _s10_1,
+             "read t(n) off the curve at each layer's length (linear between measured lengths), add up the 8 "
+             "layers, divide by 8 · t(80); bench.predicted_layers_ratio does the same", tol=0.005,
+             nudge="a layer's time is t(n) ≈ a + b·n, not proportional to n: read each layer's time off the curve",
+             why="the fixed part a stays in every layer, so 24 of 80 tokens still cost most of a layer's time",
+             slips=(("tokens, not time (as if the fixed part a were 0)", lambda ref: (2 * 80 + 6 * 24) / (8 * 80)),
+                    ("the pruned layers only (layers 0–1 run in full too)",
+                     lambda ref: _toy_layers_ratio([24])))),
+    Exercise("10.2", "LLaVA-1.5-7B in bfloat16, a prompt of 119 text and 576 visual tokens: dense prefill leaves "
+             "the KV cache measured above on the meta device. How many MiB does SparseVLMConfig.preset(64) "
+             "leave? (±0.1)", "number", _s10_2,
+             "each layer caches keys and values of the tokens entering it: sum 119 + counts_in over the 32 layers "
+             "(sparsevlm.planned_counts(SparseVLMConfig.preset(64), 576, 32)), times the dense cache's MiB per "
+             "token per layer", tol=0.1,
+             nudge="the cache shrinks layer by layer: count the tokens each of the 32 layers caches",
+             why="a pruning layer caches its input, and every later layer only the tokens kept",
+             slips=(("output vs input counting (a pruning layer caches the tokens entering it)",
+                     lambda ref: _kv_7b("output")),
+                    ("float32's 4 bytes (the model runs in bfloat16: 2)", lambda ref: 2 * ref),
+                    ("keys only (the cache holds keys and values)", lambda ref: ref / 2),
+                    ("MB, not MiB (kv_cache_mb divides by 2**20)", lambda ref: ref * 2 ** 20 / 1e6))),
     Exercise("11.1", "One 336×336 image through LLaVA-1.5-7B's vision tower (all 24 of its layers run) and its "
              "projector: how many GFLOPs, one multiply-add counted as one FLOP as the paper does? (±0.5)", "number",
              _s11_1,
@@ -461,7 +730,7 @@ def slip(ex: Exercise, answer, ref) -> str | None:
         try:
             if value != ref and _same(ex, answer, value):
                 return name
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
             return None
     return None
 
