@@ -81,7 +81,7 @@ def test_demo_compares_methods_on_a_qwen2_5_vl_checkpoint(capsys, tmp_path):
     assert list(table.index) == ["dense", "sparsevlm 64", "random 64", "fastv 64"]  # VisionZip-style: no [CLS]
 
 
-def test_the_skipped_gpu_cell_of_notebook_11_runs_on_a_local_checkpoint(tmp_path):
+def test_the_skipped_gpu_cell_of_notebook_12_runs_on_a_local_checkpoint(tmp_path):
     """Notebook 12's Qwen2.5-VL cell (`nbval-skip`: weights and a GPU) with stand-ins: the tiny
     Qwen2.5-VL checkpoint and its processor (whose chat template frames an image as the real one
     does), the CPU, a local image for the URL, the preset scaled to its 4 layers."""

@@ -116,7 +116,7 @@ def test_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
     assert right == "True"
 
 
-def test_the_skipped_gpu_cells_of_notebook_10_run_on_a_local_checkpoint(tmp_path, monkeypatch):
+def test_the_skipped_gpu_cells_of_notebook_11_run_on_a_local_checkpoint(tmp_path, monkeypatch):
     """The cells CI skips (`nbval-skip`: weights and a GPU) are the first a user with a GPU runs, so
     they run here with stand-ins: the embedded checkpoint for llava-1.5-7b-hf, the CPU in float32,
     one of its images as my_image.jpg, the presets scaled to its 8 layers, and the bench on the toy
