@@ -219,3 +219,18 @@ def test_a_dense_report_counts_video_tokens_as_visual(models, family):
         model(**inputs)
         assert sparsevlm.report(model).n_visual.tolist() == counts
     assert dense_report_for(model, inputs).n_visual.tolist() == counts
+
+
+@pytest.mark.parametrize("family", ["llava", "next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl"])
+def test_transformers_finds_a_sparsified_class_by_its_name(family):
+    """Loaders look up weight renamings by class name (#32.6): a sparsified model keeps its classes' names."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    from helpers import tiny_llava
+
+    model = tiny_llava() if family == "llava" else tiny_vlm(family)
+    names, dense = [type(m).__name__ for m in model.modules()], [repr(t) for t in get_model_conversion_mapping(model)]
+    cfg = SparseVLMConfig(pruning_layers=(1, 2), positions="original" if family.startswith("qwen") else "compact")
+    with sparsevlm.sparsified(model, cfg):
+        assert [type(m).__name__ for m in model.modules()] == names
+        assert [repr(t) for t in get_model_conversion_mapping(model)] == dense

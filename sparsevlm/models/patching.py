@@ -206,8 +206,9 @@ class SparsePlaceholders:
 
 def swap_class(module, mixin) -> None:
     cls = type(module)
-    module.__class__ = type(f"Sparse{cls.__name__}", (mixin, cls), {"_sparsevlm_original": cls,
-                                                                   "__module__": cls.__module__})
+    # The original's name: transformers looks classes up by name (weight renaming on load, output recording).
+    module.__class__ = type(cls.__name__, (mixin, cls), {"_sparsevlm_original": cls, "__module__": cls.__module__,
+                                                          "__qualname__": cls.__qualname__})
     try:  # transformers records outputs (output_attentions, ...) per class name: register ours like the original
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
     except ImportError:
