@@ -328,12 +328,12 @@ def _unpaired_08_2():
 
 # --- 09: baselines ----------------------------------------------------------------------------
 
-def _s09_1(counting: str = "output"):
+def _s09_1(layer: int = 2):
     from . import toy
     from .methods import FastVConfig, match_budget, planned_tokens
 
-    target = planned_tokens(toy.preset(128), 64, 8, counting)
-    return float(match_budget(FastVConfig(layer=2), target, 64, 8, counting).prune_ratio)
+    target = planned_tokens(toy.preset(128), 64, 8)
+    return float(match_budget(FastVConfig(layer=layer), target, 64, 8).prune_ratio)
 
 
 @lru_cache(maxsize=1)
@@ -524,7 +524,7 @@ EXERCISES = {e.id: e for e in [
              "layers, kept plus merged; add n_ℓ over the 8 layers",
              nudge="a pruning layer still sees, and caches, every token that enters it; the shorter sequence "
                    "starts one layer later. Did you count the merged tokens?",
-             why="each layer caches its input, n_ℓ = T + N_in(ℓ); merged tokens are cached like kept ones",
+             why="each layer caches its input, n_ℓ = (L − V) + N_in(ℓ); merged tokens are cached like kept ones",
              slips=(("a pruning layer counted with its output, not its input", lambda ref: _s06_1_output_count()),
                     ("the recycled (merged) tokens left out", lambda ref: _s06_1_no_merged()),
                     ("the text tokens left out", lambda ref: _s06_1_visual_only()))),
@@ -587,8 +587,8 @@ EXERCISES = {e.id: e for e in [
                    "layers 0 and 1 output all 64, layers 2–7 the kept ones",
              why="two layers at all 64 tokens spend most of the budget, so the six after keep only a few: the later "
                  "FastV prunes, the harder it must prune",
-             slips=(("counting each layer's input tokens", lambda ref: _s09_1("input")),
-                    ("the share kept, not the share pruned", lambda ref: 1 - ref))),
+             slips=(("the share kept, not the share pruned", lambda ref: 1 - ref),
+                    ("FastV after layer 1, as matched_baselines builds it", lambda ref: _s09_1(layer=1)))),
     Exercise("09.2", "SparseVLM at the toy 64 and 128 presets, all 800 questions: on how many is the 64 preset right "
              "and the 128 preset wrong?", "int", _s09_2,
              "(correct['sparsevlm 64'] & ~correct['sparsevlm 128']).sum()",
