@@ -160,3 +160,15 @@ def test_paper_default_layers_follow_the_models_depth():
     with sparsevlm.sparsified(model, PDropConfig()):
         model(**batch([4]))
         assert [s["layer"] for s in sparsevlm.report(model).steps] == [2, 3, 5]
+
+
+def test_dpp_greedy_map_keeps_exactly_k_past_the_kernels_rank():
+    """144 items of width 16 (rank 16), and 20 copies of 5 items: past the rank no item has a gain;
+    the count is still min(k, n), and the first picks are the plain greedy's (#32.7)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(144, 16, generator=g)
+    for k in (10, 16, 64, 144, 200):
+        assert int(dpp_greedy_map(x @ x.T, k).sum()) == min(k, 144)
+    assert dpp_greedy_map(x @ x.T, 16)[dpp_greedy_map(x @ x.T, 10)].all()  # greedy: earlier picks stay
+    rep = torch.cat([x[:5]] * 20)
+    assert int(dpp_greedy_map(rep @ rep.T, 12).sum()) == 12

@@ -234,3 +234,26 @@ def test_transformers_finds_a_sparsified_class_by_its_name(family):
     with sparsevlm.sparsified(model, cfg):
         assert [type(m).__name__ for m in model.modules()] == names
         assert [repr(t) for t in get_model_conversion_mapping(model)] == dense
+
+
+def test_cdpruner_keeps_what_was_asked_beyond_its_kernels_rank(models):
+    """A 32×32 image is 88 tokens on the tiny LLaVA-NeXT, more than its hidden size (64), and its newline
+    tokens repeat: CDPruner's kernel has no rank left for `keep` items past 64. It still keeps
+    min(keep, n) per sample, as planned, and keep ≥ n is keep-all (#32.7)."""
+    model = models["next"]
+    g = torch.Generator().manual_seed(0)
+    pixels, sizes = torch.randn(2, 5, 3, 16, 16, generator=g), torch.tensor([[32, 32], [32, 32]])
+    counts = [len(f) for f in model.model.get_image_features(pixels, sizes, return_dict=True).pooler_output]
+    assert counts == [88, 88] and model.config.text_config.hidden_size == 64
+    rows = [[1, 7, 8] + [IMAGE] * n + torch.randint(10, 128, (t,), generator=g).tolist() for n, t in zip(counts, [5, 8])]
+    inputs = rows_to_batch(rows, {"pixel_values": pixels, "image_sizes": sizes})
+    alone = [rows_to_batch([r], {"pixel_values": pixels[b:b + 1], "image_sizes": sizes[b:b + 1]})
+             for b, r in enumerate(rows)]
+    dense = model(**inputs).logits
+    valid = inputs["attention_mask"].bool()
+    with sparsevlm.sparsified(model, sparsevlm.CDPrunerConfig(keep=88)):
+        torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=1e-4, rtol=1e-4)
+        assert sparsevlm.report(model).visual_out[:, -1].tolist() == [88, 88]
+    with sparsevlm.sparsified(model, sparsevlm.CDPrunerConfig(keep=70)):
+        rep = assert_batched_equals_alone(model, inputs, alone)
+    assert rep.visual_out[:, -1].tolist() == [70, 70]

@@ -35,18 +35,29 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
     """Greedy MAP inference of a DPP with kernel L (Chen, Zhang & Zhou, NeurIPS 2018): add, k times,
     the item with the largest gain in log det L_S, i.e. the largest d_i² = L_ii − ‖c_i‖², updating
     the rows c_i of the incremental Cholesky factor: e_i = (L_ji − ⟨c_j, c_i⟩) / d_j, d_i² −= e_i².
-    O(n · k²). Shapes: kernel (n, n) symmetric PSD -> kept (n,) bool."""
+    O(n · k²). Shapes: kernel (n, n) symmetric PSD -> kept (n,) bool, exactly min(k, n) items.
+
+    Once the kernel's rank is spent (every gain below `1e-4 · max L_ii`: more items than the
+    embedding's width, or repeated items), no item adds volume. Chen et al.'s code stops there; this
+    one keeps what was asked for, adding the remaining items by quality L_ii, so that the count is
+    the planned one and keep ≥ n keeps everything."""
     n = kernel.shape[0]
     k = min(k, n)
     c = kernel.new_zeros(k, n)
-    d2 = kernel.diagonal().clone()
+    quality = kernel.diagonal().clone()
+    d2 = quality.clone()
+    eps = 1e-4 * quality.max().clamp(min=1e-12)
+    # an exhausted item ranks below every item with a gain, and among the exhausted by its quality
+    spare = quality / (quality.max().clamp(min=1e-12) * 2)  # in [0, 1/2]
     kept = torch.zeros(n, dtype=torch.bool, device=kernel.device)
     slots = torch.arange(n, device=kernel.device)
     for i in range(k):
-        j = d2.masked_fill(kept, -float("inf")).argmax().view(1)
+        key = torch.where(d2 > eps, 1 + d2, spare).masked_fill(kept, -float("inf"))
+        j = key.argmax().view(1)
         kept = kept | (slots == j)
-        e = (kernel.index_select(0, j)[0] - c[:i].index_select(1, j)[:, 0] @ c[:i]) \
-            / d2.index_select(0, j).clamp(min=1e-12).sqrt()
+        dj = d2.index_select(0, j)
+        scale = torch.where(dj > eps, dj.clamp(min=eps).rsqrt(), torch.zeros_like(dj))
+        e = (kernel.index_select(0, j)[0] - c[:i].index_select(1, j)[:, 0] @ c[:i]) * scale
         c[i] = e
         d2 = d2 - e * e
     return kept
