@@ -309,7 +309,7 @@ def _gain(**overrides):
 
 
 def _s08_1():
-    return _gain(recycle=False, positions="original")
+    return _gain(positions="original", rater_rule="all")
 
 
 def _s08_2():
@@ -555,17 +555,19 @@ EXERCISES = {e.id: e for e in [
              nudge="count the tokens entering each layer: layer 0 gets all 576, layer ℓ gets what left layer ℓ − 1",
              why="a layer pays for the tokens that enter it, so FLOPs follow the input count",
              slips=(("output vs input counting", lambda r: _planned_64("output")),)),
-    Exercise("08.1", "From the 128-preset defaults, turn off recycling and use original positions, both at once. "
+    Exercise("08.1", "From the 128-preset defaults, use original positions and raters = all text, both at once. "
              "On the 240 questions, what is its accuracy minus the defaults' accuracy? (a fraction, ±0.002)",
              "number", _s08_1,
-             "ablation(recycle=False, positions='original')['accuracy'] minus the defaults' accuracy (the "
+             "ablation(positions='original', rater_rule='all')['accuracy'] minus the defaults' accuracy (the "
              "grid's first row); a negative answer means the change costs accuracy", tol=0.002,
              nudge="measure the two changes together on the same 240 questions, then subtract the defaults' "
                    "accuracy; the grid's one-knob rows do not give it",
-             why="a combination of knobs is its own measurement: one-knob differences need not add up",
+             why="the knobs interact: the sum of their one-knob differences is far from it, so measure combinations",
              slips=(("the defaults minus the change: the sign is flipped", lambda r: -r),
+                    ("the change's accuracy itself, not its difference to the defaults",
+                     lambda r: r + float(_ablate()["correct"].mean())),
                     ("adding the two one-knob differences",
-                     lambda r: _gain(recycle=False) + _gain(positions="original")))),
+                     lambda r: _gain(positions="original") + _gain(rater_rule="all")))),
     Exercise("08.2", "At the 64 preset, raters = all text against the paper's mean rule on the 240 questions: at "
              "95 % (paired bootstrap), is it 'a better' (all text), 'b better' (mean) or 'tie'?", "choice",
              _s08_2,
