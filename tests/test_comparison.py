@@ -73,3 +73,29 @@ def test_demo_results_writes_the_comparison(tmp_path):
     assert doc["command"] == f"sparsevlm demo --quiet --limit 8 --presets 64 --methods fastv --results {tmp_path}"
     assert all(len(c) == 8 for c in correct.values())
     assert (tmp_path / "baselines_toy_cpu.csv").is_file()
+
+
+ABLATIONS = RESULTS / "ablations_toy_cpu.json"
+ABLATIONS_NOTEBOOK = NOTEBOOK.parent / "08_ablations.ipynb"
+
+
+def test_notebook_08s_committed_ablations_regenerate():
+    """Notebook 08 reads its context and one-knob rows from results/ablations_toy_cpu.* (and checks the
+    configs equal today's). A few rows, rebuilt from their committed configs, give the same answer on
+    every one of the 240 questions: a stale file fails here."""
+    import sparsevlm
+
+    table, correct, doc = read_comparison(ABLATIONS)
+    assert doc["questions"] == 240 and doc["command"] == "run notebooks/08_ablations.ipynb with REGENERATE = True"
+    assert {"no recycling", "raters = all text", "sparsevlm 128"} <= set(doc["configs"])
+    src = "\n".join("".join(c["source"]) for c in json.loads(ABLATIONS_NOTEBOOK.read_text())["cells"])
+    assert "read_comparison(" in src and ABLATIONS.name in src
+    names = {k: getattr(sparsevlm, k) for k in dir(sparsevlm) if k.endswith("Config")}
+    rows = ["dense", "no recycling", "fastv 64"]
+    configs = {name: eval(doc["configs"][name], names) for name in rows}  # our own committed reprs
+    torch.use_deterministic_algorithms(True)
+    model, processor = toy.load()
+    live, frames = compare(model, processor, toy.eval_split()[:240], configs, progress=False, per_question=True)
+    for name in rows:
+        assert (frames[name]["correct"].to_numpy() == correct[name]).all(), name
+    np.testing.assert_allclose(live["acc_all"].to_numpy(), table.loc[rows, "acc_all"].to_numpy(), rtol=1e-9)
