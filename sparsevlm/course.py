@@ -275,15 +275,17 @@ def _s07_1():
     return float(layer_flops(695, 4096, 11008)) / 1e9
 
 
-def _planned_64(counting):
+def _planned_07_2(counting):
+    """Equivalent tokens of the 128 preset's layers with schedule (288, 144, 72) and no recycling."""
     from .config import SparseVLMConfig
     from .methods import planned_tokens
 
-    return planned_tokens(SparseVLMConfig.preset(64), 576, 32, counting)
+    cfg = SparseVLMConfig.preset(128).replace(schedule=(288, 144, 72), recycle=False)
+    return planned_tokens(cfg, 576, 32, counting)
 
 
 def _s07_2():
-    return _planned_64("input")
+    return _planned_07_2("input")
 
 
 # --- 08: ablations ----------------------------------------------------------------------------
@@ -548,13 +550,15 @@ EXERCISES = {e.id: e for e in [
              why="the gated MLP (3·n·d·m) is about two thirds of it; attention's n² term is small at this length",
              slips=(("two FLOPs per multiply-add", lambda r: 2 * r),
                     ("an ungated MLP (2·n·d·m instead of 3·n·d·m)", lambda r: r - 695 * 4096 * 11008 / 1e9))),
-    Exercise("07.2", "Equivalent tokens of LLaVA-1.5-7B's 64-token preset (SparseVLMConfig.preset(64), 576 visual "
-             "tokens, 32 layers) counted at each layer's *input* (±0.01)", "number", _s07_2,
-             "ins, outs = sparsevlm.planned_counts(SparseVLMConfig.preset(64), 576, 32), then the mean of ins; "
-             "sparsevlm.planned_tokens(..., 'input') checks it", tol=0.01,
+    Exercise("07.2", "LLaVA-1.5-7B (576 visual tokens, 32 layers) pruned after layers 2, 6 and 15 to 288, 144 and 72 "
+             "visual tokens, no recycling (SparseVLMConfig.preset(128).replace(schedule=(288, 144, 72), "
+             "recycle=False)): its equivalent tokens counted at each layer's *input* (±0.01)", "number", _s07_2,
+             "layers 0–2 take 576, layers 3–6 take 288, 7–15 take 144, 16–31 take 72: their mean; "
+             "sparsevlm.planned_counts(cfg, 576, 32) lists them and planned_tokens(..., 'input') checks it",
+             tol=0.01,
              nudge="count the tokens entering each layer: layer 0 gets all 576, layer ℓ gets what left layer ℓ − 1",
              why="a layer pays for the tokens that enter it, so FLOPs follow the input count",
-             slips=(("output vs input counting", lambda r: _planned_64("output")),)),
+             slips=(("output vs input counting", lambda r: _planned_07_2("output")),)),
     Exercise("08.1", "From the 128-preset defaults, use original positions and raters = all text, both at once. "
              "On the 240 questions, what is its accuracy minus the defaults' accuracy? (a fraction, ±0.002)",
              "number", _s08_1,
@@ -604,9 +608,9 @@ EXERCISES = {e.id: e for e in [
              "do its layers take? (±0.005)", "number", _s10_1,
              "read t(n) off the curve at each layer's length (linear between measured lengths), add up the 8 "
              "layers, divide by 8 · t(80); bench.predicted_layers_ratio does the same", tol=0.005,
-             nudge="a layer's time is t(n) ≈ a + b·n, not proportional to n: read each layer's time off the curve",
-             why="the fixed part a stays in every layer, so 24 of 80 tokens still cost most of a layer's time",
-             slips=(("tokens, not time (as if the fixed part a were 0)", lambda ref: (2 * 80 + 6 * 24) / (8 * 80)),
+             nudge="a layer's time is t(n) ≈ t₀ + c·n, not proportional to n: read each layer's time off the curve",
+             why="the fixed part t₀ stays in every layer, so 24 of 80 tokens still cost most of a layer's time",
+             slips=(("tokens, not time (as if the fixed part t₀ were 0)", lambda ref: (2 * 80 + 6 * 24) / (8 * 80)),
                     ("the pruned layers only (layers 0–1 run in full too)",
                      lambda ref: _toy_layers_ratio([24])))),
     Exercise("10.2", "LLaVA-1.5-7B in bfloat16, a prompt of 119 text and 576 visual tokens: dense prefill leaves "
