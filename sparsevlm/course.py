@@ -48,15 +48,19 @@ def _inputs(rec):
 
 # --- 00: quickstart ---------------------------------------------------------------------------
 
+_RECORD_00_1, _PRESET_00_1 = 2, 64  # exercise 00.1: not the notebook's own records[5] under toy.preset(128)
+
+
 @lru_cache(maxsize=1)
 def _quickstart_counts():
-    """records[5] under toy.preset(128): (tokens that are not visual, visual tokens entering each layer)."""
+    """records[_RECORD_00_1] under toy.preset(_PRESET_00_1): (tokens that are not visual, visual tokens
+    entering each layer)."""
     from . import toy
     from .models import report, sparsified
 
     model, _, records = _toy()
-    inputs = _inputs(records[5])
-    with torch.no_grad(), sparsified(model, toy.preset(128)):
+    inputs = _inputs(records[_RECORD_00_1])
+    with torch.no_grad(), sparsified(model, toy.preset(_PRESET_00_1)):
         model(**inputs)
         rep = report(model)
     return int(rep.n_tokens[0] - rep.n_visual[0]), [int(v) for v in rep.visual_in[0]]
@@ -88,13 +92,28 @@ def _s01_2():
 
 # --- 02: raters -------------------------------------------------------------------------------
 
-def _s02_1():
+def _s02_1(drop_last: bool = True):
+    """Relevance of the planted example's first text token, its last text token dropped (marked invalid)."""
+    from .raters import select_raters
+    from .toy import planted_example
+
+    ex = planted_example(seed=0)
+    valid = ex["valid"].clone()
+    valid[0, -1] = not drop_last
+    _, rel = select_raters(ex["embeds"], ex["vis_mask"], valid)
+    first_text = int(ex["vis_mask"][0].nonzero().max()) + 1
+    return float(rel[0, first_text])
+
+
+def _s02_1_rescaled(ref):
+    """The slip: the six-token relevances rescaled to sum to 1 over the first five."""
     from .raters import select_raters
     from .toy import planted_example
 
     ex = planted_example(seed=0)
     _, rel = select_raters(ex["embeds"], ex["vis_mask"], ex["valid"])
-    return float(rel[0].sum())
+    first_text = int(ex["vis_mask"][0].nonzero().max()) + 1
+    return float(rel[0, first_text] / (1 - rel[0, -1]))
 
 
 def _s02_2(factor: float = 4.0):
@@ -188,13 +207,12 @@ def _recycled_05_1():
     return int(SparseVLMConfig().recycle_ratio * _PRUNED_05_1) + 1
 
 
-def _s05_2():
+def _s05_2(merge: str = "sum", members=None):
+    """Norm of the merged token of one cluster of 5 unit-norm, mutually orthogonal tokens (width 8)."""
     from .recycle import merge_clusters
 
-    x = torch.ones(1, 5, 8)
-    assign = torch.zeros(1, 5, dtype=torch.long)
-    summed, mean = merge_clusters(x, assign, 1, "sum"), merge_clusters(x, assign, 1, "mean")
-    return float(summed.norm() / mean.norm())
+    x = torch.eye(5, 8)[None] if members is None else members
+    return float(merge_clusters(x, torch.zeros(1, 5, dtype=torch.long), 1, merge).norm())
 
 
 # --- 06: progressive pruning ---------------------------------------------------------------------
@@ -443,11 +461,12 @@ def _s12_2(schedule_of=576):
 
 
 EXERCISES = {e.id: e for e in [
-    Exercise("00.1", "In the sparsified prefill of records[5] under toy.preset(128), how many tokens in all (system, "
-             "visual and text) enter layer 3?", "int", _s00_1,
+    Exercise("00.1", f"In the sparsified prefill of records[{_RECORD_00_1}] under toy.preset({_PRESET_00_1}), how many "
+             "tokens in all (system, visual and text) enter layer 3?", "int", _s00_1,
              "rep.visual_in[0] gives the visual tokens entering each layer; add the tokens that are never pruned: "
              "the prompt's length minus its visual tokens",
-             nudge="only visual tokens are pruned; the text and system tokens reach every layer",
+             nudge=f"rerun the notebook's cells with records[{_RECORD_00_1}] and toy.preset({_PRESET_00_1}); only "
+                   "visual tokens are pruned, the text and system tokens reach every layer",
              why="n_3 = the text and system tokens + the visual tokens left after layers 1 and 2 (notation: n_l)",
              slips=(("counted only the visual tokens", lambda ref: _quickstart_counts()[1][3]),
                     ("one layer early: that is what enters layer 2", lambda ref: sum(_quickstart_counts()[:1])
@@ -464,12 +483,15 @@ EXERCISES = {e.id: e for e in [
              nudge="the printed values are for records[:400]; recompute on the other 400 questions",
              why="layer 3's grounded head serves the last prompt token, not the raters, so the dependence there is "
                  "modest on both halves"),
-    Exercise("02.1", "The relevance of a sample's text tokens always sums to the same number. Which? (±1e-4)",
-             "number", _s02_1, "each visual token's softmax over the text sums to 1; averaging V such sums "
-             "gives their common value", tol=1e-4,
-             nudge="look at the equation: what does one softmax over the text tokens sum to?",
-             why="a mean of V softmaxes, each summing to 1 over the text, sums to 1",
-             slips=(("summed over the visual tokens instead of averaging", lambda ref: 64 * ref),)),
+    Exercise("02.1", "Drop the planted example's last text token (mark it invalid in `valid`). What relevance does "
+             "text token 0 get now? (±1e-3)", "number", _s02_1,
+             "valid = ex['valid'].clone(); valid[0, -1] = False; then sparsevlm.select_raters(ex['embeds'], "
+             "ex['vis_mask'], valid) and read the relevance at the first text position (65)", tol=1e-3,
+             nudge="each visual token's softmax now runs over five text tokens: recompute every softmax, then average",
+             why="every softmax renormalises over the tokens left, so token 0 gains by a different factor for each "
+                 "visual token; the relevances still sum to 1",
+             slips=(("the relevance before dropping", lambda ref: _s02_1(drop_last=False)),
+                    ("rescaled the averaged relevances instead of recomputing each softmax", _s02_1_rescaled))),
     Exercise("02.2", "Multiply every visual embedding of the planted example by 4. Which text tokens are raters "
              "now? (a set of positions 0-5, counted from the first text token after the image)", "set", _s02_2,
              "recompute with sparsevlm.select_raters on torch.where(vis_mask[..., None], 4 * embeds, embeds) and "
@@ -512,13 +534,15 @@ EXERCISES = {e.id: e for e in [
              slips=(("counted the recycled tokens, not the clusters", lambda ref: _recycled_05_1()),
                     ("applied the cluster ratio to the pruned tokens, not the recycled ones",
                      lambda ref: int(0.1 * _PRUNED_05_1) + 1))),
-    Exercise("05.2", "A cluster of 5 identical tokens: how many times larger is the norm of the paper's summed "
-             "token than the reference's mean token? (±1e-6)", "number", _s05_2,
-             "sum = size × mean, and identical members make the mean equal to each of them", tol=1e-6,
-             nudge="write both merges for members that are all equal to h",
-             why="the sum of 5 copies of h is 5h, the mean is h: the ratio is the cluster size",
-             slips=(("mean vs sum merge: that is the mean's norm over the sum's", lambda ref: 1 / ref),
-                    ("norms of identical vectors add linearly, not as a square root", lambda ref: ref ** 0.5))),
+    Exercise("05.2", "A cluster of 5 tokens of norm 1, mutually orthogonal (say the rows of torch.eye(5, 8)): what "
+             "is the norm of the token the paper's merge (merge='sum') makes? (±1e-6)", "number", _s05_2,
+             "sparsevlm.recycle.merge_clusters(torch.eye(5, 8)[None], torch.zeros(1, 5, dtype=torch.long), 1, 'sum') "
+             "and take its norm; or Pythagoras on the sum", tol=1e-6,
+             nudge="orthogonal members do not agree: their norms add like the sides of a right angle, not in a line",
+             why="the squared norms of orthogonal vectors add, so 5 unit members sum to norm √5; agreeing members "
+                 "would give 5, and the mean shrinks either by the cluster size",
+             slips=(("identical members: orthogonal ones do not add in a line", lambda ref: 5.0),
+                    ("the reference's mean, not the paper's sum", lambda ref: _s05_2("mean")))),
     Exercise("06.1", "toy.preset(96) on records[5]'s prompt (16 text and 64 visual tokens), prefilled with "
              "use_cache=True: how many token entries do the 8 layers' KV caches hold in all (the sum over layers "
              "of the tokens each caches)?", "int", _s06_1,
