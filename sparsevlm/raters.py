@@ -68,12 +68,16 @@ def select_raters(embeds: torch.Tensor, vis_mask: torch.Tensor, valid: torch.Ten
     if rule == "all":
         return text_mask, relevance
     if rule == "last":
-        pos = torch.arange(valid.shape[1], device=valid.device)
-        last = torch.where(text_mask, pos, -1).amax(-1)  # (B,); -1 when no text
-        return (pos[None, :] == last[:, None]) & text_mask, relevance
+        return _last(text_mask), relevance
     n_text = text_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
     mean = relevance.sum(-1, keepdim=True) / n_text  # (B, 1); relevance is 0 off text
     raters = (relevance > mean * (1 + TIE_RTOL)) & text_mask
     unrated = ~raters.any(-1, keepdim=True)  # (B, 1): e.g. one text token, whose relevance is the mean
-    last, _ = select_raters(embeds, vis_mask, valid, "last")
-    return raters | (unrated & last), relevance
+    return raters | (unrated & _last(text_mask)), relevance
+
+
+def _last(text_mask: torch.Tensor) -> torch.Tensor:
+    """The last text token of each sample: (B, L) bool -> (B, L) bool (none where there is no text)."""
+    pos = torch.arange(text_mask.shape[1], device=text_mask.device)
+    last = torch.where(text_mask, pos, -1).amax(-1)  # (B,); -1 when no text
+    return (pos[None, :] == last[:, None]) & text_mask
