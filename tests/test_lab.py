@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from test_docs import CHROMIUM, FLAGS, playwright  # Debian's chromium; skips here as there without playwright
+from test_docs import CHROMIUM, browser  # noqa: F401 (a fixture) Debian's chromium, as the site's test uses
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_ablations.ipynb"
 JUPYTER_LAB = Path(sys.executable).parent / "jupyter-lab"
@@ -78,14 +78,6 @@ def lab(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
 
 
 def control(page, label: str):
