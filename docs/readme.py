@@ -30,6 +30,11 @@ def _rows(doc: dict) -> dict:
     return {r["method"]: r for r in doc["results"]}
 
 
+def _line(cells) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def _ratio(row: dict) -> str:
     """The language model's prefill time against dense's, with the interval the bench stored."""
     if row["method"] == "dense":
@@ -58,15 +63,14 @@ def readme_results() -> str:
     rows, machine = _rows(doc), doc["machine"]
     toy = _load(TOY)
     cols = ["dense", *map(int, PRESETS)]
-    line = lambda cells: "| " + " | ".join(cells) + " |"
-    out = [line(["LLaVA-1.5-7B prefill", "dense", *(f"{p} tokens" for p in PRESETS)]),
-           line(["---"] * 5),
-           line(["TFLOPs, paper (Table 1)", *(f"{table.loc[c, 'tflops_paper']:.2f}" for c in cols)]),
-           line(["TFLOPs, our formula (`flops.paper_table()`)", *(f"{table.loc[c, 'tflops']:.3f}" for c in cols)])]
-    out.append(line(["FLOPs / dense, CPU bench (SparseVLM)", "1",
+    out = [_line(["LLaVA-1.5-7B prefill", "dense", *(f"{p} tokens" for p in PRESETS)]),
+           _line(["---"] * 5),
+           _line(["TFLOPs, paper (Table 1)", *(f"{table.loc[c, 'tflops_paper']:.2f}" for c in cols)]),
+           _line(["TFLOPs, our formula (`flops.paper_table()`)", *(f"{table.loc[c, 'tflops']:.3f}" for c in cols)])]
+    out.append(_line(["FLOPs / dense, CPU bench (SparseVLM)", "1",
                      *(f"{rows[f'sparsevlm {p}']['flops_ratio']:.2f}" for p in PRESETS)]))
     for method in ("sparsevlm", "random", "fastv"):
-        out.append(line([f"time / dense, CPU bench ({NAMES[method]})", "1",
+        out.append(_line([f"time / dense, CPU bench ({NAMES[method]})", "1",
                          *(_ratio(rows[f"{method} {p}"]) for p in PRESETS)]))
     own = [rows[f"sparsevlm {p}"]["overhead_ms"] for p in PRESETS]
     out += ["",
@@ -95,12 +99,12 @@ def _bench_table(path: Path) -> str:
            + (f", language model {m['text_hidden']} wide" if m.get("text_hidden") else "")
            + f", batch {m.get('batch', 1)}, {m.get('repeats')} rounds, {m.get('device')}, {m.get('dtype')}; "
            f"dense prefill {dense['prefill_ms']:.0f} ms{lm}.", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+           _line(head), "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], one(r, f"{r['prefill_ratio']:.2f}"), *([_ratio(r)] if has_lm else []),
                  *([one(r, f"{r['layers_ratio']:.2f}")] if has_layers else []), one(r, f"{r['flops_ratio']:.2f}"),
                  "–" if r.get("overhead_ms") is None else f"{r['overhead_ms']:.1f}", f"{r['kv_cache_mb']:.1f}"]
-        out.append("| " + " | ".join(cells) + " |")
+        out.append(_line(cells))
     return "\n".join(out)
 
 
@@ -115,7 +119,7 @@ def profile_table() -> str:
     doc = _load(RESULTS / "profile_toy_cpu.json")
     head = ["method", "batch", "aten calls", "host reads", "the method's aten calls", "the method's host reads",
             "the method's share of the time"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = [_line(head), "|" + "---|" * len(head)]
     for r in doc["results"]:
         if r["method"] in ("dense", "sparsevlm 128", "sparsevlm rank"):
             out.append(f"| {r['method']} | {r['batch']} | {r['aten_calls']:,} | {r['host_reads']} | "

@@ -218,10 +218,9 @@ def _s05_2(merge: str = "sum", members=None):
 # --- 06: progressive pruning ---------------------------------------------------------------------
 
 def _stage_run(cfg, layer: int | None = None):
-    """A sparsified prefill of records[5] with a cache: the report, the cache's length per layer, the
-    position ids handed to decoder `layer` and the layouts the staged decoder planned (index −1: merged)."""
+    """A sparsified prefill of records[5] with a cache: the report, the cache's length per layer and the
+    position ids handed to decoder `layer`."""
     from .models import report, sparsified
-    from .models.patching import per_call
     from .models.staged import CACHE
 
     model, _, records = _toy()
@@ -231,13 +230,12 @@ def _stage_run(cfg, layer: int | None = None):
     try:
         with torch.no_grad(), sparsified(model, cfg):
             out = model(**_inputs(records[5]), use_cache=True)
-            layouts = per_call(model._sparsevlm)["report"].args[2]["layouts"]
             rep = report(model)
     finally:
         if hook is not None:
             hook.remove()
     cache = getattr(out, CACHE)
-    return rep, [cache.get_seq_length(i) for i in range(rep.num_layers)], seen.get("positions"), layouts
+    return rep, [cache.get_seq_length(i) for i in range(rep.num_layers)], seen.get("positions")
 
 
 def _s06_1():
@@ -278,11 +276,13 @@ def _s06_2_layer1_merged():
 def _s06_2():
     from . import toy
 
-    rep, _, positions, layouts = _stage_run(toy.preset(64), layer=3)
-    index = layouts[1][0][0]  # after the pruning at layer 2: each token's input position, −1 for a merged one
-    merged = (index < 0).nonzero().flatten()
-    first_new = merged[len(merged) - int(rep.steps[1]["recycled"][0])]  # this step's merged tokens come last
-    return int(positions[0, first_new])
+    model, _, records = _toy()
+    rep, _, positions = _stage_run(toy.preset(64), layer=3)
+    first = int((_inputs(records[5])["input_ids"][0] == model.config.image_token_id).nonzero()[0])
+    # A stage lays out the visual tokens it keeps, then the tokens it merged: the first new merged token
+    # follows the visual tokens leaving layer 2 less that step's merged ones.
+    slot = first + int(rep.visual_out[0, 2]) - int(rep.steps[1]["recycled"][0])
+    return int(positions[0, slot])
 
 
 # --- 07: FLOPs --------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def from_device(method: str, num_layers: int, raw: dict, overhead_seconds: float
     if bool(raw["right_padding"]):
         rep.notes.append(RIGHT_PADDING)
     if raw["raters"] is not None:
-        unrated = [b for b, (r, n) in enumerate(zip(raw["raters"].cpu(), n_visual)) if n > 0 and not r.any()]
+        unrated = ((n_visual > 0) & ~raw["raters"].cpu().any(-1)).nonzero().flatten().tolist()
         if unrated:
             rep.notes.append(f"{UNRATED} {unrated}")
     return rep

@@ -64,16 +64,23 @@ def markdown_cells(path: Path) -> list[str]:
     return [path.read_text()]
 
 
-def prose_of(md: str) -> str:
-    """Markdown prose only, as prose_stats.clean: code, tables, headings, HTML, URLs removed."""
+def without_markup(md: str, display: str, inline: str, code: str, url: str) -> str:
+    """Markdown with code blocks, HTML and images removed, links reduced to their text, and display
+    equations, inline equations, inline code and URLs replaced by the given placeholders."""
     md = re.sub(r"```.*?```", " ", md, flags=re.S)
-    md = re.sub(r"\$\$.+?\$\$", " EQ. ", md, flags=re.S)
-    md = re.sub(r"(?<!\\)\$[^$\n]+?\$", "EQ", md)
-    md = re.sub(r"`[^`]*`", "CODE", md)
+    md = re.sub(r"\$\$.+?\$\$", display, md, flags=re.S)
+    md = re.sub(r"(?<!\\)\$[^$\n]+?\$", inline, md)
+    md = re.sub(r"`[^`]*`", code, md)
     md = re.sub(r"<[^>]+>", " ", md)
     md = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", md)
     md = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", md)
-    md = re.sub(r"https?://\S+", "URL", md)
+    return re.sub(r"https?://\S+", url, md)
+
+
+def prose_of(md: str) -> str:
+    """Markdown prose only, as prose_stats.clean: code, tables, headings, HTML, URLs removed (a
+    display equation ends a sentence, an inline one is a word)."""
+    md = without_markup(md, " EQ. ", "EQ", "CODE", "URL")
     return "\n".join(line for line in md.splitlines() if not line.lstrip().startswith(("|", "#")))
 
 
@@ -165,14 +172,7 @@ def exercise_ids() -> frozenset:
 
 def strip_for_numbers(md: str) -> str:
     """Markdown without what holds no claims: code, equations, HTML tags, link targets, URLs."""
-    md = re.sub(r"```.*?```", " ", md, flags=re.S)
-    md = re.sub(r"\$\$.+?\$\$", " EQ ", md, flags=re.S)
-    md = re.sub(r"(?<!\\)\$[^$\n]+?\$", " EQ ", md)
-    md = re.sub(r"`[^`]*`", " CODE ", md)
-    md = re.sub(r"<[^>]+>", " ", md)
-    md = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", md)
-    md = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", md)
-    return re.sub(r"https?://\S+", " URL ", md)
+    return without_markup(md, " EQ ", " EQ ", " CODE ", " URL ")
 
 
 class Number(NamedTuple):
