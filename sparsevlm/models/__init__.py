@@ -93,3 +93,18 @@ def report(model) -> Report:
     if callable(rep):  # a pruned prefill leaves its report on the device; built once, here
         rep = call["report"] = rep()
     return rep
+
+
+@contextmanager
+def timing(model):
+    """`with timing(model): ...` — a sparsified model clocks its method's own work in the block: each
+    prefill's `Report.overhead_seconds` (CUDA synchronised around each part, so prefills run slower)."""
+    state = getattr(model, "_sparsevlm", None)
+    if state is None:
+        raise ValueError("model is not sparsified: call sparsevlm.sparsify(model, cfg) first")
+    before = state.get("timing", False)
+    state["timing"] = True
+    try:
+        yield model
+    finally:
+        state["timing"] = before
