@@ -27,12 +27,19 @@ GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
 @pytest.mark.parametrize("text", ["llama", "qwen2"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("positions", ["compact", "original"])
-def test_keep_all_equals_the_dense_model(text, attn, positions):
+@pytest.mark.parametrize("relayout", [False, True], ids=["as-planned", "relayout"])
+def test_keep_all_equals_the_dense_model(text, attn, positions, relayout):
+    """As planned, keep-all leaves the sequence as it is. `relayout` hides that plan from the staged
+    decoder, so that it gathers, renumbers and masks every stage as a pruning schedule would."""
     model = tiny_llava(text, attn)
     inputs = batch([7])
     dense_logits = model(**inputs).logits
     dense_ids = model.generate(**inputs, **GREEDY)
     with sparsevlm.sparsified(model, KEEP_ALL.replace(positions=positions)):
+        if relayout:
+            method = model._sparsevlm["method"]
+            planned = method.sizes
+            method.sizes = lambda *a: {k: v for k, v in planned(*a).items() if not k.startswith("same")}
         logits = model(**inputs).logits
         ids = model.generate(**inputs, **GREEDY)
         rep = sparsevlm.report(model)

@@ -143,15 +143,17 @@ class Method:
         """The host integers the method and the adapter need, computed on the host from `counts`
         (`Method.counts`, copied to the host): "visual{s}", the most visual tokens of a sample
         entering step s, and "width{s}", the longest sequence after it, planned from
-        `counts_after`; only "visual0" when the counts depend on the input.
+        `counts_after`, and "same{s}" (0/1): every sample keeps all its tokens at step s and gains none;
+        only "visual0" when the counts depend on the input.
         Shapes: counts {name: list of B ints} -> {name: int}."""
         n_vis = torch.tensor(counts["visual"])
         n_text = torch.tensor(counts["valid"]) - n_vis
         out, n = {"visual0": n_vis.max()}, n_vis
         try:
             for step in range(self.steps):
-                n = self.counts_after(step, n, n_vis)
-                out |= {f"width{step}": (n_text + n).max(), f"visual{step + 1}": n.max()}
+                n, before = self.counts_after(step, n, n_vis), n
+                out |= {f"width{step}": (n_text + n).max(), f"visual{step + 1}": n.max(),
+                        f"same{step}": (n == before).all().long()}
         except ValueError:
             out = {"visual0": out["visual0"]}
         return dict(zip(out, torch.stack(list(out.values())).tolist()))
@@ -159,7 +161,9 @@ class Method:
     def counts_after(self, step: int, n_visual: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens leaving pruning step `step` (kept + inserted) when `n_visual` enter it,
         for budgets that do not depend on the input (`n_prompt`: each sample's visual tokens in
-        its prompt, for budgets written as ratios). Shapes: (B,) -> (B,) long."""
+        its prompt, for budgets written as ratios). A count equal to what enters promises that the step
+        keeps every token and inserts none: the staged decoder then leaves the sequence as it is.
+        Shapes: (B,) -> (B,) long."""
         raise ValueError(f"{type(self).__name__}'s token counts depend on the input; they cannot be planned")
 
     @classmethod

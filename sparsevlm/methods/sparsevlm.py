@@ -59,8 +59,8 @@ class SparseVLM(Method):
                                            for v, k in zip(n_vis, keep))))
             out |= {f"recycle{step}": max(m), f"clusters{step}": max(c)}
         leaving = [k + x for k, x in zip(keep, c)]
-        return out | {f"width{step}": max(t + x for t, x in zip(n_text, leaving)),
-                      f"visual{step + 1}": max(leaving)}, [keep, m, c]
+        return out | {f"width{step}": max(t + x for t, x in zip(n_text, leaving)), f"visual{step + 1}": max(leaving),
+                      f"same{step}": int(keep == list(n_vis) and not any(c))}, [keep, m, c]
 
     def _counts_on_host(self, step, attn, r_valid, v_valid, inp):
         """Counts that depend on what the layer computed (rank mode): the attention matrix and the

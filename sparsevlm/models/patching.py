@@ -108,8 +108,11 @@ class SparseTop:
       the prompt and the assistant's first draft. The prompt's length is kept for the call, so that the
       staged decoder prunes the prompt alone and takes the draft as a first decoding step: the same
       decisions as without an assistant.
+    - A right-padded prompt runs dense (said in the report): `generate` reads its last position, a
+      padding token, and a pruned prefill returns zeros at padding positions.
     - `labels=`: outputs are aligned with the input positions; a position whose token was pruned
-      predicts nothing, so its next label is left out of the loss (the seam: `loss_function`).
+      predicts nothing, so its next label is left out of the loss (the seam: `loss_function`). With
+      keep-all, every position (padding included) is the dense model's, and so is the loss.
     """
 
     def generate(self, *args, **kwargs):
@@ -124,6 +127,10 @@ class SparseTop:
         if chunk and (ids is None or ids.shape[-1] > chunk):
             call["dense_reason"] = (f"generate(prefill_chunk_size={chunk}) splits the prompt into chunks; pruning "
                                     f"needs the whole prompt in one forward")
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not mask[:, -1].all():
+            call["dense_reason"] = ("generate() on a right-padded prompt reads its last position, a padding token, "
+                                    "which a pruned prefill leaves empty (pad on the left: padding_side='left')")
         if option("use_cache") is False:
             warnings.warn("generate(use_cache=False) with a sparsified model prunes again at every step, with the "
                           "tokens generated so far among the raters: answers differ from the cached run, and nothing "

@@ -18,7 +18,10 @@ where the visual tokens are and how positions work; methods add only what to kee
   tokens before it (compact positions, as the reference) or the model's own (original positions).
 - Assisted generation's first forward holds the prompt and the assistant's first draft: it runs as
   the prompt's prefill, then the draft's first decoding step (the draft rates nothing).
-- Outputs are aligned with the input positions; pruned positions get zeros.
+- Outputs are aligned with the input positions; pruned and padding positions get zeros. A plan that
+  keeps every token leaves the sequence as it is: keep-all is the dense model at every position.
+- Under `torch.compile` (generate's compiled decoding, which needs a static cache) the text model
+  runs dense: a static cache already made the eager prefill dense, with the reason in the report.
 """
 from __future__ import annotations
 
@@ -48,6 +51,16 @@ def _batch_first(position_ids, B: int, L: int, device) -> torch.Tensor:
     return position_ids.expand(B, L)
 
 
+def _packed(position_ids) -> bool:
+    """Whether the positions pack several prompts in a row, as transformers reads them without a
+    padding mask: 1D positions, or M-RoPE's leading text row of (4, B, L), restart somewhere
+    (one host read, only when there is no padding mask)."""
+    if position_ids is None or position_ids.dim() == 3 and position_ids.shape[0] != 4:
+        return False
+    text = position_ids[0] if position_ids.dim() == 3 else position_ids
+    return bool((text[:, 1:] != text[:, :-1] + 1).any())
+
+
 def _model_ids(positions: torch.Tensor) -> torch.Tensor:
     """Positions as the rotary embedding takes them: (B, L) or (3, B, L)."""
     return positions.permute(2, 0, 1) if positions.dim() == 3 else positions
@@ -67,6 +80,9 @@ class SparseTextModel:
             if cache is not None:
                 raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
             cache = kwargs.pop("past_key_values")
+        if torch.compiler.is_compiling():  # compiled decoding (a static cache): its eager prefill ran dense and said why
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
         st = self._sparsevlm
         call = per_call(st)
         vis_mask = call.pop("vis_mask", None)
@@ -94,6 +110,9 @@ class SparseTextModel:
             reason = "the language model was called with input_ids instead of embeddings"
         elif attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
             reason = "a 4D attention mask (or one per attention type) was given; pruning needs the 2D padding mask"
+        elif attention_mask is None and _packed(position_ids):
+            reason = ("several prompts are packed in one row (position_ids' text row restarts); a method rates and "
+                      "keeps tokens per row, so it would mix them")
         elif any(self._requested(k, kwargs) for k in ("output_attentions", "output_hidden_states")):
             reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
         elif st["method"].needs_vision and not vision:
@@ -234,30 +253,34 @@ class SparseTextModel:
             if prune_here:
                 with clock:
                     captured = call.pop("capture")
-                    self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
-                                layer.self_attn.scaling, pe, captured.get("raw_k"))
+                    moved = self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
+                                        layer.self_attn.scaling, pe, captured.get("raw_k"))
                 step += 1
                 one = seq["hidden"].shape[0] == 1  # one sample: no padding, the mask is causal alone (sdpa: none)
-                mask, pe = self._stage(seq["hidden"], None if one else seq["valid"], seq["positions"], cache, i + 1,
-                                       skip=one, packed=False)
+                if moved:
+                    mask, pe = self._stage(seq["hidden"], None if one else seq["valid"], seq["positions"], cache,
+                                           i + 1, skip=one, packed=False)
             counts_out.append(step)
         report["counts_in"], report["counts_out"] = counts_in, counts_out
-        # Outputs go back to the input positions; a position whose token was pruned gets zeros.
-        present = seq["valid"] & (seq["index"] >= 0)
-        slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
-        out = hidden.new_zeros(B, L + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), self.norm(seq["hidden"]))
-        call["present"] = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
+        if stages:  # outputs go back to the input positions; a pruned or padding position gets zeros
+            present = seq["valid"] & (seq["index"] >= 0)
+            slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
+            out = hidden.new_zeros(B, L + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), self.norm(seq["hidden"]))
+            call["present"] = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
+        else:  # nothing moved: every position, padding included, as the dense model computes it
+            out, call["present"] = self.norm(seq["hidden"]), torch.ones(B, L, dtype=torch.bool, device=dev)
         report["present"], report["right_padding"] = call["present"], (valid[:, :-1] & ~valid[:, 1:]).any()
         # Built when asked for (sparsevlm.report), so that the prefill never waits to copy it.
         call["report"] = functools.partial(from_device, st["method_name"], self.config.num_hidden_layers, report,
                                            call.pop("overhead_s", 0.0) if st.get("timing") else None)
-        if use_cache:  # decoding reads each stage's padding mask and token count from the cache itself
+        if use_cache and stages:  # decoding reads each stage's padding mask and token count from the cache itself
             cache._sparsevlm_stages = stages
         return BaseModelOutputWithPast(last_hidden_state=out[:, :L], **{CACHE: cache if use_cache else None})
 
     def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe, raw_keys=None):
         """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
-        re-lay the sequence out: kept tokens in place, inserted ones after the visual span."""
+        re-lay the sequence out: kept tokens in place, inserted ones after the visual span. Returns
+        False when the plan said the step keeps every token (the sequence, masks and positions stay)."""
         B, L = seq["hidden"].shape[:2]
         dev = seq["hidden"].device
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
@@ -268,6 +291,12 @@ class SparseTextModel:
         seq["sizes"] = {**seq["sizes"], **dec.sizes}
         vis_mask = seq["vis_mask"]
         step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "score_index": dec.score_index}
+        if seq["sizes"].get(f"same{step}"):  # keep-all: padding positions too stay as the dense model has them
+            kept_all = (dec.keep == seq["valid"]).all() & (dec.inserted_valid is None or ~dec.inserted_valid.any())
+            torch._assert_async(kept_all, f"step {step} was planned to keep every token but dropped or inserted some")
+            report["layouts"].append((seq["index"], seq["valid"]))
+            report["steps"].append({**step_report, "recycled": None})
+            return False
         ins = dec.inserted_valid  # (B, K) or None; inserted tokens are visual
         K = 0 if ins is None else ins.shape[1]
         # Inserted tokens go right after the last visual position (of a sample that has one).
@@ -309,6 +338,7 @@ class SparseTextModel:
         report["layouts"].append((seq["index"], layout.valid))
         report["steps"].append({**step_report, "recycled": ins})
         stages.append({"start": layer + 1, "valid": layout.valid})
+        return True
 
     def _sparse_decode(self, hidden, attention_mask, position_ids, cache, stages, use_cache, kwargs):
         st = self._sparsevlm
