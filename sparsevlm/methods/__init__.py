@@ -17,19 +17,23 @@ from .base import Decision, Method, PruneInput
 from .cdpruner import CDPruner, CDPrunerConfig
 from .dart import DART, DARTConfig
 from .divprune import DivPrune, DivPruneConfig
+from .dycoke import DyCoke, DyCokeConfig
+from .fastvid import FastVID, FastVIDConfig
 from .fastv import FastV, FastVConfig
 from .pdrop import PDrop, PDropConfig
 from .pooling import Pooling, PoolingConfig
 from .random import RandomConfig, RandomTokens
 from .sparsevlm import SparseVLM
+from .holitom import HoliTom, HoliTomConfig
 from .tome import ToMe, ToMeConfig
+from .vidcom2 import VidCom2, VidCom2Config
 from .vispruner import VisPruner, VisPrunerConfig
 from .visionzip import VisionZip, VisionZipConfig
 
 #: every method, SparseVLM first and the baselines in the order comparisons list them; a new method
 #: is one file (its config and its class: name, config, `beside`) and its place here
 ALL: tuple[type[Method], ...] = (SparseVLM, RandomTokens, FastV, PDrop, VisionZip, ToMe, DART, DivPrune, VisPruner,
-                                 CDPruner, Pooling)
+                                 CDPruner, Pooling, DyCoke, FastVID, VidCom2, HoliTom)
 METHODS: dict[type, type[Method]] = {m.config: m for m in ALL}  # config class -> method class
 BASELINES = tuple(m.name for m in ALL[1:])
 COUNTINGS = ("output", "input")
@@ -117,5 +121,6 @@ def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, coun
 __all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomTokens", "FastV", "PDrop", "VisionZip",
            "ToMe", "DART", "DivPrune", "VisPruner", "CDPruner", "Pooling", "ALL", "METHODS",
            "RandomConfig", "FastVConfig", "PDropConfig", "VisionZipConfig", "ToMeConfig", "DARTConfig", "DivPruneConfig",
-           "VisPrunerConfig", "CDPrunerConfig", "PoolingConfig",
+           "VisPrunerConfig", "CDPrunerConfig", "PoolingConfig", "DyCoke", "FastVID", "VidCom2", "HoliTom",
+           "DyCokeConfig", "FastVIDConfig", "VidCom2Config", "HoliTomConfig",
            "planned_counts", "planned_tokens", "match_budget", "matched_baselines", "BASELINES"]
