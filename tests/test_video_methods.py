@@ -194,3 +194,12 @@ def test_an_image_alone_runs_dense_and_says_why(models):
         model(**inputs)
         rep = sparsevlm.report(model)
     assert rep.dense and rep.reason.startswith("DyCoke reduces video frames; sample(s) [0, 1]")
+
+
+@pytest.mark.xfail(strict=True, reason="needs the LLaVA adapter's `check` to refuse methods with `needs_frames` on "
+                                       "families that read no video (sparsevlm/models, not in this change)")
+def test_a_family_that_reads_no_video_refuses_them():
+    model = tiny_vlm("next")
+    with pytest.raises(ValueError, match="^FastVID reduces video frames; LlavaNextForConditionalGeneration reads no video"):
+        sparsevlm.sparsify(model, FastVIDConfig())
+    assert not hasattr(model, "_sparsevlm")

@@ -130,6 +130,8 @@ class VideoMethod(Method):
 
     prunes_input = True
     needs_vision = False
+    #: reads video frames: a family that reads no video (LLaVA-1.5, LLaVA-NeXT) cannot help it
+    needs_frames = True
 
     @property
     def needs_spans(self) -> bool:
