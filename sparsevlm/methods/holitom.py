@@ -71,12 +71,13 @@ def holitom_segments(static: torch.Tensor, max_window: int | None = None) -> lis
     throughout the segment (static[t, j]: place j unchanged from frame t to t + 1), by dynamic
     programming over the frames; among equal totals, the shorter last segment.
     Shapes: static (F − 1, m) bool -> [(start, end)] covering frames 0..F − 1 in order."""
+    static = static.cpu()  # (host work: the loop reads every count)
     n = static.shape[0] + 1
     limit = n if max_window is None else max_window
     best, start = [0] * n, list(range(n))
     for i in range(n):
         best[i], start[i] = (best[i - 1] if i else 0), i
-        run = torch.ones(static.shape[1], dtype=torch.bool, device=static.device)
+        run = torch.ones(static.shape[1], dtype=torch.bool)
         for j in range(i - 1, max(i - limit, -1), -1):  # the segment [j, i], growing to the left
             run &= static[j]
             value = (best[j - 1] if j else 0) + (i - j) * int(run.sum())
@@ -102,8 +103,8 @@ def holitom_reduce(x: torch.Tensor, sizes: list[int], keep: int, cfg: HoliTomCon
     static = []
     for g, (s, e) in enumerate(segments):
         if e > s:
-            low = sim[s:e].amin(0)
-            static += [(float(low[j]), g, j) for j in (low > cfg.threshold).nonzero().flatten().tolist()]
+            low = sim[s:e].amin(0).tolist()  # each place's least similarity across the segment
+            static += [(v, g, j) for j, v in enumerate(low) if v > cfg.threshold]
     static.sort(key=lambda t: (-t[0], t[1], t[2]))
     excess = x.shape[0] - keep
     items = {}  # representative -> (vector, members, segment), for the temporally merged tokens
