@@ -14,7 +14,7 @@ import sparsevlm
 from sparsevlm.methods import DyCokeConfig, FastVIDConfig, HoliTomConfig, PruneInput, VidCom2Config, build
 from sparsevlm.methods.dycoke import dycoke_ttm, ttm_references
 from sparsevlm.methods.fastvid import anchor_merge, fastvid_segments
-from sparsevlm.methods.holitom import holitom_reduce, holitom_segments
+from sparsevlm.methods.holitom import holitom_reduce, holitom_segments, inner_merge
 from sparsevlm.methods.vidcom2 import frame_budgets, vidcom2_select
 from sparsevlm.methods.video import allocate, density_peaks
 from sparsevlm.toy.families import tiny_vlm
@@ -92,6 +92,25 @@ def test_holitom_merges_a_static_token_into_its_segments_first_frame():
     torch.testing.assert_close(merged[0], x[0])
     kept, merged, rep = holitom_reduce(x, [2, 2, 2], keep=5, cfg=cfg)  # one token to go: two frames merge
     assert kept.tolist() == [False, True, False, True, True, True] and rep.tolist() == [0]
+
+
+def test_holitom_inner_merging_averages_pairwise_into_the_kept_token_most_like_it():
+    """sys, 5 visual tokens (1-5), 2 text tokens. The last token attends to tokens 1 and 4 only: they
+    stay. Token 2 is most like 1, tokens 3 and 5 most like 4; merging in order: 4 takes 3, then 5."""
+    L, e = 8, torch.eye(4)
+    q, k = torch.zeros(1, 1, L, 4), torch.zeros(1, 1, L, 4)
+    q[0, 0, -1] = e[0] + e[1]
+    k[0, 0, 1], k[0, 0, 4] = 5 * e[0], 5 * e[1]
+    h = torch.zeros(1, L, 4)
+    h[0, 1:6] = torch.stack([e[0], e[0] + 0.1 * e[2], e[1] + 0.1 * e[2], e[1], e[1] + 0.2 * e[3]])
+    vis = (torch.arange(L) >= 1) & (torch.arange(L) <= 5)
+    inp = PruneInput(step=1, layer=1, hidden=h, valid=torch.ones(1, L, dtype=torch.bool), vis_mask=vis[None],
+                     queries=q, keys=k, scaling=1.0, position_embeddings=(), token_state={})
+    dec = inner_merge(inp, torch.tensor([2]))
+    assert dec.keep[0].tolist() == [True] + [False] * 5 + [True, True]
+    assert dec.inserted_from[0].tolist() == [1, 4] and dec.inserted_valid.all()
+    torch.testing.assert_close(dec.inserted[0, 0], (h[0, 1] + h[0, 2]) / 2)
+    torch.testing.assert_close(dec.inserted[0, 1], ((h[0, 4] + h[0, 3]) / 2 + h[0, 5]) / 2)
 
 
 def test_allocate_shares_in_proportion_under_caps():
