@@ -171,9 +171,10 @@ def inner_merge(inp: PruneInput, keep_n: torch.Tensor) -> Decision:
     hub = kept & (k > 0)  # kept tokens that took members: replaced by their merged token
     width = inp.sizes.get(f"visual{inp.step + 1}") or int(keep_n.max())
     slot, slot_valid = mask_to_index(hub, width)  # (B, K)
-    return Decision(keep=keep_mask(inp, v_idx, v_valid, kept & ~hub), inserted=gather(merged, slot).to(inp.hidden.dtype),
-                    inserted_valid=slot_valid, inserted_from=gather(v_idx, slot), scores=scores,
-                    score_index=(v_idx, v_valid), info={"keep": kept.sum(-1), "merged": slot_valid.sum(-1)})
+    return Decision(keep=keep_mask(inp, v_idx, v_valid, kept & ~hub),
+                    inserted=gather(merged, slot).to(inp.hidden.dtype), inserted_valid=slot_valid,
+                    inserted_from=gather(v_idx, slot), scores=scores, score_index=(v_idx, v_valid),
+                    info={"keep": kept.sum(-1), "merged": slot_valid.sum(-1)})
 
 
 class HoliTom(VideoMethod):

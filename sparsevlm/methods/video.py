@@ -84,7 +84,8 @@ def density_peaks(x: torch.Tensor, k: int, knn: int) -> torch.Tensor:
     near = dist.topk(min(knn, n), dim=-1, largest=False).values  # (n, knn)
     density = near.pow(2).mean(-1).neg().exp()  # (n,)
     idx = torch.arange(n, device=x.device)
-    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (idx[None, :] < idx[:, None]))
+    d_i, d_j = density[:, None], density[None, :]
+    denser = (d_j > d_i) | ((d_j == d_i) & (idx[None, :] < idx[:, None]))  # (n, n): j is denser than i
     delta = torch.where(denser, dist, float("inf")).amin(-1)
     delta = torch.where(delta.isinf(), dist.max(), delta)
     order = torch.sort(density * delta, descending=True, stable=True).indices
