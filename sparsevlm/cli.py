@@ -13,14 +13,9 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from .bench import model_shape
-from .methods import BASELINES
-from .utils import device_problem, positive_int
-
-METHOD_NAMES = ("dense", "sparsevlm", *BASELINES)
-BUDGETS = (192, 128, 96, 64)
-DTYPES = ("float32", "bfloat16", "float16")
-MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "video_llava", "llava_next_video", "qwen2_vl", "qwen2_5_vl")
+from .recipes import (BUDGETS, DTYPES, LLAVA_PROMPT, METHOD_NAMES, CliError, check_device, check_prompt, load_model,
+                      method_config, model_folder, model_shape)
+from .utils import positive_int
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,17 +23,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class CliError(Exception):
-    """A problem with the user's input: printed as one line, exit status 1."""
-
-
-def check_device(device: str) -> None:
-    """Refuse a device this machine does not have, before anything is loaded."""
-    problem = device_problem(device)
-    if problem is not None:
-        raise CliError(f"--device {device}: {problem}")
 
 
 def check_out(path: str | None, folder: bool) -> None:
@@ -57,100 +41,8 @@ def check_out(path: str | None, folder: bool) -> None:
         raise CliError(f"--out {path}: is a folder; give a file name")
 
 
-def check_prompt(prompt: str) -> None:
-    """A prompt template must hold {question} and no other field."""
-    import string
-
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None}
-    except ValueError as e:
-        raise CliError(f"--prompt {prompt!r}: not a template ({e})") from None
-    if fields != {"question"}:
-        raise CliError(f"--prompt {prompt!r}: must contain {{question}} and no other {{field}} (found "
-                       f"{', '.join(sorted(fields)) or 'none'}); write literal braces as {{{{ }}}}")
-
-
-# ---------------------------------------------------------------- loading and method choice
-
-def _model_folder(path: str) -> Path:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CliError(f"--model {path}: no such folder (give a local checkpoint folder)")
-    return folder
-
-
-def load_model(path: str | None, device: str, dtype: str, with_processor: bool = True):
-    """(model, processor) from the embedded default or a local checkpoint folder (processor None
-    when not asked for: timing needs none)."""
-    import torch
-
-    from . import toy
-
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun / accelerate: one GPU each
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-    check_device(device)
-    torch_dtype = getattr(torch, dtype)
-    if path is None:
-        model, processor = toy.load(dtype=torch_dtype)
-    else:
-        folder = _model_folder(path)
-        try:
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise CliError(f"--model {path}: cannot read config.json ({e.__class__.__name__})") from None
-        if config.get("model_type") not in MODEL_TYPES:
-            raise CliError(f"--model {path}: model_type {config.get('model_type')!r} is not supported; "
-                           f"supported: {', '.join(MODEL_TYPES)}")
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-            raise CliError(f"--model {path}: the folder has config.json but no weights (*.safetensors or *.bin)")
-        import pickle
-
-        from safetensors import SafetensorError
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True,
-                                                                dtype=torch_dtype).eval()
-            processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if with_processor else None
-        except (OSError, SafetensorError, pickle.UnpicklingError) as e:  # missing files; corrupt weights
-            raise CliError(f"--model {path}: cannot load ({str(e).splitlines()[0]})") from None
-        except ImportError as e:  # e.g. Qwen2-VL's and OneVision's processors need torchvision
-            raise CliError(f"--model {path}: cannot load its processor ({' '.join(str(e).split()[:12])} ...); "
-                           f"install what it names (`sparsevlm bench --model` needs no processor)") from None
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as e:
-        raise CliError(f"--device {device}: {str(e).splitlines()[0]}") from None
-    return model, processor
-
-
-def method_config(model, method: str, budget: int | None = None, tokens: float | None = None):
-    """The config of `method` at a LLaVA-1.5 preset `budget` (scaled to the model) or at
-    `tokens` equivalent tokens (baselines matched with `match_budget`). None for dense. Where the
-    visual tokens depend on the image (Qwen2-VL), budgets are ratios of LLaVA-1.5's 576; M-RoPE
-    models take original positions."""
-    from . import match_budget
-    from .bench import preset_config, rank_config
-    from .methods import matched_baselines
-
-    if method == "dense":
-        return None
-    if method == "sparsevlm" and budget is None and tokens is None:
-        return rank_config(model)
-    n_visual, layers = model_shape(model)
-    cfg = preset_config(model, budget or 192)
-    if tokens is not None:
-        if not 0 < tokens <= n_visual:
-            raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")
-        try:
-            base = cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
-            return match_budget(base, tokens, n_visual, layers)
-        except ValueError as e:
-            raise CliError(f"--tokens {tokens:g}: {e}") from None
-    return cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
-
-
 def add_model_args(p, methods: bool = True) -> None:
+    """--model, --device, --dtype and (with `methods`) --method and --budget / --tokens."""
     p.add_argument("--model", metavar="PATH", default=None,
                    help="local checkpoint folder of LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Video-LLaVA, "
                         "LLaVA-NeXT-Video, Qwen2-VL or Qwen2.5-VL (default: the embedded toy model)")
@@ -174,7 +66,7 @@ def _records(args):
     from . import toy
 
     if args.data is None:
-        folder = _model_folder(args.model) if args.model is not None else toy.CHECKPOINT
+        folder = model_folder(args.model) if args.model is not None else toy.CHECKPOINT
         if not (folder / "eval_split.json").is_file():
             raise CliError(f"--model {args.model}: the folder has no eval_split.json (the toy questions), and its "
                            f"prompt format and images may differ from the toy's; give questions with --data JSONL")
@@ -263,33 +155,56 @@ def demo(args) -> int:
 
     matplotlib.use("Agg")
     import pandas as pd
-    import torch
 
-    from . import report, sparsified
-    from .bench import methods_for, prefill_time
     from .eval import compare, world
-    from .plots import tradeoff
+    from .recipes import methods_for
 
     check_out(args.out, folder=True)
     records = _records(args)  # before loading: a missing split should not wait for a large model
     model, processor = load_model(args.model, args.device, args.dtype)
-    n_visual, layers = model_shape(model)
     configs = methods_for(model, args.presets, methods=["sparsevlm", *args.methods])
     table, frames = compare(model, processor, records, configs, progress=not args.quiet, per_question=True)  # data-parallel under torchrun
     if world()[0] > 0:  # the other processes helped answer; the first one times, plots and writes
         return 0
     if args.results is not None:  # the committed comparison (notebook 09 reads it; tests/test_comparison.py checks it)
-        from .eval import write_comparison
+        return _demo_results(args, table, frames, configs, len(records))
+    out, figures = _demo_files(args, model, processor, records, table, configs)
+    n_visual, layers = model_shape(model)
+    print(f"{len(records)} questions, {n_visual} visual tokens per image, {layers} layers; presets are LLaVA-1.5's "
+          f"(576 tokens, 32 layers) scaled to this model" + (" (see data/toy-llava/MODEL_CARD.md)" if args.model is None else ""))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(out.to_string(float_format=lambda x: f"{x:.3f}"))
+    print(f"wrote {Path(args.out)}/: {figures}")
+    return 0
 
-        command = " ".join(["sparsevlm demo --quiet", *([f"--model {args.model}"] if args.model else []),
-                            *([f"--limit {args.limit}"] if args.limit else []),
-                            f"--presets {' '.join(map(str, args.presets))}",
-                            *([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHOD_NAMES[2:]) else []),
-                            f"--results {args.results}"])
-        stem = f"baselines_{Path(args.model).name if args.model else 'toy'}_{torch.device(args.device).type}"
-        path = write_comparison(table, frames, configs, args.results, stem, command, args.device, args.dtype)
-        print(f"{len(records)} questions, {len(configs)} rows; wrote {path.with_suffix('.csv')} and .json")
-        return 0
+
+def _demo_results(args, table, frames, configs, n_records: int) -> int:
+    """`demo --results`: keep the comparison with the command that made it, instead of timing and plotting."""
+    import torch
+
+    from .eval import write_comparison
+
+    command = " ".join(["sparsevlm demo --quiet", *([f"--model {args.model}"] if args.model else []),
+                        *([f"--limit {args.limit}"] if args.limit else []),
+                        f"--presets {' '.join(map(str, args.presets))}",
+                        *([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHOD_NAMES[2:]) else []),
+                        f"--results {args.results}"])
+    stem = f"baselines_{Path(args.model).name if args.model else 'toy'}_{torch.device(args.device).type}"
+    path = write_comparison(table, frames, configs, args.results, stem, command, args.device, args.dtype)
+    print(f"{n_records} questions, {len(configs)} rows; wrote {path.with_suffix('.csv')} and .json")
+    return 0
+
+
+def _demo_files(args, model, processor, records, table, configs):
+    """`demo`'s table (with each method's measured prefill time), its CSVs and figures in --out.
+    Returns (the table, the names of the files written)."""
+    import pandas as pd
+    import torch
+
+    from . import report, sparsified
+    from .bench import prefill_time
+    from .plots import tradeoff
+
     # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
     inputs = processor(images=[r["image"] for r in records[:32]], text=[r["prompt"] for r in records[:32]],
                        return_tensors="pt", padding=True).to(args.device)
@@ -318,12 +233,7 @@ def demo(args) -> int:
     else:
         fig.savefig(folder / "kept_tokens.png", dpi=120)
         figures += ", kept_tokens.png"
-    print(f"{len(records)} questions, {n_visual} visual tokens per image, {layers} layers; presets are LLaVA-1.5's "
-          f"(576 tokens, 32 layers) scaled to this model" + (" (see data/toy-llava/MODEL_CARD.md)" if args.model is None else ""))
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(out.to_string(float_format=lambda x: f"{x:.3f}"))
-    print(f"wrote {folder}/: {figures}")
-    return 0
+    return out, figures
 
 
 def evaluate_cmd(args) -> int:
@@ -456,28 +366,43 @@ def show(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
-LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
-
-
 def parser() -> argparse.ArgumentParser:
+    """The `sparsevlm` command line: one subcommand per job."""
     from . import bench
 
-    top = _Parser(prog="sparsevlm", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = _Parser(prog="sparsevlm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo_parser(sub)
+    _eval_parser(sub)
+    p = sub.add_parser("bench", help="prefill/decode latency, KV cache and peak memory per method",
+                       description=bench.command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(p)
+    p.set_defaults(func=bench_cmd)
+    p = sub.add_parser("flops", help="FLOPs: paper table, and formula vs fvcore vs torch on one question",
+                       description=flops_cmd.__doc__)
+    add_model_args(p)
+    _data_args(p)
+    p.set_defaults(func=flops_cmd)
+    _show_parser(sub)
+    return top
 
-    def data_args(p):
-        p.add_argument("--data", metavar="JSONL", default=None,
-                       help="questions as JSON lines {image (path relative to the file), question, answer[, type]} "
-                            "(default: the toy split stored beside the model, eval_split.json; required for other checkpoints)")
-        p.add_argument("--prompt", default=LLAVA_PROMPT,
-                       help=f"prompt template for --data / --model, with {{question}} (default {LLAVA_PROMPT!r})")
-        p.add_argument("--limit", type=positive_int, default=None, help="only the first N questions (default: all)")
 
+def _data_args(p) -> None:
+    """--data, --prompt and --limit: which questions to ask."""
+    p.add_argument("--data", metavar="JSONL", default=None,
+                   help="questions as JSON lines {image (path relative to the file), question, answer[, type]} "
+                        "(default: the toy split stored beside the model, eval_split.json; required for other checkpoints)")
+    p.add_argument("--prompt", default=LLAVA_PROMPT,
+                   help=f"prompt template for --data / --model, with {{question}} (default {LLAVA_PROMPT!r})")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N questions (default: all)")
+
+
+def _demo_parser(sub) -> None:
+    """`sparsevlm demo`'s arguments."""
     p = sub.add_parser("demo", help="dense vs SparseVLM vs every baseline at each preset: table + plots",
                        description=demo.__doc__)
     add_model_args(p, methods=False)
-    data_args(p)
+    _data_args(p)
     p.add_argument("--presets", type=int, nargs="+", default=[192, 128, 64], choices=BUDGETS,
                    help="LLaVA-1.5 presets (equivalent tokens of 576), scaled to the model (default 192 128 64)")
     p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES[2:]), choices=METHOD_NAMES[2:],
@@ -490,25 +415,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=demo)
 
+
+def _eval_parser(sub) -> None:
+    """`sparsevlm eval`'s arguments."""
     p = sub.add_parser("eval", help="accuracy of one method, per question type", description=evaluate_cmd.__doc__)
     add_model_args(p)
-    data_args(p)
+    _data_args(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="questions per batch (default 64)")
     p.add_argument("--out", default=None, help="CSV file for the per-question results (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=evaluate_cmd)
 
-    p = sub.add_parser("bench", help="prefill/decode latency, KV cache and peak memory per method",
-                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_arguments(p)
-    p.set_defaults(func=bench_cmd)
 
-    p = sub.add_parser("flops", help="FLOPs: paper table, and formula vs fvcore vs torch on one question",
-                       description=flops_cmd.__doc__)
-    add_model_args(p)
-    data_args(p)
-    p.set_defaults(func=flops_cmd)
-
+def _show_parser(sub) -> None:
+    """`sparsevlm show`'s arguments."""
     p = sub.add_parser("show", help="answer a question about an image (or video) and draw the kept tokens",
                        description=show.__doc__)
     add_model_args(p)
@@ -525,7 +445,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=8, help="answer length (default 8)")
     p.add_argument("--out", default="sparsevlm-show.png", help="figure to write (default sparsevlm-show.png)")
     p.set_defaults(func=show)
-    return top
 
 
 def main(argv: list[str] | None = None) -> int:

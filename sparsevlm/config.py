@@ -60,16 +60,24 @@ RATER_RULES = ("mean", "all", "last")
 MERGES = ("mean", "sum")
 POSITIONS = ("compact", "original")
 BUDGET_PER = ("sample", "span")
+#: SparseVLM's rank mode on LLaVA-1.5-7B (the paper's): pruning layers and keep-per-rank scale
+RANK_LAYERS = (2, 6, 15, 19)
+RANK_SCALE = 13.5
 
 
-def _choice(name: str, value, allowed) -> None:
+# ---------------------------------------------------------------- validators
+# Every config checks its fields with these in `__post_init__`. Each raises ValueError naming the
+# field and what is allowed.
+
+def check_choice(name: str, value, allowed) -> None:
+    """`value` is one of `allowed`."""
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
 
 
-def _number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
-            high_open: bool = False) -> None:
-    """A real, finite number (not a bool or a string) in the given range, or ValueError naming the field."""
+def check_number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """A real, finite number (not a bool or a string) in the given range."""
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not is_number or not math.isfinite(value) or value < low or value > high or (low_open and value == low) or (
             high_open and value == high):
@@ -78,12 +86,13 @@ def _number(name: str, value, low: float, high: float = math.inf, low_open: bool
         raise ValueError(f"{name}={value!r} must be a finite number{where}")
 
 
-def _flag(name: str, value) -> None:
+def check_flag(name: str, value) -> None:
+    """`value` is True or False (not 0, 1 or a string)."""
     if not isinstance(value, bool):
         raise ValueError(f"{name}={value!r} must be True or False")
 
 
-def _counts(value) -> tuple | None:
+def counts_of(value) -> tuple | None:
     """`value` as a tuple of non-negative integers, or None when it is not one (a bare number, a string)."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         return None
@@ -91,19 +100,22 @@ def _counts(value) -> tuple | None:
     return out if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in out) else None
 
 
-def _count(name: str, value, low: int = 1) -> None:
+def check_count(name: str, value, low: int = 1) -> None:
+    """`value` is an integer (not a bool) of at least `low`."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name}={value!r} must be an integer >= {low}")
 
 
-def _layers(name: str, layers) -> tuple[int, ...]:
-    out = _counts(layers)
+def check_layers(name: str, layers) -> tuple[int, ...]:
+    """`layers` as a tuple: non-empty, strictly increasing layer indices >= 0."""
+    out = counts_of(layers)
     if not out or any(a >= b for a, b in zip(out, out[1:])):
         raise ValueError(f"{name}={layers!r} must be a non-empty, strictly increasing tuple of layer indices >= 0")
     return out
 
 
-def _schedule_of(value, used: bool = True) -> None:
+def check_schedule_of(value, used: bool = True) -> None:
+    """`schedule_of` is None, or the visual tokens a schedule was written for (only where `used`)."""
     if value is None:
         return
     if not used:
@@ -113,15 +125,41 @@ def _schedule_of(value, used: bool = True) -> None:
                          f"tokens the schedule was written for)")
 
 
-def _schedule(schedule, layers: tuple[int, ...]) -> tuple[int, ...]:
-    sched = _counts(schedule)
+def check_schedule(schedule, layers: tuple[int, ...]) -> tuple[int, ...]:
+    """`schedule` as a tuple: one keep count >= 0 per pruning layer."""
+    sched = counts_of(schedule)
     if sched is None or len(sched) != len(layers):
         raise ValueError(f"schedule={schedule!r} must hold {len(layers)} integers >= 0, one per pruning layer {layers}")
     return sched
 
 
+# ---------------------------------------------------------------- the configs' shared base
+
+class MethodConfig:
+    """What every method's config declares: the base of each frozen config dataclass.
+
+    The model adapters and `layers_for` read only these three; everything else belongs to the method.
+    A subclass overrides them with dataclass fields, or with properties derived from its fields.
+    """
+
+    #: The decoder layers after which the method prunes by default, written for 32 layers
+    #: (`scale_layers` fits them to a model); () for a method that prunes before the language model only.
+    DEFAULT_LAYERS: tuple[int, ...] = ()
+    #: Positions of the tokens that remain: "compact" renumbers them, "original" keeps each
+    #: token's position in the full prompt (`POSITIONS`).
+    positions: str = "compact"
+    #: How a sample's keep count is shared among its images or frames: "sample" or "span" (`BUDGET_PER`).
+    budget_per: str = "sample"
+
+    @property
+    def pruning_layers(self) -> tuple[int, ...] | None:
+        """The decoder layers after which the method prunes (0-based), or None for its
+        `DEFAULT_LAYERS` scaled to the model (`layers_for`); () prunes before the language model only."""
+        return ()
+
+
 @dataclass(frozen=True)
-class SparseVLMConfig:
+class SparseVLMConfig(MethodConfig):
     """How SparseVLM prunes. `SparseVLMConfig()` is the paper's rank-based mode.
 
     Every field is checked in `__post_init__`; a wrong value raises `ValueError` naming the field.
@@ -131,10 +169,10 @@ class SparseVLMConfig:
     # reference version); "schedule": fixed keep counts per pruning layer (reference v1.5+).
     mode: str = "rank"
     # Decoder layers after which visual tokens are pruned (0-based, strictly increasing).
-    pruning_layers: tuple[int, ...] = (2, 6, 15, 19)
+    pruning_layers: tuple[int, ...] = RANK_LAYERS
     # Rank mode. rank_form "keep" (reference): keep min(int(scale·rank + bias), n − 1) tokens.
     # rank_form "delete" (paper, Eq. 6): delete int(scale·(n − rank)) tokens; scale is λ in (0, 1].
-    scale: float = 13.5
+    scale: float = RANK_SCALE
     bias: float = 0.0
     rank_form: str = "keep"
     # Schedule mode: visual tokens kept at each pruning layer (same length as pruning_layers).
@@ -168,33 +206,33 @@ class SparseVLMConfig:
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("mode", self.mode, MODES)
-        _choice("budget_per", self.budget_per, BUDGET_PER)
-        _choice("rank_form", self.rank_form, RANK_FORMS)
-        _choice("rater_rule", self.rater_rule, RATER_RULES)
-        _choice("merge", self.merge, MERGES)
-        _choice("positions", self.positions, POSITIONS)
-        layers = _layers("pruning_layers", self.pruning_layers)
+        check_choice("mode", self.mode, MODES)
+        check_choice("budget_per", self.budget_per, BUDGET_PER)
+        check_choice("rank_form", self.rank_form, RANK_FORMS)
+        check_choice("rater_rule", self.rater_rule, RATER_RULES)
+        check_choice("merge", self.merge, MERGES)
+        check_choice("positions", self.positions, POSITIONS)
+        layers = check_layers("pruning_layers", self.pruning_layers)
         object.__setattr__(self, "pruning_layers", layers)
         if self.mode == "schedule":
             if self.schedule is None:
                 raise ValueError("schedule=None: mode='schedule' needs one keep count per pruning layer")
-            object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
+            object.__setattr__(self, "schedule", check_schedule(self.schedule, layers))
         elif self.schedule is not None:
             raise ValueError(f"schedule={self.schedule!r} is only used with mode='schedule' (mode={self.mode!r})")
-        _schedule_of(self.schedule_of, self.mode == "schedule")
+        check_schedule_of(self.schedule_of, self.mode == "schedule")
         if self.rank_form == "delete" and self.mode == "rank":  # the paper's λ
-            _number("scale", self.scale, 0, 1, low_open=True)
+            check_number("scale", self.scale, 0, 1, low_open=True)
         else:
-            _number("scale", self.scale, 0, low_open=True)
-        _number("bias", self.bias, -math.inf)
+            check_number("scale", self.scale, 0, low_open=True)
+        check_number("bias", self.bias, -math.inf)
         if self.top_heads is not None and (not isinstance(self.top_heads, int) or isinstance(self.top_heads, bool)
                                            or self.top_heads < 1):
             raise ValueError(f"top_heads={self.top_heads!r} must be None (all heads) or an integer >= 1")
-        _flag("recycle", self.recycle)
-        _flag("rope_correction", self.rope_correction)
-        _number("recycle_ratio", self.recycle_ratio, 0, 1, low_open=True)
-        _number("cluster_ratio", self.cluster_ratio, 0, 1, low_open=True)
+        check_flag("recycle", self.recycle)
+        check_flag("rope_correction", self.rope_correction)
+        check_number("recycle_ratio", self.recycle_ratio, 0, 1, low_open=True)
+        check_number("cluster_ratio", self.cluster_ratio, 0, 1, low_open=True)
 
     @classmethod
     def preset(cls, tokens: int, n_visual: int = 576, num_layers: int = 32, **overrides) -> "SparseVLMConfig":
@@ -221,6 +259,18 @@ class SparseVLMConfig:
         # counts given by the caller are for this model as they stand; the preset's own are ratios
         fields_ = {"mode": "schedule", "pruning_layers": layers, "schedule": schedule,
                    "schedule_of": None if "schedule" in overrides else n_visual}
+        return cls(**{**fields_, **overrides})
+
+    @classmethod
+    def rank(cls, n_visual: int = 576, num_layers: int = 32, **overrides) -> "SparseVLMConfig":
+        """The paper's rank mode (`SparseVLMConfig()`: layers 2/6/15/19, scale 13.5, for 576 visual
+        tokens and 32 layers) on a model with `n_visual` tokens per image and `num_layers` layers:
+        layers → ceil(l · num_layers / 32) (`scale_layers`), scale × n_visual / 576 (the keep per
+        unit of rank, in proportion to the tokens). Other fields may be overridden."""
+        if not isinstance(num_layers, int) or num_layers < 1 or not isinstance(n_visual, int) or n_visual < 1:
+            raise ValueError(f"n_visual={n_visual!r}, num_layers={num_layers!r}: need integers >= 1 to scale the "
+                             f"rank mode")
+        fields_ = {"pruning_layers": scale_layers(RANK_LAYERS, num_layers), "scale": RANK_SCALE * n_visual / 576}
         return cls(**{**fields_, **overrides})
 
     @classmethod

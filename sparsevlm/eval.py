@@ -250,12 +250,12 @@ def write_comparison(table: pd.DataFrame, frames: dict, configs: dict, folder, s
     JSON's path. `read_comparison` reads it back."""
     from pathlib import Path
 
-    from .bench import _write, machine
+    from .results import machine, write_results
 
     per_question = {name: "".join("1" if c else "0" for c in df["correct"]) for name, df in frames.items()}
-    _write(table, machine(device, dtype, "sdpa"), Path(folder), stem, log=lambda _: None, command=command,
-           questions=len(next(iter(frames.values()))), configs={name: repr(cfg) for name, cfg in configs.items()},
-           per_question=per_question)
+    write_results(table, machine(device, dtype, "sdpa"), Path(folder), stem, log=lambda _: None, command=command,
+                  questions=len(next(iter(frames.values()))), configs={name: repr(cfg) for name, cfg in configs.items()},
+                  per_question=per_question)
     return Path(folder) / f"{stem}.json"
 
 

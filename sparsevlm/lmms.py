@@ -55,7 +55,7 @@ class SparseVLMEval(lmms):
                  batch_size=1, **unknown) -> None:
         super().__init__()
         from . import sparsify
-        from .cli import BUDGETS, DTYPES, METHOD_NAMES, CliError, check_prompt, load_model, method_config
+        from .recipes import BUDGETS, DTYPES, METHOD_NAMES, CliError, check_prompt, load_model, method_config
 
         if unknown:
             raise _fail(",".join(sorted(unknown)), f"unknown; allowed: {', '.join(MODEL_ARGS)}")
@@ -110,7 +110,7 @@ class SparseVLMEval(lmms):
             return prompt("{question}")
         if getattr(self.processor, "chat_template", None):
             return None  # the processor's own chat template
-        from .cli import LLAVA_PROMPT
+        from .recipes import LLAVA_PROMPT
 
         return LLAVA_PROMPT
 

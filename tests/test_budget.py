@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import sparsevlm
-from sparsevlm import SparseVLMConfig, attention_rank, equivalent_tokens, keep_count, layer_counts, rank_keep_count
+from sparsevlm import SparseVLMConfig, attention_rank, equivalent_tokens, rank_keep_count
+from sparsevlm.budget import keep_count, layer_counts
 from sparsevlm.budget import schedule_keep_count
 from sparsevlm.recycle import recycle_counts
 

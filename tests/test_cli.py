@@ -120,14 +120,14 @@ def test_prefill_rounds_time_every_method_once_per_round():
 
 
 def test_the_clocks_add_up_the_calls_of_their_modules_alone():
-    """`_clock` counts the time inside each call of the modules it is given and nothing else: on the
+    """`clock` counts the time inside each call of the modules it is given and nothing else: on the
     decoder layers, a layer made to sleep 20 ms adds 20 ms per call (8 layers: ≥ 160 ms) and a 200 ms
     sleep in the vision tower adds nothing; on the language model, the tower's sleep adds nothing
     and a layer's does."""
     import time
 
     from sparsevlm import toy
-    from sparsevlm.bench import _clock, _prefill
+    from sparsevlm.bench import clock, prefill
 
     model, processor = toy.load()
     rec = toy.eval_split(limit=1)[0]
@@ -136,14 +136,14 @@ def test_the_clocks_add_up_the_calls_of_their_modules_alone():
 
     def clocked(modules, slow_module, seconds):
         slow = slow_module.register_forward_hook(lambda m, a, o: time.sleep(seconds))
-        with torch.no_grad(), _clock(modules, cpu) as spent:
-            _prefill(model, inputs)
+        with torch.no_grad(), clock(modules, cpu) as spent:
+            prefill(model, inputs)
         slow.remove()
         return spent[0]
 
     slow = [layer.register_forward_hook(lambda m, a, o: time.sleep(0.02)) for layer in text.layers]
-    with torch.no_grad(), _clock(text.layers, cpu) as spent:
-        _prefill(model, inputs)
+    with torch.no_grad(), clock(text.layers, cpu) as spent:
+        prefill(model, inputs)
     for h in slow:
         h.remove()
     assert spent[0] >= 0.02 * len(text.layers)

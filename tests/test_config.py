@@ -1,6 +1,6 @@
 import pytest
 
-from sparsevlm import PRESET_SCHEDULES, FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig
+from sparsevlm import PRESET_SCHEDULES, FastVConfig, PDropConfig, RandomConfig, SparseVLMConfig, ToMeConfig
 
 
 def test_defaults_are_the_reference_rank_mode():
@@ -98,3 +98,31 @@ def test_match_budget_refuses_a_target_that_is_not_a_finite_number():
         with pytest.raises(ValueError, match="tokens="):
             match_budget(SparseVLMConfig.preset(64), bad, 576, 32)
     assert match_budget(SparseVLMConfig.preset(64), np.float32(64.8), 576, 32).schedule  # NumPy numbers are fine
+
+
+def test_rank_mode_scales_with_the_models_numbers():
+    """`SparseVLMConfig.rank` is the paper's rank mode on LLaVA-1.5-7B's numbers, and the toy's own
+    (layers 1, 2, 4, 5; scale 1.5) on its 64 tokens and 8 layers: one rule, no model recognised."""
+    from sparsevlm import toy
+
+    assert SparseVLMConfig.rank() == SparseVLMConfig()
+    assert SparseVLMConfig.rank(toy.TOY_VISUAL, toy.TOY_NUM_LAYERS) == toy.rank_config()
+    cfg = SparseVLMConfig.rank(729, 28, positions="original")
+    assert cfg.pruning_layers == (2, 6, 14, 17) and cfg.scale == pytest.approx(13.5 * 729 / 576)
+    assert cfg.positions == "original" and cfg.mode == "rank"
+    with pytest.raises(ValueError, match="n_visual=0"):
+        SparseVLMConfig.rank(0, 28)
+
+
+def test_every_config_declares_the_shared_base():
+    """Each method's config subclasses `MethodConfig` and answers its three questions."""
+    from sparsevlm.config import BUDGET_PER, POSITIONS, MethodConfig, layers_for
+    from sparsevlm.methods import ALL
+
+    for method in ALL:
+        cfg = method.config()
+        assert isinstance(cfg, MethodConfig), method.config.__name__
+        assert cfg.positions in POSITIONS and cfg.budget_per in BUDGET_PER
+        assert isinstance(layers_for(cfg, 32), tuple)
+    assert ToMeConfig().pruning_layers == () and layers_for(ToMeConfig(), 28) == ()  # before the language model
+    assert layers_for(PDropConfig(), 28) == (7, 14, 21)  # its paper's 8/16/24 of 32, scaled

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sparsevlm import select_raters, text_relevance
+from sparsevlm import select_raters
+from sparsevlm.raters import text_relevance
 from sparsevlm.raters import text_candidates
 
 

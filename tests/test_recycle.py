@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sparsevlm import density_peak_clusters, merge_clusters, recycle
+from sparsevlm import density_peak_clusters, recycle
+from sparsevlm.recycle import merge_clusters
 
 
 def blobs(centres, per, spread=0.05, seed=0):

@@ -1,7 +1,8 @@
 import torch
 import pytest
 
-from sparsevlm import mask_to_index, rater_attention, visual_scores
+from sparsevlm import rater_attention, visual_scores
+from sparsevlm.select import mask_to_index
 
 
 def full_attention_reference(q, k, valid):
@@ -61,7 +62,7 @@ def test_rope_gravity_is_the_logit_of_all_ones_queries_and_keys():
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-    from sparsevlm import rope_gravity
+    from sparsevlm.scores import rope_gravity
 
     Dh, L = 16, 30
     rope = LlamaRotaryEmbedding(LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=Dh))
@@ -77,7 +78,7 @@ def test_rope_gravity_is_the_logit_of_all_ones_queries_and_keys():
 
 
 def test_top_heads_averages_the_heads_that_look_at_the_image_most():
-    from sparsevlm import top_heads
+    from sparsevlm.scores import top_heads
 
     attn = torch.zeros(1, 4, 2, 3)  # (B, H, R, V)
     attn[0, 1] = 0.3

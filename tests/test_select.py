@@ -1,6 +1,6 @@
 import torch
 
-from sparsevlm import compact_positions, gather, mask_to_index, plan_layout, topk_mask
+from sparsevlm.select import compact_positions, gather, mask_to_index, plan_layout, topk_mask
 from sparsevlm.select import put, visual_of
 
 

@@ -19,14 +19,6 @@ from ..select import gather, host_counts, mask_to_index
 from .base import Decision, Method, PruneInput, keep_mask
 
 
-class _BeforeLLM:
-    """Methods that prune once, before the language model (not after one of its layers)."""
-
-    @property
-    def pruning_layers(self) -> tuple[int, ...]:
-        return ()
-
-
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every row of a with every row of b.
     Shapes: (..., n, D), (..., m, D) -> (..., n, m)."""

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import POSITIONS, _choice, _count, _number
-from .before_llm import _BeforeLLM, _Keep, cosine
+from ..config import POSITIONS, MethodConfig, check_choice, check_count, check_number
+from .before_llm import _Keep, cosine
 
 
 @dataclass(frozen=True)
-class CDPrunerConfig(_BeforeLLM):
+class CDPrunerConfig(MethodConfig):
     """CDPruner (Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for
     Token Pruning in MLLMs", NeurIPS 2025, arXiv 2506.10967; code github.com/Theia-4869/CDPruner):
     before the language model, keep the `keep` visual tokens chosen by greedy MAP inference of a
@@ -26,9 +26,9 @@ class CDPrunerConfig(_BeforeLLM):
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("positions", self.positions, POSITIONS)
-        _count("keep", self.keep)
-        _number("theta", self.theta, 0, 1, low_open=True)
+        check_choice("positions", self.positions, POSITIONS)
+        check_count("keep", self.keep)
+        check_number("theta", self.theta, 0, 1, low_open=True)
 
 
 def dpp_greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:

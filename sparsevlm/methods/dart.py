@@ -6,14 +6,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..config import POSITIONS, _choice, _count, _layers, _number
+from ..config import POSITIONS, MethodConfig, check_choice, check_count, check_layers, check_number
 from ..select import gather, mask_to_index, one_hot, score_order
 from .base import Decision, Method, PruneInput, visual_decision
 from .before_llm import cosine, text_after_image
 
 
 @dataclass(frozen=True)
-class DARTConfig:
+class DARTConfig(MethodConfig):
     """DART (Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models:
     Duplication Matters More", EMNLP 2025, arXiv 2502.11494; code github.com/ZichenWen1/DART):
     after layer `pruning_layers` (default: its K = 2, i.e. pruned before the third layer: our
@@ -36,14 +36,14 @@ class DARTConfig:
 
     def __post_init__(self) -> None:
         if self.pruning_layers is not None:
-            layers = _layers("pruning_layers", self.pruning_layers)
+            layers = check_layers("pruning_layers", self.pruning_layers)
             if len(layers) != 1:
                 raise ValueError(f"pruning_layers={self.pruning_layers!r}: DART prunes once, after one layer")
             object.__setattr__(self, "pruning_layers", layers)
-        _choice("positions", self.positions, POSITIONS)
-        _number("reduction_ratio", self.reduction_ratio, 0, 1, high_open=True)
-        _count("pivot_image", self.pivot_image, 0)
-        _count("pivot_text", self.pivot_text, 0)
+        check_choice("positions", self.positions, POSITIONS)
+        check_number("reduction_ratio", self.reduction_ratio, 0, 1, high_open=True)
+        check_count("pivot_image", self.pivot_image, 0)
+        check_count("pivot_text", self.pivot_text, 0)
         if self.pivot_image + self.pivot_text < 1:
             raise ValueError("pivot_image + pivot_text must be at least 1")
 

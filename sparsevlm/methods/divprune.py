@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import POSITIONS, _choice, _count
-from .before_llm import _BeforeLLM, _Keep, cosine
+from ..config import POSITIONS, MethodConfig, check_choice, check_count
+from .before_llm import _Keep, cosine
 
 
 @dataclass(frozen=True)
-class DivPruneConfig(_BeforeLLM):
+class DivPruneConfig(MethodConfig):
     """DivPrune (Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal
     Models", CVPR 2025, arXiv 2503.02175; code github.com/vbdi/divprune): before the language model,
     keep the `keep` visual tokens that solve the max–min diversity problem greedily on the
@@ -23,8 +23,8 @@ class DivPruneConfig(_BeforeLLM):
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("positions", self.positions, POSITIONS)
-        _count("keep", self.keep)
+        check_choice("positions", self.positions, POSITIONS)
+        check_count("keep", self.keep)
 
 
 def divprune_select(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -6,14 +6,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..config import POSITIONS, _choice, _layers, _number
+from ..config import POSITIONS, MethodConfig, check_choice, check_layers, check_number
 from ..scores import rater_attention, visual_scores
 from ..select import gather, mask_to_index
 from .base import Decision, Method, PruneInput, keep_top
 
 
 @dataclass(frozen=True)
-class FastVConfig:
+class FastVConfig(MethodConfig):
     """FastV (Chen et al., ECCV 2024, arXiv 2403.06764): after layer `layer` (K), drop the fraction
     `prune_ratio` (R) of visual tokens that receive the least attention, averaged over heads and
     over every query token ("all", the paper) or only the last token ("last"). Text-agnostic
@@ -28,10 +28,10 @@ class FastVConfig:
 
     def __post_init__(self) -> None:
         if self.layer is not None:
-            _layers("layer", (self.layer,))
-        _choice("rater", self.rater, ("all", "last"))
-        _choice("positions", self.positions, POSITIONS)
-        _number("prune_ratio", self.prune_ratio, 0, 1, high_open=True)
+            check_layers("layer", (self.layer,))
+        check_choice("rater", self.rater, ("all", "last"))
+        check_choice("positions", self.positions, POSITIONS)
+        check_number("prune_ratio", self.prune_ratio, 0, 1, high_open=True)
 
     @property
     def pruning_layers(self) -> tuple[int, ...] | None:

@@ -6,13 +6,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..config import POSITIONS, _choice, _layers, _number
+from ..config import POSITIONS, MethodConfig, check_choice, check_layers, check_number
 from .base import Decision, Method, PruneInput, keep_top
 from .fastv import attention_received, last_token
 
 
 @dataclass(frozen=True)
-class PDropConfig:
+class PDropConfig(MethodConfig):
     """PyramidDrop (Xing et al., CVPR 2025, arXiv 2410.17247): at the end of each stage (after
     each layer in `pruning_layers`) keep the fraction `keep_ratio` (λ) of the visual tokens left,
     ranked by the attention of the last instruction token. Defaults for a 32-layer LLaVA-1.5:
@@ -26,9 +26,9 @@ class PDropConfig:
 
     def __post_init__(self) -> None:
         if self.pruning_layers is not None:
-            object.__setattr__(self, "pruning_layers", _layers("pruning_layers", self.pruning_layers))
-        _choice("positions", self.positions, POSITIONS)
-        _number("keep_ratio", self.keep_ratio, 0, 1, low_open=True)
+            object.__setattr__(self, "pruning_layers", check_layers("pruning_layers", self.pruning_layers))
+        check_choice("positions", self.positions, POSITIONS)
+        check_number("keep_ratio", self.keep_ratio, 0, 1, low_open=True)
 
 
 class PDrop(Method):

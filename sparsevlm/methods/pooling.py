@@ -8,13 +8,13 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ..config import POSITIONS, _choice, _count
+from ..config import POSITIONS, MethodConfig, check_choice, check_count
 from ..select import to_device
-from .before_llm import _BeforeLLM, _PreLLM, unmerged
+from .before_llm import _PreLLM, unmerged
 
 
 @dataclass(frozen=True)
-class PoolingConfig(_BeforeLLM):
+class PoolingConfig(MethodConfig):
     """Average pooling of the visual grid (a simple baseline that benchmark studies of 2025 find
     strong; LLaVA-OneVision pools its video frames 2 × 2 the same way): before the
     language model, each image's square grid of visual tokens is average-pooled (adaptive windows)
@@ -26,8 +26,8 @@ class PoolingConfig(_BeforeLLM):
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("positions", self.positions, POSITIONS)
-        _count("tokens", self.tokens)
+        check_choice("positions", self.positions, POSITIONS)
+        check_count("tokens", self.tokens)
         if pool_grid(self.tokens) is None:
             raise ValueError(f"tokens={self.tokens!r} has no h × w grid with h ≤ w ≤ 2h; e.g. 64 (8 × 8), "
                              f"128 (8 × 16), 192 (12 × 16)")

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 import torch
 
 from ..budget import schedule_keep_count
-from ..config import BUDGET_PER, POSITIONS, PRESET_LAYERS, PRESET_SCHEDULES, _choice, _layers, _schedule, _schedule_of
+from ..config import (BUDGET_PER, POSITIONS, PRESET_LAYERS, PRESET_SCHEDULES, MethodConfig, check_choice, check_layers,
+                      check_schedule, check_schedule_of)
 from ..select import host_ints, to_device
 from .base import Decision, Method, PruneInput, keep_top, scaled_schedules
 
 
 @dataclass(frozen=True)
-class RandomConfig:
+class RandomConfig(MethodConfig):
     """Random baseline, the floor: after each pruning layer keep `schedule[i]` visual tokens drawn
     uniformly at random (seeded; the same draw for every sample of a batch, so a batch gives the
     same result as its samples alone). No recycling."""
@@ -25,12 +26,12 @@ class RandomConfig:
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("positions", self.positions, POSITIONS)
-        layers = _layers("pruning_layers", self.pruning_layers)
+        check_choice("positions", self.positions, POSITIONS)
+        layers = check_layers("pruning_layers", self.pruning_layers)
         object.__setattr__(self, "pruning_layers", layers)
-        object.__setattr__(self, "schedule", _schedule(self.schedule, layers))
-        _schedule_of(self.schedule_of)
-        _choice("budget_per", self.budget_per, BUDGET_PER)
+        object.__setattr__(self, "schedule", check_schedule(self.schedule, layers))
+        check_schedule_of(self.schedule_of)
+        check_choice("budget_per", self.budget_per, BUDGET_PER)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 63:
             raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63)")
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..config import POSITIONS, _choice
-from .before_llm import _BeforeLLM, _PreLLM, cosine
+from ..config import POSITIONS, MethodConfig, check_choice
+from .before_llm import _PreLLM, cosine
 
 
 @dataclass(frozen=True)
-class ToMeConfig(_BeforeLLM):
+class ToMeConfig(MethodConfig):
     """ToMe-style merging (Bolya et al., ICLR 2023, arXiv 2210.09461; SparseVLM's Table 1 baseline):
     before the language model, bipartite soft matching merges the most similar visual tokens —
     split the tokens alternately into two sets, pair each token of the first with its most similar
@@ -24,7 +24,7 @@ class ToMeConfig(_BeforeLLM):
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("positions", self.positions, POSITIONS)
+        check_choice("positions", self.positions, POSITIONS)
         if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 1:
             raise ValueError(f"keep={self.keep!r} must be an integer >= 1")
 

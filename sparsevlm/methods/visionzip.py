@@ -6,12 +6,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..config import POSITIONS, _choice
-from .before_llm import _BeforeLLM, _PreLLM, cosine, unmerged
+from ..config import POSITIONS, MethodConfig, check_choice
+from .before_llm import _PreLLM, cosine, unmerged
 
 
 @dataclass(frozen=True)
-class VisionZipConfig(_BeforeLLM):
+class VisionZipConfig(MethodConfig):
     """VisionZip-style (Yang et al., CVPR 2025, arXiv 2412.04467): before the language model, keep
     the `dominant` visual tokens that the vision tower's [CLS] token attends to most (feature
     layer, mean over heads) and merge the rest into `contextual` tokens: evenly spaced remaining
@@ -25,7 +25,7 @@ class VisionZipConfig(_BeforeLLM):
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("positions", self.positions, POSITIONS)
+        check_choice("positions", self.positions, POSITIONS)
         for name in ("dominant", "contextual"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import POSITIONS, _choice, _count, _number
-from .before_llm import _BeforeLLM, _Keep
+from ..config import POSITIONS, MethodConfig, check_choice, check_count, check_number
+from .before_llm import _Keep
 
 
 @dataclass(frozen=True)
-class VisPrunerConfig(_BeforeLLM):
+class VisPrunerConfig(MethodConfig):
     """VisPruner (Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective
     Token Pruning in VLMs", ICCV 2025, arXiv 2412.01818; code github.com/Theia-4869/VisPruner):
     before the language model, keep int(keep · important_ratio) *important* tokens — those the
@@ -26,9 +26,9 @@ class VisPrunerConfig(_BeforeLLM):
     positions: str = "compact"
 
     def __post_init__(self) -> None:
-        _choice("positions", self.positions, POSITIONS)
-        _count("keep", self.keep)
-        _number("important_ratio", self.important_ratio, 0, 1)
+        check_choice("positions", self.positions, POSITIONS)
+        check_count("keep", self.keep)
+        check_number("important_ratio", self.important_ratio, 0, 1)
 
 
 def vispruner_select(x: torch.Tensor, cls: torch.Tensor, keep: int, important_ratio: float) -> torch.Tensor:

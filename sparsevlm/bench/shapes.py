@@ -1,0 +1,117 @@
+"""7B-shaped model configs with no weights, and a model built from one with random weights: timings
+depend on shapes only, so these stand in for the real checkpoints."""
+from __future__ import annotations
+
+import torch
+
+
+def _vicuna_7b(text_hidden: int = 4096):
+    """Vicuna-7B's architecture (the text model of LLaVA-1.5, Video-LLaVA and LLaVA-NeXT-Video).
+    `text_hidden` < 4096 narrows it (head size 128 and the MLP's 11008/4096 ratio kept), leaving the
+    tokens and the layers as they are: a model that fits a CPU."""
+    from transformers import LlamaConfig
+
+    if not (isinstance(text_hidden, int) and 128 <= text_hidden <= 4096 and text_hidden % 128 == 0):
+        raise ValueError(f"text_hidden={text_hidden!r}: allowed a multiple of 128 from 128 to 4096")
+    heads = text_hidden // 128
+    return LlamaConfig(vocab_size=32064, hidden_size=text_hidden, intermediate_size=text_hidden * 11008 // 4096,
+                       num_hidden_layers=32, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=4096, pad_token_id=0)
+
+
+def _clip_l14(image_size: int):
+    """CLIP ViT-L/14's architecture at `image_size` pixels (LLaVA's towers)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                            image_size=image_size, patch_size=14, projection_dim=768)
+
+
+def llava_1_5_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
+    """llava-hf/llava-1.5-7b-hf's architecture (CLIP ViT-L/14-336, Vicuna-7B), no weights;
+    `text_hidden` narrows the language model (`_vicuna_7b`), the vision tower stays."""
+    from transformers import LlavaConfig
+
+    cfg = LlavaConfig(vision_config=_clip_l14(336), text_config=_vicuna_7b(text_hidden), image_token_id=32000,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def llava_next_7b_config():
+    """llava-hf/llava-v1.6-mistral-7b-hf's architecture (CLIP ViT-L/14-336 with anyres crops,
+    Mistral-7B), no weights."""
+    from transformers import LlavaNextConfig, MistralConfig
+
+    return LlavaNextConfig(
+        vision_config=_clip_l14(336),
+        text_config=MistralConfig(vocab_size=32064, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                  num_attention_heads=32, num_key_value_heads=8, sliding_window=None),
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default")
+
+
+def llava_onevision_7b_config():
+    """llava-hf/llava-onevision-qwen2-7b-ov-hf's architecture (SigLIP-so400m/14-384 with anyres_max_9,
+    Qwen2-7B), no weights; transformers' defaults for the tower and the grids."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config
+
+    return LlavaOnevisionConfig(
+        text_config=Qwen2Config(vocab_size=152128, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                num_attention_heads=28, num_key_value_heads=4, use_sliding_window=False),
+        image_token_id=151646, video_token_id=151647)
+
+
+def video_llava_7b_config(attn: str = "sdpa", text_hidden: int = 4096):
+    """LanguageBind/Video-LLaVA-7B-hf's architecture (LanguageBind's CLIP ViT-L/14 towers at 224 for
+    images and video frames, Vicuna-7B), no weights: the video model of the SparseVLM paper;
+    `text_hidden` narrows the language model (`_vicuna_7b`)."""
+    from transformers import VideoLlavaConfig
+
+    cfg = VideoLlavaConfig(vision_config=_clip_l14(224), text_config=_vicuna_7b(text_hidden), image_token_id=32000,
+                           video_token_id=32001, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def llava_next_video_7b_config():
+    """llava-hf/LLaVA-NeXT-Video-7B-hf's architecture (CLIP ViT-L/14-336 with anyres crops for
+    images, each video frame average-pooled 2×2; Vicuna-7B), no weights."""
+    from transformers import LlavaNextVideoConfig
+
+    return LlavaNextVideoConfig(
+        vision_config=_clip_l14(336), text_config=_vicuna_7b(),
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        image_token_id=32001, video_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        spatial_pool_mode="average", spatial_pool_stride=2)
+
+
+def qwen2_5_vl_7b_config(text_hidden: int = 3584):
+    """Qwen/Qwen2.5-VL-7B-Instruct's architecture (window-attention ViT, 2×2 token merging,
+    Qwen2.5-7B with M-RoPE), no weights. `text_hidden` < 3584 narrows the language model (head
+    size 128, the MLP's ratio kept; 7 query heads per key/value head) to fit a CPU."""
+    from transformers import Qwen2_5_VLConfig
+
+    if not (isinstance(text_hidden, int) and 896 <= text_hidden <= 3584 and text_hidden % 896 == 0):
+        raise ValueError(f"text_hidden={text_hidden!r}: allowed 896, 1792, 2688 or 3584")
+    heads = text_hidden // 128
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=text_hidden,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], in_channels=3)
+    text = dict(vocab_size=152064, hidden_size=text_hidden, intermediate_size=text_hidden * 18944 // 3584,
+                num_hidden_layers=28, num_attention_heads=heads, num_key_value_heads=heads // 7,
+                rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0})
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=151655, video_token_id=151656,
+                            vision_start_token_id=151652, vision_end_token_id=151653)
+
+
+def random_llava(config, device: str, dtype: torch.dtype):
+    """A model of `config`'s architecture (any family) with random weights built directly on
+    `device` in `dtype` (no download; never a float32 copy first: LLaVA-1.5-7B's shapes take ~14 GB
+    in bfloat16, 28 GB in float32)."""
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
+    model.generation_config.pad_token_id = 0
+    return model

@@ -1,0 +1,194 @@
+"""What the command line, the bench and the lmms-eval model share: loading a model, and building
+method configs from command-line-style choices (a method's name, a LLaVA-1.5 preset, equivalent
+tokens). It sits below `cli.py`, `bench/` and `lmms.py`; it imports none of them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .methods import BASELINES
+from .utils import device_problem
+
+METHOD_NAMES = ("dense", "sparsevlm", *BASELINES)
+BUDGETS = (192, 128, 96, 64)
+DTYPES = ("float32", "bfloat16", "float16")
+MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "video_llava", "llava_next_video", "qwen2_vl", "qwen2_5_vl")
+#: LLaVA-1.5's prompt, the default template for a checkpoint's questions
+LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+
+
+class CliError(Exception):
+    """A problem with the user's input: printed as one line, exit status 1."""
+
+
+# ---------------------------------------------------------------- input checks
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before anything is loaded."""
+    problem = device_problem(device)
+    if problem is not None:
+        raise CliError(f"--device {device}: {problem}")
+
+
+def check_prompt(prompt: str) -> None:
+    """A prompt template must hold {question} and no other field."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None}
+    except ValueError as e:
+        raise CliError(f"--prompt {prompt!r}: not a template ({e})") from None
+    if fields != {"question"}:
+        raise CliError(f"--prompt {prompt!r}: must contain {{question}} and no other {{field}} (found "
+                       f"{', '.join(sorted(fields)) or 'none'}); write literal braces as {{{{ }}}}")
+
+
+def model_folder(path: str) -> Path:
+    """`path` as a folder, or a CliError saying it is none."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CliError(f"--model {path}: no such folder (give a local checkpoint folder)")
+    return folder
+
+
+# ---------------------------------------------------------------- loading
+
+def load_model(path: str | None, device: str, dtype: str, with_processor: bool = True):
+    """(model, processor) from the embedded default or a local checkpoint folder (processor None
+    when not asked for: timing needs none)."""
+    import torch
+
+    from . import toy
+
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun / accelerate: one GPU each
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    check_device(device)
+    torch_dtype = getattr(torch, dtype)
+    if path is None:
+        model, processor = toy.load(dtype=torch_dtype)
+    else:
+        model, processor = _checkpoint(path, torch_dtype, with_processor)
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise CliError(f"--device {device}: {str(e).splitlines()[0]}") from None
+    return model, processor
+
+
+def _checkpoint(path: str, torch_dtype, with_processor: bool):
+    """(model, processor or None) of a local checkpoint folder of a supported family, in eval mode."""
+    folder = model_folder(path)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CliError(f"--model {path}: cannot read config.json ({e.__class__.__name__})") from None
+    if config.get("model_type") not in MODEL_TYPES:
+        raise CliError(f"--model {path}: model_type {config.get('model_type')!r} is not supported; "
+                       f"supported: {', '.join(MODEL_TYPES)}")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise CliError(f"--model {path}: the folder has config.json but no weights (*.safetensors or *.bin)")
+    import pickle
+
+    from safetensors import SafetensorError
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True, dtype=torch_dtype).eval()
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True) if with_processor else None
+    except (OSError, SafetensorError, pickle.UnpicklingError) as e:  # missing files; corrupt weights
+        raise CliError(f"--model {path}: cannot load ({str(e).splitlines()[0]})") from None
+    except ImportError as e:  # e.g. Qwen2-VL's and OneVision's processors need torchvision
+        raise CliError(f"--model {path}: cannot load its processor ({' '.join(str(e).split()[:12])} ...); "
+                       f"install what it names (`sparsevlm bench --model` needs no processor)") from None
+    return model, processor
+
+
+# ---------------------------------------------------------------- method configs
+
+def model_shape(model) -> tuple[int, int]:
+    """(visual tokens per image, language-model layers). Where the visual tokens depend on the image
+    (Qwen2-VL, ...), 576: LLaVA-1.5's count, so that presets built for the model keep its ratios."""
+    v = model.config.vision_config
+    size = getattr(v, "image_size", None)
+    return (size // v.patch_size) ** 2 if size else 576, model.config.text_config.num_hidden_layers
+
+
+def preset_config(model, budget: int, n_visual: int | None = None):
+    """`SparseVLMConfig.preset(budget)` for `model`: scaled to its layers and to `n_visual` (default
+    `model_shape`'s), in the position mode its family defaults to."""
+    from .config import SparseVLMConfig
+    from .models import default_positions
+
+    n_vis, layers = model_shape(model)
+    return SparseVLMConfig.preset(budget, n_visual=n_visual or n_vis, num_layers=layers,
+                                  positions=default_positions(model))
+
+
+def rank_config(model, n_visual: int | None = None):
+    """SparseVLM's rank mode for `model`: `SparseVLMConfig.rank` at its visual tokens (`n_visual`,
+    default `model_shape`'s) and layers, in the position mode its family defaults to."""
+    from .config import SparseVLMConfig
+    from .models import default_positions
+
+    n_vis, layers = model_shape(model)
+    return SparseVLMConfig.rank(n_visual or n_vis, layers, positions=default_positions(model))
+
+
+def method_config(model, method: str, budget: int | None = None, tokens: float | None = None):
+    """The config of `method` at a LLaVA-1.5 preset `budget` (scaled to the model) or at
+    `tokens` equivalent tokens (baselines matched with `match_budget`). None for dense. Where the
+    visual tokens depend on the image (Qwen2-VL), budgets are ratios of LLaVA-1.5's 576; M-RoPE
+    models take original positions."""
+    from .methods import match_budget, matched_baselines
+
+    if method == "dense":
+        return None
+    if method == "sparsevlm" and budget is None and tokens is None:
+        return rank_config(model)
+    n_visual, layers = model_shape(model)
+    cfg = preset_config(model, budget or 192)
+    if tokens is not None:
+        if not 0 < tokens <= n_visual:
+            raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")
+        try:
+            base = cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
+            return match_budget(base, tokens, n_visual, layers)
+        except ValueError as e:
+            raise CliError(f"--tokens {tokens:g}: {e}") from None
+    return cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
+
+
+def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=None) -> dict:
+    """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
+    model's `n_visual` tokens per image), and every baseline matched to its equivalent tokens that
+    the model's family supports (M-RoPE models: original positions; the others are logged)."""
+    from .methods import matched_baselines
+
+    n_vis, layers = model_shape(model)
+    n_vis = n_visual or n_vis
+    rows = {"dense": None}
+    for n in budgets:
+        cfg = preset_config(model, n, n_vis)
+        baselines = matched_baselines(cfg, n_vis, layers, methods=[m for m in methods or BASELINES if m != "sparsevlm"])
+        for name, c in (({"sparsevlm": cfg} if methods is None or "sparsevlm" in methods else {}) | baselines).items():
+            problem = _unsupported(model, c, layers)
+            if problem is not None:
+                if log is not None and n == budgets[0]:
+                    log(f"{name}: skipped ({problem.split('; ')[0]})")
+                continue
+            rows[f"{name} {n}"] = c
+    return rows
+
+
+def _unsupported(model, cfg, layers: int) -> str | None:
+    """Why `model`'s family cannot run `cfg`'s method, or None."""
+    from .methods import build
+    from .models import _adapter
+
+    try:
+        _adapter(model).check(model, build(cfg, layers))
+    except ValueError as e:
+        return str(e)
+    return None
