@@ -250,7 +250,7 @@ def write_comparison(table: pd.DataFrame, frames: dict, configs: dict, folder, s
     JSON's path. `read_comparison` reads it back."""
     from pathlib import Path
 
-    from .results import machine, write_results
+    from .outputs import machine, write_results
 
     per_question = {name: "".join("1" if c else "0" for c in df["correct"]) for name, df in frames.items()}
     write_results(table, machine(device, dtype, "sdpa"), Path(folder), stem, log=lambda _: None, command=command,

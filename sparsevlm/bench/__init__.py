@@ -5,11 +5,11 @@ method: `python -m sparsevlm.bench` or `sparsevlm bench` (`make bench`). What it
 One module per job: `shapes` (7B-shaped configs, random weights), `inputs` (the bench's models and
 prompts), `stats` (medians and their intervals), `timing` (prefill, decoding, own work), `layers`
 (`--layer-curve`), `profile` (`--profile`) and `command` (`run` and the command line). The files'
-folder and the machine they record are `sparsevlm.results`'; the configs the bench runs,
+folder and the machine they record are `sparsevlm.outputs`'; the configs the bench runs,
 `sparsevlm.recipes`'. Every public name of all of these is importable from here too.
 """
+from ..outputs import RESULTS, machine, write_results
 from ..recipes import methods_for, model_shape, preset_config, rank_config
-from ..results import RESULTS, machine, write_results
 from .command import add_arguments, main, run
 from .inputs import DTYPES, MODELS, VIDEO_FRAMES, model_and_inputs, synthetic_inputs
 from .layers import CURVE_TOKENS, layer_curve, predicted_layers_ratio, tokens_per_layer

@@ -48,9 +48,9 @@ import torch
 
 from ..flops import dims, prefill_flops
 from ..methods import BASELINES
+from ..outputs import machine, write_results
 from ..recipes import methods_for, rank_config
 from ..report import dense_report_for
-from ..results import machine, write_results
 from ..utils import device_problem, positive_int
 from .inputs import DTYPES, MODELS, model_and_inputs
 from .layers import CURVE_TOKENS, layer_curve, predicted_layers_ratio, tokens_per_layer
