@@ -36,7 +36,7 @@ def text_after_image(valid: torch.Tensor, vis_mask: torch.Tensor) -> torch.Tenso
     return valid & ~vis_mask & (pos > pos.where(vis_mask, -1).amax(-1, keepdim=True))
 
 
-class _PreLLM(Method):
+class PreLLM(Method):
     """Shared by the pre-LLM baselines: run a per-sample reducer, pad its results into a Decision."""
 
     prunes_input = True
@@ -95,7 +95,7 @@ class _PreLLM(Method):
                         info={"keep": keep_vis.sum(-1), "merged": inserted_valid.sum(-1)})
 
 
-class _Keep(_PreLLM):
+class KeepPreLLM(PreLLM):
     """Pre-LLM selection of `keep` tokens (no merging), from the embeddings (and the instruction's)."""
 
     needs_vision = False

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import POSITIONS, MethodConfig, check_choice, check_count, check_number
-from .before_llm import _Keep, cosine
+from .before_llm import KeepPreLLM, cosine
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def conditional_kernel(x: torch.Tensor, text: torch.Tensor, theta: float) -> tor
     return q[:, None] * cosine(x, x) * q[None, :]
 
 
-class CDPruner(_Keep):
+class CDPruner(KeepPreLLM):
     cfg: CDPrunerConfig
     name, config = "cdpruner", CDPrunerConfig
     needs_text = True

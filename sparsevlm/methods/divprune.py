@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import POSITIONS, MethodConfig, check_choice, check_count
-from .before_llm import _Keep, cosine
+from .before_llm import KeepPreLLM, cosine
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def divprune_select(x: torch.Tensor, k: int) -> torch.Tensor:
     return kept
 
 
-class DivPrune(_Keep):
+class DivPrune(KeepPreLLM):
     cfg: DivPruneConfig
     name, config = "divprune", DivPruneConfig
 

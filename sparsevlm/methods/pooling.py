@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..config import POSITIONS, MethodConfig, check_choice, check_count
 from ..select import to_device
-from .before_llm import _PreLLM, unmerged
+from .before_llm import PreLLM, unmerged
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def pool_sample(x: torch.Tensor, h: int, w: int):
     return pooled.to(x.dtype), centre
 
 
-class Pooling(_PreLLM):
+class Pooling(PreLLM):
     cfg: PoolingConfig
     name, config = "pooling", PoolingConfig
     needs_grid = True

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..config import POSITIONS, MethodConfig, check_choice
-from .before_llm import _PreLLM, cosine
+from .before_llm import PreLLM, cosine
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def tome_sample(x, keys, keep: int):
     return kept, tokens[~single].to(x.dtype), rep[~single]
 
 
-class ToMe(_PreLLM):
+class ToMe(PreLLM):
     cfg: ToMeConfig
     name, config = "tome", ToMeConfig
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..config import POSITIONS, MethodConfig, check_choice
-from .before_llm import _PreLLM, cosine, unmerged
+from .before_llm import PreLLM, cosine, unmerged
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def zip_sample(x, cls, keys, dominant: int, contextual: int):
     return kept, (total / size[:, None]).to(x.dtype), centres
 
 
-class VisionZip(_PreLLM):
+class VisionZip(PreLLM):
     cfg: VisionZipConfig
     name, config = "visionzip", VisionZipConfig
 

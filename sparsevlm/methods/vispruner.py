@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import POSITIONS, MethodConfig, check_choice, check_count, check_number
-from .before_llm import _Keep
+from .before_llm import KeepPreLLM
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def vispruner_select(x: torch.Tensor, cls: torch.Tensor, keep: int, important_ra
     return kept
 
 
-class VisPruner(_Keep):
+class VisPruner(KeepPreLLM):
     cfg: VisPrunerConfig
     name, config = "vispruner", VisPrunerConfig
     needs_vision = True
