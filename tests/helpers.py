@@ -55,6 +55,36 @@ def sample(inputs, b):
             "pixel_values": inputs["pixel_values"][b:b + 1]}
 
 
+def right_padded(inputs):
+    """The same rows with their padding moved to the right."""
+    out = dict(inputs)
+    mask = inputs["attention_mask"]
+    n = mask.sum(-1)
+    order = (torch.arange(mask.shape[1]) + (mask.shape[1] - n)[:, None]) % mask.shape[1]  # valid tokens first
+    for k in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        if k in inputs:
+            out[k] = inputs[k].gather(1, order)
+    return out
+
+
+def packed_row(model, alone):
+    """Unpadded prompts packed into one row without a padding mask, told apart by positions that
+    restart: 1D, or for M-RoPE transformers' text row before the three rows of each prompt."""
+    row_keys = ("input_ids", "mm_token_type_ids")
+    packed = {k: torch.cat([a[k] for a in alone if k in a], dim=1 if k in row_keys else 0)
+              for k in dict.fromkeys(k for a in alone for k in a) if k != "attention_mask"}
+    if "mm_token_type_ids" in packed:  # Qwen2-VL and Qwen2.5-VL
+        rows = []
+        for a in alone:
+            grids = {k: a[k] for k in ("image_grid_thw", "video_grid_thw") if k in a}
+            mrope, _ = model.model.get_rope_index(a["input_ids"], a["mm_token_type_ids"], **grids)
+            rows.append(torch.cat([torch.arange(a["input_ids"].shape[1])[None, None], mrope]))
+        packed["position_ids"] = torch.cat(rows, -1)
+    else:
+        packed["position_ids"] = torch.cat([torch.arange(a["input_ids"].shape[1]) for a in alone])[None]
+    return packed
+
+
 def assert_batched_equals_alone(model, inputs, alone, new_tokens: int = 4):
     """The sparsified `model` on a batch equals each sample alone: last logits, the kept tokens at
     every pruning step, and the greedy continuation. Returns the batch's report."""

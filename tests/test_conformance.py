@@ -9,8 +9,8 @@ and beam search with several returned sequences. Written from reading transforme
 import pytest
 import torch
 from helpers import batch as llava_batch
+from helpers import packed_row, right_padded, tiny_llava
 from helpers import sample as llava_sample
-from helpers import tiny_llava
 from test_families import image_batch, video_batch
 from test_qwen_vl import batch as qwen_batch
 from transformers import CompileConfig
@@ -54,18 +54,6 @@ def case(request):
     model.generation_config.pad_token_id = 0
     full, alone = inputs_of(family, model)
     return family, model, full, alone
-
-
-def right_padded(inputs):
-    """The same rows with their padding moved to the right."""
-    out = dict(inputs)
-    mask = inputs["attention_mask"]
-    n = mask.sum(-1)
-    order = (torch.arange(mask.shape[1]) + (mask.shape[1] - n)[:, None]) % mask.shape[1]  # valid first
-    for k in ("input_ids", "attention_mask", "mm_token_type_ids"):
-        if k in inputs:
-            out[k] = inputs[k].gather(1, order)
-    return out
 
 
 def test_output_flags_as_arguments_or_on_the_config_run_dense(case):
@@ -120,17 +108,7 @@ def test_compiled_decoding_runs_dense_from_its_eager_prefill(case):
 def test_packed_rows_run_dense_and_say_why(case):
     """Prompts packed in one row, told apart by positions that restart (no padding mask)."""
     family, model, _, alone = case
-    packed = {k: torch.cat([a[k] for a in alone], dim=1 if k in ("input_ids", "mm_token_type_ids") else 0)
-              for k in alone[0] if k != "attention_mask"}
-    if family.startswith("qwen"):
-        rows = []
-        for a in alone:
-            grids = {k: a[k] for k in ("image_grid_thw", "video_grid_thw") if k in a}
-            mrope, _ = model.model.get_rope_index(a["input_ids"], a["mm_token_type_ids"], **grids)
-            rows.append(torch.cat([torch.arange(a["input_ids"].shape[1])[None, None], mrope]))
-        packed["position_ids"] = torch.cat(rows, -1)  # transformers' text row first, then M-RoPE's three
-    else:
-        packed["position_ids"] = torch.cat([torch.arange(a["input_ids"].shape[1]) for a in alone])[None]
+    packed = packed_row(model, alone)
     dense = model(**packed).logits
     for cfg in (keep_all(family), pruning(family)):
         with sparsevlm.sparsified(model, cfg):
@@ -222,3 +200,17 @@ def test_beams_with_several_returned_sequences(case):
     with sparsevlm.sparsified(model, pruning(family)):
         out = model.generate(**full, **beams)
         assert out.shape[0] == 4 and not sparsevlm.report(model).dense
+
+
+def test_the_cache_holds_the_whole_prompt_at_every_layer_under_keep_all(case):
+    """transformers' `test_past_key_values_format` expects this; pruning differs by design (shorter
+    layers after a pruning layer), as docs/pages/behaviour.md says."""
+    family, model, full, _ = case
+    L = full["input_ids"].shape[1]
+    with sparsevlm.sparsified(model, keep_all(family)):
+        cache = model(**full, use_cache=True).past_key_values
+        assert [cache.get_seq_length(i) for i in range(len(cache.layers))] == [L] * len(cache.layers)
+    with sparsevlm.sparsified(model, pruning(family)):
+        cache = model(**full, use_cache=True).past_key_values
+        lengths = [cache.get_seq_length(i) for i in range(len(cache.layers))]
+        assert lengths[:2] == [L, L] and lengths[-1] < L

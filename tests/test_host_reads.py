@@ -43,8 +43,7 @@ def test_decoding_and_the_report_read_nothing(embedded):
     model, inputs = embedded
     with sparsevlm.sparsified(model, preset_config(model, 128)):
         out = model(**inputs, use_cache=True)
-        call = sparsevlm.models.patching.per_call(model._sparsevlm)
-        assert callable(call["report"])  # not built yet: nothing was copied to the host
+        assert callable(model._sparsevlm.call().report)  # not built yet: nothing was copied to the host
         step = {"input_ids": out.logits[:, -1:].argmax(-1), CACHE: getattr(out, CACHE),
                 "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(8, 1, dtype=torch.long)], 1)}
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -37,7 +37,7 @@ def test_keep_all_equals_the_dense_model(text, attn, positions, relayout):
     dense_ids = model.generate(**inputs, **GREEDY)
     with sparsevlm.sparsified(model, KEEP_ALL.replace(positions=positions)):
         if relayout:
-            method = model._sparsevlm["method"]
+            method = model._sparsevlm.method
             planned = method.sizes
             method.sizes = lambda *a: {k: v for k, v in planned(*a).items() if not k.startswith("same")}
         logits = model(**inputs).logits
@@ -290,7 +290,7 @@ def test_the_llava_1_5_7b_architecture_is_accepted_without_weights():
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(cfg)
     sparsevlm.sparsify(model)  # the paper's rank mode: layers 2, 6, 15, 19
-    assert model._sparsevlm["method"].pruning_layers == (2, 6, 15, 19)
+    assert model._sparsevlm.method.pruning_layers == (2, 6, 15, 19)
     sparsevlm.unsparsify(model)
     assert not hasattr(model.model.language_model, "_sparsevlm")
 

@@ -5,12 +5,14 @@ random batches on LLaVA-NeXT, OneVision and Qwen2-VL/2.5-VL (images of several s
 
 For every case: no NaN where outputs exist; the report accounts for every token; each sample of
 the batch equals the sample alone (kept tokens and last logits); keeping every token equals the
-dense model; `unsparsify` restores the dense logits bit for bit; beam search with several
-returned sequences runs, and its first sample equals that sample alone."""
+dense model at every position, padding included; `unsparsify` restores the dense logits bit for bit;
+beam search with several returned sequences runs, and its first sample equals that sample alone.
+In turn, each case also runs right-padded, with a static cache, or packed into one row."""
 import random
 
 import pytest
 import torch
+from helpers import packed_row, right_padded
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig,
                           Qwen2Config)
 
@@ -117,8 +119,38 @@ def random_config(rng, method, n_visual, layers, positions):
     return ToMeConfig(keep=rng.randint(1, n_visual), positions=positions), ToMeConfig(keep=1000, positions=positions)
 
 
+def check_input_forms(model, inputs, alone, cfg, keep_all, label, which: int):
+    """One of three input forms per case, in turn (on the dense `model`): right padding (keep-all is
+    dense at every position; pruning gives each row's last logits as left padding does), a static cache
+    (dense, and said), prompts packed in one row (keep-all and pruning: dense, and said)."""
+    beams = dict(max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    if which == 2 and len(alone) == 1:  # one prompt is not packed
+        which = 0
+    if which == 0:
+        right = right_padded(inputs)
+        dense = model(**right).logits
+        with sparsevlm.sparsified(model, keep_all):
+            torch.testing.assert_close(model(**right).logits, dense, atol=2e-4, rtol=2e-4, msg=label)
+        with sparsevlm.sparsified(model, cfg):
+            left, out = model(**inputs).logits, model(**right).logits
+            last = right["attention_mask"].sum(-1) - 1
+            torch.testing.assert_close(out[torch.arange(len(last)), last], left[:, -1], atol=2e-4, rtol=2e-4, msg=label)
+    elif which == 1:
+        dense = model.generate(**inputs, **beams, cache_implementation="static")
+        with sparsevlm.sparsified(model, cfg):
+            assert torch.equal(model.generate(**inputs, **beams, cache_implementation="static"), dense), label
+            assert "pre-allocated" in sparsevlm.report(model).reason, label
+    else:
+        packed = packed_row(model, alone)
+        dense = model(**packed).logits
+        for c in (keep_all, cfg):
+            with sparsevlm.sparsified(model, c):
+                assert torch.equal(model(**packed).logits, dense), label
+                rep = sparsevlm.report(model)
+                assert rep.dense and ("packed" in rep.reason or "no image" in rep.reason), label
+
+
 def check_case(model, inputs, alone, cfg, keep_all, label):
-    valid = inputs["attention_mask"].bool()
     dense = model(**inputs).logits
     sparsevlm.sparsify(model, cfg)
     out = model(**inputs).logits
@@ -132,8 +164,11 @@ def check_case(model, inputs, alone, cfg, keep_all, label):
     assert (rep.visual_in[:, 0] <= n_visual).all() if before_llm else torch.equal(rep.visual_in[:, 0], n_visual), label
     assert torch.equal(rep.visual_out[:, :-1], rep.visual_in[:, 1:]), label
     last_kept = [len(k) for k in rep.steps[-1]["kept"]] if rep.steps else n_visual.tolist()
-    # every position with an output is a valid text token or an original visual token still present
-    assert present.sum(-1).tolist() == [int(t - v) + k for t, v, k in zip(rep.n_tokens, n_visual, last_kept)], label
+    # every valid position with an output is a text token or an original visual token still present;
+    # padding positions have outputs only when nothing moved (then all of them)
+    valid = inputs["attention_mask"].bool()
+    assert present[~valid].all() or not present[~valid].any(), label
+    assert (present & valid).sum(-1).tolist() == [int(t - v) + k for t, v, k in zip(rep.n_tokens, n_visual, last_kept)], label
     for b, one in enumerate(alone):
         logits = model(**one).logits
         rep1 = sparsevlm.report(model)
@@ -148,8 +183,8 @@ def check_case(model, inputs, alone, cfg, keep_all, label):
     ids = model.generate(**inputs, **beams)
     assert ids.shape == (2 * len(alone), inputs["input_ids"].shape[1] + 2), label
     assert torch.equal(model.generate(**alone[0], **beams)[:, -2:], ids[:2, -2:]), label
-    sparsevlm.sparsify(model, keep_all)
-    torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=2e-4, rtol=2e-4, msg=label)
+    sparsevlm.sparsify(model, keep_all)  # every position, padding included, as the dense model has it
+    torch.testing.assert_close(model(**inputs).logits, dense, atol=2e-4, rtol=2e-4, msg=label)
     sparsevlm.unsparsify(model)
     assert torch.equal(model(**inputs).logits, dense), label
 
@@ -165,6 +200,7 @@ def test_random_models_and_batches(model_seed):
         inputs, alone = random_batch(rng, n_visual, side)
         cfg, keep_all = random_config(rng, method, n_visual, layers, positions)
         check_case(model, inputs, alone, cfg, keep_all, f"model {model_seed} case {case}: {cfg!r}")
+        check_input_forms(model, inputs, alone, cfg, keep_all, f"model {model_seed} case {case}: {cfg!r}", i % 3)
 
 
 FAMILIES, FAMILY_CASES = ["next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl"], 40  # 240 cases
@@ -200,7 +236,6 @@ def test_random_batches_on_other_families(family):
         positions = "original" if qwen else rng.choice(["compact", "original"])
         cfg, keep_all = random_config(rng, method, n_visual, layers, positions)
         label = f"{family} case {case}: {cfg!r}"
-        valid = inputs["attention_mask"].bool()
         dense = model(**inputs).logits
         beams_work = dense_beams_work(model, inputs)  # (not LLaVA-NeXT-Video's videos on transformers 5.19)
         with sparsevlm.sparsified(model, cfg):
@@ -218,5 +253,6 @@ def test_random_batches_on_other_families(family):
                 ids = model.generate(**inputs, **beams)
                 assert torch.equal(model.generate(**alone[0], **beams)[:, -2:], ids[:2, -2:]), label
         with sparsevlm.sparsified(model, keep_all):
-            torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=2e-4, rtol=2e-4, msg=label)
+            torch.testing.assert_close(model(**inputs).logits, dense, atol=2e-4, rtol=2e-4, msg=label)
         assert torch.equal(model(**inputs).logits, dense), label
+        check_input_forms(model, inputs, alone, cfg, keep_all, label, case % 3)

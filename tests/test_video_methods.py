@@ -205,8 +205,6 @@ def test_batched_equals_each_sample_alone_and_the_report_is_the_plan(models, fam
     assert (rep.visual_out[:, -1] < rep.n_visual).all()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the staged decoder to ask `Method.dense_reason` before the first "
-                                       "layer (sparsevlm/models, not in this change); until then `prune` refuses")
 def test_an_image_alone_runs_dense_and_says_why(models):
     model = models["onevision"]
     inputs, _, _ = image_batch(model, [3, 5])
@@ -216,8 +214,6 @@ def test_an_image_alone_runs_dense_and_says_why(models):
     assert rep.dense and rep.reason.startswith("DyCoke reduces video frames; sample(s) [0, 1]")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the LLaVA adapter's `check` to refuse methods with `needs_frames` on "
-                                       "families that read no video (sparsevlm/models, not in this change)")
 def test_a_family_that_reads_no_video_refuses_them():
     model = tiny_vlm("next")
     why = "^FastVID reduces video frames; LlavaNextForConditionalGeneration reads no video"

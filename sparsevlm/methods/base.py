@@ -104,6 +104,8 @@ class Method:
     needs_grid: bool = False
     #: needs the pruning layers' keys before RoPE (PruneInput.raw_keys; hooked only then)
     needs_raw_keys: bool = False
+    #: reduces video frames: refused on a family that reads no video
+    needs_frames: bool = False
 
     def __init__(self, cfg, num_layers: int | None = None):
         self.cfg = cfg
@@ -138,6 +140,11 @@ class Method:
     def _count(**masks: torch.Tensor) -> dict:
         """{name: (B,) true entries of each (B, L) mask}, summed together."""
         return dict(zip(masks, torch.stack(list(masks.values())).sum(-1).unbind(0)))
+
+    def dense_reason(self, counts: dict) -> str | None:
+        """Why this prefill should run dense (None: it prunes), decided from the per-sample counts read
+        before the first layer (`counts`, host lists, with "spans" when spans are needed)."""
+        return None
 
     def sizes(self, counts: dict, token_state: dict) -> dict:
         """The host integers the method and the adapter need, computed on the host from `counts`

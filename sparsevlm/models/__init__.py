@@ -11,9 +11,16 @@ from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
 from . import llava, qwen2_vl
-from .patching import check_one_device, per_call, unpatch
+from .patching import check_one_device, unpatch
+from .state import ModelState
 
-ADAPTERS = [llava, qwen2_vl]
+#: one family adapter per line (`family.Family`); a new family is its file and one line here
+ADAPTERS = [llava.FAMILY, qwen2_vl.FAMILY]
+
+
+def model_types() -> tuple[str, ...]:
+    """The `config.model_type` of every checkpoint some family loads (the command line's `--model`)."""
+    return tuple(t for adapter in ADAPTERS for t in adapter.MODEL_TYPES)
 
 
 def _adapter(model):
@@ -46,7 +53,7 @@ def sparsify(model, cfg=None):
     adapter.check(model, method)
     check_one_device(model)
     unsparsify(model)
-    adapter.patch(model, method, {"cfg": cfg, "method": method, "method_name": type(method).__name__})
+    adapter.patch(model, method, ModelState(cfg=cfg, method=method, method_name=type(method).__name__))
     return model
 
 
@@ -65,7 +72,7 @@ def default_positions(model) -> str:
 def config_of(model):
     """The config `model` is sparsified with, or None."""
     state = getattr(model, "_sparsevlm", None)
-    return None if state is None else state["cfg"]
+    return None if state is None else state.cfg
 
 
 @contextmanager
@@ -86,12 +93,12 @@ def report(model) -> Report:
     state = getattr(model, "_sparsevlm", None)
     if state is None:
         raise ValueError("model is not sparsified: call sparsevlm.sparsify(model, cfg) first")
-    call = per_call(state)
-    rep = call["report"]
+    call = state.call()
+    rep = call.report
     if rep is None:
         raise ValueError("no forward pass yet: run the model (or generate) once, then ask for its report")
     if callable(rep):  # a pruned prefill leaves its report on the device; built once, here
-        rep = call["report"] = rep()
+        rep = call.report = rep()
     return rep
 
 
@@ -102,9 +109,8 @@ def timing(model):
     state = getattr(model, "_sparsevlm", None)
     if state is None:
         raise ValueError("model is not sparsified: call sparsevlm.sparsify(model, cfg) first")
-    before = state.get("timing", False)
-    state["timing"] = True
+    before, state.timing = state.timing, True
     try:
         yield model
     finally:
-        state["timing"] = before
+        state.timing = before

@@ -23,13 +23,10 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..select import ON_HOST
-from .patching import Clock, SparsePlaceholders, SparseTop, check_layers, install, per_call, text_unsupported_reason
+from .family import Family
+from .patching import SparsePlaceholders, SparseTop, install
+from .state import Clock
 
-#: position modes the family allows (the first is the default of configs built for it)
-POSITIONS = ("compact", "original")
-SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, "
-             "LlavaOnevisionForConditionalGeneration, VideoLlavaForConditionalGeneration or "
-             "LlavaNextVideoForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model")
 #: why a family has no single grid of one feature per vision-tower patch per image (all but LLaVA-1.5)
 NOT_ONE_GRID = {
     "llava_next": "builds its features from high-resolution crops (pooled, with newline tokens)",
@@ -38,15 +35,6 @@ NOT_ONE_GRID = {
                         "its video frames",
     "video_llava": "encodes images and video frames with two towers and keeps each frame's [CLS] token",
 }
-
-
-def _families():
-    from transformers import (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
-                              LlavaNextVideoForConditionalGeneration, LlavaOnevisionForConditionalGeneration,
-                              VideoLlavaForConditionalGeneration)
-
-    return (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration,
-            VideoLlavaForConditionalGeneration, LlavaNextVideoForConditionalGeneration)
 
 
 def frame_layout(config) -> tuple[int, int, bool]:
@@ -68,13 +56,6 @@ def frame_layout(config) -> tuple[int, int, bool]:
     if kind == "llava_next_video":
         return patches // config.spatial_pool_stride, 0, False
     raise ValueError(f"model_type {kind!r} reads no video")
-
-
-def unsupported_reason(model) -> str | None:
-    """Why `model` cannot be sparsified by this adapter (None if it can)."""
-    if not isinstance(model, _families()):
-        return f"{type(model).__name__} is not supported; supported: {SUPPORTED}"
-    return text_unsupported_reason(model.model.language_model, SUPPORTED)
 
 
 def vision_attention(model):
@@ -107,13 +88,13 @@ def _vision_signals(model) -> list | None:
     """The [CLS] attention and keys of each image the vision tower last encoded in this call
     (computed here, outside the tower, so that counters charge them to the method)."""
     st = model._sparsevlm
-    call = per_call(st)
-    captured = call.pop("vision_capture", None)
+    call = st.call()
+    captured, call.vision_capture = call.vision_capture, None
     if captured is not None and len(captured) == 2:
         with Clock(st, captured["k"].device):
-            call["vision_signals"] = list(vision_signals(st["vision_attn"], captured,
-                                                         model.config.vision_feature_select_strategy))
-    return call.get("vision_signals")
+            call.vision_signals = list(vision_signals(st.vision_attn, captured,
+                                                      model.config.vision_feature_select_strategy))
+    return call.vision_signals
 
 
 class _SparseLlava(SparseTop):
@@ -123,10 +104,10 @@ class _SparseLlava(SparseTop):
     def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
         out = super()._expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size=expand_size,
                                                  inputs_embeds=inputs_embeds)
-        call = per_call(self._sparsevlm)
+        call = self._sparsevlm.call()
         signals = _vision_signals(self)
         if signals is not None:  # expand each image's signals exactly as transformers expands its features
-            call["vision_signals"] = [
+            call.vision_signals = [
                 super(_SparseLlava, self)._expand_multimodal_outputs(
                     input_ids, {"image": BaseModelOutputWithPooling(pooler_output=t)}, expand_size=expand_size,
                     inputs_embeds=inputs_embeds)["image"].pooler_output for t in signals]
@@ -139,12 +120,12 @@ class _SparseLlavaModel(SparsePlaceholders):
 
     def _placed(self, vis):
         st = self._sparsevlm
-        call = per_call(st)
-        signals = _vision_signals(self) if st["method"].needs_vision else None
-        call.pop("vision_signals", None)  # consumed: the next prefill encodes its own images
+        call = st.call()
+        signals = _vision_signals(self) if st.method.needs_vision else None
+        call.vision_signals = None  # consumed: the next prefill encodes its own images
         if signals is not None:
             with Clock(st, vis.device):
-                call["vision"] = self._vision_per_token(signals, vis)
+                call.vision = self._vision_per_token(signals, vis)
 
     def _frames(self, video):
         """A video is its frames' tokens (`frame_layout`), one frame after the other; OneVision's
@@ -163,7 +144,7 @@ class _SparseLlavaModel(SparsePlaceholders):
     def _vision_per_token(self, signals, vis):
         """The vision tower's [CLS] attention and keys, placed at the image positions (B, L[, Dk])."""
         cls, keys = signals
-        why = f"{self._sparsevlm['method_name']} needs one image feature per vision-tower patch"
+        why = f"{self._sparsevlm.method_name} needs one image feature per vision-tower patch"
         if vis.device.type == "cpu":  # a CPU tensor is read without waiting for anything
             with torch.profiler.record_function(ON_HOST):
                 if cls.numel() != int(vis.sum()):
@@ -176,29 +157,54 @@ class _SparseLlavaModel(SparsePlaceholders):
         return {"cls_attention": seq_cls, "keys": seq_keys}
 
 
-def check(model, method) -> None:
-    """Raise if `method` cannot run on `model`; touches nothing (sparsify checks before it patches)."""
-    check_layers(model.model.language_model, method)
-    name, why = type(model).__name__, NOT_ONE_GRID.get(model.config.model_type)
-    if method.needs_grid and why:
-        raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} {why}. "
-                         f"Use DivPrune, CDPruner or a method that prunes inside the language model")
-    if method.needs_vision:
-        if why:
-            raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention for each image "
-                             f"feature; {name} {why}, not one feature per tower patch. Use a method that prunes "
-                             f"inside the language model (SparseVLM, FastV, PyramidDrop, random)")
-        vision_attention(model)
+class Llava(Family):
+    """LLaVA-1.5, LLaVA-NeXT, OneVision, Video-LLaVA and LLaVA-NeXT-Video: 1D RoPE, both position modes."""
+
+    SUPPORTED = ("LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, "
+                 "LlavaOnevisionForConditionalGeneration, VideoLlavaForConditionalGeneration or "
+                 "LlavaNextVideoForConditionalGeneration with a full-attention Llama, Mistral, Qwen2 or Qwen3 text model")
+    POSITIONS = ("compact", "original")
+    MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "video_llava", "llava_next_video")
+    ATTENTIONS = {"modeling_llama": "k_proj", "modeling_mistral": "k_proj", "modeling_qwen2": "k_proj",
+                  "modeling_qwen3": "k_norm"}
+
+    def classes(self):
+        from transformers import (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
+                                  LlavaNextVideoForConditionalGeneration, LlavaOnevisionForConditionalGeneration,
+                                  VideoLlavaForConditionalGeneration)
+
+        return (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
+                LlavaOnevisionForConditionalGeneration, VideoLlavaForConditionalGeneration,
+                LlavaNextVideoForConditionalGeneration)
+
+    def reads_video(self, model) -> bool:
+        return model.config.model_type in ("llava_onevision", "video_llava", "llava_next_video")
+
+    def check(self, model, method) -> None:
+        super().check(model, method)
+        name, why = type(model).__name__, NOT_ONE_GRID.get(model.config.model_type)
+        if method.needs_grid and why:
+            raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} {why}. "
+                             f"Use DivPrune, CDPruner or a method that prunes inside the language model")
+        if method.needs_vision:
+            if why:
+                raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention for each image "
+                                 f"feature; {name} {why}, not one feature per tower patch. Use a method that prunes "
+                                 f"inside the language model (SparseVLM, FastV, PyramidDrop, random)")
+            vision_attention(model)
+
+    def patch(self, model, method, state) -> None:
+        """Methods that read the vision tower also capture its feature layer's queries and keys."""
+        if method.needs_vision:
+            state.vision_attn = attn = vision_attention(model)
+            for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
+                def vhook(_mod, _inp, out, name=name):
+                    call = state.call()
+                    if call.vision_capture is None:
+                        call.vision_capture = {}
+                    call.vision_capture[name] = out
+                state.hooks.append(proj.register_forward_hook(vhook))
+        install(model, method, state, _SparseLlava, _SparseLlavaModel, self)
 
 
-def patch(model, method, state: dict) -> None:
-    """Swap in the sparse classes and hooks (after `check`); methods that read the vision tower also
-    capture its feature layer's queries and keys."""
-    state["hooks"] = []
-    if method.needs_vision:
-        state["vision_attn"] = attn = vision_attention(model)
-        for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
-            def vhook(_mod, _inp, out, name=name):
-                per_call(state).setdefault("vision_capture", {})[name] = out
-            state["hooks"].append(proj.register_forward_hook(vhook))
-    install(model, method, state, _SparseLlava, _SparseLlavaModel)
+FAMILY = Llava()

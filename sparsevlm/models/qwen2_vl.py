@@ -12,43 +12,41 @@ grid positions together has no meaning that the model was trained with.
 """
 from __future__ import annotations
 
-from .patching import SparsePlaceholders, SparseTop, check_layers, install, text_unsupported_reason
-
-#: position modes the family allows: M-RoPE positions are kept, never renumbered
-POSITIONS = ("original",)
-SUPPORTED = "Qwen2VLForConditionalGeneration or Qwen2_5_VLForConditionalGeneration"
+from .family import Family
+from .patching import SparsePlaceholders, SparseTop, install
 
 
-def _families():
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+class Qwen2VL(Family):
+    """Qwen2-VL and Qwen2.5-VL: M-RoPE positions are kept, never renumbered."""
 
-    return Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    SUPPORTED = "Qwen2VLForConditionalGeneration or Qwen2_5_VLForConditionalGeneration"
+    POSITIONS = ("original",)
+    MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+    ATTENTIONS = {"modeling_qwen2_vl": "k_proj", "modeling_qwen2_5_vl": "k_proj"}
+
+    def classes(self):
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+
+    def check(self, model, method) -> None:
+        name = type(model).__name__
+        if method.needs_vision:
+            raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention; {name}'s vision tower "
+                             f"has no [CLS] token. Use a method that prunes inside the language model (SparseVLM, "
+                             f"FastV, PyramidDrop, random)")
+        if method.needs_grid:
+            raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} merges "
+                             f"patches into grids of any shape and frames. Use DivPrune, CDPruner or a method that "
+                             f"prunes inside the language model")
+        super().check(model, method)
+
+    def positions_why(self) -> str:
+        return ("uses M-RoPE, (temporal, height, width) positions; renumbering them has no meaning the model was "
+                "trained with. Use positions='original'")
+
+    def patch(self, model, method, state) -> None:
+        install(model, method, state, SparseTop, SparsePlaceholders, self)
 
 
-def unsupported_reason(model) -> str | None:
-    """Why `model` cannot be sparsified by this adapter (None if it can)."""
-    if not isinstance(model, _families()):
-        return f"{type(model).__name__} is not supported; supported: {SUPPORTED}"
-    return text_unsupported_reason(model.model.language_model, SUPPORTED)
-
-
-def check(model, method) -> None:
-    """Raise if `method` cannot run on `model`; touches nothing."""
-    name = type(model).__name__
-    check_layers(model.model.language_model, method)
-    if method.needs_vision:
-        raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention; {name}'s vision tower "
-                         f"has no [CLS] token. Use a method that prunes inside the language model (SparseVLM, FastV, "
-                         f"PyramidDrop, random)")
-    if method.needs_grid:
-        raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} merges "
-                         f"patches into grids of any shape and frames. Use DivPrune, CDPruner or a method that "
-                         f"prunes inside the language model")
-    if method.positions not in POSITIONS:
-        raise ValueError(f"positions={method.positions!r}: {name} uses M-RoPE, (temporal, height, width) positions; "
-                         f"renumbering them has no meaning the model was trained with. Use positions='original'")
-
-
-def patch(model, method, state: dict) -> None:
-    """Swap in the sparse classes and hooks (after `check`)."""
-    install(model, method, state, SparseTop, SparsePlaceholders)
+FAMILY = Qwen2VL()

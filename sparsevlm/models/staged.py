@@ -26,21 +26,18 @@ where the visual tokens are and how positions work; methods add only what to kee
 from __future__ import annotations
 
 import functools
-import inspect
 
 import torch
-from transformers.cache_utils import DynamicCache, StaticLayer
+from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..methods.base import PruneInput
 from ..report import dense_report, from_device
 from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_of, visual_spans
-from .patching import ROPE_CAPTURE, Clock, per_call
+from .compat import CACHE, ROPE_CAPTURE, preallocated, run_layer
+from .state import Clock
 
-# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache` (the old
-# name still works there, deprecated). The adapter speaks whichever name the installed version uses.
-CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 def _batch_first(position_ids, B: int, L: int, device) -> torch.Tensor:
     """Positions as the stages keep them, batch first so that they follow their tokens: (B, L) for
     1D RoPE, (B, L, 3) for M-RoPE (the model's (3, B, L); a leading text row of (4, B, L) is dropped)."""
@@ -84,11 +81,9 @@ class SparseTextModel:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
         st = self._sparsevlm
-        call = per_call(st)
-        vis_mask = call.pop("vis_mask", None)
-        vision = call.pop("vision", {})
-        frames = call.pop("frames", None)
-        call["present"] = None
+        call = st.call()
+        vis_mask, vision, frames = call.vis_mask, call.vision, call.frames  # (read once: the next call sets its own)
+        call.vis_mask, call.vision, call.frames, call.present = None, {}, None, None
         stages = getattr(cache, "_sparsevlm_stages", None)  # the cache was shortened by a pruned prefill
         if stages is not None:
             if vis_mask is not None:
@@ -99,11 +94,11 @@ class SparseTextModel:
         reason = None
         if vis_mask is None:
             reason = "no image tokens in the input"
-        elif call.get("dense_reason"):
-            reason = call["dense_reason"]
+        elif call.dense_reason:
+            reason = call.dense_reason
         elif not is_prefill:
             reason = "the KV cache already holds tokens; pruning happens at prefill only"
-        elif cache is not None and any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())):
+        elif preallocated(cache):
             reason = (f"the KV cache is pre-allocated ({type(cache).__name__}); pruning needs layers that hold "
                       f"different numbers of tokens (DynamicCache, generate's default)")
         elif input_ids is not None or inputs_embeds is None:
@@ -115,14 +110,14 @@ class SparseTextModel:
                       "keeps tokens per row, so it would mix them")
         elif any(self._requested(k, kwargs) for k in ("output_attentions", "output_hidden_states")):
             reason = "output_attentions/output_hidden_states were requested; they describe the dense model"
-        elif st["method"].needs_vision and not vision:
+        elif st.method.needs_vision and not vision:
             reason = "the vision tower's signals for these image tokens were not captured"
         if reason is not None and vis_mask is not None and not vis_mask.any():
             reason = "no image tokens in the input"  # (said first; a pruned prefill learns it with its sizes)
         if reason is not None:
             return self._dense(reason, is_prefill, vis_mask, input_ids, attention_mask, position_ids, cache,
                                inputs_embeds, use_cache, kwargs)
-        n = call.get("prompt_len")
+        n = call.prompt_len
         if n is not None and n < inputs_embeds.shape[1] and cache is not None:  # assisted: the prompt, then a draft
             return self._prompt_then_draft(n, inputs_embeds, vis_mask, vision, attention_mask, position_ids, cache,
                                            use_cache, kwargs, frames)
@@ -165,7 +160,7 @@ class SparseTextModel:
             n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
             n_tok = attention_mask.sum(-1) if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
                 else torch.full((B,), L)  # (generate builds a mask per attention type for a static cache)
-            per_call(st)["report"] = dense_report(st["method_name"], self.config.num_hidden_layers, n_tok.cpu(),
+            st.call().report = dense_report(st.method_name, self.config.num_hidden_layers, n_tok.cpu(),
                                                   n_vis.cpu(), reason)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
@@ -184,17 +179,21 @@ class SparseTextModel:
         if (not skip and hidden.shape[1] == 1 and mask2d is not None and mask2d.dim() == 2
                 and self.config._attn_implementation == "sdpa"):
             mask = mask2d.bool().view(mask2d.shape[0], 1, 1, mask2d.shape[1])
-            return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions)) if rope else None
+            return mask, self._rotary(hidden, positions, layer_idx) if rope else None
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
                                   position_ids=_layer_ids(positions) if packed else None, layer_idx=layer_idx,
                                   allow_is_causal_skip=skip,
                                   **{CACHE: cache})
-        return mask, self.rotary_emb(hidden, position_ids=_model_ids(positions)) if rope else None
+        return mask, self._rotary(hidden, positions, layer_idx) if rope else None
+
+    def _rotary(self, hidden, positions, layer_idx):
+        """Position embeddings from `layer_idx` on, as the family computes them."""
+        return self._sparsevlm.family.rotary(self, hidden, _model_ids(positions), layer_idx)
 
     def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs,
                         frames=None):
-        st, method = self._sparsevlm, self._sparsevlm["method"]
-        call = per_call(st)
+        st, method = self._sparsevlm, self._sparsevlm.method
+        call = st.call()
         B, L, D = hidden.shape
         dev = hidden.device
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -227,15 +226,16 @@ class SparseTextModel:
                 seq["sizes"] = method.sizes(counted, token_state)
                 if seq["span"] is not None:
                     seq["sizes"]["spans"] = max(counted["spans"])
-        if seq["sizes"]["visual0"] == 0:
-            return self._dense("no image tokens in the input", True, vis_mask, None, attention_mask, position_ids,
-                               cache, hidden, use_cache, kwargs)
+        why = "no image tokens in the input" if seq["sizes"]["visual0"] == 0 else method.dense_reason(counted)
+        if why:
+            return self._dense(why, True, vis_mask, None, attention_mask, position_ids, cache, hidden, use_cache,
+                               kwargs)
         # Layer by layer, which layout it sees (0: the input's, s: after pruning step s; the report
         # counts the visual tokens of each from report["layouts"]).
         stages, counts_in, counts_out, report["layouts"] = [], [], [], []
         step = 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
-            pe = self.rotary_emb(hidden, position_ids=_model_ids(positions))
+            pe = self._rotary(hidden, positions, 0)
             with clock:
                 self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
@@ -243,16 +243,16 @@ class SparseTextModel:
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             counts_in.append(step)
             prune_here = i in method.pruning_layers
-            if prune_here:  # the layer's queries and keys are kept as it computes them (patching)
-                call["capture"] = ROPE_CAPTURE.slot = {}
+            if prune_here:  # the layer's queries and keys are kept as it computes them (compat.wrap_rope)
+                call.capture = ROPE_CAPTURE.slot = {}
             try:
-                seq["hidden"] = layer(seq["hidden"], attention_mask=mask, position_ids=_layer_ids(seq["positions"]),
-                                      use_cache=use_cache, position_embeddings=pe, **{CACHE: cache}, **kwargs)
+                seq["hidden"] = run_layer(layer, seq["hidden"], mask, _layer_ids(seq["positions"]), pe, cache,
+                                          use_cache, kwargs)
             finally:
                 ROPE_CAPTURE.slot = None
             if prune_here:
                 with clock:
-                    captured = call.pop("capture")
+                    captured, call.capture = call.capture, None
                     moved = self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
                                         layer.self_attn.scaling, pe, captured.get("raw_k"))
                 step += 1
@@ -266,13 +266,14 @@ class SparseTextModel:
             present = seq["valid"] & (seq["index"] >= 0)
             slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
             out = hidden.new_zeros(B, L + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), self.norm(seq["hidden"]))
-            call["present"] = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
+            call.present = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
         else:  # nothing moved: every position, padding included, as the dense model computes it
-            out, call["present"] = self.norm(seq["hidden"]), torch.ones(B, L, dtype=torch.bool, device=dev)
-        report["present"], report["right_padding"] = call["present"], (valid[:, :-1] & ~valid[:, 1:]).any()
+            out, call.present = self.norm(seq["hidden"]), torch.ones(B, L, dtype=torch.bool, device=dev)
+        report["present"], report["right_padding"] = call.present, (valid[:, :-1] & ~valid[:, 1:]).any()
         # Built when asked for (sparsevlm.report), so that the prefill never waits to copy it.
-        call["report"] = functools.partial(from_device, st["method_name"], self.config.num_hidden_layers, report,
-                                           call.pop("overhead_s", 0.0) if st.get("timing") else None)
+        overhead, call.overhead_s = call.overhead_s, 0.0
+        call.report = functools.partial(from_device, st.method_name, self.config.num_hidden_layers, report,
+                                        overhead if st.timing else None)
         if use_cache and stages:  # decoding reads each stage's padding mask and token count from the cache itself
             cache._sparsevlm_stages = stages
         return BaseModelOutputWithPast(last_hidden_state=out[:, :L], **{CACHE: cache if use_cache else None})
@@ -360,11 +361,10 @@ class SparseTextModel:
                 new = cached + q - kept
                 valid = torch.cat([s["valid"][:, :kept], attention_mask[:, -new:].bool() if attention_mask is not None
                                    else torch.ones(B, new, dtype=torch.bool, device=dev)], dim=1)
-                if st["method"].positions == "compact":  # numbered on from the stage's own tokens
+                if st.method.positions == "compact":  # numbered on from the stage's own tokens
                     pos = valid.long().cumsum(-1)[:, -q:] - 1
                     mask, pe = self._stage(hidden, valid, pos, cache, i, skip=False)
                 else:  # the same positions: only the mask is new
                     mask = self._stage(hidden, valid, positions0, cache, i, skip=False, rope=False)[0]
-            hidden = layer(hidden, attention_mask=mask, position_ids=_layer_ids(positions0), use_cache=use_cache,
-                           position_embeddings=pe, **{CACHE: cache}, **kwargs)
+            hidden = run_layer(layer, hidden, mask, _layer_ids(positions0), pe, cache, use_cache, kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
