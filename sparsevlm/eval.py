@@ -15,12 +15,20 @@ from .models import report, sparsified
 from .report import dense_report_for
 
 
-def _batches(processor, dataset, batch_size: int, device, progress: bool = False, desc: str = ""):
-    """(records, model inputs) for consecutive batches of `dataset`, left-padded by the processor."""
+def _batches(processor, dataset, batch_size: int, device, progress: bool = False, desc: str = "", config=None):
+    """(records, model inputs) for consecutive batches of `dataset`, left-padded by the processor.
+    Records with a "video" (uint8 frames) instead of an "image" go through `toy.video.clip_inputs`,
+    which lays them out for the model of `config`."""
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress, unit="batch"):
         items = dataset[start:start + batch_size]
-        yield items, processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
-                               return_tensors="pt", padding=True).to(device)
+        if "video" in items[0]:
+            from .toy.video import clip_inputs
+
+            inputs = clip_inputs(processor, [it["video"] for it in items], [it["prompt"] for it in items], config)
+        else:
+            inputs = processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
+                               return_tensors="pt", padding=True)
+        yield items, inputs.to(device)
 
 
 def world() -> tuple[int, int]:
@@ -87,7 +95,7 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
     device = next(model.parameters()).device
     fdims = dims(model)
     with torch.no_grad(), (sparsified(model, cfg) if cfg is not None else nullcontext()):
-        for items, inputs in _batches(processor, dataset, batch_size, device, progress, desc or _name(cfg)):
+        for items, inputs in _batches(processor, dataset, batch_size, device, progress, desc or _name(cfg), model.config):
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             new = out[:, inputs["input_ids"].shape[1]:]
             texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -132,7 +140,8 @@ def focus_mass(model, processor, dataset, layer: int, batch_size: int = 64) -> p
     """
     rows = []
     with torch.no_grad(), sparsified(model, _keep_all(layer)):
-        for items, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device):
+        for items, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device,
+                                      config=model.config):
             model(**inputs, use_cache=False)
             scores = report(model).steps[0]["scores"]  # (B, n_visual)
             scores = scores / scores.sum(-1, keepdim=True)
@@ -228,7 +237,8 @@ def rater_words(model, processor, dataset, rule: str = "mean", batch_size: int =
     keep-everything run: raters do not depend on the budget)."""
     out = []
     with torch.no_grad(), sparsified(model, _keep_all(0, rater_rule=rule)):
-        for _, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device):
+        for _, inputs in _batches(processor, dataset, batch_size, next(model.parameters()).device,
+                                  config=model.config):
             model(**inputs, use_cache=False)
             for i, pos in enumerate(report(model).raters):
                 out.append(processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][i, pos].tolist()))

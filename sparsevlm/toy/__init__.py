@@ -20,6 +20,7 @@ TOY_VISUAL = 64
 TOY_NUM_LAYERS = 8
 TOY_RANK_SCALE = 13.5 * TOY_VISUAL / 576  # 1.5: the reference's keep-per-rank, scaled
 CHECKPOINT = shipped_path("data", "toy-llava")
+VIDEO_CHECKPOINT = shipped_path("data", "toy-video")
 EVAL_SEED, EVAL_IMAGES = 20_250_501, 200
 
 
@@ -38,8 +39,10 @@ def rank_config(**overrides):
 
 
 def load(path: str | Path = CHECKPOINT, dtype=None):
-    """(model, processor) of the toy checkpoint, from local files only, model in eval mode."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    """(model, processor) of a toy checkpoint, from local files only, model in eval mode: the image
+    model (LlavaForConditionalGeneration) or the video model (LlavaOnevisionForConditionalGeneration),
+    told apart by the folder's config."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaOnevisionForConditionalGeneration
     from transformers.utils import logging
 
     path = Path(path)
@@ -49,12 +52,28 @@ def load(path: str | Path = CHECKPOINT, dtype=None):
     bar = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # the weight-loading bar goes to stderr; the model is tiny
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=dtype)
+        kind = json.loads((path / "config.json").read_text()).get("model_type")
+        cls = LlavaOnevisionForConditionalGeneration if kind == "llava_onevision" else LlavaForConditionalGeneration
+        model = cls.from_pretrained(path, local_files_only=True, dtype=dtype)
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     finally:
         if bar:
             logging.enable_progress_bar()
     return model.eval(), processor
+
+
+def load_video(path: str | Path = VIDEO_CHECKPOINT, dtype=None):
+    """(model, processor) of the embedded video model (`data/toy-video`): clips go in through
+    `sparsevlm.toy.video.clip_inputs`, or as records of `video_eval_split` to `sparsevlm.eval.evaluate`."""
+    return load(path, dtype)
+
+
+def video_eval_split(path: str | Path = VIDEO_CHECKPOINT, limit: int | None = None) -> list[dict]:
+    """The shipped video evaluation split (500 questions on 125 clips), re-rendered and checked
+    against its digest: records with video, prompt, question, answer, type, focus, clip_id."""
+    from .video import video_eval_split as split
+
+    return split(path, limit)
 
 
 def images_digest(images) -> str:
@@ -83,5 +102,5 @@ def eval_split(path: str | Path = CHECKPOINT, limit: int | None = None) -> list[
     return records[:limit] if limit is not None else records
 
 
-__all__ = ["load", "preset", "rank_config", "TOY_LAYERS", "TOY_RANK_LAYERS", "eval_split", "write_eval_split", "make_dataset", "planted_example", "walkthrough",
+__all__ = ["load", "load_video", "video_eval_split", "VIDEO_CHECKPOINT", "preset", "rank_config", "TOY_LAYERS", "TOY_RANK_LAYERS", "eval_split", "write_eval_split", "make_dataset", "planted_example", "walkthrough",
            "IMAGE", "QUESTION_TYPES", "REGION_TYPES", "CHECKPOINT", "naming_words"]

@@ -71,24 +71,32 @@ def cell_patches(cell: int) -> tuple[int, ...]:
 def render(objects, rng: np.random.Generator) -> np.ndarray:
     """RGB uint8 image (IMAGE, IMAGE, 3): shapes of slightly varying size on a dark, noisy background."""
     img = np.full((IMAGE, IMAGE, 3), 30, dtype=np.float64) + rng.normal(0, 6, (IMAGE, IMAGE, 3))
-    yy, xx = np.mgrid[0:CELL, 0:CELL] + 0.5
     for o in objects:
-        r, c = divmod(o.cell, GRID)
         cy, cx = CELL / 2 + rng.uniform(-1.5, 1.5), CELL / 2 + rng.uniform(-1.5, 1.5)
         h = rng.uniform(7.0, 9.5)  # half-size
-        dy, dx = yy - cy, xx - cx
-        if o.shape == "circle":
-            m = dy ** 2 + dx ** 2 <= h ** 2
-        elif o.shape == "square":
-            m = (abs(dy) <= h * 0.85) & (abs(dx) <= h * 0.85)
-        elif o.shape == "triangle":
-            m = (dy <= h * 0.8) & (dy >= -h) & (abs(dx) <= (dy + h) * 0.55)
-        else:  # diamond
-            m = abs(dy) + abs(dx) <= h
-        shade = rng.uniform(0.85, 1.0)
-        block = img[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
-        block[m] = np.array(COLORS[o.color]) * shade
+        m = shape_mask(o.shape, cy, cx, h)
+        paint(img, o.cell, m, COLORS[o.color], rng.uniform(0.85, 1.0))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def shape_mask(shape: str, cy: float, cx: float, h: float) -> np.ndarray:
+    """Boolean (CELL, CELL) mask of `shape` centred at (cy, cx) in a cell, half-size `h`."""
+    yy, xx = np.mgrid[0:CELL, 0:CELL] + 0.5
+    dy, dx = yy - cy, xx - cx
+    if shape == "circle":
+        return dy ** 2 + dx ** 2 <= h ** 2
+    if shape == "square":
+        return (abs(dy) <= h * 0.85) & (abs(dx) <= h * 0.85)
+    if shape == "triangle":
+        return (dy <= h * 0.8) & (dy >= -h) & (abs(dx) <= (dy + h) * 0.55)
+    return abs(dy) + abs(dx) <= h  # diamond
+
+
+def paint(img: np.ndarray, cell: int, mask: np.ndarray, rgb, shade: float) -> None:
+    """Colour the pixels of `mask` in grid cell `cell` of a float image, in place."""
+    r, c = divmod(cell, GRID)
+    block = img[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
+    block[mask] = np.array(rgb) * shade
 
 
 def _objects(rng) -> tuple[Obj, ...]:

@@ -10,25 +10,26 @@ from .data import IMAGE, PATCH, vocabulary
 IMAGE_TOKEN = "<image>"
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over the toy vocabulary (whitespace-separated words)."""
+def build_tokenizer(words: list[str] | None = None, **special) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the toy vocabulary, or `words` (whitespace-separated words);
+    `special`: more named special tokens (the video model's video_token)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
+    vocab = {w: i for i, w in enumerate(words or vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   unk_token="<unk>", extra_special_tokens={"image_token": IMAGE_TOKEN, **special},
                                    padding_side="left")
 
 
-def build_processor(mean, std) -> LlavaProcessor:
+def build_processor(mean, std, tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaProcessor:
     """Processor: per-channel normalisation with the dataset's statistics (no resize or crop:
     images are already IMAGE px), and one <image> word expanded into one token per patch."""
     image_processor = CLIPImageProcessorPil(do_resize=False, do_center_crop=False, do_rescale=True,
                                             do_normalize=True, image_mean=list(mean), image_std=list(std),
                                             do_convert_rgb=True)
-    return LlavaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(), patch_size=PATCH,
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer or build_tokenizer(), patch_size=PATCH,
                           vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
                           num_additional_image_tokens=1)
 

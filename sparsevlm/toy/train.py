@@ -29,6 +29,12 @@ Recipe (deterministic given --seed; see the model card for what it means):
    empty background — with label smoothing over those describing words only (no patch is ever
    described by "what", "?" or ":"). First --align-steps steps train the projector alone on
    this loss (language model frozen), then the recipe above adds it with weight --align-weight.
+
+Video (`--video`; data/toy-video/MODEL_CARD.md has the exact command): the image model's tower,
+projector and language model placed in LLaVA-OneVision (each frame's patches pooled 2×2, one token
+per grid cell). Tower and projector stay frozen, so a pool of --clips clips is encoded once; the
+language model trains on fresh questions about them with the same answer, grounding and
+background-dropout losses. A clip's questions share one copy of it in a packed row (`video_pack`).
 """
 from __future__ import annotations
 
@@ -45,7 +51,6 @@ import torch
 import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
-from ..scores import rater_attention
 from ..select import compact_positions
 from ..utils import seed_everything
 from .data import (CELLS, COLORS, GRID, PATCHES, SHAPES, cell_patches, make_dataset, naming_words, prompt,
@@ -161,17 +166,25 @@ def drop_background(samples, ids, mask, focus, words, rate: float, generator) ->
     zeroing them in the attention mask (positions are then renumbered around them, as compact
     pruning does). The model learns that empty background carries nothing and that a location is
     read from a token's content rather than its position. Returns the new mask."""
-    mask = mask.clone()
-    vis_pos = (ids == VOCAB["<image>"]).long().argmax(1)  # first visual position per row
+    free = []
     for b, s in enumerate(samples):
-        if torch.rand((), generator=generator).item() >= rate:
-            continue
         keep = {p for o in s.objects for p in cell_patches(o.cell)} | set(s.focus)
         keep |= set(words[b].sum(0).nonzero().flatten().tolist())
-        free = torch.tensor(sorted(set(range(PATCHES ** 2)) - keep), dtype=torch.long)
-        n = int(round(torch.rand((), generator=generator).item() * len(free)))
-        hide = free[torch.randperm(len(free), generator=generator)[:n]]
-        mask[b, vis_pos[b] + hide] = 0
+        free.append(sorted(set(range(PATCHES ** 2)) - keep))
+    return hide_tokens(mask, (ids == VOCAB["<image>"]).long().argmax(1), free, rate, generator)
+
+
+def hide_tokens(mask, first, free, rate: float, generator) -> torch.Tensor:
+    """For a share `rate` of the rows, zero a random fraction (uniform in [0, 1]) of the visual tokens
+    listed in `free[b]` (offsets from row b's first visual position `first[b]`). Returns the new mask."""
+    mask = mask.clone()
+    for b, offsets in enumerate(free):
+        if torch.rand((), generator=generator).item() >= rate:
+            continue
+        offsets = torch.tensor(offsets, dtype=torch.long)
+        n = int(round(torch.rand((), generator=generator).item() * len(offsets)))
+        hide = offsets[torch.randperm(len(offsets), generator=generator)[:n]]
+        mask[b, first[b] + hide] = 0
     return mask
 
 
@@ -234,9 +247,12 @@ def embed(model, ids, pixels, image_of, vis=None):
     return embeds.masked_scatter(slot, feats.to(embeds.dtype))
 
 
-def grounding_loss(layer, captured, ids, mask, position_embeddings, query_pos, targets):
+def grounding_loss(layer, captured, ids, mask, position_embeddings, query_pos, targets, visual_id: int = VOCAB["<image>"],
+                   allowed=None):
     """Cross-entropy between head 0's attention from each query position, renormalised over the
-    visual tokens, and the normalised target patches. Shapes: query_pos (B, R), targets (B, R, V)."""
+    visual tokens (id `visual_id`), and the normalised target patches. Shapes: query_pos (B, R),
+    targets (B, R, V). The attention is causal over `mask` (B, L), or follows `allowed` (B, 1, L, L)
+    where given. Zero when no query has a target."""
     B, L = ids.shape
     hd = layer.head_dim
     q = captured["q"].view(B, L, -1, hd).transpose(1, 2)[:, :1]  # head 0: (B, 1, L, Dh)
@@ -245,9 +261,18 @@ def grounding_loss(layer, captured, ids, mask, position_embeddings, query_pos, t
     q, k = rope(q, k, *position_embeddings)
     q = q.gather(2, query_pos[:, None, :, None].expand(-1, 1, -1, hd))  # (B, 1, R, Dh)
     has = targets.sum(-1) > 0  # (B, R)
-    vis_idx = torch.stack([(row == VOCAB["<image>"]).nonzero().flatten() for row in ids])  # (B, V)
-    attn = rater_attention(q, k, query_pos, has, mask.bool(), vis_idx, torch.ones_like(vis_idx, dtype=torch.bool),
-                           layer.scaling)  # (B, R, V)
+    if not has.any():
+        return q.sum() * 0.0
+    vis_idx = torch.stack([(row == visual_id).nonzero().flatten() for row in ids])  # (B, V)
+    # Head 0's causal attention over the sequence (padding and hidden tokens blocked), then its visual
+    # columns. Written out here, differentiably: the library's `rater_attention` works in place.
+    logits = (q[:, 0] @ k[:, 0].transpose(1, 2)) * layer.scaling  # (B, R, L)
+    if allowed is None:
+        blocked = (torch.arange(L) > query_pos[..., None]) | ~mask.bool()[:, None, :]
+    else:
+        blocked = ~allowed[:, 0].gather(1, query_pos[..., None].expand(-1, -1, L))
+    attn = logits.masked_fill(blocked, float("-inf")).softmax(-1)
+    attn = attn.gather(-1, vis_idx[:, None, :].expand(-1, attn.shape[1], -1))  # (B, R, V)
     p = attn / attn.sum(-1, keepdim=True).clamp(min=1e-9)
     target = targets / targets.sum(-1, keepdim=True).clamp(min=1)
     return -(target * p.clamp(min=1e-9).log()).sum(-1)[has].mean()
@@ -260,6 +285,69 @@ def grounding_layers(args, num_layers: int) -> int:
         raise ValueError(f"need 0 <= --ground-layer < --focus-layer < {num_layers} (the model's layers), got "
                          f"--ground-layer {args.ground_layer}, --focus-layer {focus_at}")
     return focus_at
+
+
+def lm_optimizer(model, lr: float, steps: int):
+    """AdamW on the trainable parameters: 100 warm-up steps, then cosine decay to 0 at `steps`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return params, opt, sched
+
+
+def capture_grounded(model, args):
+    """Hooks keeping the queries and keys of the two grounded layers (--ground-layer, --focus-layer)
+    and the rotary embeddings, for `grounding_loss`. Returns (word layer, focus layer, captured, hooks)."""
+    text = model.model.language_model
+    focus_at = grounding_layers(args, len(text.layers))
+    word_layer, focus_layer = text.layers[args.ground_layer].self_attn, text.layers[focus_at].self_attn
+    captured = {"word": {}, "focus": {}, "pe": None}
+    hooks = []
+    for name, attn in (("word", word_layer), ("focus", focus_layer)):
+        for proj in ("q", "k"):
+            hooks.append(getattr(attn, f"{proj}_proj").register_forward_hook(
+                lambda m, i, o, name=name, proj=proj: captured[name].__setitem__(proj, o)))
+    hooks.append(word_layer.register_forward_pre_hook(
+        lambda m, a, kw: captured.__setitem__("pe", kw["position_embeddings"]), with_kwargs=True))
+    return word_layer, focus_layer, captured, hooks
+
+
+def answer_and_grounding(model, embeds, ids, mask, answer, words, focus, grounded, visual_id: int = VOCAB["<image>"],
+                         n_words: int = 8):
+    """One teacher-forced forward pass: logits of the answer and end-of-sequence positions (B, 2,
+    vocab), their cross-entropy, and the grounding loss — question words (the last `n_words`) attend
+    to what they name at the word layer, the last prompt token to the question's focus at the focus
+    layer, where it can read those words. `grounded`: `capture_grounded`'s layers and captures."""
+    word_layer, focus_layer, captured = grounded
+    positions = compact_positions(mask.bool())  # as generate() numbers a left-padded prompt
+    logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                   logits_to_keep=2).logits  # (B, 2, vocab)
+    answer_loss = F.cross_entropy(logits[:, 0], answer) + F.cross_entropy(
+        logits[:, 1], torch.full_like(answer, VOCAB["</s>"]))
+    B, L = ids.shape
+    word_pos = torch.arange(L - 4 - n_words, L - 4).expand(B, -1)  # before "? answer :" and the answer
+    last = torch.full((B, 1), L - 2)
+    ground = grounding_loss(word_layer, captured["word"], ids, mask, captured["pe"], word_pos,
+                            words.gather(1, word_pos[..., None].expand(-1, -1, words.shape[-1])), visual_id) + \
+        grounding_loss(focus_layer, captured["focus"], ids, mask, captured["pe"], last, focus[:, None], visual_id)
+    return logits, answer_loss, ground
+
+
+def optimise(loss, params, opt, sched) -> None:
+    """One step: gradients, clipped to norm 1, AdamW, learning-rate schedule."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
+def log_progress(history, step: int, steps: int, start: float, log) -> None:
+    if (step + 1) % 50 == 0 or step + 1 == steps:
+        a, g, c = np.mean(history[-50:], axis=0)
+        log(f"step {step + 1}/{steps} answer loss {a:.3f} grounding {g:.3f} train acc {c:.3f} "
+            f"({time.time() - start:.0f} s)")
 
 
 def train(args, log=print) -> dict:
@@ -281,21 +369,8 @@ def train(args, log=print) -> dict:
         tower_acc = train_tower(model, args, mean, std, log)
     model.config._attn_implementation = "sdpa"
     align_loss = align_projector(model, args, mean, std, log) if args.align_steps else None
-    params = [p for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
-    text = model.model.language_model
-    focus_at = grounding_layers(args, len(text.layers))
-    word_layer, focus_layer = text.layers[args.ground_layer].self_attn, text.layers[focus_at].self_attn
-    captured = {"word": {}, "focus": {}, "pe": None}
-    hooks = []
-    for name, attn in (("word", word_layer), ("focus", focus_layer)):
-        for proj in ("q", "k"):
-            hooks.append(getattr(attn, f"{proj}_proj").register_forward_hook(
-                lambda m, i, o, name=name, proj=proj: captured[name].__setitem__(proj, o)))
-    hooks.append(word_layer.register_forward_pre_hook(
-        lambda m, a, kw: captured.__setitem__("pe", kw["position_embeddings"]), with_kwargs=True))
+    params, opt, sched = lm_optimizer(model, args.lr, args.steps)
+    word_layer, focus_layer, captured, hooks = capture_grounded(model, args)
     model.train()
     gen = torch.Generator().manual_seed(args.seed + 1)
     history = []
@@ -304,35 +379,18 @@ def train(args, log=print) -> dict:
         ids, mask, pixels, image_of, answer, focus, words = lm_batch(samples, images, mean, std, args.ground_phrases)
         if args.drop_background > 0:
             mask = drop_background(samples, ids, mask, focus, words, args.drop_background, gen)
-        positions = compact_positions(mask.bool())  # as generate() numbers a left-padded prompt
         vis = tower_tokens(model, pixels)
-        logits = model(inputs_embeds=embed(model, ids, pixels, image_of, vis), attention_mask=mask,
-                       position_ids=positions, use_cache=False, logits_to_keep=2).logits  # (B, 2, vocab)
-        answer_loss = F.cross_entropy(logits[:, 0], answer) + F.cross_entropy(
-            logits[:, 1], torch.full_like(answer, VOCAB["</s>"]))
-        # Question words attend to what they name (layer g); the last prompt token to the question's
-        # focus (a later layer, where it can read those words).
-        B, L = ids.shape
-        word_pos = torch.arange(L - 12, L - 4).expand(B, -1)  # the question's last words (max 8)
-        last = torch.full((B, 1), L - 2)
-        ground = grounding_loss(word_layer, captured["word"], ids, mask, captured["pe"], word_pos,
-                                words.gather(1, word_pos[..., None].expand(-1, -1, words.shape[-1]))) + \
-            grounding_loss(focus_layer, captured["focus"], ids, mask, captured["pe"], last, focus[:, None])
+        logits, answer_loss, ground = answer_and_grounding(
+            model, embed(model, ids, pixels, image_of, vis), ids, mask, answer, words, focus,
+            (word_layer, focus_layer, captured))
         loss = answer_loss + args.ground_weight * ground
         if args.align_weight > 0:  # keep the projected patches readable as the words describing them
             loss = loss + args.align_weight * alignment_loss(
                 model, vis, patch_words(samples, len(images), objects=args.align_objects))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimise(loss, params, opt, sched)
         acc = (logits[:, 0].argmax(-1) == answer).float().mean().item()
         history.append((answer_loss.item(), ground.item(), acc))
-        if (step + 1) % 50 == 0 or step + 1 == args.steps:
-            a, g, c = np.mean(history[-50:], axis=0)
-            log(f"step {step + 1}/{args.steps} answer loss {a:.3f} grounding {g:.3f} train acc {c:.3f} "
-                f"({time.time() - start:.0f} s)")
+        log_progress(history, step, args.steps, start, log)
     for h in hooks:
         h.remove()
     model.eval()
@@ -340,9 +398,208 @@ def train(args, log=print) -> dict:
             "seconds": time.time() - start, "final_train_acc": float(np.mean([h[2] for h in history[-100:]]))}
 
 
+def video_model_from(image, seed: int):
+    """A LLaVA-OneVision video model holding the image model's tower, projector, language model and
+    head; the rows of the words videos add start at the mean word embedding (plus noise of 0.02)."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from .video import video_config
+
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(video_config(image.config))
+    state = image.state_dict()
+    g = torch.Generator().manual_seed(seed)
+    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        old = state[key]
+        new = old.mean(0) + 0.02 * torch.randn(model.config.text_config.vocab_size - len(old), old.shape[1], generator=g)
+        state[key] = torch.cat([old, new])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing != ["model.image_newline"] or unexpected:
+        raise RuntimeError(f"the image model does not map onto the video model: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def video_features(model, videos, mean, std, batch: int = 32) -> torch.Tensor:
+    """The frozen tower, projector and 2× pooling on uint8 clips (N, F, H, W, 3): (N, F·16, D), the
+    video tokens before the closing newline."""
+    from .video import frames_to_pixels
+
+    with torch.no_grad():
+        return torch.cat([model.model.get_video_features(pixel_values_videos=frames_to_pixels(videos[i:i + batch], mean, std))
+                          .pooler_output[:, :-1] for i in range(0, len(videos), batch)])
+
+
+def video_pack(samples, vocab, rate: float, generator) -> dict:
+    """Teacher-forced batch in which each clip's questions share one copy of the clip: a row is the
+    system words and the clip's video tokens, then each question with "? answer :" and its answer.
+    A block mask lets each question see the clip and itself only, and each question's positions
+    continue from the clip's: every question is computed exactly as alone after that prefix (the
+    prefix is computed once instead of once per question). Background dropout (`rate`) hides, per
+    clip, a random fraction of the video tokens that show no object and that none of its questions
+    names or is about (masked as keys, positions renumbered around them).
+
+    Returns ids (B, L), allowed (B, 1, L, L) bool, positions (B, L), and per question (B, Q): the
+    positions of ":" and of the answer, the answer id and a validity mask; word queries (B, W) with
+    their targets (B, W, V) and the ":" targets (B, Q, V) over the V video tokens (newline last)."""
+    from .video import CELLS_PER_FRAME, FRAMES, VIDEO_TOKEN, object_tokens, video_prompt, word_targets
+
+    n_vis = FRAMES * CELLS_PER_FRAME + 1  # the pooled tokens and the closing newline
+    by_clip: dict[int, list] = {}
+    for sample, named in zip(samples, word_targets(samples)):
+        by_clip.setdefault(sample.clip_id, []).append((sample, named))
+    prefix = video_prompt("").split(VIDEO_TOKEN)[0].split() + [VIDEO_TOKEN] * n_vis
+    first_vis = prefix.index(VIDEO_TOKEN)
+    rows = []
+    for group in by_clip.values():
+        keep = set(object_tokens(group[0][0].clip))
+        for sample, named in group:
+            keep |= set(sample.focus) | {t for toks in named.values() for t in toks}
+        free = sorted(set(range(FRAMES * CELLS_PER_FRAME)) - keep)
+        hidden = hide_tokens(torch.ones(1, len(prefix), dtype=torch.long), [first_vis], [free], rate, generator)[0]
+        rows.append((group, hidden))
+    Q = max(len(g) for g, _ in rows)
+    L = max(len(prefix) + sum(len(s.question.split()) + 4 for s, _ in g) for g, _ in rows)
+    W = max(len(s.question.split()) for g, _ in rows for s, _ in g)
+    B = len(rows)
+    ids = torch.full((B, L), vocab["<pad>"], dtype=torch.long)
+    allowed = torch.zeros(B, L, L, dtype=torch.bool)
+    positions = torch.zeros(B, L, dtype=torch.long)
+    out = {k: torch.zeros(B, Q, dtype=torch.long) for k in ("colon", "answer_pos", "answer")}
+    out["valid"] = torch.zeros(B, Q, dtype=torch.bool)
+    word_pos, word_tgt = torch.zeros(B, Q * W, dtype=torch.long), torch.zeros(B, Q * W, n_vis)
+    focus_tgt = torch.zeros(B, Q, n_vis)
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    for b, (group, hidden) in enumerate(rows):
+        P = len(prefix)
+        ids[b, :P] = torch.tensor([vocab[w] for w in prefix])
+        kept = hidden.bool()
+        allowed[b, :P, :P] = causal[:P, :P] & kept[None, :]
+        positions[b, :P] = kept.long().cumsum(0) - 1
+        start = P
+        for q, (sample, named) in enumerate(group):
+            words = sample.question.split()
+            seg = words + ["?", "answer", ":", sample.answer]
+            end = start + len(seg)
+            ids[b, start:end] = torch.tensor([vocab[w] for w in seg])
+            allowed[b, start:end, :P] = kept[None, :]
+            allowed[b, start:end, start:end] = causal[:len(seg), :len(seg)]
+            positions[b, start:end] = int(kept.sum()) + torch.arange(len(seg))
+            out["colon"][b, q], out["answer_pos"][b, q] = end - 2, end - 1
+            out["answer"][b, q], out["valid"][b, q] = vocab[sample.answer], True
+            focus_tgt[b, q, list(sample.focus)] = 1.0
+            word_pos[b, q * W:q * W + len(words)] = start + torch.arange(len(words))
+            for j, toks in named.items():
+                word_tgt[b, q * W + j, list(toks)] = 1.0
+            start = end
+    allowed |= torch.eye(L, dtype=torch.bool)  # padding and hidden rows see themselves (no empty softmax)
+    return {"ids": ids, "allowed": allowed[:, None], "positions": positions, **out, "word_pos": word_pos,
+            "word_tgt": word_tgt, "focus_tgt": focus_tgt}
+
+
+def video_step(model, batch, feats, clip_of, video_id: int, grounded):
+    """One teacher-forced forward pass on a `video_pack` batch: the answer and end-of-sequence
+    cross-entropy of every question, and the grounding loss (question words at the word layer, each
+    question's ":" at the focus layer). Returns (answer logits (N, vocab) of the valid questions,
+    their answers, answer loss, grounding loss)."""
+    word_layer, focus_layer, captured = grounded
+    ids, valid = batch["ids"], batch["valid"]
+    hidden = model.model.language_model(inputs_embeds=embed_video(model, ids, feats, clip_of, video_id),
+                                        attention_mask=batch["allowed"], position_ids=batch["positions"],
+                                        use_cache=False).last_hidden_state
+    pick = lambda pos: hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]  # noqa: E731
+    logits = model.lm_head(pick(batch["colon"]))
+    eos = model.lm_head(pick(batch["answer_pos"]))
+    answer = batch["answer"][valid]
+    answer_loss = F.cross_entropy(logits, answer) + F.cross_entropy(eos, torch.full_like(answer, VOCAB["</s>"]))
+    common = dict(visual_id=video_id, allowed=batch["allowed"])
+    ground = grounding_loss(word_layer, captured["word"], ids, None, captured["pe"], batch["word_pos"],
+                            batch["word_tgt"], **common) + \
+        grounding_loss(focus_layer, captured["focus"], ids, None, captured["pe"], batch["colon"],
+                       batch["focus_tgt"] * valid[..., None], **common)
+    return logits, answer, answer_loss, ground
+
+
+def embed_video(model, ids, feats, clip_of, video_id: int):
+    """Embeddings entering the language model: each clip's precomputed video tokens and the
+    (trainable) newline spliced in at the video positions, as LlavaOnevisionModel does."""
+    vis = torch.cat([feats[clip_of], model.model.image_newline.expand(len(clip_of), 1, -1)], 1)
+    embeds = model.get_input_embeddings()(ids)
+    return embeds.masked_scatter((ids == video_id)[..., None], vis.to(embeds.dtype))
+
+
+def clip_pool(model, n: int, seed: int, mean, std, log, chunk: int = 256):
+    """`n` training clips (seeded) and their frozen video tokens, rendered and encoded once."""
+    from .video import make_clip, render_clip
+
+    rng = np.random.default_rng(seed)
+    clips, feats = [], []
+    for start in range(0, n, chunk):
+        part = [make_clip(rng) for _ in range(min(chunk, n - start))]
+        videos = np.stack([render_clip(c, rng) for c in part])
+        clips += part
+        feats.append(video_features(model, videos, mean, std))
+        log(f"clips {len(clips)}/{n} encoded")
+    return clips, torch.cat(feats)
+
+
+def train_video(args, log=print) -> dict:
+    """The video recipe: the image model's parts in LLaVA-OneVision (tower and projector frozen, their
+    pooled video tokens computed once for a pool of clips), then the language model trained on fresh
+    questions about those clips with the answer, grounding and background-dropout losses above."""
+    from transformers import AutoConfig, LlavaOnevisionForConditionalGeneration
+
+    from . import CHECKPOINT, load
+    from .model import build_tokenizer
+    from .video import VIDEO_TOKEN, ask_clip, video_vocabulary
+
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    torch.use_deterministic_algorithms(True)
+    start = time.time()
+    init = args.init or CHECKPOINT
+    base, processor = load(init)
+    mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
+    if AutoConfig.from_pretrained(init, local_files_only=True).model_type == "llava_onevision":
+        model = base  # continue a video model
+    else:
+        model = video_model_from(base, args.seed)
+    model.config._attn_implementation = "sdpa"
+    model.model.vision_tower.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(False)
+    vocab = {w: i for i, w in enumerate(video_vocabulary())}
+    video_id = vocab[VIDEO_TOKEN]
+    clips, feats = clip_pool(model, args.clips, args.seed * 1_000_003 + 20_000, mean, std, log)
+    params, opt, sched = lm_optimizer(model, args.lr, args.steps)
+    word_layer, focus_layer, captured, hooks = capture_grounded(model, args)
+    model.train()
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    history = []
+    for step in range(args.steps):
+        qrng = np.random.default_rng([args.seed, step])
+        picked = qrng.choice(len(clips), size=args.batch_clips, replace=False)
+        samples = [s for i in picked for s in ask_clip(int(i), clips[int(i)], qrng, args.questions)]
+        batch = video_pack(samples, vocab, args.drop_background, gen)
+        clip_of = torch.tensor([int(i) for i in picked])
+        logits, answer, answer_loss, ground = video_step(model, batch, feats, clip_of, video_id,
+                                                         (word_layer, focus_layer, captured))
+        optimise(answer_loss + args.ground_weight * ground, params, opt, sched)
+        history.append((answer_loss.item(), ground.item(), (logits.argmax(-1) == answer).float().mean().item()))
+        log_progress(history, step, args.steps, start, log)
+    for h in hooks:
+        h.remove()
+    model.eval()
+    tokenizer = build_tokenizer(video_vocabulary(), video_token=VIDEO_TOKEN)
+    return {"model": model, "processor": build_processor(mean, std, tokenizer), "seconds": time.time() - start,
+            "final_train_acc": float(np.mean([h[2] for h in history[-100:]]))}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="data/toy-llava", help="checkpoint folder to write (default data/toy-llava)")
+    p.add_argument("--video", action="store_true",
+                   help="train the video model (LLaVA-OneVision around the image model --init, default "
+                        "data/toy-llava) on clips; see data/toy-video/MODEL_CARD.md")
+    p.add_argument("--out", default=None,
+                   help="checkpoint folder to write (default data/toy-llava, with --video data/toy-video)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and order (default 0)")
     p.add_argument("--steps", type=int, default=4500, help="language-model training steps (default 4500)")
     p.add_argument("--tower-steps", type=int, default=300, help="vision-tower steps (default 300)")
@@ -374,8 +631,14 @@ def main(argv=None):
                         "are there\" asks about)")
     p.add_argument("--align-weight", type=float, default=0.0,
                    help="weight of that alignment loss during the language-model steps (default 0)")
+    p.add_argument("--clips", type=int, default=4000,
+                   help="--video: training clips, rendered and encoded once (default 4000)")
+    p.add_argument("--batch-clips", type=int, default=16, help="--video: clips per step (default 16)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     args = p.parse_args(argv)
+    args.out = args.out or ("data/toy-video" if args.video else "data/toy-llava")
+    if args.video:
+        return main_video(args)
     layers = args.layers  # checked before the vision-tower stage, from the layer count the model will have
     if args.init:
         try:
@@ -400,6 +663,32 @@ def main(argv=None):
     (path / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
     print(json.dumps(finalize(path), indent=2))
+
+
+def main_video(args):
+    for name in ("clips", "batch_clips", "steps", "questions"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_clips > args.clips:
+        raise SystemExit(f"--batch-clips ({args.batch_clips}) must not exceed --clips ({args.clips})")
+    out = train_video(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+    path = Path(args.out)
+    path.mkdir(parents=True, exist_ok=True)
+    out["model"].save_pretrained(path)
+    out["processor"].save_pretrained(path)
+    info = {"args": vars(args), "seconds": round(out["seconds"], 1), "final_train_acc": round(out["final_train_acc"], 4),
+            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "python": platform.python_version()}
+    from . import CHECKPOINT
+
+    init = Path(args.init or CHECKPOINT)
+    if (init / "training.json").exists():
+        info["init_training"] = json.loads((init / "training.json").read_text())
+    (path / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info, indent=2))
+    from .video import finalize_video
+
+    print(json.dumps(finalize_video(path), indent=2))
 
 
 def finalize(path) -> dict:
