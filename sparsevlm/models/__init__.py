@@ -11,11 +11,12 @@ from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
 from . import llava, qwen2_vl
+from . import internvl
 from .patching import check_one_device, unpatch
 from .state import ModelState
 
 #: one family adapter per line (`family.Family`); a new family is its file and one line here
-ADAPTERS = [llava.FAMILY, qwen2_vl.FAMILY]
+ADAPTERS = [llava.FAMILY, qwen2_vl.FAMILY, internvl.FAMILY]
 
 
 def model_types() -> tuple[str, ...]:

@@ -1,12 +1,15 @@
 """Tiny random models of each supported family, built in-process (no download, milliseconds on a
 CPU), and their processors: for tests, and for the course's notebook on model families. Same shapes
 everywhere: a 4-layer text model, hidden 64, 4 heads and 2 key/value heads; 16-pixel views of
-4-pixel patches."""
+4-pixel patches. InternVL's tiles are 32 pixels: 8 × 8 patches, pixel-shuffled to 4 × 4 = 16 tokens
+a tile (256 on the real model)."""
 from __future__ import annotations
 
 import torch
 
-FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl")
+FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl")
+#: the text models a tiny InternVL may have (InternVL3: Qwen2; InternVL3.5: Qwen3; others: Llama)
+INTERNVL_TEXT = ("qwen3", "qwen2", "llama")
 IMAGE, VIDEO, START, END = 3, 4, 5, 6  # special token ids of the tiny models
 PINPOINTS = [[16, 32], [32, 16], [32, 32]]
 
@@ -17,6 +20,8 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(FAMILIES)}")
+    if family == "internvl":
+        return tiny_internvl(attn=attn, seed=seed)
     torch.manual_seed(seed)
     text = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, pad_token_id=0, initializer_range=0.2)
@@ -62,6 +67,32 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
     return model
 
 
+def tiny_internvl(text: str = "qwen3", attn: str = "sdpa", seed: int = 0):
+    """A tiny random InternVL (`InternVLForConditionalGeneration`, as the `-hf` checkpoints) with a
+    `text` model of INTERNVL_TEXT: 32-pixel tiles of 4-pixel patches, each tile 16 tokens after the
+    pixel shuffle (ratio 0.5). Its images are any number of tiles (`pixel_values` (tiles, 3, 32, 32));
+    the prompt holds 16 image tokens a tile. Eval mode, pad token 0."""
+    import transformers as tf
+
+    if text not in INTERNVL_TEXT:
+        raise ValueError(f"text={text!r} is not supported; allowed: {', '.join(INTERNVL_TEXT)}")
+    torch.manual_seed(seed)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, pad_token_id=0, initializer_range=0.2)
+    text_config = {"qwen3": lambda: tf.Qwen3Config(**common, head_dim=16, use_sliding_window=False),
+                   "qwen2": lambda: tf.Qwen2Config(**common, use_sliding_window=False),
+                   "llama": lambda: tf.LlamaConfig(**common)}[text]()
+    vision = tf.InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     image_size=32, patch_size=4)
+    model = tf.InternVLForConditionalGeneration(tf.InternVLConfig(
+        vision_config=vision, text_config=text_config, image_token_id=IMAGE, image_seq_length=16,
+        downsample_ratio=0.5, vision_feature_layer=-1, vision_feature_select_strategy="default"))
+    for c in (model.config, model.config.text_config):
+        c._attn_implementation = attn
+    model.eval().generation_config.pad_token_id = 0
+    return model
+
+
 #: the vision tokens of a tiny model's prompts, (image, video, start, end), at ids IMAGE, VIDEO, START, END
 #: (start and end frame a visual span on Qwen2/2.5-VL; the other families have none)
 SPECIAL = {family: ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -85,6 +116,9 @@ def tiny_processor(family: str):
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(FAMILIES)}")
+    if family == "internvl":
+        raise ValueError("family='internvl' has no tiny processor yet: InternVLProcessor needs transformers' video "
+                         "processor (torchvision); build its inputs by hand (tests/test_internvl.py's `batch`)")
     image, video, start, end = SPECIAL[family]
     vocab = ["<pad>", "<s>", "</s>", image, video, start, end, "<unk>", *WORDS]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
