@@ -14,7 +14,6 @@ from .utils import device_problem
 METHOD_NAMES = ("dense", "sparsevlm", *BASELINES)
 BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
-MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "video_llava", "llava_next_video", "qwen2_vl", "qwen2_5_vl")
 #: LLaVA-1.5's prompt, the default template for a checkpoint's questions
 LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
@@ -78,15 +77,18 @@ def load_model(path: str | None, device: str, dtype: str, with_processor: bool =
 
 
 def _checkpoint(path: str, torch_dtype, with_processor: bool):
-    """(model, processor or None) of a local checkpoint folder of a supported family, in eval mode."""
+    """(model, processor or None) of a local checkpoint folder of a supported family (its
+    `config.model_type` one of `models.model_types()`), in eval mode."""
     folder = model_folder(path)
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise CliError(f"--model {path}: cannot read config.json ({e.__class__.__name__})") from None
-    if config.get("model_type") not in MODEL_TYPES:
+    from .models import model_types
+
+    if config.get("model_type") not in model_types():
         raise CliError(f"--model {path}: model_type {config.get('model_type')!r} is not supported; "
-                       f"supported: {', '.join(MODEL_TYPES)}")
+                       f"supported: {', '.join(model_types())}")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise CliError(f"--model {path}: the folder has config.json but no weights (*.safetensors or *.bin)")
     import pickle

@@ -10,7 +10,7 @@ import torch
 
 from ..flops import dims, report_flops
 from ..models import config_of, report, sparsified, timing
-from ..models.staged import CACHE
+from ..models.compat import CACHE
 from ..report import dense_report_for
 from .stats import median_spread
 
