@@ -12,6 +12,8 @@ from helpers import batch as llava_batch
 from helpers import packed_row, right_padded, tiny_llava
 from helpers import sample as llava_sample
 from test_families import image_batch, video_batch
+from test_internvl import batch as internvl_batch
+from test_qwen3_vl import batch as qwen3_batch
 from test_qwen_vl import batch as qwen_batch
 from transformers import CompileConfig
 
@@ -21,7 +23,7 @@ from sparsevlm.toy.families import tiny_vlm
 
 torch.set_grad_enabled(False)
 
-FAMILIES = ["llava", "next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl"]
+FAMILIES = ["llava", "next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl", "qwen3-vl"]
 GREEDY = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
 
 
@@ -40,6 +42,10 @@ def inputs_of(family, model):
     if family == "llava":
         full = llava_batch([4, 7], seed=3)
         return full, [llava_sample(full, b) for b in range(2)]
+    if family == "internvl":  # tiles: 2 and 3 per image, a second image in the second prompt
+        return internvl_batch([[2], [3, 1]], [4, 6], seed=3)[:2]
+    if family == "qwen3-vl":  # a video: one run per frame pair, after its timestamp
+        return qwen3_batch([(2, 8, 8), (4, 8, 8)], [4, 6], video=True, seed=3)
     if family.startswith("qwen"):
         return qwen_batch([(1, 8, 8), (2, 8, 8)], [4, 6], video=family == "qwen2.5-vl", seed=3)
     make = video_batch if family in ("video-llava", "next-video") else image_batch
