@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from ..config import SparseVLMConfig
 from ..methods import build
 from ..report import Report
-from . import llava, qwen2_vl
+from . import llava, qwen2_vl, qwen3_vl
 from . import internvl
 from .patching import check_one_device, unpatch
 from .state import ModelState
 
 #: one family adapter per line (`family.Family`); a new family is its file and one line here
-ADAPTERS = [llava.FAMILY, qwen2_vl.FAMILY, internvl.FAMILY]
+ADAPTERS = [llava.FAMILY, qwen2_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY]
 
 
 def model_types() -> tuple[str, ...]:

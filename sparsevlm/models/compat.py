@@ -11,6 +11,7 @@ outputs) is imported where it is used. What is here is private or shaped by one 
 | a modeling module's `apply_rotary_pos_emb` | capturing a pruning layer's queries and keys | 5.0 |
 | `output_capturing._CAN_RECORD_REGISTRY` | output recording for the swapped classes | 5.19 |
 | a decoder layer's `position_embeddings=` keyword | the staged loop | 5.0 |
+| Qwen3-VL's text-model keywords `visual_pos_masks`, `deepstack_visual_embeds` | DeepStack in the staged loop | 5.0 |
 
 The seams the mixins override are transformers' own method names: `get_placeholder_mask`,
 `_expand_multimodal_outputs` and `loss_function` (`patching.py`, `llava.py`).
@@ -38,6 +39,15 @@ def run_layer(layer, hidden, mask, layer_positions, position_embeddings, cache, 
     """One decoder layer, called with the keywords transformers' text models pass."""
     return layer(hidden, attention_mask=mask, position_ids=layer_positions, use_cache=use_cache,
                  position_embeddings=position_embeddings, **{CACHE: cache}, **kwargs)
+
+
+def pop_deepstack(kwargs: dict):
+    """Remove Qwen3-VL's DeepStack keywords from a text model's `kwargs` and return them: the visual
+    positions (B, L) bool and, per decoder layer from the first, the features of those positions
+    (N, D) in row-major order (the text model adds feature j after layer j). (None, []) when absent."""
+    mask = kwargs.pop("visual_pos_masks", None)
+    features = kwargs.pop("deepstack_visual_embeds", None)
+    return mask, list(features or [])
 
 
 def attention_module(attn, attentions: dict):

@@ -73,6 +73,20 @@ class Family:
         """Whether a method may prune after `layer` (its queries and keys are those of attention)."""
         return True
 
+    # Per-token inputs a family adds between layers (Qwen3-VL's DeepStack features). The staged loop
+    # carries them with their tokens: a pruned token's go with it, an inserted token's are zeros.
+
+    def token_inputs(self, text, kwargs: dict, hidden) -> tuple[dict, dict]:
+        """Split the text model's keyword arguments into those its layers take and the family's
+        per-token tensors, {name: (B, L', ...)} over the forward's whole input (L' ≥ the prefill's
+        length). `kwargs` itself is left as it is (a dense fallback passes it on)."""
+        return kwargs, {}
+
+    def after_layer(self, text, layer: int, hidden, extras: dict):
+        """The hidden states the next layer takes, after `layer` ran, given the per-token tensors of
+        the tokens now present. Entries no later layer reads may be removed from `extras`."""
+        return hidden
+
     def text_unsupported_reason(self, text) -> str | None:
         """Why the staged decoder cannot run `text` (None if it can)."""
         if not all(hasattr(text, a) for a in ("layers", "norm", "rotary_emb")):

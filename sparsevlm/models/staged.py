@@ -20,6 +20,9 @@ where the visual tokens are and how positions work; methods add only what to kee
   the prompt's prefill, then the draft's first decoding step (the draft rates nothing).
 - Outputs are aligned with the input positions; pruned and padding positions get zeros. A plan that
   keeps every token leaves the sequence as it is: keep-all is the dense model at every position.
+- A family may add per-token inputs after some layers (`Family.token_inputs`, `Family.after_layer`:
+  Qwen3-VL's DeepStack features). They follow their tokens through every re-layout, so a pruned
+  token's features leave with it and keep-all adds them exactly where the dense model does.
 - Under `torch.compile` (generate's compiled decoding, which needs a static cache) the text model
   runs dense: a static cache already made the eager prefill dense, with the reason in the report.
 """
@@ -145,6 +148,7 @@ class SparseTextModel:
                                      prompt(attention_mask), prompt(position_ids), cache, use_cache, kwargs,
                                      prompt(frames))
         cache = getattr(first, CACHE)
+        kwargs = self._sparsevlm.family.token_inputs(self, kwargs, hidden)[0]  # (the draft has no visual tokens)
         draft = self.forward(inputs_embeds=hidden[:, n:], attention_mask=attention_mask, use_cache=use_cache,
                              position_ids=None if position_ids is None else position_ids[..., n:], **{CACHE: cache},
                              **kwargs)  # not a prefill: it decodes on the stages the prompt left
@@ -199,6 +203,7 @@ class SparseTextModel:
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        layer_kwargs, extras = st.family.token_inputs(self, kwargs, hidden)  # (kwargs stays whole for `_dense`)
         valid = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
         positions = _batch_first(position_ids, B, L, dev)
         vis_mask = vis_mask.to(dev) & valid
@@ -214,7 +219,8 @@ class SparseTextModel:
                "span": (visual_spans(vis_mask, frames.to(dev) if frames is not None else
                                      positions[..., 0] if positions.dim() == 3 else None)
                         if method.needs_spans else None),  # per-image / per-frame budgets only
-               "vision": vision}
+               "vision": vision,
+               "extras": {n: t[:, :L] for n, t in extras.items()}}  # (an assisted prefill: the prompt's)
         # The one wait for the device in a planned prefill: every width the method will need, in one read.
         with clock:
             counted = method.counts(vis_mask, valid, token_state)
@@ -247,9 +253,11 @@ class SparseTextModel:
                 call.capture = ROPE_CAPTURE.slot = {}
             try:
                 seq["hidden"] = run_layer(layer, seq["hidden"], mask, _layer_ids(seq["positions"]), pe, cache,
-                                          use_cache, kwargs)
+                                          use_cache, layer_kwargs)
             finally:
                 ROPE_CAPTURE.slot = None
+            seq["hidden"] = st.family.after_layer(self, i, seq["hidden"], seq["extras"])  # (before pruning: the
+            # next layer's input is what the method keeps or merges)
             if prune_here:
                 with clock:
                     captured, call.capture = call.capture, None
@@ -314,7 +322,7 @@ class SparseTextModel:
             seq.update(vis_mask=None, span=None, state={}, vision={})
         if seq["span"] is not None:
             ints[None, "span"] = (seq["span"], gather(seq["span"], dec.inserted_from) if K else 0)
-        for part in ("state", "vision"):
+        for part in ("state", "vision", "extras"):
             for n, t in seq[part].items():
                 if n.endswith("_index"):  # positions (B, N) of tokens that stay: where they are now
                     seq[part] = {**seq[part], n: layout.moved(t)}
@@ -345,6 +353,7 @@ class SparseTextModel:
         st = self._sparsevlm
         B, q = hidden.shape[:2]
         dev = hidden.device
+        kwargs = st.family.token_inputs(self, kwargs, hidden)[0]  # (decoding has no visual tokens: none to add)
         if position_ids is None:
             position_ids = torch.arange(q, device=dev)[None] + cache.get_seq_length(0)
         positions0 = _batch_first(position_ids, B, q, dev)

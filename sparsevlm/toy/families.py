@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl")
+FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl", "qwen3-vl", "qwen3-vl-moe")
 #: the text models a tiny InternVL may have (InternVL3: Qwen2; InternVL3.5: Qwen3; others: Llama)
 INTERNVL_TEXT = ("qwen3", "qwen2", "llama")
 IMAGE, VIDEO, START, END = 3, 4, 5, 6  # special token ids of the tiny models
@@ -51,7 +51,19 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
         text.update(bos_token_id=1, eos_token_id=2,
                     rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
         ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
-        if family == "qwen2-vl":
+        if family.startswith("qwen3"):  # DeepStack: tower layers 0, 1, 2 feed text layers 0, 1, 2
+            text.update(head_dim=16, rope_parameters={**text["rope_parameters"], "mrope_interleaved": True})
+            vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                          patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                          num_position_embeddings=16, deepstack_visual_indexes=[0, 1, 2])
+            if family == "qwen3-vl":
+                model = tf.Qwen3VLForConditionalGeneration(tf.Qwen3VLConfig(vision_config=vision, text_config=text,
+                                                                            **ids))
+            else:  # 4 experts, 2 per token
+                text.update(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+                model = tf.Qwen3VLMoeForConditionalGeneration(tf.Qwen3VLMoeConfig(vision_config=vision,
+                                                                                  text_config=text, **ids))
+        elif family == "qwen2-vl":
             vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
                           spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
             model = tf.Qwen2VLForConditionalGeneration(tf.Qwen2VLConfig(vision_config=vision, text_config=text, **ids))
@@ -116,6 +128,9 @@ def tiny_processor(family: str):
 
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(FAMILIES)}")
+    if family.startswith("qwen3"):
+        raise ValueError(f"family={family!r} has no tiny processor: Qwen3-VL's video prompts need frame timestamps "
+                         f"from video metadata; build its inputs by hand (tests/test_qwen3_vl.py's `batch`)")
     if family == "internvl":
         raise ValueError("family='internvl' has no tiny processor yet: InternVLProcessor needs transformers' video "
                          "processor (torchvision); build its inputs by hand (tests/test_internvl.py's `batch`)")
