@@ -75,7 +75,7 @@ def test_keep_all_equals_dense_and_unsparsify_restores_it(model, text):
     assert torch.equal(model(**inputs).logits, dense)
     if text != "qwen3":  # each text model's own attention is captured and prunes
         with sparsevlm.sparsified(model, METHODS[0]):
-            assert_batched_equals_alone(model, *batch([[2], [4]], [6, 3], seed=1)[:2])
+            assert_batched_equals_alone(model, *batch([[2], [4]], [6, 3], seed=1)[:2], new_tokens=2)
 
 
 @pytest.mark.parametrize("cfg", METHODS, ids=IDS)
@@ -158,3 +158,32 @@ def test_a_sliding_window_text_model_is_refused():
 
 def test_the_command_line_knows_the_model_type():
     assert "internvl" in sparsevlm.models.model_types()
+
+
+def test_scores_are_the_models_own_attention():
+    """Qwen3's q/k norms and RoPE applied as its attention applies them: the raters' attention to the
+    image tokens is the eager dense model's, and the kept tokens are its top ones."""
+    model = tiny_internvl("qwen3", attn="eager")
+    inputs, _, _ = batch([[2]], [6])
+    out = model(**inputs, output_attentions=True)
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(5,), recycle=False)
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        rep = sparsevlm.report(model)
+    vis = (inputs["input_ids"][0] == IMAGE).nonzero().flatten()
+    scores = out.attentions[2][0][:, rep.raters[0]][:, :, vis].mean(0).mean(0)
+    torch.testing.assert_close(rep.steps[0]["scores"][0], scores)
+    assert rep.steps[0]["kept"][0] == sorted(scores.topk(5).indices.tolist())
+
+
+def test_dense_accounting_and_class_names_are_the_models(model):
+    """Dense rows are counted as a sparsified model counts them; loaders find the classes by name."""
+    from sparsevlm.report import dense_report_for
+
+    inputs, _, counts = batch([[3], [1, 2]], [3, 5])
+    names = [type(m).__name__ for m in model.modules()]
+    with sparsevlm.sparsified(model, KEEP_ALL):
+        model(**inputs)
+        assert sparsevlm.report(model).n_visual.tolist() == counts
+        assert [type(m).__name__ for m in model.modules()] == names
+    assert dense_report_for(model, inputs).n_visual.tolist() == counts
