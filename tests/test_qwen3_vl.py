@@ -41,7 +41,8 @@ def batch(grids, text_lens, video=False, seed=0):
     def pack(rows, pixels, grids):
         L = max(map(len, rows))
         ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
-        return {"input_ids": ids, "attention_mask": (torch.arange(L) >= L - torch.tensor([[len(r)] for r in rows])).long(),
+        lengths = torch.tensor([[len(r)] for r in rows])
+        return {"input_ids": ids, "attention_mask": (torch.arange(L) >= L - lengths).long(),
                 "mm_token_type_ids": (ids == IMAGE).int() + 2 * (ids == VIDEO).int(),
                 f"pixel_values{'_videos' if video else ''}": torch.cat(pixels), f"{key}_grid_thw": torch.tensor(grids)}
 
@@ -105,10 +106,12 @@ def test_deepstack_features_follow_the_tokens_kept_before_the_first_layer(model)
     text = model.model.language_model
 
     def own(features):
-        return model.lm_head(text(inputs_embeds=seen["inputs_embeds"][:, rows], position_ids=seen["position_ids"][..., rows],
-                                  visual_pos_masks=vis[None, rows], deepstack_visual_embeds=features).last_hidden_state)[0]
+        out = text(inputs_embeds=seen["inputs_embeds"][:, rows], position_ids=seen["position_ids"][..., rows],
+                   visual_pos_masks=vis[None, rows], deepstack_visual_embeds=features)
+        return model.lm_head(out.last_hidden_state)[0]
 
-    torch.testing.assert_close(logits[rows], own([f[kept] for f in seen["deepstack_visual_embeds"]]), atol=1e-4, rtol=1e-4)
+    kept_features = [f[kept] for f in seen["deepstack_visual_embeds"]]
+    torch.testing.assert_close(logits[rows], own(kept_features), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(logits[rows], own(None), atol=1e-2)
 
 
@@ -169,7 +172,8 @@ def test_budget_per_span_gives_each_frame_and_image_its_share(model):
     g = torch.Generator().manual_seed(6)
     ids = [1, 9, START] + [IMAGE] * 16 + [END, 20, START] + [IMAGE] * 48 + [END, 30, 31]
     images = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-              "mm_token_type_ids": (torch.tensor([ids]) == IMAGE).int(), "pixel_values": torch.randn(256, PATCH, generator=g),
+              "mm_token_type_ids": (torch.tensor([ids]) == IMAGE).int(),
+              "pixel_values": torch.randn(256, PATCH, generator=g),
               "image_grid_thw": torch.tensor([[1, 8, 8], [1, 8, 24]])}
     with sparsevlm.sparsified(model, SparseVLMConfig(schedule=(8,), **span)):
         model(**images)
@@ -209,3 +213,15 @@ def test_the_moe_model_is_served_by_the_same_adapter(cfg):
             assert_batched_equals_alone(moe, inputs, alone)
         assert not sparsevlm.report(moe).dense
     assert torch.equal(moe(**inputs).logits, dense)
+
+
+def test_the_real_architecture_is_accepted_on_the_meta_device():
+    """Qwen3-VL's default config (the 8B text model's shapes, DeepStack from tower layers 8, 16, 24), no weights."""
+    import transformers
+
+    with torch.device("meta"):
+        real = transformers.Qwen3VLForConditionalGeneration(transformers.Qwen3VLConfig())
+    assert {"qwen3_vl", "qwen3_vl_moe"} <= set(sparsevlm.models.model_types())
+    with sparsevlm.sparsified(real, SparseVLMConfig(positions="original")):
+        assert real._sparsevlm.family is sparsevlm.models.qwen3_vl.FAMILY
+    assert not hasattr(real, "_sparsevlm") and len(real.config.vision_config.deepstack_visual_indexes) == 3

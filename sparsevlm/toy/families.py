@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl", "qwen3-vl", "qwen3-vl-moe")
+FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl", "qwen3-vl",
+            "qwen3-vl-moe")
 #: the text models a tiny InternVL may have (InternVL3: Qwen2; InternVL3.5: Qwen3; others: Llama)
 INTERNVL_TEXT = ("qwen3", "qwen2", "llama")
 IMAGE, VIDEO, START, END = 3, 4, 5, 6  # special token ids of the tiny models
