@@ -57,7 +57,9 @@ def add_model_args(p, methods: bool = True) -> None:
                        help="LLaVA-1.5 preset in equivalent visual tokens of 576, scaled to the model "
                             "(default: SparseVLM's rank mode; 192 for baselines)")
         g.add_argument("--tokens", type=float, default=None,
-                       help="target equivalent visual tokens on this model instead of a preset")
+                       help="target equivalent visual tokens per image instead of a preset; where the count "
+                            "depends on the image (LLaVA-NeXT, OneVision, Qwen-VL, InternVL), T of LLaVA-1.5's 576: "
+                            "each image keeps the share T/576")
 
 
 def _records(args):

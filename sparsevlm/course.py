@@ -221,7 +221,7 @@ def _stage_run(cfg, layer: int | None = None):
     """A sparsified prefill of records[5] with a cache: the report, the cache's length per layer and the
     position ids handed to decoder `layer`."""
     from .models import report, sparsified
-    from .models.staged import CACHE
+    from .models.compat import CACHE
 
     model, _, records = _toy()
     seen = {}
@@ -396,7 +396,7 @@ def _kv_7b(counting: str = "input") -> float:
     from .bench import kv_cache_mb, llava_1_5_7b_config, random_llava
     from .config import SparseVLMConfig
     from .methods import planned_counts
-    from .models.staged import CACHE
+    from .models.compat import CACHE
 
     text = random_llava(llava_1_5_7b_config(), "meta", torch.bfloat16).model.language_model
     with torch.no_grad():

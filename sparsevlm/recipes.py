@@ -111,10 +111,22 @@ def _checkpoint(path: str, torch_dtype, with_processor: bool):
 
 def model_shape(model) -> tuple[int, int]:
     """(visual tokens per image, language-model layers). Where the visual tokens depend on the image
-    (Qwen2-VL, ...), 576: LLaVA-1.5's count, so that presets built for the model keep its ratios."""
-    v = model.config.vision_config
-    size = getattr(v, "image_size", None)
-    return (size // v.patch_size) ** 2 if size else 576, model.config.text_config.num_hidden_layers
+    (LLaVA-NeXT, OneVision, the Qwen-VLs, InternVL), 576: LLaVA-1.5's count, so that presets and
+    `--tokens` are shares of each image's tokens, as on LLaVA-1.5."""
+    from .models import family_of
+
+    n = family_of(model).visual_tokens(model.config)
+    return n or 576, model.config.get_text_config().num_hidden_layers
+
+
+def tokens_meaning(model) -> str:
+    """What `--tokens T` targets on `model`, for messages."""
+    from .models import family_of
+
+    if family_of(model).visual_tokens(model.config):
+        return f"this model has {model_shape(model)[0]} visual tokens per image"
+    return ("this model's visual tokens depend on the image, so T counts among LLaVA-1.5's 576: each image keeps "
+            "the same share, T/576 of its tokens")
 
 
 def preset_config(model, budget: int, n_visual: int | None = None):
@@ -153,7 +165,7 @@ def method_config(model, method: str, budget: int | None = None, tokens: float |
     cfg = preset_config(model, budget or 192)
     if tokens is not None:
         if not 0 < tokens <= n_visual:
-            raise CliError(f"--tokens {tokens:g} is out of range; this model has {n_visual} visual tokens")
+            raise CliError(f"--tokens {tokens:g} is out of range (0, {n_visual}]; {tokens_meaning(model)}")
         try:
             base = cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
             return match_budget(base, tokens, n_visual, layers)
@@ -187,10 +199,10 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=N
 def _unsupported(model, cfg, layers: int) -> str | None:
     """Why `model`'s family cannot run `cfg`'s method, or None."""
     from .methods import build
-    from .models import _adapter
+    from .models import family_of
 
     try:
-        _adapter(model).check(model, build(cfg, layers))
+        family_of(model).check(model, build(cfg, layers))
     except ValueError as e:
         return str(e)
     return None

@@ -161,7 +161,7 @@ def test_the_clocks_add_up_the_calls_of_their_modules_alone():
     (["eval", "--model", "{nollava}"], "model_type 'llama' is not supported; supported: llava, llava_next"),
     (["eval", "--model", "no/such/folder"], "--model no/such/folder: no such folder"),
     (["eval", "--model", "{nosplit}"], "has no eval_split.json (the toy questions)"),
-    (["eval", "--method", "tome", "--tokens", "500"], "--tokens 500 is out of range; this model has 64 visual tokens"),
+    (["eval", "--method", "tome", "--tokens", "500"], "--tokens 500 is out of range (0, 64]; this model has 64 visual tokens per image"),
     (["eval", "--method", "fastv", "--tokens", "3"], "--tokens 3: tokens=3.0 is out of reach for FastVConfig"),
     (["eval", "--data", "none.jsonl"], "--data none.jsonl: no such file"),
     (["bench", "--text-hidden", "1024"], "text_hidden=1024 narrows the -shaped models only"),
@@ -536,3 +536,18 @@ def test_a_checkpoint_whose_processor_cannot_load_gets_one_line(capsys, tmp_path
     code, _, err = run(capsys, "eval", "--model", str(tmp_path / "q"), "--data", str(tmp_path / "q.jsonl"), "--quiet")
     assert code == 1 and "cannot load its processor" in err and "Torchvision" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_tokens_on_models_whose_visual_tokens_depend_on_the_image_are_a_share_of_576():
+    """#32.12: `--tokens` on LLaVA-NeXT once targeted the tower's single view (9 tokens on this tiny
+    model, whose images have 24-39); now, as for the Qwen-VLs and InternVL, T counts among 576."""
+    from sparsevlm.recipes import CliError, method_config, model_shape
+    from sparsevlm.toy.families import tiny_vlm
+
+    for family in ("next", "onevision", "qwen2-vl", "internvl"):
+        model = tiny_vlm(family)
+        assert model_shape(model)[0] == 576, family
+        cfg = method_config(model, "sparsevlm", tokens=300)  # (a 4-layer model keeps 150 at least)
+        assert cfg.schedule_of == 576, family
+        with pytest.raises(CliError, match=r"out of range \(0, 576\]; this model's visual tokens depend on the image"):
+            method_config(model, "fastv", tokens=600)

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from helpers import N_VISUAL, batch, sample, tiny_llava
+from helpers import N_VISUAL, assert_batched_equals_alone, batch, sample, tiny_llava
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import sparsevlm
@@ -408,3 +408,12 @@ def test_one_sample_after_pruning_builds_no_mask_and_reads_no_packed_sequences(a
             assert all(m.shape[-1] == m.shape[-2] for m in masks[1:])
         plain = model(**inputs, use_cache=False).logits
     torch.testing.assert_close(plain, cached, atol=1e-5, rtol=1e-5)
+
+
+def test_dart_reads_the_keys_before_rope_of_a_text_model_with_a_key_norm():
+    """Qwen3's keys before RoPE come out of `k_norm` per head, (B, L, H_kv, Dh); DART reads them with
+    the heads concatenated, as from a `k_proj` (it once failed on them). Batched equals alone."""
+    model = tiny_llava("qwen3")
+    inputs = batch([4, 7], seed=5)
+    with sparsevlm.sparsified(model, sparsevlm.DARTConfig(pruning_layers=(1,), reduction_ratio=0.6)):
+        assert_batched_equals_alone(model, inputs, [sample(inputs, b) for b in range(2)])

@@ -24,7 +24,8 @@ def model_types() -> tuple[str, ...]:
     return tuple(t for adapter in ADAPTERS for t in adapter.MODEL_TYPES)
 
 
-def _adapter(model):
+def family_of(model):
+    """The family adapter that sparsifies `model` (`family.Family`); a TypeError names what is supported."""
     reasons = []
     for adapter in ADAPTERS:
         reason = adapter.unsupported_reason(model)
@@ -49,7 +50,7 @@ def sparsify(model, cfg=None):
     the model is touched: on an error the model stays exactly as it was. Inference only.
     """
     cfg = SparseVLMConfig() if cfg is None else cfg
-    adapter = _adapter(model)
+    adapter = family_of(model)
     method = build(cfg, depth(model))  # default layers follow the model's depth
     adapter.check(model, method)
     check_one_device(model)
@@ -67,7 +68,7 @@ def unsparsify(model):
 def default_positions(model) -> str:
     """The `positions` mode configs for `model` default to: "compact" (the reference) where the
     family allows it, "original" where it keeps positions (M-RoPE)."""
-    return _adapter(model).POSITIONS[0]
+    return family_of(model).POSITIONS[0]
 
 
 def config_of(model):

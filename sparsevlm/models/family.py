@@ -49,6 +49,11 @@ class Family:
         if method.positions not in self.POSITIONS:
             raise ValueError(f"positions={method.positions!r}: {type(model).__name__} {self.positions_why()}")
 
+    def visual_tokens(self, config) -> int | None:
+        """Visual tokens of one image, where every image has the same number; None where it depends on
+        the image (tiles, crops, native resolution)."""
+        return None
+
     def reads_video(self, model) -> bool:
         """Whether `model` reads video (methods that reduce frames need it)."""
         return True

@@ -177,6 +177,13 @@ class Llava(Family):
                 LlavaOnevisionForConditionalGeneration, VideoLlavaForConditionalGeneration,
                 LlavaNextVideoForConditionalGeneration)
 
+    def visual_tokens(self, config):
+        """LLaVA-1.5 and Video-LLaVA's images: one grid of tower patches. The others tile each image."""
+        if config.model_type not in ("llava", "video_llava"):
+            return None
+        v = config.vision_config
+        return (v.image_size // v.patch_size) ** 2
+
     def reads_video(self, model) -> bool:
         return model.config.model_type in ("llava_onevision", "video_llava", "llava_next_video")
 

@@ -159,8 +159,8 @@ def hook_queries_keys(text, method, state: ModelState, attentions: dict) -> None
     for i in method.pruning_layers if method.needs_raw_keys else ():
         def hook(_mod, _inp, out):
             captured = state.call().capture
-            if captured is not None:
-                captured["raw_k"] = out
+            if captured is not None:  # (a k_norm's output is per head, (B, L, H_kv, Dh): heads concatenated)
+                captured["raw_k"] = out.flatten(2)
         keys_at = compat.keys_before_rope(text.layers[i].self_attn, attentions)
         state.hooks.append(keys_at.register_forward_hook(hook))
 
