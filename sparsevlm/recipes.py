@@ -174,10 +174,11 @@ def method_config(model, method: str, budget: int | None = None, tokens: float |
     return cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
 
 
-def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=None) -> dict:
+def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=None, video: bool = False) -> dict:
     """{row name: config} — dense, SparseVLM at each budget (LLaVA-1.5 presets scaled to the
     model's `n_visual` tokens per image), and every baseline matched to its equivalent tokens that
-    the model's family supports (M-RoPE models: original positions; the others are logged)."""
+    the model's family supports (M-RoPE models: original positions; the others are logged). The video
+    methods only when the inputs are `video`: on images they would run dense."""
     from .methods import matched_baselines
 
     n_vis, layers = model_shape(model)
@@ -187,7 +188,7 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=N
         cfg = preset_config(model, n, n_vis)
         baselines = matched_baselines(cfg, n_vis, layers, methods=[m for m in methods or BASELINES if m != "sparsevlm"])
         for name, c in (({"sparsevlm": cfg} if methods is None or "sparsevlm" in methods else {}) | baselines).items():
-            problem = _unsupported(model, c, layers)
+            problem = _unsupported(model, c, layers, video)
             if problem is not None:
                 if log is not None and n == budgets[0]:
                     log(f"{name}: skipped ({problem.split('; ')[0]})")
@@ -196,13 +197,17 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=N
     return rows
 
 
-def _unsupported(model, cfg, layers: int) -> str | None:
-    """Why `model`'s family cannot run `cfg`'s method, or None."""
+def _unsupported(model, cfg, layers: int, video: bool = False) -> str | None:
+    """Why `model`'s family cannot run `cfg`'s method (or, on images, why a video method would run
+    dense), or None."""
     from .methods import build
     from .models import family_of
 
+    method = build(cfg, layers)
     try:
-        family_of(model).check(model, build(cfg, layers))
+        family_of(model).check(model, method)
     except ValueError as e:
         return str(e)
+    if method.needs_frames and not video:
+        return f"{type(method).__name__} reduces video frames; these inputs are images"
     return None

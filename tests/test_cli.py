@@ -276,7 +276,8 @@ def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
     assert list(rows) == ["dense"] + [f"{m} {n}" for n in (128, 64) for m in inside]
     assert all(c.positions == "original" for c in list(rows.values())[1:])
     assert rows["sparsevlm 128"].pruning_layers == (2, 6, 14) and rows["sparsevlm 128"].schedule_of == 576
-    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "vispruner", "pooling"]
+    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "vispruner", "pooling", "dycoke", "fastvid",
+                                                  "vidcom2", "holitom"]  # (the prompt is an image)
 
 
 def test_the_video_llava_shaped_bench_builds_the_papers_video_prompt():
@@ -294,9 +295,10 @@ def test_the_video_llava_shaped_bench_builds_the_papers_video_prompt():
     assert inputs["input_ids"].shape == (1, 6 + 2056 + 113) and int((inputs["input_ids"] == 32001).sum()) == 2056
     assert inputs["pixel_values_videos"].shape == (1, 8, 3, 224, 224) and "pixel_values" not in inputs
     skipped = []
-    rows = methods_for(model, [128], n_visual=2056, log=skipped.append)
+    rows = methods_for(model, [128], n_visual=2056, log=skipped.append, video=True)
     assert list(rows) == ["dense"] + [f"{m} 128" for m in ("sparsevlm", "random", "fastv", "pdrop", "dart",
-                                                           "divprune", "cdpruner")]
+                                                           "divprune", "cdpruner", "dycoke", "fastvid", "vidcom2",
+                                                           "holitom")]
     from sparsevlm import planned_tokens
 
     assert abs(planned_tokens(rows["sparsevlm 128"], 2056, 32) - 128 * 2056 / 576) < 2  # the preset's share

@@ -75,7 +75,8 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     _check(model_name, device, dtype, repeats, warmup, new_tokens, batch, text_hidden, profile, curve)
     model, inputs, batches = model_and_inputs(model_name, device, dtype, attn, text_hidden, batch)
     n_visual = int(dense_report_for(model, inputs).n_visual[0])  # image and video tokens
-    rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None)
+    rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None,
+                       video=any("video" in k for k in inputs))
     info = machine(device, DTYPES[dtype], attn)
     info.update(model=model_name)
     # the files' name: bench_/profile_/layers_ + this + _<device>
