@@ -493,19 +493,51 @@ def video_pack(samples, vocab, rate: float, generator) -> dict:
             start = end
     allowed |= torch.eye(L, dtype=torch.bool)  # padding and hidden rows see themselves (no empty softmax)
     return {"ids": ids, "allowed": allowed[:, None], "positions": positions, **out, "word_pos": word_pos,
-            "word_tgt": word_tgt, "focus_tgt": focus_tgt}
+            "word_tgt": word_tgt, "focus_tgt": focus_tgt, "events": event_labels([g for g, _ in rows], rows),
+            "first_vis": first_vis}
 
 
-def video_step(model, batch, feats, clip_of, video_id: int, grounded):
+#: roles of a video token's object over the clip, for the event loss (0: no object in that cell and frame)
+EVENT_ROLES = ("empty", "static", "moves", "changes", "appears")
+
+
+def event_labels(groups, rows) -> torch.Tensor:
+    """Per row, the role (`EVENT_ROLES`) of the object each video token shows; -100 (ignored) on
+    tokens hidden by background dropout. Shapes: -> (B, FRAMES · 16)."""
+    from .video import CELLS_PER_FRAME, FRAMES, token
+
+    labels = torch.zeros(len(groups), FRAMES * CELLS_PER_FRAME, dtype=torch.long)
+    for b, (group, hidden) in enumerate(rows):
+        clip = group[0][0].clip
+        for i, t in enumerate(clip.tracks):
+            role = 2 if i == clip.mover else 3 if i == clip.changer else 4 if i in clip.appearers else 1
+            for f in range(FRAMES):
+                if t.visible(f):
+                    labels[b, token(f, t.cells[f])] = role
+        vis_hidden = hidden[-FRAMES * CELLS_PER_FRAME - 1:-1] == 0
+        labels[b, vis_hidden] = -100
+    return labels
+
+
+def video_step(model, batch, feats, clip_of, video_id: int, grounded, events=None):
     """One teacher-forced forward pass on a `video_pack` batch: the answer and end-of-sequence
     cross-entropy of every question, and the grounding loss (question words at the word layer, each
-    question's ":" at the focus layer). Returns (answer logits (N, vocab) of the valid questions,
-    their answers, answer loss, grounding loss)."""
+    question's ":" at the focus layer). With `events` = (layer, linear head): the event loss, the
+    cross-entropy of the head reading each video token's object role (`EVENT_ROLES`) from that
+    layer's output. Returns (answer logits (N, vocab) of the valid questions, their answers, answer
+    loss, grounding loss, event loss or None)."""
     word_layer, focus_layer, captured = grounded
     ids, valid = batch["ids"], batch["valid"]
-    hidden = model.model.language_model(inputs_embeds=embed_video(model, ids, feats, clip_of, video_id),
-                                        attention_mask=batch["allowed"], position_ids=batch["positions"],
-                                        use_cache=False).last_hidden_state
+    out = model.model.language_model(inputs_embeds=embed_video(model, ids, feats, clip_of, video_id),
+                                     attention_mask=batch["allowed"], position_ids=batch["positions"],
+                                     use_cache=False, output_hidden_states=events is not None)
+    hidden = out.last_hidden_state
+    event_loss = None
+    if events is not None:
+        layer, head = events
+        first, n = batch["first_vis"], batch["events"].shape[1]
+        event_loss = F.cross_entropy(head(out.hidden_states[layer + 1][:, first:first + n]).flatten(0, 1),
+                                     batch["events"].flatten())
     pick = lambda pos: hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))[valid]  # noqa: E731
     logits = model.lm_head(pick(batch["colon"]))
     eos = model.lm_head(pick(batch["answer_pos"]))
@@ -516,7 +548,7 @@ def video_step(model, batch, feats, clip_of, video_id: int, grounded):
                             batch["word_tgt"], **common) + \
         grounding_loss(focus_layer, captured["focus"], ids, None, captured["pe"], batch["colon"],
                        batch["focus_tgt"] * valid[..., None], **common)
-    return logits, answer, answer_loss, ground
+    return logits, answer, answer_loss, ground, event_loss
 
 
 def embed_video(model, ids, feats, clip_of, video_id: int):
@@ -569,7 +601,11 @@ def train_video(args, log=print) -> dict:
     vocab = {w: i for i, w in enumerate(video_vocabulary())}
     video_id = vocab[VIDEO_TOKEN]
     clips, feats = clip_pool(model, args.clips, args.seed * 1_000_003 + 20_000, mean, std, log)
-    params, opt, sched = lm_optimizer(model, args.lr, args.steps)
+    events = None
+    if args.event_weight > 0:  # a linear probe trained with the model, not kept
+        events = (args.event_layer, torch.nn.Linear(model.config.text_config.hidden_size, len(EVENT_ROLES)))
+    params, opt, sched = lm_optimizer(torch.nn.ModuleList([model] + ([events[1]] if events else [])), args.lr,
+                                      args.steps)
     word_layer, focus_layer, captured, hooks = capture_grounded(model, args)
     model.train()
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -580,9 +616,10 @@ def train_video(args, log=print) -> dict:
         samples = [s for i in picked for s in ask_clip(int(i), clips[int(i)], qrng, args.questions)]
         batch = video_pack(samples, vocab, args.drop_background, gen)
         clip_of = torch.tensor([int(i) for i in picked])
-        logits, answer, answer_loss, ground = video_step(model, batch, feats, clip_of, video_id,
-                                                         (word_layer, focus_layer, captured))
-        optimise(answer_loss + args.ground_weight * ground, params, opt, sched)
+        logits, answer, answer_loss, ground, event_loss = video_step(
+            model, batch, feats, clip_of, video_id, (word_layer, focus_layer, captured), events)
+        loss = answer_loss + args.ground_weight * ground
+        optimise(loss if event_loss is None else loss + args.event_weight * event_loss, params, opt, sched)
         history.append((answer_loss.item(), ground.item(), (logits.argmax(-1) == answer).float().mean().item()))
         log_progress(history, step, args.steps, start, log)
     for h in hooks:
@@ -634,6 +671,10 @@ def main(argv=None):
     p.add_argument("--clips", type=int, default=4000,
                    help="--video: training clips, rendered and encoded once (default 4000)")
     p.add_argument("--batch-clips", type=int, default=16, help="--video: clips per step (default 16)")
+    p.add_argument("--event-weight", type=float, default=0.0,
+                   help="--video: weight of the event loss — a linear probe on --event-layer's output reads "
+                        "each video token's object role (static, moves, changes, appears) (default 0 = off)")
+    p.add_argument("--event-layer", type=int, default=2, help="--video: layer of the event loss (default 2)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     args = p.parse_args(argv)
     args.out = args.out or ("data/toy-video" if args.video else "data/toy-llava")

@@ -241,23 +241,28 @@ def object_tokens(clip: Clip) -> tuple[int, ...]:
     return _tokens(clip, lambda t, f: True)
 
 
+def repeated(videos: np.ndarray, patch: int = PATCH) -> np.ndarray:
+    """Whether each patch × patch block is pixel-identical to the same block in the previous frame.
+    videos: uint8 (N, F, H, W, 3) -> bool (N, F-1, H / patch · W / patch), blocks row by row."""
+    n, f, h, w, _ = videos.shape
+    p = videos.reshape(n, f, h // patch, patch, w // patch, patch, 3)
+    return (p[:, 1:] == p[:, :-1]).all(axis=(3, 5, 6)).reshape(n, f - 1, -1)
+
+
 def patch_repeats(videos: np.ndarray, patch: int = PATCH) -> float:
     """Share of the vision tower's patches (patch × patch pixels) that are pixel-identical to the
     same patch in the previous frame, over all consecutive frame pairs. videos: uint8 (N, F, H, W, 3)."""
-    n, f, h, w, _ = videos.shape
-    p = videos.reshape(n, f, h // patch, patch, w // patch, patch, 3)
-    same = (p[:, 1:] == p[:, :-1]).all(axis=(3, 5, 6))  # (N, F-1, rows, cols)
-    return float(same.mean())
+    return float(repeated(videos, patch).mean())
 
 
-def token_similarity(features, n_frames: int = FRAMES) -> float:
-    """Mean cosine similarity of the same video token in consecutive frames. features: (N, F·T[+1], D)
-    (a closing newline token, if any, is ignored)."""
+def token_similarity(features, n_frames: int = FRAMES):
+    """Cosine similarity of the same video token in consecutive frames. features: (N, F·T[+1], D)
+    (a closing newline token, if any, is ignored) -> (N, F-1, T)."""
     import torch
 
     per = features.shape[1] // n_frames
     x = features[:, :n_frames * per].reshape(features.shape[0], n_frames, per, -1)
-    return float(torch.nn.functional.cosine_similarity(x[:, 1:], x[:, :-1], dim=-1).mean())
+    return torch.nn.functional.cosine_similarity(x[:, 1:], x[:, :-1], dim=-1)
 
 
 def tokens_per_video(config, n_frames: int = FRAMES) -> int:
@@ -353,9 +358,10 @@ def video_eval_split(path, limit: int | None = None) -> list[dict]:
 
 def redundancy(model, processor, videos) -> dict:
     """Temporal redundancy of clips (uint8 (N, F, H, W, 3)) on `model`: the share of tower patches
-    pixel-identical to the previous frame, and the mean cosine similarity of the same token in
-    consecutive frames — at the vision tower's output (per patch) and entering the language model
-    (per pooled video token, the newline left out)."""
+    and of grid cells (one pooled video token each) pixel-identical to the previous frame, and the
+    mean cosine similarity of the same token in consecutive frames — at the vision tower's output
+    (per patch) and entering the language model (per pooled token, the newline left out) — over
+    all tokens, over those whose pixels repeat and over those whose pixels changed."""
     import torch
 
     ip = processor.image_processor
@@ -364,9 +370,14 @@ def redundancy(model, processor, videos) -> dict:
         out = model.model.get_video_features(pixel_values_videos=pixels, output_hidden_states=True)
         tower = out.hidden_states[-1][:, 1:].reshape(len(videos), -1, out.hidden_states[-1].shape[-1])
         pooled = out.pooler_output
-    return {"patch_repeat_fraction": round(patch_repeats(videos), 4),
-            "tower_patch_cosine": round(token_similarity(tower), 4),
-            "video_token_cosine": round(token_similarity(pooled), 4)}
+    same_patch, same_cell = torch.from_numpy(repeated(videos)), torch.from_numpy(repeated(videos, CELL))
+    out = {"patch_repeat_fraction": round(float(same_patch.float().mean()), 4),
+           "cell_repeat_fraction": round(float(same_cell.float().mean()), 4)}
+    for name, cos, same in (("tower_patch_cosine", token_similarity(tower), same_patch),
+                            ("video_token_cosine", token_similarity(pooled), same_cell)):
+        out[name] = {"all": round(float(cos.mean()), 4), "repeated": round(float(cos[same].mean()), 4),
+                     "changed": round(float(cos[~same].mean()), 4)}
+    return out
 
 
 def finalize_video(path) -> dict:
