@@ -280,6 +280,45 @@ def test_the_qwen_shaped_bench_builds_its_prompt_and_methods():
                                                   "vidcom2", "holitom"]  # (the prompt is an image)
 
 
+
+@pytest.mark.parametrize("name", ["qwen3-vl-8b-shaped", "internvl3.5-8b-shaped"])
+def test_the_8b_shaped_benches_build_their_prompts_and_methods(name):
+    """Qwen3-VL-8B and InternVL3.5-8B on the meta device: 8.8 and 8.5 billion parameters; Qwen3-VL's
+    768×768 image is 48×48 patches of 16 pixels, 576 tokens after 2×2 merging, with DeepStack from
+    tower layers 8/16/24; InternVL's image is 2×2 tiles and a thumbnail of 256 tokens each. The
+    tower-attention and video methods are skipped; the presets scale to 36 layers and to N."""
+    import torch
+    import transformers
+
+    from sparsevlm.bench import internvl3_5_8b_config, methods_for, qwen3_vl_8b_config, synthetic_inputs
+
+    qwen = name.startswith("qwen")
+    with torch.device("meta"):
+        model = (transformers.Qwen3VLForConditionalGeneration(qwen3_vl_8b_config()) if qwen
+                 else transformers.InternVLForConditionalGeneration(internvl3_5_8b_config()))
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    assert round(params, 1) == (8.8 if qwen else 8.5) and model.config.text_config.num_hidden_layers == 36
+    inputs = synthetic_inputs(model, n_text=695 - 576 - 8, device="cpu")
+    n = 576 if qwen else 5 * 256
+    ids = inputs["input_ids"]
+    assert ids.shape == (1, 6 + n + 2 + 111) and int((ids == model.config.image_token_id).sum()) == n
+    if qwen:
+        assert model.config.vision_config.deepstack_visual_indexes == [8, 16, 24]
+        assert inputs["pixel_values"].shape == (48 * 48, 3 * 2 * 16 * 16)
+        assert inputs["image_grid_thw"].tolist() == [[1, 48, 48]]
+    else:
+        assert inputs["pixel_values"].shape == (5, 3, 448, 448) and "image_grid_thw" not in inputs
+    skipped = []
+    rows = methods_for(model, [128], n_visual=n, log=skipped.append)
+    inside = ["sparsevlm", "random", "fastv", "pdrop", "dart", "divprune", "cdpruner"]
+    assert list(rows) == ["dense"] + [f"{m} 128" for m in inside]
+    assert rows["sparsevlm 128"].pruning_layers == (3, 7, 17) and rows["sparsevlm 128"].schedule_of == n  # ratios of N
+    assert all(c.positions == ("original" if qwen else "compact") for c in list(rows.values())[1:])
+    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "vispruner", "pooling", "dycoke", "fastvid",
+                                                  "vidcom2", "holitom"]
+    with pytest.raises(ValueError, match="text_hidden=1000: allowed a multiple of 512 from 512 to 4096"):
+        (qwen3_vl_8b_config if qwen else internvl3_5_8b_config)(1000)
+
 def test_the_video_llava_shaped_bench_builds_the_papers_video_prompt():
     """Video-LLaVA-7B's architecture on the meta device: an 8-frame video is 8 × 257 tokens (each
     frame's [CLS] and 16×16 patches) of a 2,175-token prompt; methods that read the vision tower or

@@ -8,9 +8,13 @@ import torch
 
 from ..models.llava import frame_layout
 from ..recipes import load_model
-from .shapes import llava_1_5_7b_config, qwen2_5_vl_7b_config, random_llava, video_llava_7b_config
+from .shapes import (internvl3_5_8b_config, llava_1_5_7b_config, qwen2_5_vl_7b_config, qwen3_vl_8b_config, random_llava,
+                     video_llava_7b_config)
 
-MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped", "video-llava-7b-shaped")
+MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped", "video-llava-7b-shaped", "qwen3-vl-8b-shaped",
+          "internvl3.5-8b-shaped")
+#: tiles of the synthetic InternVL image: 2×2 tiles and the thumbnail
+INTERNVL_TILES = 5
 #: frames of the synthetic video (Video-LLaVA's, as in the paper)
 VIDEO_FRAMES = 8
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -23,7 +27,9 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
     whole-image view and 2×2 crops), as many tokens as the model's own feature code makes.
     Video-LLaVA: a video of 8 tower-sized frames, as in the paper (`frame_layout`: 8 × 257 tokens).
     Qwen2-VL / 2.5-VL: 48×48 patches (672 pixels for 14-pixel patches, 576 tokens after 2×2
-    merging) between <vision_start> and <vision_end>."""
+    merging) between <vision_start> and <vision_end>; Qwen3-VL's 16-pixel patches make that 768 pixels.
+    InternVL: an image of 2×2 tiles and its thumbnail, each tile the tower's size, between <img> and
+    </img> (5 × 256 tokens on InternVL3.5)."""
     cfg, vision = model.config, model.config.vision_config
     dev, dtype = device or next(model.parameters()).device, next(model.parameters()).dtype
     g = torch.Generator().manual_seed(seed)
@@ -38,6 +44,12 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
             n_visual = len(model.model.get_image_features(*pixels.values(), return_dict=True).pooler_output[0])
     elif kind.startswith("qwen"):
         n_visual = 48 * 48 // vision.spatial_merge_size ** 2
+    elif kind == "internvl":
+        from ..models.internvl import tile_tokens
+
+        side = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        n_visual = INTERNVL_TILES * tile_tokens(cfg)
+        pixels = {"pixel_values": torch.randn(INTERNVL_TILES, 3, side, side, generator=g).to(dev, dtype)}
     elif kind == "video_llava":
         side, lead, _ = frame_layout(cfg)
         n_visual, token = VIDEO_FRAMES * (lead + side * side), cfg.video_token_id
@@ -46,6 +58,8 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
     else:
         n_visual = (vision.image_size // vision.patch_size) ** 2
     image = torch.full((n_visual,), token)
+    if kind == "internvl":  # <img>, </img>: the tokens after the image context token
+        image = torch.cat([torch.tensor([token - 2]), image, torch.tensor([token - 1])])
     if kind.startswith("qwen"):
         image = torch.cat([torch.tensor([cfg.vision_start_token_id]), image, torch.tensor([cfg.vision_end_token_id])])
     ids = torch.cat([torch.tensor([1]), text(5), image, text(n_text)])[None].to(dev)
@@ -91,6 +105,13 @@ def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa
             c._attn_implementation = attn
         model = random_llava(config, device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 8)
+    elif model_name in ("qwen3-vl-8b-shaped", "internvl3.5-8b-shaped"):
+        make = qwen3_vl_8b_config if model_name.startswith("qwen") else internvl3_5_8b_config
+        config = make(text_hidden or 4096)
+        for c in (config, config.text_config, config.vision_config):
+            c._attn_implementation = attn
+        model = random_llava(config, device, DTYPES[dtype])
+        inputs = synthetic_inputs(model, n_text=695 - 576 - 8)  # the same ~113 question tokens
     elif model_name == "video-llava-7b-shaped":
         model = random_llava(video_llava_7b_config(attn, text_hidden or 4096), device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 6)  # an 8-frame video and the same ~113 text tokens

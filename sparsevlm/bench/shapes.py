@@ -105,6 +105,45 @@ def qwen2_5_vl_7b_config(text_hidden: int = 3584):
                             vision_start_token_id=151652, vision_end_token_id=151653)
 
 
+
+def _qwen3_8b(text_hidden: int = 4096) -> dict:
+    """Qwen3-8B's text architecture (the language model of Qwen3-VL-8B and InternVL3.5-8B).
+    `text_hidden` < 4096 narrows it (head size 128, 4 query heads per key/value head and the MLP's
+    12288/4096 ratio kept), leaving the tokens and the 36 layers as they are."""
+    if not (isinstance(text_hidden, int) and 512 <= text_hidden <= 4096 and text_hidden % 512 == 0):
+        raise ValueError(f"text_hidden={text_hidden!r}: allowed a multiple of 512 from 512 to 4096")
+    heads = text_hidden // 128
+    return dict(vocab_size=151936, hidden_size=text_hidden, intermediate_size=3 * text_hidden, num_hidden_layers=36,
+                num_attention_heads=heads, num_key_value_heads=heads // 4, head_dim=128)
+
+
+def qwen3_vl_8b_config(text_hidden: int = 4096):
+    """Qwen/Qwen3-VL-8B-Instruct's architecture (a 27-layer ViT with 16-pixel patches, 2×2 token
+    merging, DeepStack from tower layers 8, 16 and 24 into text layers 0, 1 and 2; Qwen3-8B with
+    interleaved M-RoPE), no weights. `text_hidden` narrows the language model (`_qwen3_8b`)."""
+    from transformers import Qwen3VLConfig
+
+    text = _qwen3_8b(text_hidden)
+    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=text_hidden,
+                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                  num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24])
+    text.update(max_position_embeddings=262144, rope_parameters={
+        "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True})
+    return Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=151655, video_token_id=151656,
+                         vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False)
+
+
+def internvl3_5_8b_config(text_hidden: int = 4096):
+    """OpenGVLab/InternVL3_5-8B-HF's architecture (InternViT-300M on 448-pixel tiles of 14-pixel
+    patches, pixel shuffle 0.5: 256 tokens a tile; Qwen3-8B), no weights. The tower is
+    transformers' default InternVL vision config. `text_hidden` narrows the language model."""
+    from transformers import InternVLConfig, Qwen3Config
+
+    text = Qwen3Config(**_qwen3_8b(text_hidden), max_position_embeddings=40960, rope_theta=1000000.0,
+                       use_sliding_window=False, tie_word_embeddings=False)
+    return InternVLConfig(text_config=text, image_seq_length=256, downsample_ratio=0.5, vision_feature_layer=-1,
+                          vision_feature_select_strategy="default", tie_word_embeddings=False)
+
 def random_llava(config, device: str, dtype: torch.dtype):
     """A model of `config`'s architecture (any family) with random weights built directly on
     `device` in `dtype` (no download; never a float32 copy first: LLaVA-1.5-7B's shapes take ~14 GB
