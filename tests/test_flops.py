@@ -95,3 +95,38 @@ def test_other_families_are_counted_layer_by_layer():
             if counters == ("torch",):
                 with pytest.raises(ValueError, match="fvcore cannot trace LlavaNextForConditionalGeneration"):
                     count_flops(model, dict(inputs), "fvcore")
+
+
+def test_qwen3_vl_deepstack_and_internvl_are_counted_layer_by_layer():
+    """Qwen3-VL adds DeepStack features (one D-wide vector per visual token) after text layers 0-2;
+    InternVL's tiles are 16 tokens each. Pruning after layers 0 and 1 (before DeepStack is done):
+    the formula equals torch's counter on every decoder layer, dense and pruned. The formula has no
+    DeepStack term on purpose: the add is element-wise, which neither the counters nor the paper's
+    formula count (as norms and activations). It is n_visual·D adds a DeepStack layer, under 1e-4 of
+    that layer's multiply-adds on Qwen3-VL-8B (below)."""
+    from test_internvl import batch as internvl_batch
+    from test_qwen3_vl import batch as qwen3_batch
+
+    from sparsevlm.bench import qwen3_vl_8b_config
+    from sparsevlm.toy.families import tiny_internvl, tiny_vlm
+
+    qwen3 = tiny_vlm("qwen3-vl")
+    cases = [(qwen3, qwen3_batch([(1, 8, 12)], [5])[0]), (tiny_internvl("qwen3"), internvl_batch([[3]], [5])[0])]
+    cfg = sparsevlm.SparseVLMConfig.preset(64, pruning_layers=(0, 1), schedule=(12, 6), positions="original")
+    for model, inputs in cases:
+        dense = count_flops(model, dict(inputs), "torch")
+        with sparsevlm.sparsified(model, cfg):
+            model(**inputs)
+            rep = sparsevlm.report(model)
+            pruned = count_flops(model, dict(inputs), "torch")
+        n_text = int(inputs["attention_mask"].sum() - rep.n_visual[0])
+        formula = [layer_flops(n_text + int(v), **dims(model)) for v in rep.visual_in[0]]
+        seen = rep.visual_in[0].tolist()  # pruned while DeepStack still adds (12 and 6 kept, plus recycled tokens)
+        assert seen[0] == int(rep.n_visual[0]) > seen[1] > seen[2] == seen[3]
+        assert pruned["per_layer"] == formula and pruned["vision"] == dense["vision"] > 0, type(model).__name__
+        assert dense["per_layer"] == [layer_flops(n_text + int(rep.n_visual[0]), **dims(model))] * 4
+        assert pruned["overhead"] > 0 and dense["overhead"] == 0
+    assert len(qwen3.config.vision_config.deepstack_visual_indexes) == 3  # the tiny model does use DeepStack
+    t = qwen3_vl_8b_config().text_config  # one 768×768 image (576 tokens) and 119 text tokens
+    head = t.head_dim * t.num_key_value_heads
+    assert 576 * t.hidden_size / layer_flops(695, t.hidden_size, t.intermediate_size, head) < 1e-4
