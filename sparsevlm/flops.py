@@ -4,6 +4,8 @@ Per decoder layer with n tokens, hidden size d and MLP size m: 4·n·d² (q, k, 
 2·n²·d (attention scores and weighted sum) + 3·n·d·m (gate, up, down). One multiply-add counts as
 one FLOP (the MAC convention of the paper and of fvcore). A layer processes the tokens that enter
 it, so pruning after layer l first saves FLOPs in layer l + 1.
+Qwen3-VL's DeepStack adds a D-wide feature to each visual token after its first layers: element-wise,
+so not counted (n·D adds, under 1e-4 of a layer of Qwen3-VL-8B).
 
 Measured counts (`count_flops`) run the real, possibly sparsified model once under fvcore's
 `FlopCountAnalysis` or torch's `FlopCounterMode` and split the total by module: vision tower and
