@@ -113,6 +113,22 @@ def evaluate(model, processor, dataset, cfg=None, batch_size: int = 32, max_new_
     return pd.DataFrame(_everyone(rows, rank, size) if size > 1 else rows)
 
 
+def evaluate_toy_video(cfg=None, limit: int | None = None, batch_size: int = 32, progress: bool = True,
+                       model=None, processor=None) -> pd.DataFrame:
+    """The embedded video model (`toy.load_video`, or `model`, `processor`) on the first `limit`
+    questions of its shipped evaluation split (`toy.video_eval_split`, 500 questions on 125 clips),
+    dense or sparsified with `cfg`: `evaluate`'s table, one row per question."""
+    from .toy import load_video, video_eval_split
+
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit!r} must be >= 1 (or None for the whole split)")
+    if model is None:
+        model, processor = load_video()
+    elif processor is None:
+        raise ValueError("pass processor with model (the video model's processor)")
+    return evaluate(model, processor, video_eval_split(limit=limit), cfg, batch_size=batch_size, progress=progress)
+
+
 def accuracy_by_type(df: pd.DataFrame) -> pd.Series:
     """Accuracy per question type, plus "all"."""
     acc = df.groupby("type")["correct"].mean()

@@ -10,7 +10,7 @@ import torch
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
-from sparsevlm.eval import evaluate
+from sparsevlm.eval import evaluate_toy_video
 from sparsevlm.toy import VIDEO_CHECKPOINT, load_video, video_eval_split
 from sparsevlm.toy.video import (CELLS_PER_FRAME, FRAMES, VIDEO_QUESTION_TYPES, clip_inputs, make_clips,
                                  patch_repeats, tokens_per_video)
@@ -62,7 +62,8 @@ def test_checkpoint_loads_offline_as_a_onevision_model(video, tmp_path):
 def test_dense_answers_reproduce_results_json(video, records):
     model, processor = video
     n = 24
-    df = evaluate(model, processor, records[:n], progress=False, batch_size=12)
+    df = evaluate_toy_video(limit=n, batch_size=12, progress=False, model=model, processor=processor)
+    assert df["question"].tolist() == [r["question"] for r in records[:n]]
     assert "".join("1" if c else "0" for c in df["correct"]) == RESULTS["correct"][:n]
     assert RESULTS["correct"].count("1") / RESULTS["n_questions"] == pytest.approx(RESULTS["dense_accuracy"]["all"],
                                                                                     abs=1e-4)
