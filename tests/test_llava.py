@@ -1,4 +1,5 @@
 """SparseVLM inside a real transformers LlavaForConditionalGeneration (tiny, random, in-process)."""
+import dataclasses
 import sys
 
 import pytest
@@ -38,8 +39,8 @@ def test_keep_all_equals_the_dense_model(text, attn, positions, relayout):
     with sparsevlm.sparsified(model, KEEP_ALL.replace(positions=positions)):
         if relayout:
             method = model._sparsevlm.method
-            planned = method.sizes
-            method.sizes = lambda *a: {k: v for k, v in planned(*a).items() if not k.startswith("same")}
+            planned = method.plan
+            method.plan = lambda *a: dataclasses.replace(planned(*a), same={})
         logits = model(**inputs).logits
         ids = model.generate(**inputs, **GREEDY)
         rep = sparsevlm.report(model)

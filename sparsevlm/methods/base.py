@@ -19,6 +19,46 @@ from ..select import gather, host_ints, mask_to_index, score_order, split_budget
 
 
 @dataclass(frozen=True)
+class Plan:
+    """Host integers that give the method's index tensors their widths, so that `prune` reads nothing
+    from the device: planned before the first layer (`Method.plan`) or read at a step
+    (`Decision.plan`). A missing entry is unknown: read it on the device."""
+
+    #: step -> the most visual tokens of a sample entering it
+    visual: dict = field(default_factory=dict)
+    #: step -> the longest sequence after it
+    width: dict = field(default_factory=dict)
+    #: step -> every sample keeps all its tokens there and gains none (the staged decoder leaves the sequence)
+    same: dict = field(default_factory=dict)
+    #: step -> the most pruned tokens a sample recycles, and the most merged tokens it gains (SparseVLM)
+    recycle: dict = field(default_factory=dict)
+    clusters: dict = field(default_factory=dict)
+    #: the most raters of a sample (SparseVLM)
+    raters: int | None = None
+    #: the most spans (images, frames) of a sample, for per-span budgets
+    spans: int | None = None
+    #: each sample's visual tokens, and its instruction's tokens (methods before the language model)
+    n_visual: list | None = None
+    n_text: list | None = None
+
+    def step(self, step: int, visual: int, width: int, same: bool, **per_step) -> "Plan":
+        """This plan with step `step`'s entries added: `visual` tokens at most leave it, the longest
+        sequence after it is `width` (and e.g. recycle=..., clusters=...)."""
+        entries = {"visual": {**self.visual, step + 1: visual}, "width": {**self.width, step: width},
+                   "same": {**self.same, step: bool(same)}}
+        entries |= {k: {**getattr(self, k), step: v} for k, v in per_step.items()}
+        return replace(self, **entries)
+
+    def merged(self, other: "Plan") -> "Plan":
+        """This plan updated with what `other` knows."""
+        fields_ = {k: {**getattr(self, k), **getattr(other, k)} for k in ("visual", "width", "same", "recycle",
+                                                                             "clusters")}
+        fields_ |= {k: getattr(other, k) for k in ("raters", "spans", "n_visual", "n_text")
+                    if getattr(other, k) is not None}
+        return replace(self, **fields_)
+
+
+@dataclass(frozen=True)
 class PruneInput:
     """What a method sees after a pruning layer.
 
@@ -26,9 +66,8 @@ class PruneInput:
     visual tokens (recycled ones included); queries (B, H, L, Dh) and keys (B, H_kv, L, Dh) of the
     layer with RoPE applied (None before the first layer); position_embeddings: the stage's RoPE
     (cos, sin), each (B, L, Dh); token_state: the method's own per-token tensors (B, L, ...), kept
-    aligned with the sequence by the adapter; entries named "..._index" hold positions (B, N) of
-    tokens that are never pruned, moved with them; entries of any other shape (e.g. per-sample
-    counts planned in `Method.sizes`) are passed on as they are; vision (for methods with `needs_vision`):
+    moved as `Method.token_moves` declares ("token": follows its token; "index": positions (B, N) of
+    tokens that are never pruned, renumbered; undeclared entries are passed on as they are); vision (for methods with `needs_vision`):
     "cls_attention" (B, L) the vision tower's [CLS] attention on each visual token at the feature
     layer (mean over heads) and "keys" (B, L, Dk) that layer's keys (heads concatenated), zero on
     text.
@@ -47,9 +86,8 @@ class PruneInput:
     vision: dict = field(default_factory=dict)
     n_prompt: torch.Tensor | None = None  # (B,) visual tokens of each sample's prompt (for schedule_of)
     spans: torch.Tensor | None = None  # (B, L) span of each visual token (image, frame), −1 off visual
-    #: host integers read before the first layer (`Method.sizes`, and "spans": the most spans of a
-    #: sample) or at earlier steps (`Decision.sizes`): the widths of the method's index tensors
-    sizes: dict = field(default_factory=dict)
+    #: host integers read before the first layer or at earlier steps: the widths of index tensors
+    plan: Plan = field(default_factory=Plan)
     #: the language model's final norm (a callable on hidden states), for methods that compare
     #: tokens as the model's head would see them (DART)
     norm: object = None
@@ -78,9 +116,9 @@ class Decision:
     #: sequence index of each entry (the report puts them in place when it is asked for)
     score_index: tuple | None = None
     info: dict = field(default_factory=dict)
-    #: host integers the method read at this step, for the adapter and later steps (e.g. "width{s}",
-    #: the longest sequence after step s, when it was not planned before the first layer)
-    sizes: dict = field(default_factory=dict)
+    #: host integers the method read at this step, for the adapter and later steps (e.g. the width
+    #: after step s, when it was not planned before the first layer)
+    plan: Plan = field(default_factory=Plan)
 
 
 class Method:
@@ -106,6 +144,10 @@ class Method:
     needs_raw_keys: bool = False
     #: reduces video frames: refused on a family that reads no video
     needs_frames: bool = False
+    #: how the per-token entries of the method's `token_state` move when the sequence is re-laid out:
+    #: "token" (B, L, ...) follows its token, "index" (B, N) positions of tokens never pruned are
+    #: renumbered; undeclared entries stay as they are
+    token_moves: dict = {}
 
     def __init__(self, cfg, num_layers: int | None = None):
         self.cfg = cfg
@@ -132,7 +174,7 @@ class Method:
     def counts(self, vis_mask: torch.Tensor, valid: torch.Tensor, token_state: dict) -> dict:
         """Per-sample device counts the plan is made from, read to the host in one transfer before the
         first layer (the only wait for the device when every count is planned): "visual" and "valid"
-        tokens of each sample, and whatever else the method's `sizes` needs.
+        tokens of each sample, and whatever else the method's `plan` needs.
         Shapes: vis_mask, valid (B, L) -> {name: (B,) long}."""
         return self._count(visual=vis_mask, valid=valid)
 
@@ -146,24 +188,22 @@ class Method:
         before the first layer (`counts`, host lists, with "spans" when spans are needed)."""
         return None
 
-    def sizes(self, counts: dict, token_state: dict) -> dict:
+    def plan(self, counts: dict, token_state: dict) -> Plan:
         """The host integers the method and the adapter need, computed on the host from `counts`
-        (`Method.counts`, copied to the host): "visual{s}", the most visual tokens of a sample
-        entering step s, and "width{s}", the longest sequence after it, planned from
-        `counts_after`, and "same{s}" (0/1): every sample keeps all its tokens at step s and gains none;
-        only "visual0" when the counts depend on the input.
-        Shapes: counts {name: list of B ints} -> {name: int}."""
+        (`Method.counts`, copied to the host): per step, the most visual tokens of a sample entering it,
+        the longest sequence after it and whether it keeps everything, planned from `counts_after`;
+        only the visual tokens entering the first step when the counts depend on the input.
+        Shapes: counts {name: list of B ints}."""
         n_vis = torch.tensor(counts["visual"])
         n_text = torch.tensor(counts["valid"]) - n_vis
-        out, n = {"visual0": n_vis.max()}, n_vis
+        plan, n = Plan(visual={0: int(n_vis.max())}), n_vis
         try:
             for step in range(self.steps):
                 n, before = self.counts_after(step, n, n_vis), n
-                out |= {f"width{step}": (n_text + n).max(), f"visual{step + 1}": n.max(),
-                        f"same{step}": (n == before).all().long()}
+                plan = plan.step(step, int(n.max()), int((n_text + n).max()), bool((n == before).all()))
         except ValueError:
-            out = {"visual0": out["visual0"]}
-        return dict(zip(out, torch.stack(list(out.values())).tolist()))
+            plan = Plan(visual={0: int(n_vis.max())})
+        return plan
 
     def counts_after(self, step: int, n_visual: torch.Tensor, n_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens leaving pruning step `step` (kept + inserted) when `n_visual` enter it,
@@ -203,7 +243,7 @@ def keep_top(inp: PruneInput, scores: torch.Tensor, keep_n: torch.Tensor, budget
     `keep_n` is split among the visual spans by size and each keeps its own best.
     Shapes: scores (B, V) over the visual tokens in sequence order, keep_n (B,); `visual`: their
     (index, valid) from `mask_to_index`, when the caller has them."""
-    v_idx, v_valid = visual if visual is not None else mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))
+    v_idx, v_valid = visual if visual is not None else mask_to_index(inp.vis_mask, inp.plan.visual.get(inp.step))
     return visual_decision(inp, v_idx, v_valid, top_visual(inp, scores, keep_n, budget_per, v_idx, v_valid)[0],
                            scores, keep_n)
 
@@ -215,7 +255,7 @@ def top_visual(inp: PruneInput, scores, keep_n, budget_per, v_idx, v_valid):
     if budget_per != "span":
         return (rank < keep_n.view(-1, 1)) & v_valid, order, rank
     spans = gather(inp.spans, v_idx).clamp(min=0)  # (B, V)
-    n_spans = inp.sizes.get("spans") or host_ints(spans.max())[0] + 1
+    n_spans = inp.plan.spans or host_ints(spans.max())[0] + 1
     return topk_mask(scores, v_valid, split_budget(keep_n, spans, v_valid, n_spans), spans), order, rank
 
 

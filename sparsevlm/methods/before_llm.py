@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..select import gather, host_counts, mask_to_index
-from .base import Decision, Method, PruneInput, keep_mask
+from .base import Decision, Method, Plan, PruneInput, keep_mask
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -56,28 +56,28 @@ class PreLLM(Method):
         out = super().counts(vis_mask, valid, token_state)
         return out | {"text": text_after_image(valid, vis_mask).sum(-1)} if self.needs_text else out
 
-    def sizes(self, counts, token_state) -> dict:
+    def plan(self, counts, token_state) -> Plan:
         """Also each sample's counts, read with the widths before the first layer: the per-sample work
         then reads nothing more."""
-        out = super().sizes(counts, token_state) | {f"n_visual{b}": n for b, n in enumerate(counts["visual"])}
-        return out | ({f"n_text{b}": n for b, n in enumerate(counts["text"])} if self.needs_text else {})
+        return replace(super().plan(counts, token_state), n_visual=list(counts["visual"]),
+                       n_text=list(counts["text"]) if self.needs_text else None)
 
     def prune(self, inp: PruneInput) -> Decision:
-        v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get("visual0"))  # (B, V)
+        v_idx, v_valid = mask_to_index(inp.vis_mask, inp.plan.visual.get(0))  # (B, V)
         x = gather(inp.hidden, v_idx)
         cls, keys = ((gather(inp.vision["cls_attention"], v_idx), gather(inp.vision["keys"], v_idx))
                      if self.needs_vision else (x[..., 0], x))
-        counts = inp.sizes
-        if f"n_visual{len(x) - 1}" not in counts:  # `prune` called on its own: one read of them all
-            counts = self.sizes(host_counts(self.counts(inp.vis_mask, inp.valid, {})), {})
+        plan = inp.plan
+        if plan.n_visual is None:  # `prune` called on its own: one read of them all
+            plan = self.plan(host_counts(self.counts(inp.vis_mask, inp.valid, {})), {})
         if self.needs_text:
             t_idx, _ = mask_to_index(text_after_image(inp.valid, inp.vis_mask), inp.valid.shape[1])
             text = gather(inp.hidden, t_idx)
         keep_vis = torch.zeros_like(v_valid)
         merged, reps = [], []
         for b in range(len(x)):
-            n = counts[f"n_visual{b}"]
-            instruction = text[b, :counts[f"n_text{b}"]] if self.needs_text else x[b, :0]
+            n = plan.n_visual[b]
+            instruction = text[b, :plan.n_text[b]] if self.needs_text else x[b, :0]
             kept, m, rep = self.reduce(x[b, :n], cls[b, :n], keys[b, :n], instruction)
             keep_vis[b, :n] = kept
             merged.append(m)

@@ -90,7 +90,7 @@ class DART(Method):
     needs_raw_keys = True
 
     def prune(self, inp: PruneInput) -> Decision:
-        v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))
+        v_idx, v_valid = mask_to_index(inp.vis_mask, inp.plan.visual.get(inp.step))
         t_idx, t_valid = mask_to_index(text_after_image(inp.valid, inp.vis_mask), inp.valid.shape[1])
         # Key L1 norms before RoPE: rotated keys (what the cache holds, and DART's code reads) have
         # norms that depend on the absolute position, so on left padding; the same for a sample alone.

@@ -43,7 +43,7 @@ def attention_received(inp: PruneInput, rater_mask: torch.Tensor, raters: int):
     sample), averaged over heads and rows. Shapes: rater_mask (B, L) -> scores (B, V) over the
     visual tokens in sequence order, and their (index, valid)."""
     r_idx, r_valid = mask_to_index(rater_mask, raters)  # (B, R)
-    v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))  # (B, V)
+    v_idx, v_valid = mask_to_index(inp.vis_mask, inp.plan.visual.get(inp.step))  # (B, V)
     q = gather(inp.queries.transpose(1, 2), r_idx).transpose(1, 2)  # (B, H, R, Dh)
     attn = rater_attention(q, inp.keys, r_idx, r_valid, inp.valid, v_idx, v_valid, inp.scaling)
     return visual_scores(attn, r_valid), (v_idx, v_valid)

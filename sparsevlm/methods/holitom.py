@@ -169,7 +169,7 @@ def inner_merge(inp: PruneInput, keep_n: torch.Tensor) -> Decision:
     merged = (0.5 ** k.double())[..., None] * h.double() + torch.bmm(
         member.transpose(1, 2).double() * weight[:, None, :], h.double())  # (B, V, D)
     hub = kept & (k > 0)  # kept tokens that took members: replaced by their merged token
-    width = inp.sizes.get(f"visual{inp.step + 1}") or int(keep_n.max())
+    width = inp.plan.visual.get(inp.step + 1) or int(keep_n.max())
     slot, slot_valid = mask_to_index(hub, width)  # (B, K)
     return Decision(keep=keep_mask(inp, v_idx, v_valid, kept & ~hub),
                     inserted=gather(merged, slot).to(inp.hidden.dtype), inserted_valid=slot_valid,

@@ -50,7 +50,7 @@ class RandomTokens(Method):
         n_vis = inp.vis_mask.sum(-1)  # (B,)
         # One draw per visual slot, shared by the batch: a sample's choice does not depend on its batch.
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + inp.step)
-        width = inp.sizes.get(f"visual{inp.step}") or host_ints(n_vis.max())[0]  # the most of a sample
+        width = inp.plan.visual.get(inp.step) or host_ints(n_vis.max())[0]  # the most of a sample
         draw = to_device(torch.rand(width, generator=g), inp.hidden.device).expand(len(n_vis), -1)  # (B, V)
         return keep_top(inp, draw, self.counts_after(inp.step, n_vis, inp.n_prompt), self.cfg.budget_per)
 

@@ -12,12 +12,14 @@ from ..raters import select_raters
 from ..recycle import cluster_merge, recycle_counts
 from ..scores import rater_attention, rope_gravity, top_heads, visual_scores
 from ..select import ON_HOST, arange, gather, host_copy, mask_to_index, to_device
-from .base import Decision, Method, PruneInput, scaled_schedules, top_visual, visual_decision
+from .base import Decision, Method, Plan, PruneInput, scaled_schedules, top_visual, visual_decision
 
 
 class SparseVLM(Method):
     cfg: SparseVLMConfig
     name, config = "sparsevlm", SparseVLMConfig
+    #: the rater mask follows its tokens; once found, the raters' positions (text: never pruned) are renumbered
+    token_moves = {"rater": "token", "rater_index": "index"}
 
     def begin(self, embeds, vis_mask, valid):
         # Raters are chosen once, from the embeddings entering the language model (§3.2).
@@ -30,43 +32,43 @@ class SparseVLM(Method):
         token_state["rater_norm"] = out["raters"].clamp(min=1).float().view(-1, 1)  # (B, 1)
         return out
 
-    def sizes(self, counts, token_state):
+    def plan(self, counts, token_state):
         # The rater rows, and in schedule mode every later count: they follow from the input's, by
         # integer arithmetic on the host. The per-sample counts of each step go to the device in one
-        # copy, for `prune`: token_state["plan"].
+        # copy, for `prune`: token_state["planned"].
         n_vis, n_valid, raters = counts["visual"], counts["valid"], counts["raters"]
-        out = {"raters": max(raters), "visual0": max(n_vis)}
+        plan = Plan(visual={0: max(n_vis)}, raters=max(raters))
         if self.cfg.mode == "schedule":
-            n_text, n, plan = [v - n for v, n in zip(n_valid, n_vis)], n_vis, []
+            n_text, n, planned = [v - n for v, n in zip(n_valid, n_vis)], n_vis, []
             for step in range(self.steps):
                 # A sample without raters cannot be rated: it keeps all its visual tokens.
                 keep = [keep_count(self.cfg, step, k, n_prompt=p) if r else k for k, p, r in zip(n, n_vis, raters)]
-                more, step_counts = self._after(step, n, keep, n_text)
-                plan.append(step_counts)
-                out |= more
+                plan, step_counts = self._after(plan, step, n, keep, n_text)
+                planned.append(step_counts)
                 n = [k + c for k, _, c in zip(*step_counts)]
-            planned = to_device(plan, token_state["rater"].device).view(-1, len(n_vis)).unbind(0)
-            token_state["plan"] = [planned[3 * s:3 * s + 3] for s in range(self.steps)]  # (keep, m, c) (B,) each
-        return out
+            on_device = to_device(planned, token_state["rater"].device).view(-1, len(n_vis)).unbind(0)
+            token_state["planned"] = [on_device[3 * s:3 * s + 3] for s in range(self.steps)]  # (keep, m, c) (B,) each
+        return plan
 
-    def _after(self, step, n_vis, keep, n_text):
-        """Sizes after step `step` and its per-sample counts (lists of ints, one per sample): kept,
-        recycled and merged tokens."""
+    def _after(self, plan, step, n_vis, keep, n_text):
+        """`plan` with step `step` added, and the step's per-sample counts (lists of ints, one per
+        sample): kept, recycled and merged tokens."""
         m = c = [0] * len(keep)
-        out = {}
+        recycled = {}
         if self.cfg.recycle:
             m, c = (list(x) for x in zip(*(recycle_counts(v - k, self.cfg.recycle_ratio, self.cfg.cluster_ratio)
                                            for v, k in zip(n_vis, keep))))
-            out |= {f"recycle{step}": max(m), f"clusters{step}": max(c)}
+            recycled = {"recycle": max(m), "clusters": max(c)}
         leaving = [k + x for k, x in zip(keep, c)]
-        return out | {f"width{step}": max(t + x for t, x in zip(n_text, leaving)), f"visual{step + 1}": max(leaving),
-                      f"same{step}": int(keep == list(n_vis) and not any(c))}, [keep, m, c]
+        plan = plan.step(step, max(leaving), max(t + x for t, x in zip(n_text, leaving)),
+                         keep == list(n_vis) and not any(c), **recycled)
+        return plan, [keep, m, c]
 
     def _counts_on_host(self, step, attn, r_valid, v_valid, inp):
         """Counts that depend on what the layer computed (rank mode): the attention matrix and the
         counts are read in one transfer, the rank (an SVD, which would wait for the device on its
         own), keep counts and the sizes of what follows are computed on the host, and the per-sample
-        counts go back to the device. Returns rank, keep, recycled, merged (B,) and the sizes."""
+        counts go back to the device. Returns rank, keep, recycled, merged (B,) and the step's plan."""
         dev = attn.device
         n_prompt = inp.n_prompt if inp.n_prompt is not None else v_valid.sum(-1)
         attn, r_valid, v_valid, n_prompt, n_valid = host_copy(attn, r_valid, v_valid, n_prompt, inp.valid.sum(-1))
@@ -75,8 +77,8 @@ class SparseVLM(Method):
             rank = attention_rank(attn, r_valid, v_valid) if self.cfg.mode == "rank" else None
             # A sample without raters cannot be rated: it keeps all its visual tokens.
             keep_n = keep_count(self.cfg, step, n_vis, rank, n_prompt).where(r_valid.any(-1), n_vis)  # (B,)
-            sizes, counts = self._after(step, n_vis.tolist(), keep_n.tolist(), (n_valid - n_vis).tolist())
-        return (None if rank is None else to_device(rank, dev), *to_device(counts, dev).unbind(0), sizes)
+            read, counts = self._after(Plan(), step, n_vis.tolist(), keep_n.tolist(), (n_valid - n_vis).tolist())
+        return (None if rank is None else to_device(rank, dev), *to_device(counts, dev).unbind(0), read)
 
     @staticmethod
     def _raters(state: dict, width: int | None, device):
@@ -102,15 +104,15 @@ class SparseVLM(Method):
         return state["scaling"][1]
 
     def prune(self, inp: PruneInput) -> Decision:
-        cfg, sizes, step, state = self.cfg, dict(inp.sizes), inp.step, inp.token_state
-        r_idx, r_valid = self._raters(state, sizes.get("raters"), inp.hidden.device)  # (B, R)
-        plan = state.get("plan")
+        cfg, plan, step, state = self.cfg, inp.plan, inp.step, inp.token_state
+        r_idx, r_valid = self._raters(state, plan.raters, inp.hidden.device)  # (B, R)
+        planned = state.get("planned")
         per_head = cfg.rope_correction or bool(cfg.top_heads)
         # The visual tokens as columns (B, V): when their order among themselves matters (heads ranked,
         # the rank of the matrix, a budget per span); otherwise the sequence's columns (B, L) with
         # the visual ones marked: the same scores, decisions and ties, and no index to build.
-        if per_head or plan is None or cfg.budget_per != "sample":
-            v_idx, v_valid = mask_to_index(inp.vis_mask, sizes.get(f"visual{step}"))  # (B, V)
+        if per_head or planned is None or cfg.budget_per != "sample":
+            v_idx, v_valid = mask_to_index(inp.vis_mask, plan.visual.get(step))  # (B, V)
         else:
             v_idx, v_valid = None, inp.vis_mask
         # Significance: the raters' attention on the visual tokens, from their query rows only.
@@ -124,14 +126,14 @@ class SparseVLM(Method):
             attn = top_heads(attn, cfg.top_heads) if cfg.top_heads else attn.mean(1)  # (B, R, V)
         scores = visual_scores(attn, r_valid, state.get("rater_norm"))  # (B, V)
         rank = None
-        if plan is not None:  # a schedule: the counts were planned before the first layer
-            keep_n, m, c = plan[step]
-            read = {}
+        if planned is not None:  # a schedule: the counts were planned before the first layer
+            keep_n, m, c = planned[step]
+            read = Plan()
         else:  # rank mode (or `prune` called on its own): the one read of this step, then all on the host
             rank, keep_n, m, c, read = self._counts_on_host(step, attn, r_valid, v_valid, inp)
-            sizes |= read
+            plan = plan.merged(read)
         keep_vis, order, place = top_visual(inp, scores, keep_n, cfg.budget_per, v_idx, v_valid)  # (B, V)
-        dec = replace(visual_decision(inp, v_idx, v_valid, keep_vis, scores, keep_n), sizes=read)
+        dec = replace(visual_decision(inp, v_idx, v_valid, keep_vis, scores, keep_n), plan=read)
         info = {**dec.info, "raters": state["n_raters"], **({"rank": rank} if rank is not None else {})}
         if not cfg.recycle:
             return replace(dec, info=info)
@@ -141,7 +143,7 @@ class SparseVLM(Method):
         else:
             pruned = (v_valid & ~keep_vis).gather(-1, order)  # (B, V) in score order
             chosen = torch.zeros_like(pruned).scatter_(-1, order, pruned & (pruned.cumsum(-1) <= m[:, None]))
-        M, K = sizes[f"recycle{step}"], sizes[f"clusters{step}"]
+        M, K = plan.recycle[step], plan.clusters[step]
         sel, sel_valid = mask_to_index(chosen, M)  # (B, M) among the columns, ascending
         seq_sel = sel if v_idx is None else gather(v_idx, sel)  # (B, M) their sequence positions
         tokens, centres, _ = cluster_merge(gather(inp.hidden, seq_sel), sel_valid, c, K, cfg.merge)

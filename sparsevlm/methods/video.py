@@ -161,7 +161,7 @@ class VideoMethod(Method):
         raise NotImplementedError
 
     def prune(self, inp: PruneInput) -> Decision:
-        v_idx, v_valid = mask_to_index(inp.vis_mask, inp.sizes.get(f"visual{inp.step}"))  # (B, V)
+        v_idx, v_valid = mask_to_index(inp.vis_mask, inp.plan.visual.get(inp.step))  # (B, V)
         x = gather(inp.hidden, v_idx)  # (B, V, D)
         spans = inp.spans if inp.spans is not None else visual_spans(inp.vis_mask)
         frame = gather(spans, v_idx).masked_fill(~v_valid, -1)  # (B, V) frame of each visual token

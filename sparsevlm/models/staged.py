@@ -11,8 +11,8 @@ where the visual tokens are and how positions work; methods add only what to kee
   (`patching.ROPE_CAPTURE`; nothing is recomputed). Scoring forms only the raters' rows, O(R·L),
   whatever the attention implementation (`eager`, `sdpa`; `flash_attention_2` takes the same path:
   it never needs the L×L matrix either, only the 2D padding mask that each stage passes on).
-- Decoding reuses the shorter caches: stage s > 0 keeps its prefill's padding mask (on the cache
-  object, so nothing outlives the cache); what was appended since is read from the cache's length
+- Decoding reuses the shorter caches: stage s > 0 keeps its prefill's padding mask (in
+  `state.STAGES`, keyed weakly by the cache: nothing outlives the cache); what was appended since is read from the cache's length
   and the attention mask at every step, so a cache cropped between steps (assisted decoding drops
   rejected draft tokens) stays consistent. A new token's position there is the count of the stage's
   tokens before it (compact positions, as the reference) or the model's own (original positions).
@@ -29,6 +29,7 @@ where the visual tokens are and how positions work; methods add only what to kee
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -39,7 +40,7 @@ from ..methods.base import PruneInput
 from ..report import dense_report, from_device
 from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_of, visual_spans
 from .compat import CACHE, ROPE_CAPTURE, preallocated, run_layer
-from .state import Clock
+from .state import STAGES, Clock
 
 def _batch_first(position_ids, B: int, L: int, device) -> torch.Tensor:
     """Positions as the stages keep them, batch first so that they follow their tokens: (B, L) for
@@ -87,7 +88,7 @@ class SparseTextModel:
         call = st.call()
         vis_mask, vision, frames = call.vis_mask, call.vision, call.frames  # (read once: the next call sets its own)
         call.vis_mask, call.vision, call.frames, call.present = None, {}, None, None
-        stages = getattr(cache, "_sparsevlm_stages", None)  # the cache was shortened by a pruned prefill
+        stages = STAGES.get(cache) if cache is not None else None  # the cache was shortened by a pruned prefill
         if stages is not None:
             if vis_mask is not None:
                 raise ValueError("this KV cache was shortened by pruning; a continuation with image tokens cannot be "
@@ -116,7 +117,7 @@ class SparseTextModel:
         elif st.method.needs_vision and not vision:
             reason = "the vision tower's signals for these image tokens were not captured"
         if reason is not None and vis_mask is not None and not vis_mask.any():
-            reason = "no image tokens in the input"  # (said first; a pruned prefill learns it with its sizes)
+            reason = "no image tokens in the input"  # (said first; a pruned prefill learns it with its plan)
         if reason is not None:
             return self._dense(reason, is_prefill, vis_mask, input_ids, attention_mask, position_ids, cache,
                                inputs_embeds, use_cache, kwargs)
@@ -196,23 +197,38 @@ class SparseTextModel:
 
     def _sparse_prefill(self, hidden, vis_mask, vision, attention_mask, position_ids, cache, use_cache, kwargs,
                         frames=None):
-        st, method = self._sparsevlm, self._sparsevlm.method
-        call = st.call()
-        B, L, D = hidden.shape
-        dev = hidden.device
+        st = self._sparsevlm
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         layer_kwargs, extras = st.family.token_inputs(self, kwargs, hidden)  # (kwargs stays whole for `_dense`)
+        clock = Clock(st, hidden.device)
+        seq, report, counted = self._plan(hidden, vis_mask, vision, attention_mask, position_ids, frames, extras, clock)
+        why = "no image tokens in the input" if seq["plan"].visual[0] == 0 else st.method.dense_reason(counted)
+        if why:
+            return self._dense(why, True, seq["vis_mask"], None, attention_mask, position_ids, cache, hidden,
+                               use_cache, kwargs)
+        stages = self._layers(seq, report, attention_mask, cache, use_cache, layer_kwargs, clock)
+        out = self._outputs(seq, report, stages, hidden)
+        if use_cache and stages:  # decoding reads each stage's padding mask and token count from them
+            STAGES[cache] = stages
+        return BaseModelOutputWithPast(last_hidden_state=out, **{CACHE: cache if use_cache else None})
+
+    def _plan(self, hidden, vis_mask, vision, attention_mask, position_ids, frames, extras, clock):
+        """The sequence as it will shrink, the report's raw parts, and the per-sample counts read to the
+        host (the one wait for the device in a planned prefill: every width the method needs)."""
+        method = self._sparsevlm.method
+        B, L, _ = hidden.shape
+        dev = hidden.device
         valid = attention_mask.bool() if attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
         positions = _batch_first(position_ids, B, L, dev)
         vis_mask = vis_mask.to(dev) & valid
-        clock = Clock(st, dev)
         with clock:
             token_state = method.begin(hidden, vis_mask, valid)
-        report = {"valid": valid, "vis_mask": vis_mask, "raters": token_state.get("rater"), "steps": []}
-        # The sequence as it shrinks: what each token is (its input position, −1 for a merged one),
-        # where it sits, and the method's per-token state, all kept aligned.
+        report = {"valid": valid, "vis_mask": vis_mask, "raters": token_state.get("rater"), "steps": [],
+                  "layouts": []}
+        # What each token is (its input position, −1 for a merged one), where it sits, and the method's
+        # per-token state, all kept aligned.
         seq = {"hidden": hidden, "valid": valid, "vis_mask": vis_mask, "positions": positions, "state": token_state,
                "index": arange(L, dev).expand(B, L),  # input position; −1: inserted
                "n_prompt": None,  # (B,) visual tokens of each prompt (`Method.counts`' "visual")
@@ -221,7 +237,6 @@ class SparseTextModel:
                         if method.needs_spans else None),  # per-image / per-frame budgets only
                "vision": vision,
                "extras": {n: t[:, :L] for n, t in extras.items()}}  # (an assisted prefill: the prompt's)
-        # The one wait for the device in a planned prefill: every width the method will need, in one read.
         with clock:
             counted = method.counts(vis_mask, valid, token_state)
             seq["n_prompt"] = counted["visual"]
@@ -229,19 +244,20 @@ class SparseTextModel:
                 counted["spans"] = seq["span"].amax(-1).clamp(min=0) + 1
             counted = host_counts(counted)
             with torch.profiler.record_function(ON_HOST):  # the plan: arithmetic on host integers
-                seq["sizes"] = method.sizes(counted, token_state)
+                seq["plan"] = method.plan(counted, token_state)
                 if seq["span"] is not None:
-                    seq["sizes"]["spans"] = max(counted["spans"])
-        why = "no image tokens in the input" if seq["sizes"]["visual0"] == 0 else method.dense_reason(counted)
-        if why:
-            return self._dense(why, True, vis_mask, None, attention_mask, position_ids, cache, hidden, use_cache,
-                               kwargs)
-        # Layer by layer, which layout it sees (0: the input's, s: after pruning step s; the report
-        # counts the visual tokens of each from report["layouts"]).
-        stages, counts_in, counts_out, report["layouts"] = [], [], [], []
-        step = 0
+                    seq["plan"] = replace(seq["plan"], spans=max(counted["spans"]))
+        return seq, report, counted
+
+    def _layers(self, seq, report, attention_mask, cache, use_cache, layer_kwargs, clock) -> list:
+        """The decoder layers over the shrinking sequence, the method asked after each pruning layer.
+        Returns the stages (each shorter layout and the layer it starts at). The report learns which
+        layout each layer saw (0: the input's, s: after pruning step s)."""
+        st, method = self._sparsevlm, self._sparsevlm.method
+        call = st.call()
+        stages, counts_in, counts_out, step = [], [], [], 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
-            pe = self._rotary(hidden, positions, 0)
+            pe = self._rotary(seq["hidden"], seq["positions"], 0)
             with clock:
                 self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
@@ -256,8 +272,8 @@ class SparseTextModel:
                                           use_cache, layer_kwargs)
             finally:
                 ROPE_CAPTURE.slot = None
-            seq["hidden"] = st.family.after_layer(self, i, seq["hidden"], seq["extras"])  # (before pruning: the
-            # next layer's input is what the method keeps or merges)
+            # (before pruning: the next layer's input is what the method keeps or merges)
+            seq["hidden"] = st.family.after_layer(self, i, seq["hidden"], seq["extras"])
             if prune_here:
                 with clock:
                     captured, call.capture = call.capture, None
@@ -270,21 +286,27 @@ class SparseTextModel:
                                            i + 1, skip=one, packed=False)
             counts_out.append(step)
         report["counts_in"], report["counts_out"] = counts_in, counts_out
-        if stages:  # outputs go back to the input positions; a pruned or padding position gets zeros
+        return stages
+
+    def _outputs(self, seq, report, stages, hidden):
+        """The last hidden states at the input positions, and the report, built when asked for
+        (`sparsevlm.report`) so that the prefill never waits to copy it."""
+        st = self._sparsevlm
+        call = st.call()
+        B, L, D = hidden.shape
+        valid = report["valid"]
+        if stages:  # a pruned or padding position gets zeros
             present = seq["valid"] & (seq["index"] >= 0)
             slot = seq["index"].where(present, L)  # pruned and inserted tokens go to a spare slot, dropped
             out = hidden.new_zeros(B, L + 1, D).scatter(1, slot[..., None].expand(-1, -1, D), self.norm(seq["hidden"]))
-            call.present = torch.zeros(B, L + 1, dtype=torch.bool, device=dev).scatter(1, slot, present)[:, :L]
+            call.present = torch.zeros(B, L + 1, dtype=torch.bool, device=hidden.device).scatter(1, slot, present)[:, :L]
         else:  # nothing moved: every position, padding included, as the dense model computes it
-            out, call.present = self.norm(seq["hidden"]), torch.ones(B, L, dtype=torch.bool, device=dev)
+            out, call.present = self.norm(seq["hidden"]), torch.ones(B, L, dtype=torch.bool, device=hidden.device)
         report["present"], report["right_padding"] = call.present, (valid[:, :-1] & ~valid[:, 1:]).any()
-        # Built when asked for (sparsevlm.report), so that the prefill never waits to copy it.
         overhead, call.overhead_s = call.overhead_s, 0.0
         call.report = functools.partial(from_device, st.method_name, self.config.num_hidden_layers, report,
                                         overhead if st.timing else None)
-        if use_cache and stages:  # decoding reads each stage's padding mask and token count from the cache itself
-            cache._sparsevlm_stages = stages
-        return BaseModelOutputWithPast(last_hidden_state=out[:, :L], **{CACHE: cache if use_cache else None})
+        return out[:, :L]
 
     def _prune(self, seq, method, report, stages, step, layer, queries, keys, scaling, pe, raw_keys=None):
         """Ask the method at one pruning point (after `layer`; −1: before the first layer) and
@@ -295,12 +317,12 @@ class SparseTextModel:
         dec = method.prune(PruneInput(step=step, layer=layer, hidden=seq["hidden"], valid=seq["valid"],
                                       vis_mask=seq["vis_mask"], queries=queries, keys=keys, scaling=scaling,
                                       position_embeddings=pe, token_state=seq["state"], vision=seq["vision"],
-                                      n_prompt=seq["n_prompt"], spans=seq["span"], sizes=seq["sizes"],
+                                      n_prompt=seq["n_prompt"], spans=seq["span"], plan=seq["plan"],
                                       norm=self.norm, raw_keys=raw_keys))
-        seq["sizes"] = {**seq["sizes"], **dec.sizes}
+        seq["plan"] = seq["plan"].merged(dec.plan)
         vis_mask = seq["vis_mask"]
         step_report = {"layer": layer, "info": dec.info, "scores": dec.scores, "score_index": dec.score_index}
-        if seq["sizes"].get(f"same{step}"):  # keep-all: padding positions too stay as the dense model has them
+        if seq["plan"].same.get(step):  # keep-all: padding positions too stay as the dense model has them
             kept_all = (dec.keep == seq["valid"]).all() & (dec.inserted_valid is None or ~dec.inserted_valid.any())
             torch._assert_async(kept_all, f"step {step} was planned to keep every token but dropped or inserted some")
             report["layouts"].append((seq["index"], seq["valid"]))
@@ -310,28 +332,40 @@ class SparseTextModel:
         K = 0 if ins is None else ins.shape[1]
         # Inserted tokens go right after the last visual position (of a sample that has one).
         anchor = (arange(L, dev) * vis_mask).amax(-1) if K else None
-        layout = plan_layout(dec.keep, anchor, ins, seq["sizes"].get(f"width{step}"))
-        last = step + 1 == method.steps  # nothing asks for the method's state after its last step
+        layout = plan_layout(dec.keep, anchor, ins, seq["plan"].width.get(step))
+        self._relayout(seq, method, layout, dec, last=step + 1 == method.steps, report=report)
+        report["layouts"].append((seq["index"], layout.valid))
+        report["steps"].append({**step_report, "recycled": ins})
+        stages.append({"start": layer + 1, "valid": layout.valid})
+        return True
+
+    @staticmethod
+    def _relayout(seq, method, layout, dec, last: bool, report) -> None:
+        """Move the sequence and everything aligned with it into `layout`. Per-token tensors follow
+        their tokens, the integer ones in one gather; inserted tokens come from no input position
+        (index −1) and have zero state. After the method's `last` step, what only it reads is dropped."""
+        ins = dec.inserted_valid
+        K = 0 if ins is None else ins.shape[1]
         seq["hidden"] = layout.apply(seq["hidden"], dec.inserted)
-        # Per-token tensors follow their tokens: the integer ones in one gather; inserted tokens come
-        # from no input position (index −1) and have zero state.
         ints = {(None, "index"): (seq["index"], -1)}  # (part of seq or None, name): (tensor, what inserted get)
         if method.positions != "compact" and seq["positions"].dim() == 2:
             ints[None, "positions"] = (seq["positions"], gather(seq["positions"], dec.inserted_from) if K else 0)
-        if last:  # what only the method reads is dropped
+        if last:
             seq.update(vis_mask=None, span=None, state={}, vision={})
         if seq["span"] is not None:
             ints[None, "span"] = (seq["span"], gather(seq["span"], dec.inserted_from) if K else 0)
-        for part in ("state", "vision", "extras"):
+        # How each entry moves: the method declares its state's; the vision tower's signals and a family's
+        # extras are per token. "index": positions (B, N) of tokens that stay, renumbered.
+        for part, moves in (("state", method.token_moves), ("vision", None), ("extras", None)):
             for n, t in seq[part].items():
-                if n.endswith("_index"):  # positions (B, N) of tokens that stay: where they are now
+                how = "token" if moves is None else moves.get(n)
+                if how == "index":
                     seq[part] = {**seq[part], n: layout.moved(t)}
-                elif isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[:2] == (B, L):
-                    if t.dim() == 2 and not t.is_floating_point():
-                        ints[part, n] = (t, 0)
-                    else:  # (floats and wider tensors on their own)
-                        zeros = t.new_zeros(*ins.shape, *t.shape[2:]) if K else None
-                        seq[part] = {**seq[part], n: layout.apply(t, zeros)}
+                elif how == "token" and t.dim() == 2 and not t.is_floating_point():
+                    ints[part, n] = (t, 0)
+                elif how == "token":  # (floats and wider tensors on their own)
+                    zeros = t.new_zeros(*ins.shape, *t.shape[2:]) if K else None
+                    seq[part] = {**seq[part], n: layout.apply(t, zeros)}
         for (part, name), out in zip(ints, layout.apply_ints(list(ints.values()), K)):
             if part is None:
                 seq[name] = out
@@ -344,10 +378,6 @@ class SparseTextModel:
         elif seq["positions"].dim() == 3:  # M-RoPE's (B, L, 3): inserted tokens take their source's
             seq["positions"] = layout.apply(seq["positions"], gather(seq["positions"], dec.inserted_from) if K else None)
         seq["valid"] = layout.valid
-        report["layouts"].append((seq["index"], layout.valid))
-        report["steps"].append({**step_report, "recycled": ins})
-        stages.append({"start": layer + 1, "valid": layout.valid})
-        return True
 
     def _sparse_decode(self, hidden, attention_mask, position_ids, cache, stages, use_cache, kwargs):
         st = self._sparsevlm

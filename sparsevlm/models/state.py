@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,11 @@ class ModelState:
         if not hasattr(self.local, "call"):
             self.local.call = CallState()
         return self.local.call
+
+
+#: a KV cache shortened by a pruned prefill -> its stages (each shorter layout and the layer it starts at);
+#: held weakly, so nothing outlives the cache and nothing is written on transformers' object
+STAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 #: the profiler range that marks the method's own work (counted by `sparsevlm bench --profile`)
