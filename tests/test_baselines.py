@@ -186,11 +186,12 @@ def test_matched_baselines_sit_beside_the_schedule_at_its_budget(budget):
     schedule (without the recycled tokens); FastV after its first pruning layer, PyramidDrop at its layers."""
     from dataclasses import replace
 
-    from sparsevlm.methods import BASELINES, matched_baselines, planned_tokens
+    from sparsevlm.methods import BASELINES, IMAGE_BASELINES, matched_baselines, planned_tokens
 
     cfg = SparseVLMConfig.preset(budget, positions="original", pruning_layers=(4, 9, 18))  # not the defaults
     target = planned_tokens(cfg, 576, 32)
-    got = sparsevlm.matched_baselines(cfg, 576, 32)
+    assert tuple(sparsevlm.matched_baselines(cfg, 576, 32)) == IMAGE_BASELINES  # (the video methods: video=True)
+    got = sparsevlm.matched_baselines(cfg, 576, 32, video=True)
     assert tuple(got) == BASELINES
     for name, c in got.items():
         assert c.positions == "original"
@@ -210,7 +211,7 @@ def test_every_baseline_is_matched_where_the_visual_tokens_are_no_grid():
     cfg = SparseVLMConfig.preset(128)
     from sparsevlm.methods import BASELINES
 
-    got = sparsevlm.matched_baselines(cfg, 2056, 32)
+    got = sparsevlm.matched_baselines(cfg, 2056, 32, video=True)
     assert tuple(got) == BASELINES
     assert abs(sparsevlm.planned_tokens(got["pooling"], 2056, 32) - sparsevlm.planned_tokens(cfg, 2056, 32)) <= 8
 

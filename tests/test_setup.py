@@ -92,7 +92,9 @@ def test_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
     wheel = next(dist.glob("sparsevlm_course-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ["sparsevlm/data/toy-llava/model.safetensors", "sparsevlm/data/toy-llava/eval_split.json",
-                   "sparsevlm/data/toy-llava/MODEL_CARD.md", "sparsevlm/results/bench_toy_cpu.json", "sparsevlm/course.py"]:
+                   "sparsevlm/data/toy-llava/MODEL_CARD.md", "sparsevlm/results/bench_toy_cpu.json", "sparsevlm/course.py",
+                   "sparsevlm/data/toy-video/model.safetensors", "sparsevlm/data/toy-video/MODEL_CARD.md",
+                   "sparsevlm/data/toy-video/results.json"]:
         assert needed in names, needed
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)

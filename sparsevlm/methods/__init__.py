@@ -36,6 +36,8 @@ ALL: tuple[type[Method], ...] = (SparseVLM, RandomTokens, FastV, PDrop, VisionZi
                                  CDPruner, Pooling, DyCoke, FastVID, VidCom2, HoliTom)
 METHODS: dict[type, type[Method]] = {m.config: m for m in ALL}  # config class -> method class
 BASELINES = tuple(m.name for m in ALL[1:])
+#: the baselines for images: all but the video methods, which reduce frames
+IMAGE_BASELINES = tuple(m.name for m in ALL[1:] if not m.needs_frames)
 COUNTINGS = ("output", "input")
 
 
@@ -100,13 +102,15 @@ def match_budget(cfg, tokens: float, n_visual: int, num_layers: int, counting: s
 
 
 def matched_baselines(cfg: SparseVLMConfig, n_visual: int, num_layers: int, counting: str = "output",
-                      methods=BASELINES) -> dict:
-    """Every baseline (or those named in `methods`) at the equivalent tokens of a SparseVLM schedule
-    `cfg`: random tokens on the same schedule, FastV after cfg's first pruning layer, PyramidDrop at
-    cfg's pruning layers (its own 8/16/24 on LLaVA-1.5 cannot go below ~1/4 of the tokens), VisionZip
-    (its 54:10 split), ToMe, DART (its layer, scaled to the depth), DivPrune, VisPruner, CDPruner
-    and pooling (the nearest h × w grid). Returns {name: config}; raises ValueError if one of them
+                      methods=None, video: bool = False) -> dict:
+    """Every image baseline (with `video`, the video methods too; or those named in `methods`) at the
+    equivalent tokens of a SparseVLM schedule `cfg`: random tokens on the same schedule, FastV after
+    cfg's first pruning layer, PyramidDrop at cfg's pruning layers (its own 8/16/24 on LLaVA-1.5
+    cannot go below ~1/4 of the tokens), VisionZip (its 54:10 split), ToMe, DART (its layer, scaled to
+    the depth), DivPrune, VisPruner, CDPruner, pooling (the nearest h × w grid), and DyCoke, FastVID,
+    VidCom2 and HoliTom (their retention). Returns {name: config}; raises ValueError if one of them
     cannot reach the budget (e.g. DART, pruning once after its second layer, on a very shallow model)."""
+    methods = (BASELINES if video else IMAGE_BASELINES) if methods is None else methods
     unknown = [m for m in methods if m not in BASELINES]
     if unknown:
         raise ValueError(f"methods={unknown!r}: unknown baselines; allowed: {', '.join(BASELINES)}")
@@ -123,4 +127,5 @@ __all__ = ["build", "Method", "PruneInput", "Decision", "SparseVLM", "RandomToke
            "RandomConfig", "FastVConfig", "PDropConfig", "VisionZipConfig", "ToMeConfig", "DARTConfig", "DivPruneConfig",
            "VisPrunerConfig", "CDPrunerConfig", "PoolingConfig", "DyCoke", "FastVID", "VidCom2", "HoliTom",
            "DyCokeConfig", "FastVIDConfig", "VidCom2Config", "HoliTomConfig",
-           "planned_counts", "planned_tokens", "match_budget", "matched_baselines", "BASELINES"]
+           "planned_counts", "planned_tokens", "match_budget", "matched_baselines", "BASELINES",
+           "IMAGE_BASELINES"]

@@ -727,7 +727,6 @@ def main_video(args):
         info["init_training"] = json.loads((init / "training.json").read_text())
     (path / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
-    from .video import finalize_video
 
     print(json.dumps(finalize_video(path), indent=2))
 
@@ -757,3 +756,34 @@ def finalize(path) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def finalize_video(path) -> dict:
+    """Freeze the video evaluation split beside the checkpoint, evaluate the checkpoint as loaded from
+    disk (dense accuracy per type with 95 % bootstrap intervals) and measure temporal redundancy on
+    the split's clips (results.json; tests tie the shipped model to it)."""
+    from ..eval import accuracy_by_type, accuracy_ci, evaluate
+    from . import load
+    from .video import (COUNTING, MULTI_FRAME, SINGLE_FRAME, VIDEO_QUESTION_TYPES, redundancy, video_eval_split,
+                        write_video_split)
+
+    write_video_split(path)
+    model, processor = load(path)
+    records = video_eval_split(path)
+    df = evaluate(model, processor, records, progress=False)
+    acc = accuracy_by_type(df)
+    per_type = {}
+    for qtype in (*VIDEO_QUESTION_TYPES, "all"):
+        part = df if qtype == "all" else df[df["type"] == qtype]
+        low, high = accuracy_ci(part)
+        per_type[qtype] = {"n": len(part), "accuracy": round(float(acc[qtype]), 4), "low": round(low, 4),
+                           "high": round(high, 4)}
+    groups = {name: round(float(df[df["type"].isin(types)]["correct"].mean()), 4)
+              for name, types in (("single_frame", SINGLE_FRAME), ("multi_frame", MULTI_FRAME), ("counting", COUNTING))}
+    videos = np.stack(list({r["clip_id"]: r["video"] for r in records}.values()))  # each clip once
+    results = {"n_questions": len(records), "n_clips": len({r["clip_id"] for r in records}),
+               "dense_accuracy": {k: v["accuracy"] for k, v in per_type.items()}, "dense_by_type": per_type,
+               "dense_by_group": groups, "correct": "".join("1" if c else "0" for c in df["correct"]),
+               "redundancy": redundancy(model, processor, videos)}
+    Path(path, "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -378,32 +378,3 @@ def redundancy(model, processor, videos) -> dict:
         out[name] = {"all": round(float(cos.mean()), 4), "repeated": round(float(cos[same].mean()), 4),
                      "changed": round(float(cos[~same].mean()), 4)}
     return out
-
-
-def finalize_video(path) -> dict:
-    """Freeze the video evaluation split beside the checkpoint, evaluate the checkpoint as loaded from
-    disk (dense accuracy per type with 95 % bootstrap intervals) and measure temporal redundancy on
-    the split's clips (results.json; tests tie the shipped model to it)."""
-    from ..eval import accuracy_by_type, accuracy_ci, evaluate
-    from . import load
-
-    write_video_split(path)
-    model, processor = load(path)
-    records = video_eval_split(path)
-    df = evaluate(model, processor, records, progress=False)
-    acc = accuracy_by_type(df)
-    per_type = {}
-    for qtype in (*VIDEO_QUESTION_TYPES, "all"):
-        part = df if qtype == "all" else df[df["type"] == qtype]
-        low, high = accuracy_ci(part)
-        per_type[qtype] = {"n": len(part), "accuracy": round(float(acc[qtype]), 4), "low": round(low, 4),
-                           "high": round(high, 4)}
-    groups = {name: round(float(df[df["type"].isin(types)]["correct"].mean()), 4)
-              for name, types in (("single_frame", SINGLE_FRAME), ("multi_frame", MULTI_FRAME), ("counting", COUNTING))}
-    videos = np.stack(list({r["clip_id"]: r["video"] for r in records}.values()))  # each clip once
-    results = {"n_questions": len(records), "n_clips": len({r["clip_id"] for r in records}),
-               "dense_accuracy": {k: v["accuracy"] for k, v in per_type.items()}, "dense_by_type": per_type,
-               "dense_by_group": groups, "correct": "".join("1" if c else "0" for c in df["correct"]),
-               "redundancy": redundancy(model, processor, videos)}
-    Path(path, "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
