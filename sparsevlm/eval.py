@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -274,8 +275,6 @@ def write_comparison(table: pd.DataFrame, frames: dict, configs: dict, folder, s
     `stem`.json with the machine, the `command` that produced it, each row's config, the table, and
     each row's per-question correctness ("1" right, "0" wrong, in the dataset's order). Returns the
     JSON's path. `read_comparison` reads it back."""
-    from pathlib import Path
-
     from .outputs import machine, write_results
 
     per_question = {name: "".join("1" if c else "0" for c in df["correct"]) for name, df in frames.items()}
@@ -289,7 +288,6 @@ def read_comparison(path) -> tuple[pd.DataFrame, dict, dict]:
     """A comparison kept by `write_comparison`: (table, {row: per-question correctness as a bool
     array}, the whole JSON document: machine, command, configs)."""
     import json
-    from pathlib import Path
 
     doc = json.loads(Path(path).read_text())
     table = pd.DataFrame(doc["results"]).set_index("method")

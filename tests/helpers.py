@@ -152,3 +152,37 @@ def run_skipped_cells(notebook: str, stand_ins: dict, skipped: int, scope: dict,
             exec(compile(source, notebook, "exec"), scope)
     assert not unused, f"stand-ins not found in {notebook}: {sorted(unused)}"
     return scope
+
+
+def assert_scores_are_the_models_attention(model, inputs, image_token: int, keep: int, positions="original"):
+    """One SparseVLM step after layer 2 on an eager model: each visual token's score is the dense
+    model's own attention from the raters (mean over heads and raters), and the kept tokens its top
+    `keep`."""
+    import sparsevlm
+    from sparsevlm import SparseVLMConfig
+
+    out = model(**inputs, output_attentions=True)
+    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(keep,), recycle=False, positions=positions)
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        rep = sparsevlm.report(model)
+    vis = (inputs["input_ids"][0] == image_token).nonzero().flatten()
+    scores = out.attentions[2][0][:, rep.raters[0]][:, :, vis].mean(0).mean(0)
+    torch.testing.assert_close(rep.steps[0]["scores"][0], scores)
+    assert rep.steps[0]["kept"][0] == sorted(scores.topk(keep).indices.tolist())
+
+
+def assert_keep_all_is_dense(model, inputs, keep_all, n_visual: list, atol: float = 1e-5):
+    """Keep-all equals the dense model (logits at valid positions, greedy generation, the visual
+    counts in the report), and unsparsify restores it bit for bit."""
+    import sparsevlm
+
+    greedy = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    dense, dense_ids = model(**inputs).logits, model.generate(**inputs, **greedy)
+    valid = inputs["attention_mask"].bool()
+    with sparsevlm.sparsified(model, keep_all):
+        torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=atol, rtol=atol)
+        rep = sparsevlm.report(model)
+        assert not rep.dense and rep.n_visual.tolist() == n_visual
+        assert torch.equal(model.generate(**inputs, **greedy), dense_ids)
+    assert torch.equal(model(**inputs).logits, dense)

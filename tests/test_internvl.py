@@ -5,7 +5,7 @@ equals dense, batched equals each sample alone, beams, the report equals `planne
 per-tile budgets, unsparsify exact, refusals that leave the model as it was."""
 import pytest
 import torch
-from helpers import assert_batched_equals_alone
+from helpers import assert_batched_equals_alone, assert_scores_are_the_models_attention
 from transformers import InternVLConfig
 
 import sparsevlm
@@ -163,17 +163,9 @@ def test_the_command_line_knows_the_model_type():
 def test_scores_are_the_models_own_attention():
     """Qwen3's q/k norms and RoPE applied as its attention applies them: the raters' attention to the
     image tokens is the eager dense model's, and the kept tokens are its top ones."""
-    model = tiny_internvl("qwen3", attn="eager")
     inputs, _, _ = batch([[2]], [6])
-    out = model(**inputs, output_attentions=True)
-    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(5,), recycle=False)
-    with sparsevlm.sparsified(model, cfg):
-        model(**inputs)
-        rep = sparsevlm.report(model)
-    vis = (inputs["input_ids"][0] == IMAGE).nonzero().flatten()
-    scores = out.attentions[2][0][:, rep.raters[0]][:, :, vis].mean(0).mean(0)
-    torch.testing.assert_close(rep.steps[0]["scores"][0], scores)
-    assert rep.steps[0]["kept"][0] == sorted(scores.topk(5).indices.tolist())
+    assert_scores_are_the_models_attention(tiny_internvl("qwen3", attn="eager"), inputs, IMAGE, keep=5,
+                                           positions="compact")
 
 
 def test_dense_accounting_and_class_names_are_the_models(model):

@@ -4,7 +4,7 @@ keep-all equals dense with pruning layers before the DeepStack layers, and a pru
 the model's own text forward over the kept tokens."""
 import pytest
 import torch
-from helpers import assert_batched_equals_alone
+from helpers import assert_batched_equals_alone, assert_keep_all_is_dense
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
@@ -61,14 +61,7 @@ def model():
 def test_keep_all_equals_dense_and_unsparsify_restores_it(model, kind):
     grids, video = GRIDS[kind]
     inputs, _ = batch(grids, [5, 3, 7], video)
-    dense, dense_ids = model(**inputs).logits, model.generate(**inputs, **GREEDY)
-    valid = inputs["attention_mask"].bool()
-    with sparsevlm.sparsified(model, KEEP_ALL):
-        torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=1e-4, rtol=1e-4)
-        rep = sparsevlm.report(model)
-        assert not rep.dense and rep.n_visual.tolist() == [t * h * w // 4 for t, h, w in grids]
-        assert torch.equal(model.generate(**inputs, **GREEDY), dense_ids)
-    assert torch.equal(model(**inputs).logits, dense)
+    assert_keep_all_is_dense(model, inputs, KEEP_ALL, [t * h * w // 4 for t, h, w in grids], atol=1e-4)
 
 
 @pytest.mark.parametrize("cfg", METHODS, ids=IDS)

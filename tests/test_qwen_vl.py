@@ -4,7 +4,7 @@ tokens keep their 3D positions, decoding continues from the model's positions, t
 for every visual token, unsparsify is exact, and what cannot work is refused."""
 import pytest
 import torch
-from helpers import assert_batched_equals_alone
+from helpers import assert_batched_equals_alone, assert_keep_all_is_dense, assert_scores_are_the_models_attention
 
 import sparsevlm
 from sparsevlm import SparseVLMConfig
@@ -62,14 +62,7 @@ def model(request):
 def test_keep_all_equals_dense_and_unsparsify_restores_it(model, kind):
     grids, video = GRIDS[kind]
     inputs, _ = batch(grids, [5, 3, 7], video)
-    dense, dense_ids = model(**inputs).logits, model.generate(**inputs, **GREEDY)
-    valid = inputs["attention_mask"].bool()
-    with sparsevlm.sparsified(model, KEEP_ALL):
-        torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=1e-5, rtol=1e-5)
-        rep = sparsevlm.report(model)
-        assert not rep.dense and rep.n_visual.tolist() == [t * h * w // 4 for t, h, w in grids]
-        assert torch.equal(model.generate(**inputs, **GREEDY), dense_ids)
-    assert torch.equal(model(**inputs).logits, dense)
+    assert_keep_all_is_dense(model, inputs, KEEP_ALL, [t * h * w // 4 for t, h, w in grids])
 
 
 @pytest.mark.parametrize("cfg", METHODS, ids=IDS)
@@ -118,17 +111,8 @@ def test_what_cannot_work_is_refused(model):
 
 
 def test_scores_are_the_models_own_attention():
-    model = tiny("qwen2-vl", attn="eager")
     inputs, _ = batch([(1, 4, 6)], [6])
-    out = model(**inputs, output_attentions=True)
-    cfg = SparseVLMConfig(mode="schedule", pruning_layers=(2,), schedule=(3,), recycle=False, positions="original")
-    with sparsevlm.sparsified(model, cfg):
-        model(**inputs)
-        rep = sparsevlm.report(model)
-    vis = (inputs["input_ids"][0] == IMAGE).nonzero().flatten()
-    scores = out.attentions[2][0][:, rep.raters[0]][:, :, vis].mean(0).mean(0)
-    torch.testing.assert_close(rep.steps[0]["scores"][0], scores)
-    assert rep.steps[0]["kept"][0] == sorted(scores.topk(3).indices.tolist())
+    assert_scores_are_the_models_attention(tiny("qwen2-vl", attn="eager"), inputs, IMAGE, keep=3)
 
 
 @pytest.mark.parametrize("kind", ["images", "video"])

@@ -268,6 +268,22 @@ def visual_decision(inp: PruneInput, v_idx, v_valid, keep_vis, scores, keep_n) -
                     info={"keep": keep_n})
 
 
+def merged_decision(inp: PruneInput, v_idx, v_valid, keep_vis, merged: list, reps: list, **fields) -> Decision:
+    """The Decision that keeps the visual tokens `keep_vis` (B, V) and every text token, and inserts
+    each sample's merged tokens: `merged[b]` (C_b, D), each taking the position of the sequence index
+    in `reps[b]` (C_b,). `fields`: more of the Decision (scores, score_index)."""
+    B, D, dev = len(merged), inp.hidden.shape[-1], inp.hidden.device
+    K = max(len(m) for m in merged)
+    inserted = inp.hidden.new_zeros(B, K, D)
+    inserted_from = torch.zeros(B, K, dtype=torch.long, device=dev)
+    inserted_valid = torch.zeros(B, K, dtype=torch.bool, device=dev)
+    for b, (m, rep) in enumerate(zip(merged, reps)):
+        inserted[b, :len(m)], inserted_from[b, :len(m)], inserted_valid[b, :len(m)] = m, rep, True
+    return Decision(keep=keep_mask(inp, v_idx, v_valid, keep_vis), inserted=inserted if K else None,
+                    inserted_valid=inserted_valid if K else None, inserted_from=inserted_from if K else None,
+                    info={"keep": keep_vis.sum(-1), "merged": inserted_valid.sum(-1)}, **fields)
+
+
 def keep_mask(inp: PruneInput, v_idx, v_valid, keep_vis) -> torch.Tensor:
     """Every valid text token and the visual tokens `keep_vis` (B, V) at `v_idx`: (B, L) bool. (An
     addition, not a write, so that padded entries of `v_idx` pointing at a kept token change nothing.)"""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..select import gather, host_counts, mask_to_index
-from .base import Decision, Method, Plan, PruneInput, keep_mask
+from .base import Decision, Method, Plan, PruneInput, merged_decision
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -82,17 +82,8 @@ class PreLLM(Method):
             keep_vis[b, :n] = kept
             merged.append(m)
             reps.append(v_idx[b, rep])
-        K = max(len(m) for m in merged)
-        B, D = len(x), x.shape[-1]
-        inserted = x.new_zeros(B, K, D)
-        inserted_from = torch.zeros(B, K, dtype=torch.long, device=x.device)
-        inserted_valid = torch.zeros(B, K, dtype=torch.bool, device=x.device)
-        for b, (m, rep) in enumerate(zip(merged, reps)):
-            inserted[b, :len(m)], inserted_from[b, :len(m)], inserted_valid[b, :len(m)] = m, rep, True
-        return Decision(keep=keep_mask(inp, v_idx, v_valid, keep_vis), inserted=inserted if K else None,
-                        inserted_valid=inserted_valid if K else None, inserted_from=inserted_from if K else None,
-                        scores=cls.float(), score_index=(v_idx, v_valid),
-                        info={"keep": keep_vis.sum(-1), "merged": inserted_valid.sum(-1)})
+        return merged_decision(inp, v_idx, v_valid, keep_vis, merged, reps, scores=cls.float(),
+                               score_index=(v_idx, v_valid))
 
 
 class KeepPreLLM(PreLLM):

@@ -20,7 +20,7 @@ import torch
 
 from ..config import POSITIONS, check_choice, check_number
 from ..select import gather, host_copy, mask_to_index, visual_spans
-from .base import Decision, Method, PruneInput, keep_mask
+from .base import Decision, Method, PruneInput, merged_decision
 from .before_llm import cosine
 
 
@@ -166,7 +166,7 @@ class VideoMethod(Method):
         spans = inp.spans if inp.spans is not None else visual_spans(inp.vis_mask)
         frame = gather(spans, v_idx).masked_fill(~v_valid, -1)  # (B, V) frame of each visual token
         n_vis, frame_host = host_copy(v_valid.sum(-1), frame)  # one read: each sample's frame layout
-        B, D = len(x), x.shape[-1]
+        B = len(x)
         keep_vis = torch.zeros_like(v_valid)
         merged, reps = [], []
         for b in range(B):
@@ -183,15 +183,7 @@ class VideoMethod(Method):
             keep_vis[b, :n] = kept
             merged.append(m)
             reps.append(rep)
-        K = max(len(m) for m in merged)
-        inserted = x.new_zeros(B, K, D)
-        inserted_from = torch.zeros(B, K, dtype=torch.long, device=x.device)
-        inserted_valid = torch.zeros(B, K, dtype=torch.bool, device=x.device)
-        for b, (m, rep) in enumerate(zip(merged, reps)):
-            inserted[b, :len(m)], inserted_from[b, :len(m)], inserted_valid[b, :len(m)] = m, rep, True
-        return Decision(keep=keep_mask(inp, v_idx, v_valid, keep_vis), inserted=inserted if K else None,
-                        inserted_valid=inserted_valid if K else None, inserted_from=inserted_from if K else None,
-                        info={"keep": keep_vis.sum(-1), "merged": inserted_valid.sum(-1)})
+        return merged_decision(inp, v_idx, v_valid, keep_vis, merged, reps)
 
 
 def frame_starts(sizes: list[int]) -> list[int]:

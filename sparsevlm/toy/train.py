@@ -578,7 +578,7 @@ def train_video(args, log=print) -> dict:
     """The video recipe: the image model's parts in LLaVA-OneVision (tower and projector frozen, their
     pooled video tokens computed once for a pool of clips), then the language model trained on fresh
     questions about those clips with the answer, grounding and background-dropout losses above."""
-    from transformers import AutoConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import AutoConfig
 
     from . import CHECKPOINT, load
     from .model import build_tokenizer
