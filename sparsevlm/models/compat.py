@@ -4,14 +4,15 @@
 Public API the library builds on elsewhere (classes, `create_causal_mask`, `DynamicCache`, model
 outputs) is imported where it is used. What is here is private or shaped by one version:
 
-| what | used for | since |
+| what | used for | version note |
 |---|---|---|
 | the KV-cache keyword, `cache` or `past_key_values` | calling layers and masks | renamed in 5.24 |
-| `StaticLayer` | telling a pre-allocated cache | 5.0 |
-| a modeling module's `apply_rotary_pos_emb` | capturing a pruning layer's queries and keys | 5.0 |
-| `output_capturing._CAN_RECORD_REGISTRY` | output recording for the swapped classes | 5.19 |
-| a decoder layer's `position_embeddings=` keyword | the staged loop | 5.0 |
-| Qwen3-VL's text-model keywords `visual_pos_masks`, `deepstack_visual_embeds` | DeepStack in the staged loop | 5.0 |
+| `StaticLayer` | telling a pre-allocated cache | |
+| a modeling module's `apply_rotary_pos_emb` | capturing a pruning layer's queries and keys | |
+| `output_capturing._CAN_RECORD_REGISTRY` | output recording for the swapped classes | keyed by the model from 5.23 |
+| a decoder layer's `position_embeddings=` keyword | the staged loop | |
+| `config._attn_implementation` | skipping the mask of one sdpa decoding token | |
+| Qwen3-VL's text-model keywords `visual_pos_masks`, `deepstack_visual_embeds` | DeepStack in the staged loop | |
 
 The seams the mixins override are transformers' own method names: `get_placeholder_mask`,
 `_expand_multimodal_outputs` and `loss_function` (`patching.py`, `llava.py`).
@@ -29,6 +30,11 @@ from transformers.masking_utils import create_causal_mask
 #: the KV cache's keyword and output field: `cache` from transformers 5.24 (`past_key_values`, the
 #: name before, still works there, deprecated)
 CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+def attention_kind(config) -> str | None:
+    """The attention implementation a config runs ("eager", "sdpa", ...): a private field of it."""
+    return config._attn_implementation
+
 
 def preallocated(cache) -> bool:
     """Whether `cache` has pre-allocated layers (a static cache), which cannot hold fewer tokens."""

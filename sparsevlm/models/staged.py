@@ -39,7 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from ..methods.base import PruneInput
 from ..report import dense_report, from_device
 from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_of, visual_spans
-from .compat import CACHE, ROPE_CAPTURE, preallocated, run_layer
+from .compat import CACHE, ROPE_CAPTURE, attention_kind, preallocated, run_layer
 from .state import STAGES, Clock
 
 def _batch_first(position_ids, B: int, L: int, device) -> torch.Tensor:
@@ -182,7 +182,7 @@ class SparseTextModel:
         One new token under sdpa attends to every valid cached token: its mask is the padding mask as it
         is (what `create_causal_mask` would build, without building it)."""
         if (not skip and hidden.shape[1] == 1 and mask2d is not None and mask2d.dim() == 2
-                and self.config._attn_implementation == "sdpa"):
+                and attention_kind(self.config) == "sdpa"):
             mask = mask2d.bool().view(mask2d.shape[0], 1, 1, mask2d.shape[1])
             return mask, self._rotary(hidden, positions, layer_idx) if rope else None
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
