@@ -13,8 +13,8 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from .recipes import (BUDGETS, DTYPES, LLAVA_PROMPT, METHOD_NAMES, CliError, check_device, check_prompt, load_model,
-                      method_config, model_folder, model_shape)
+from .recipes import (BUDGETS, DTYPES, LLAVA_PROMPT, METHOD_NAMES, TOYS, VIDEO_BASELINES, CliError, check_device,
+                      check_prompt, clip_tokens, load_model, method_config, model_folder, model_inputs, model_shape)
 from .utils import positive_int
 
 
@@ -67,6 +67,12 @@ def _records(args):
     stored beside the model (the embedded one, or one written by `python -m sparsevlm.toy.train`)."""
     from . import toy
 
+    if getattr(args, "toy", "image") == "video":
+        for flag, value in (("--model", args.model), ("--data", args.data)):
+            if value is not None:
+                raise CliError(f"--toy video runs the embedded video model on its own split; {flag} names other "
+                               f"{'weights' if flag == '--model' else 'questions'}: give one of them")
+        return toy.video_eval_split(limit=args.limit)
     if args.data is None:
         folder = model_folder(args.model) if args.model is not None else toy.CHECKPOINT
         if not (folder / "eval_split.json").is_file():
@@ -162,9 +168,13 @@ def demo(args) -> int:
     from .recipes import methods_for
 
     check_out(args.out, folder=True)
+    from .recipes import video_methods_for
+
     records = _records(args)  # before loading: a missing split should not wait for a large model
-    model, processor = load_model(args.model, args.device, args.dtype)
-    configs = methods_for(model, args.presets, methods=["sparsevlm", *args.methods])
+    model, processor = load_model(args.model, args.device, args.dtype, toy_kind=args.toy)
+    args.methods = args.methods or list(VIDEO_BASELINES if args.toy == "video" else METHOD_NAMES[2:])
+    configs = (video_methods_for(model, args.presets, args.methods) if args.toy == "video"
+               else methods_for(model, args.presets, methods=["sparsevlm", *args.methods]))
     table, frames = compare(model, processor, records, configs, progress=not args.quiet, per_question=True)  # data-parallel under torchrun
     if world()[0] > 0:  # the other processes helped answer; the first one times, plots and writes
         return 0
@@ -172,7 +182,8 @@ def demo(args) -> int:
         return _demo_results(args, table, frames, configs, len(records))
     out, figures = _demo_files(args, model, processor, records, table, configs)
     n_visual, layers = model_shape(model)
-    print(f"{len(records)} questions, {n_visual} visual tokens per image, {layers} layers; presets are LLaVA-1.5's "
+    n_visual = clip_tokens(model) if args.toy == "video" else n_visual
+    print(f"{len(records)} questions, {n_visual} visual tokens per {args.toy if args.model is None else 'image'}, {layers} layers; presets are LLaVA-1.5's "
           f"(576 tokens, 32 layers) scaled to this model" + (" (see data/toy-llava/MODEL_CARD.md)" if args.model is None else ""))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(out.to_string(float_format=lambda x: f"{x:.3f}"))
@@ -186,12 +197,15 @@ def _demo_results(args, table, frames, configs, n_records: int) -> int:
 
     from .eval import write_comparison
 
-    command = " ".join(["sparsevlm demo --quiet", *([f"--model {args.model}"] if args.model else []),
+    video = args.toy == "video"
+    command = " ".join(["sparsevlm demo --quiet", *(["--toy video"] if video else []),
+                        *([f"--model {args.model}"] if args.model else []),
                         *([f"--limit {args.limit}"] if args.limit else []),
                         f"--presets {' '.join(map(str, args.presets))}",
-                        *([f"--methods {' '.join(args.methods)}"] if args.methods != list(METHOD_NAMES[2:]) else []),
+                        *([f"--methods {' '.join(args.methods)}"]
+                          if args.methods != list(VIDEO_BASELINES if video else METHOD_NAMES[2:]) else []),
                         f"--results {args.results}"])
-    stem = f"baselines_{Path(args.model).name if args.model else 'toy'}_{torch.device(args.device).type}"
+    stem = f"{'video' if video else 'baselines'}_{Path(args.model).name if args.model else 'toy'}_{torch.device(args.device).type}"
     path = write_comparison(table, frames, configs, args.results, stem, command, args.device, args.dtype)
     print(f"{n_records} questions, {len(configs)} rows; wrote {path.with_suffix('.csv')} and .json")
     return 0
@@ -208,8 +222,7 @@ def _demo_files(args, model, processor, records, table, configs):
     from .plots import tradeoff
 
     # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
-    inputs = processor(images=[r["image"] for r in records[:32]], text=[r["prompt"] for r in records[:32]],
-                       return_tensors="pt", padding=True).to(args.device)
+    inputs = model_inputs(model, processor, records[:32]).to(args.device)
     table["prefill_ms"] = [prefill_time(model, inputs, cfg) * 1e3 for cfg in configs.values()]
     out = pd.DataFrame({
         "budget": [k.split()[1] if " " in k else "-" for k in table.index],
@@ -225,7 +238,7 @@ def _demo_files(args, model, processor, records, table, configs):
     tradeoff(table.assign(gflops=table["flops"] / 1e9), "gflops",
              xlabel="prefill GFLOPs (language model)").savefig(folder / "accuracy_vs_flops.png", dpi=120)
     rec = records[0]
-    one = processor(images=rec["image"], text=rec["prompt"], return_tensors="pt").to(args.device)
+    one = model_inputs(model, processor, [rec]).to(args.device)
     figures = "table.csv, per_type.csv, accuracy_vs_tokens.png, accuracy_vs_flops.png"
     with sparsified(model, configs[f"sparsevlm {args.presets[-1]}"]), torch.no_grad():
         model(**one)
@@ -246,8 +259,9 @@ def evaluate_cmd(args) -> int:
 
     check_out(args.out, folder=False)
     records = _records(args)
-    model, processor = load_model(args.model, args.device, args.dtype)
-    cfg = method_config(model, args.method, args.budget, args.tokens)
+    model, processor = load_model(args.model, args.device, args.dtype, toy_kind=args.toy)
+    cfg = method_config(model, args.method, args.budget, args.tokens,
+                        n_visual=clip_tokens(model) if args.toy == "video" else None)
     df = evaluate(model, processor, records, cfg, batch_size=args.batch_size, progress=not args.quiet)
     acc = accuracy_by_type(df)
     size = world()[1]
@@ -389,8 +403,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _data_args(p) -> None:
-    """--data, --prompt and --limit: which questions to ask."""
+def _data_args(p, toys: bool = False) -> None:
+    """--data, --prompt and --limit (and with `toys`, --toy): which questions to ask."""
+    if toys:
+        p.add_argument("--toy", default="image", choices=TOYS,
+                       help="which embedded model and split: image (data/toy-llava) or video (data/toy-video, "
+                            "8-frame clips, 129 visual tokens per clip); not with --model or --data (default image)")
     p.add_argument("--data", metavar="JSONL", default=None,
                    help="questions as JSON lines {image (path relative to the file), question, answer[, type]} "
                         "(default: the toy split stored beside the model, eval_split.json; required for other checkpoints)")
@@ -404,16 +422,17 @@ def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="dense vs SparseVLM vs every baseline at each preset: table + plots",
                        description=demo.__doc__)
     add_model_args(p, methods=False)
-    _data_args(p)
+    _data_args(p, toys=True)
     p.add_argument("--presets", type=int, nargs="+", default=[192, 128, 64], choices=BUDGETS,
                    help="LLaVA-1.5 presets (equivalent tokens of 576), scaled to the model (default 192 128 64)")
-    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES[2:]), choices=METHOD_NAMES[2:],
-                   help="baselines to run at each preset (default: all)")
+    p.add_argument("--methods", nargs="+", default=None, choices=METHOD_NAMES[2:],
+                   help="baselines to run at each preset (default: all; with --toy video: "
+                        f"{' '.join(VIDEO_BASELINES)})")
     p.add_argument("--out", default="sparsevlm-demo", help="output folder (default ./sparsevlm-demo)")
     p.add_argument("--results", metavar="DIR", default=None,
                    help="instead of timing and plotting, keep the comparison as DIR/baselines_<model>_<device>.csv "
                         "and .json (table, per-question correctness, configs, machine, this command), e.g. "
-                        "results/baselines_toy_cpu.* (notebook 09 reads it)")
+                        "results/baselines_toy_cpu.* (notebook 09 reads it); with --toy video, DIR/video_toy_<device>.*")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=demo)
 
@@ -422,7 +441,7 @@ def _eval_parser(sub) -> None:
     """`sparsevlm eval`'s arguments."""
     p = sub.add_parser("eval", help="accuracy of one method, per question type", description=evaluate_cmd.__doc__)
     add_model_args(p)
-    _data_args(p)
+    _data_args(p, toys=True)
     p.add_argument("--batch-size", type=positive_int, default=64, help="questions per batch (default 64)")
     p.add_argument("--out", default=None, help="CSV file for the per-question results (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

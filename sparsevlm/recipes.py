@@ -16,6 +16,10 @@ BUDGETS = (192, 128, 96, 64)
 DTYPES = ("float32", "bfloat16", "float16")
 #: LLaVA-1.5's prompt, the default template for a checkpoint's questions
 LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+#: the embedded models `--toy` chooses between
+TOYS = ("image", "video")
+#: the video comparison's baselines: random and FastV (they run on any visual tokens), then the video methods
+VIDEO_BASELINES = ("random", "fastv", "dycoke", "fastvid", "vidcom2", "holitom")
 
 
 class CliError(Exception):
@@ -54,9 +58,9 @@ def model_folder(path: str) -> Path:
 
 # ---------------------------------------------------------------- loading
 
-def load_model(path: str | None, device: str, dtype: str, with_processor: bool = True):
-    """(model, processor) from the embedded default or a local checkpoint folder (processor None
-    when not asked for: timing needs none)."""
+def load_model(path: str | None, device: str, dtype: str, with_processor: bool = True, toy_kind: str = "image"):
+    """(model, processor) from the embedded default (the image model, or with `toy_kind` "video" the
+    video model) or a local checkpoint folder (processor None when not asked for: timing needs none)."""
     import torch
 
     from . import toy
@@ -66,7 +70,7 @@ def load_model(path: str | None, device: str, dtype: str, with_processor: bool =
     check_device(device)
     torch_dtype = getattr(torch, dtype)
     if path is None:
-        model, processor = toy.load(dtype=torch_dtype)
+        model, processor = (toy.load_video if toy_kind == "video" else toy.load)(dtype=torch_dtype)
     else:
         model, processor = _checkpoint(path, torch_dtype, with_processor)
     try:
@@ -150,22 +154,25 @@ def rank_config(model, n_visual: int | None = None):
     return SparseVLMConfig.rank(n_visual or n_vis, layers, positions=default_positions(model))
 
 
-def method_config(model, method: str, budget: int | None = None, tokens: float | None = None):
-    """The config of `method` at a LLaVA-1.5 preset `budget` (scaled to the model) or at
-    `tokens` equivalent tokens (baselines matched with `match_budget`). None for dense. Where the
-    visual tokens depend on the image (Qwen2-VL), budgets are ratios of LLaVA-1.5's 576; M-RoPE
-    models take original positions."""
+def method_config(model, method: str, budget: int | None = None, tokens: float | None = None,
+                  n_visual: int | None = None):
+    """The config of `method` at a LLaVA-1.5 preset `budget` (scaled to the model's `n_visual`
+    tokens per sample, default `model_shape`'s) or at `tokens` equivalent tokens (baselines matched
+    with `match_budget`). None for dense. Where the visual tokens depend on the image (Qwen2-VL),
+    budgets are ratios of LLaVA-1.5's 576; M-RoPE models take original positions."""
     from .methods import match_budget, matched_baselines
 
     if method == "dense":
         return None
     if method == "sparsevlm" and budget is None and tokens is None:
-        return rank_config(model)
-    n_visual, layers = model_shape(model)
-    cfg = preset_config(model, budget or 192)
+        return rank_config(model, n_visual)
+    n_vis, layers = model_shape(model)
+    n_visual = n_visual or n_vis
+    cfg = preset_config(model, budget or 192, n_visual)
     if tokens is not None:
         if not 0 < tokens <= n_visual:
-            raise CliError(f"--tokens {tokens:g} is out of range (0, {n_visual}]; {tokens_meaning(model)}")
+            meaning = f"a clip has {n_visual} visual tokens" if n_visual != n_vis else tokens_meaning(model)
+            raise CliError(f"--tokens {tokens:g} is out of range (0, {n_visual}]; {meaning}")
         try:
             base = cfg if method == "sparsevlm" else matched_baselines(cfg, n_visual, layers, methods=[method])[method]
             return match_budget(base, tokens, n_visual, layers)
@@ -195,6 +202,40 @@ def methods_for(model, budgets, n_visual: int | None = None, log=None, methods=N
                 continue
             rows[f"{name} {n}"] = c
     return rows
+
+
+def clip_tokens(model) -> int:
+    """Visual tokens of one clip of the embedded video model (8 frames × 16 + the newline = 129):
+    what its presets and `--tokens` are shares of."""
+    from .toy.video import tokens_per_video
+
+    return tokens_per_video(model.config)
+
+
+def video_methods_for(model, budgets, methods=VIDEO_BASELINES, log=None) -> dict:
+    """{row name: config} on the embedded video model: `methods_for` at the clip's visual tokens, with
+    SparseVLM twice per budget: one keep count per clip ("sparsevlm N", budget_per="sample") and one
+    per frame ("sparsevlm-frame N", budget_per="span")."""
+    from dataclasses import replace
+
+    rows = methods_for(model, budgets, n_visual=clip_tokens(model), log=log, methods=["sparsevlm", *methods], video=True)
+    out = {}
+    for name, cfg in rows.items():
+        out[name] = cfg
+        if name.startswith("sparsevlm "):
+            out[f"sparsevlm-frame {name.split()[1]}"] = replace(cfg, budget_per="span")
+    return out
+
+
+def model_inputs(model, processor, records) -> dict:
+    """Batched model inputs for evaluation records: images through the processor, clips (records
+    with "video") through `toy.video.clip_inputs`."""
+    if "video" in records[0]:
+        from .toy.video import clip_inputs
+
+        return clip_inputs(processor, [r["video"] for r in records], [r["prompt"] for r in records], model.config)
+    return processor(images=[r["image"] for r in records], text=[r["prompt"] for r in records],
+                     return_tensors="pt", padding=True)
 
 
 def _unsupported(model, cfg, layers: int, video: bool = False) -> str | None:

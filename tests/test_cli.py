@@ -47,6 +47,32 @@ def test_eval_prints_accuracy_per_type_and_writes_rows(capsys, tmp_path):
     assert code == 0 and pd.read_csv(tmp_path / "rows2.csv").equals(rows)
 
 
+def test_eval_toy_video_answers_the_video_split(capsys, tmp_path):
+    """`--toy video` loads the embedded video model and its split: the same rows as `evaluate_toy_video`,
+    and budgets scaled to the clip's 129 visual tokens."""
+    from sparsevlm.eval import evaluate_toy_video
+    from sparsevlm.recipes import method_config
+
+    code, out, _ = run(capsys, "eval", "--toy", "video", "--method", "holitom", "--budget", "64", "--limit", "8",
+                       "--quiet", "--out", str(tmp_path / "rows.csv"))
+    assert code == 0 and "HoliTomConfig(retention=0.178" in out and "\nall " in out
+    rows = pd.read_csv(tmp_path / "rows.csv", dtype={"prediction": str, "answer": str}, keep_default_na=False)
+    model, processor = toy.load_video()
+    cfg = method_config(model, "holitom", 64, n_visual=129)
+    direct = evaluate_toy_video(cfg, limit=8, progress=False, model=model, processor=processor)
+    assert list(rows["prediction"]) == list(direct["prediction"]) and list(rows["type"]) == list(direct["type"])
+    assert (rows["equivalent_tokens"] < 129).all()
+
+
+def test_demo_toy_video_writes_the_table(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--toy", "video", "--limit", "8", "--presets", "64", "--methods", "dycoke",
+                       "--quiet", "--out", str(tmp_path))
+    assert code == 0 and "8 questions, 129 visual tokens per video" in out
+    table = pd.read_csv(tmp_path / "table.csv", index_col=0)
+    assert list(table.index) == ["dense", "sparsevlm 64", "sparsevlm-frame 64", "dycoke 64"]
+    assert (table["prefill_ms"] > 0).all() and (tmp_path / "kept_tokens.png").stat().st_size > 0
+
+
 def test_show_draws_the_kept_tokens(capsys, tmp_path):
     from sparsevlm import toy
     image = toy.eval_split(limit=1)[0]["image"]
@@ -184,6 +210,11 @@ def test_the_clocks_add_up_the_calls_of_their_modules_alone():
     (["show", "--video", "{img}", "{wide}", "--question", "what color is the circle"],
      "--video: the frames differ in size (8×16, 96×96)"),
     (["show", "--video", "{img}", "{bad}", "--question", "what color is the circle"], "--video {bad}"),
+    (["eval", "--toy", "video", "--model", "{nosplit}"], "--toy video runs the embedded video model on its own split; "
+                                                       "--model names other weights: give one of them"),
+    (["demo", "--toy", "video", "--data", "{data}"], "--data names other questions: give one of them"),
+    (["eval", "--toy", "video", "--method", "dycoke", "--tokens", "200"],
+     "--tokens 200 is out of range (0, 129]; a clip has 129 visual tokens"),
 ])
 def test_bad_input_gets_one_line_and_exit_1(capsys, tmp_path, argv, message):
     (tmp_path / "bad.png").write_text("not an image")

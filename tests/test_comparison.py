@@ -11,6 +11,7 @@ import torch
 from sparsevlm import toy
 from sparsevlm.bench import RESULTS, methods_for
 from sparsevlm.eval import compare, read_comparison
+from sparsevlm.recipes import video_methods_for
 
 COMMITTED = RESULTS / "baselines_toy_cpu.json"
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "09_baselines.ipynb"
@@ -99,3 +100,27 @@ def test_notebook_08s_committed_ablations_regenerate():
     for name in rows:
         assert (frames[name]["correct"].to_numpy() == correct[name]).all(), name
     np.testing.assert_allclose(live["acc_all"].to_numpy(), table.loc[rows, "acc_all"].to_numpy(), rtol=1e-9)
+
+
+VIDEO = RESULTS / "video_toy_cpu.json"
+VIDEO_COMMAND = "sparsevlm demo --quiet --toy video --limit 120 --presets 192 128 64 --results results"
+
+
+def test_the_committed_video_comparison_is_todays():
+    """results/video_toy_cpu.*: every row's config is today's; a few rows, regenerated on the first 24
+    questions, give the committed answer on each and the same equivalent tokens."""
+    table, correct, doc = read_comparison(VIDEO)
+    model, processor = toy.load_video()
+    configs = video_methods_for(model, (192, 128, 64))
+    assert {name: repr(cfg) for name, cfg in configs.items()} == doc["configs"]
+    assert list(table.index) == list(configs) == list(correct) and doc["command"] == VIDEO_COMMAND
+    assert all(len(c) == doc["questions"] == 120 for c in correct.values())
+    np.testing.assert_allclose(table["acc_all"], [c.mean() for c in correct.values()], rtol=1e-9)
+    rows = ["dense", "sparsevlm 64", "sparsevlm-frame 128", "fastv 192", "holitom 64"]
+    torch.use_deterministic_algorithms(True)
+    live, frames = compare(model, processor, toy.video_eval_split(limit=24), {k: configs[k] for k in rows},
+                           progress=False, per_question=True)
+    for name in rows:
+        assert (frames[name]["correct"].to_numpy() == correct[name][:24]).all(), name
+    np.testing.assert_allclose(live["equivalent_tokens"].to_numpy(), table.loc[rows, "equivalent_tokens"].to_numpy(),
+                               rtol=0.05)
