@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .recipes import (BUDGETS, DTYPES, LLAVA_PROMPT, METHOD_NAMES, TOYS, VIDEO_BASELINES, CliError, check_device,
-                      check_prompt, clip_tokens, load_model, method_config, model_folder, model_inputs, model_shape)
+                      check_prompt, clip_tokens, load_model, method_config, model_folder, model_shape)
 from .utils import positive_int
 
 
@@ -219,10 +219,11 @@ def _demo_files(args, model, processor, records, table, configs):
 
     from . import report, sparsified
     from .bench import prefill_time
+    from .eval import record_inputs
     from .plots import tradeoff
 
     # Measured prefill time of one batch of 32 questions per method (median of 5, after 2 warm-ups)
-    inputs = model_inputs(model, processor, records[:32]).to(args.device)
+    inputs = record_inputs(processor, records[:32], model.config).to(args.device)
     table["prefill_ms"] = [prefill_time(model, inputs, cfg) * 1e3 for cfg in configs.values()]
     out = pd.DataFrame({
         "budget": [k.split()[1] if " " in k else "-" for k in table.index],
@@ -238,7 +239,7 @@ def _demo_files(args, model, processor, records, table, configs):
     tradeoff(table.assign(gflops=table["flops"] / 1e9), "gflops",
              xlabel="prefill GFLOPs (language model)").savefig(folder / "accuracy_vs_flops.png", dpi=120)
     rec = records[0]
-    one = model_inputs(model, processor, [rec]).to(args.device)
+    one = record_inputs(processor, [rec], model.config).to(args.device)
     figures = "table.csv, per_type.csv, accuracy_vs_tokens.png, accuracy_vs_flops.png"
     with sparsified(model, configs[f"sparsevlm {args.presets[-1]}"]), torch.no_grad():
         model(**one)

@@ -17,19 +17,22 @@ from .report import dense_report_for
 
 
 def _batches(processor, dataset, batch_size: int, device, progress: bool = False, desc: str = "", config=None):
-    """(records, model inputs) for consecutive batches of `dataset`, left-padded by the processor.
-    Records with a "video" (uint8 frames) instead of an "image" go through `toy.video.clip_inputs`,
-    which lays them out for the model of `config`."""
+    """(records, model inputs) for consecutive batches of `dataset` (`record_inputs`)."""
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress, unit="batch"):
         items = dataset[start:start + batch_size]
-        if "video" in items[0]:
-            from .toy.video import clip_inputs
+        yield items, record_inputs(processor, items, config).to(device)
 
-            inputs = clip_inputs(processor, [it["video"] for it in items], [it["prompt"] for it in items], config)
-        else:
-            inputs = processor(images=[it["image"] for it in items], text=[it["prompt"] for it in items],
-                               return_tensors="pt", padding=True)
-        yield items, inputs.to(device)
+
+def record_inputs(processor, records, config=None):
+    """Batched, left-padded model inputs for evaluation records: images through the processor, clips
+    (records with a "video", uint8 frames) through `toy.video.clip_inputs`, laid out for the model of
+    `config`."""
+    if "video" in records[0]:
+        from .toy.video import clip_inputs
+
+        return clip_inputs(processor, [r["video"] for r in records], [r["prompt"] for r in records], config)
+    return processor(images=[r["image"] for r in records], text=[r["prompt"] for r in records],
+                     return_tensors="pt", padding=True)
 
 
 def world() -> tuple[int, int]:

@@ -227,17 +227,6 @@ def video_methods_for(model, budgets, methods=VIDEO_BASELINES, log=None) -> dict
     return out
 
 
-def model_inputs(model, processor, records) -> dict:
-    """Batched model inputs for evaluation records: images through the processor, clips (records
-    with "video") through `toy.video.clip_inputs`."""
-    if "video" in records[0]:
-        from .toy.video import clip_inputs
-
-        return clip_inputs(processor, [r["video"] for r in records], [r["prompt"] for r in records], model.config)
-    return processor(images=[r["image"] for r in records], text=[r["prompt"] for r in records],
-                     return_tensors="pt", padding=True)
-
-
 def _unsupported(model, cfg, layers: int, video: bool = False) -> str | None:
     """Why `model`'s family cannot run `cfg`'s method (or, on images, why a video method would run
     dense), or None."""
