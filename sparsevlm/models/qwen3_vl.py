@@ -41,9 +41,8 @@ class Qwen3VL(Qwen2VL):
         mask = mask.to(hidden.device)
         extras = {}
         for j, feature in enumerate(features):  # (N, D) in row-major order of `mask` -> (B, L', D), zeros elsewhere
-            per_token = hidden.new_zeros(*mask.shape, hidden.shape[-1])
-            per_token[mask] = feature.to(hidden.device, hidden.dtype)
-            extras[f"deepstack{j}"] = per_token
+            zeros = hidden.new_zeros(*mask.shape, hidden.shape[-1])  # (masked_scatter: no host read, unlike indexing)
+            extras[f"deepstack{j}"] = zeros.masked_scatter(mask[..., None], feature.to(hidden.device, hidden.dtype))
         return kwargs, extras
 
     def after_layer(self, text, layer, hidden, extras):
