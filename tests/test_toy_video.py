@@ -97,3 +97,30 @@ def test_a_per_frame_budget_keeps_each_frames_share_as_planned(video, records):
     for kept in rep.steps[0]["kept"]:  # 48 over 8 frames of 16 tokens (the newline counted with the last)
         frames = (torch.tensor(kept) // CELLS_PER_FRAME).clamp(max=FRAMES - 1)
         assert torch.bincount(frames, minlength=FRAMES).tolist() == [6] * FRAMES
+
+
+def test_event_labels_name_only_what_the_frames_so_far_show():
+    """A hand-made clip: a circle moves from a1 to a2 at frame 3, a square turns blue at frame 5, a
+    triangle appears at frame 2. Each token's role may use its own frame and the ones before."""
+    from sparsevlm.toy.train import EVENT_ROLES, event_focus, event_labels
+    from sparsevlm.toy.video import Clip, Track, VideoSample, token
+
+    F = FRAMES
+    circle = Track("circle", (0,) * 3 + (1,) * (F - 3), ("red",) * F)
+    square = Track("square", (5,) * F, ("red",) * 5 + ("blue",) * (F - 5))
+    triangle = Track("triangle", (None,) * 2 + (10,) * (F - 2), (None,) * 2 + ("green",) * (F - 2))
+    clip = Clip((circle, square, triangle), mover=0, changer=1, appearers=(2,))
+    sample = VideoSample(0, clip, "moves", "which shape moves", "circle", ())
+    hidden = torch.ones(F * CELLS_PER_FRAME + 2, dtype=torch.long)  # nothing hidden; the newline last
+    labels = event_labels([[(sample, {})]], [([(sample, {})], hidden)])[0]
+    role = lambda f, cell: EVENT_ROLES[int(labels[token(f, cell)])]  # noqa: E731
+    assert [role(f, 0) for f in range(F)] == ["static"] * 3 + ["vacated"] * (F - 3)
+    assert [role(f, 1) for f in range(F)] == ["empty"] * 3 + ["moved"] * (F - 3)
+    assert [role(f, 5) for f in range(F)] == ["static"] * 5 + ["changed"] * (F - 5)
+    assert [role(f, 10) for f in range(F)] == ["empty"] * 2 + ["appeared"] * (F - 2)
+    assert role(4, 15) == "empty"
+    assert event_focus(sample) == tuple(token(f, 1) for f in range(3, F))
+    changes = VideoSample(0, clip, "changes", "which shape changes color", "square", (1, 2))
+    assert event_focus(changes) == tuple(token(f, 5) for f in range(5, F))
+    other = VideoSample(0, clip, "count_appear", "how many objects appear", "1", (7,))
+    assert event_focus(other) == (7,)

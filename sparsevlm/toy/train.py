@@ -486,7 +486,7 @@ def video_pack(samples, vocab, rate: float, generator) -> dict:
             positions[b, start:end] = int(kept.sum()) + torch.arange(len(seg))
             out["colon"][b, q], out["answer_pos"][b, q] = end - 2, end - 1
             out["answer"][b, q], out["valid"][b, q] = vocab[sample.answer], True
-            focus_tgt[b, q, list(sample.focus)] = 1.0
+            focus_tgt[b, q, list(event_focus(sample))] = 1.0
             word_pos[b, q * W:q * W + len(words)] = start + torch.arange(len(words))
             for j, toks in named.items():
                 word_tgt[b, q * W + j, list(toks)] = 1.0
@@ -497,26 +497,50 @@ def video_pack(samples, vocab, rate: float, generator) -> dict:
             "first_vis": first_vis}
 
 
-#: roles of a video token's object over the clip, for the event loss (0: no object in that cell and frame)
-EVENT_ROLES = ("empty", "static", "moves", "changes", "appears")
+#: what a video token shows, judged from its frame and the frames before it (a causal model can know no more):
+#: an empty cell, a cell an object has left, an object as it was in the first frame, one that has moved,
+#: one whose colour has changed, one absent from the first frame
+EVENT_ROLES = ("empty", "vacated", "static", "moved", "changed", "appeared")
 
 
 def event_labels(groups, rows) -> torch.Tensor:
-    """Per row, the role (`EVENT_ROLES`) of the object each video token shows; -100 (ignored) on
-    tokens hidden by background dropout. Shapes: -> (B, FRAMES · 16)."""
+    """Per row, the role (`EVENT_ROLES`) of each video token; -100 (ignored) on tokens hidden by
+    background dropout. A role only names what frames up to the token's own show: the mover's tokens
+    before it moves are "static". Shapes: -> (B, FRAMES · 16)."""
     from .video import CELLS_PER_FRAME, FRAMES, token
 
     labels = torch.zeros(len(groups), FRAMES * CELLS_PER_FRAME, dtype=torch.long)
     for b, (group, hidden) in enumerate(rows):
         clip = group[0][0].clip
-        for i, t in enumerate(clip.tracks):
-            role = 2 if i == clip.mover else 3 if i == clip.changer else 4 if i in clip.appearers else 1
+        for f in range(FRAMES):
+            for t in clip.tracks:
+                if f and t.visible(0) and all(u.cells[f] != t.cells[0] for u in clip.tracks):
+                    labels[b, token(f, t.cells[0])] = EVENT_ROLES.index("vacated")
+        for t in clip.tracks:
             for f in range(FRAMES):
-                if t.visible(f):
-                    labels[b, token(f, t.cells[f])] = role
+                if not t.visible(f):
+                    continue
+                role = "appeared" if not t.visible(0) else "moved" if t.cells[f] != t.cells[0] else \
+                    "changed" if t.colors[f] != t.colors[0] else "static"
+                labels[b, token(f, t.cells[f])] = EVENT_ROLES.index(role)
         vis_hidden = hidden[-FRAMES * CELLS_PER_FRAME - 1:-1] == 0
         labels[b, vis_hidden] = -100
     return labels
+
+
+def event_focus(sample) -> tuple[int, ...]:
+    """The ":" grounding target of a question in training: its focus, except that "moves" and
+    "changes" point at the subject's tokens after the event, the only ones that can show it."""
+    from .video import FRAMES, token
+
+    clip = sample.clip
+    i = clip.mover if sample.qtype == "moves" else clip.changer if sample.qtype == "changes" else None
+    if i is None:
+        return sample.focus
+    t = clip.tracks[i]
+    after = tuple(token(f, t.cells[f]) for f in range(FRAMES)
+                  if (t.cells[f] != t.cells[0] if sample.qtype == "moves" else t.colors[f] != t.colors[0]))
+    return after or sample.focus
 
 
 def video_step(model, batch, feats, clip_of, video_id: int, grounded, events=None):
@@ -754,9 +778,6 @@ def finalize(path) -> dict:
     return results
 
 
-if __name__ == "__main__":
-    main()
-
 
 def finalize_video(path) -> dict:
     """Freeze the video evaluation split beside the checkpoint, evaluate the checkpoint as loaded from
@@ -787,3 +808,7 @@ def finalize_video(path) -> dict:
                "redundancy": redundancy(model, processor, videos)}
     Path(path, "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+if __name__ == "__main__":
+    main()
