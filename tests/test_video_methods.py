@@ -13,7 +13,7 @@ from test_qwen_vl import batch as qwen_batch
 import sparsevlm
 from sparsevlm.methods import DyCokeConfig, FastVIDConfig, HoliTomConfig, PruneInput, VidCom2Config, build
 from sparsevlm.methods.dycoke import dycoke_ttm, ttm_references
-from sparsevlm.methods.fastvid import anchor_merge, fastvid_segments
+from sparsevlm.methods.fastvid import anchor_frames, anchor_merge, fastvid_reduce, fastvid_salience, fastvid_segments
 from sparsevlm.methods.holitom import holitom_reduce, holitom_segments, inner_merge
 from sparsevlm.methods.vidcom2 import frame_budgets, vidcom2_select
 from sparsevlm.methods.video import allocate, density_peaks
@@ -73,6 +73,49 @@ def test_fastvid_anchors_absorb_their_group_with_weight_beta():
     assert group.tolist() == [0, 0, 1]
     torch.testing.assert_close(merged[0], 0.6 * x[0] + 0.4 * x[:2].mean(0))
     torch.testing.assert_close(merged[1], x[2])  # alone: w = max(1/2, 0.6) of itself and its own mean
+
+
+def fastvid_scene(frames: int, noise: float = 1e-4) -> torch.Tensor:
+    """Frames of 6 tokens: 4 background tokens (e0 with a small distinct tilt) and 2 objects (e4, e5),
+    the same in every frame up to `noise`. Shapes: -> (6 · frames, 8)."""
+    e = torch.eye(8)
+    frame = torch.stack([e[0] + 0.1 * e[1], e[0] + 0.1 * e[2], e[0] + 0.1 * e[3], e[0] - 0.1 * e[1], e[4], e[5]])
+    return (frame + noise * torch.randn(frames, 6, 8, generator=torch.Generator().manual_seed(3))).flatten(0, 1)
+
+
+def test_fastvid_salience_ranks_the_objects_before_the_background():
+    frame = fastvid_scene(1)
+    assert fastvid_salience(frame).topk(2).indices.sort().values.tolist() == [4, 5]
+    assert (frame @ frame.mean(0)).topk(2).indices.max() < 4  # the mean's dot product would keep background
+
+
+def test_fastvid_anchor_frames_count_back_from_a_segments_last_frame():
+    assert anchor_frames(4, 4) == [3] and anchor_frames(1, 4) == [0]
+    assert anchor_frames(5, 4) == [0, 4] and anchor_frames(9, 4) == [0, 4, 8]
+    assert anchor_frames(3, 1) == [0, 1, 2]
+
+
+def test_fastvid_anchors_come_from_the_anchor_frame_and_group_the_whole_segment():
+    """One segment of 4 frames, 3 of 6 tokens each: 2 salient (the objects) stay; the segment's 4
+    anchors are the last frame's 4 background tokens, each grouping its place in all 4 frames."""
+    x = fastvid_scene(4)
+    cfg = FastVIDConfig(segments=1, threshold=-1, context=0.5)  # 3 per frame: ⌊1.5⌋ = 1 anchor, 2 salient
+    kept, merged, rep = fastvid_reduce(x, [6] * 4, keep=12, cfg=cfg)
+    assert kept.nonzero().flatten().tolist() == [4, 5, 10, 11, 16, 17, 22, 23]
+    assert rep.tolist() == [18, 19, 20, 21]
+    for j in range(4):  # w = max(1 / (4 + 1), 0.6)
+        torch.testing.assert_close(merged[j], 0.6 * x[18 + j] + 0.4 * x[j::6][:4].mean(0))
+    kept, merged, rep = fastvid_reduce(x, [6] * 4, keep=16, cfg=replace(cfg, anchor_every=2))  # 4 each: 2 anchors
+    assert rep.tolist() == [6, 7, 8, 9, 18, 19, 20, 21]  # frames 1 and 3 hold 4 anchors each
+    torch.testing.assert_close(merged[0], 0.6 * x[6] + 0.4 * x[0::6][:4].mean(0))  # each groups the whole pool
+
+
+def test_fastvid_meets_the_budget_when_the_anchor_frame_cannot_hold_the_anchors():
+    x = fastvid_scene(4)
+    cfg = FastVIDConfig(segments=1, threshold=-1, context=1.0)  # no salient tokens; 12 anchors, 6 in frame 3
+    kept, merged, rep = fastvid_reduce(x, [6] * 4, keep=12, cfg=cfg)
+    assert int(kept.sum()) + len(merged) == 12
+    assert set(range(18, 24)) <= set(rep.tolist()) | set(kept.nonzero().flatten().tolist())
 
 
 def test_holitom_segments_maximise_the_tokens_merged_away():

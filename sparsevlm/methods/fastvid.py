@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import MethodConfig, check_count, check_number
+from .before_llm import cosine
 from .video import Reduced, VideoMethod, allocate, check_video, density_peaks, frame_starts, nearest
 
 #: neighbours in FastVID's density (its code's k)
@@ -23,20 +24,25 @@ class FastVIDConfig(MethodConfig):
     DySeg: frames are cut into segments after the `segments` − 1 lowest cosine similarities between
     consecutive frames' global features, and wherever one falls below `threshold`. STPrune: the
     budget, max(1, round(retention · n)) of a sample's n visual tokens, is shared among frames by size.
-    Of a frame's share r, r − ⌊r · `context`⌋ salient tokens stay; the segment's ⌊r · context⌋ per
-    frame become anchors. Anchors are the density peaks (DPC-kNN, 4 neighbours) of the segment's other
-    tokens; each of those joins its most similar anchor (cosine). An anchor becomes
-    w · anchor + (1 − w) · mean(its group), w = max(1 / (group size + 1), `beta`).
+    Of a frame's share r, r − ⌊r · `context`⌋ salient tokens stay (ATS); the rest of the frame's tokens
+    go to its segment's pool, and the segment's ⌊r · context⌋ per frame become anchors (DTM). Anchor
+    frames are every `anchor_every`-th frame of a segment, counted back from its last; they share
+    the segment's anchors equally. A frame's anchors are the density peaks (DPC-kNN, 4 neighbours) of
+    its own pooled tokens. Each anchor frame groups the whole pool: every pooled token joins its most
+    similar anchor there (cosine). An anchor becomes w · anchor + (1 − w) · mean(its group),
+    w = max(1 / (group size + 1), `beta`).
 
-    Differs from the paper: a frame's global feature is its mean embedding, and salience is a token's
-    dot product with it (the code reads the vision tower's pooling head, which the video families here
-    do not expose). Anchors are drawn from the whole segment, not from every fourth frame."""
+    Differs from the paper: a frame's global feature is its mean embedding, as the code does for
+    Qwen2.5-VL. Salience is 1 − the cosine similarity to that mean, not the vision tower's pooling-head
+    attention: the video families here hand methods no per-token tower signal. Anchors that the anchor
+    frames cannot hold go to the segment's other frames, so the budget is met exactly."""
 
     retention: float = 0.25
     segments: int = 8
     threshold: float = 0.9
     context: float = 0.4
     beta: float = 0.6
+    anchor_every: int = 4
     positions: str = "compact"
 
     def __post_init__(self) -> None:
@@ -45,6 +51,7 @@ class FastVIDConfig(MethodConfig):
         check_number("threshold", self.threshold, -1, 1)
         check_number("context", self.context, 0, 1)
         check_number("beta", self.beta, 0, 1)
+        check_count("anchor_every", self.anchor_every)
 
 
 def fastvid_segments(global_features: torch.Tensor, segments: int, threshold: float) -> list[int]:
@@ -70,6 +77,19 @@ def anchor_merge(x: torch.Tensor, anchors: torch.Tensor, beta: float) -> tuple[t
     return w * x[anchors].float() + (1 - w) * mean, group
 
 
+def fastvid_salience(frame: torch.Tensor) -> torch.Tensor:
+    """The stand-in for FastVID's attention-based salience (ATS): 1 − the cosine similarity of each
+    token to its frame's mean embedding. The tokens the frame's summary describes worst rank first.
+    Shapes: frame (k, D) -> (k,)."""
+    return 1 - cosine(frame, frame.float().mean(0, keepdim=True))[:, 0]
+
+
+def anchor_frames(length: int, every: int) -> list[int]:
+    """FastVID's anchor frames in a segment of `length` frames: every `every`-th frame counted back
+    from the last (the last always among them), in order."""
+    return [i for i in range(length) if (length - 1 - i) % every == 0]
+
+
 def fastvid_reduce(x: torch.Tensor, sizes: list[int], keep: int, cfg: FastVIDConfig):
     """FastVID on one sample, frame after frame (`sizes` tokens each), leaving exactly `keep` tokens.
     Shapes: x (n, D) -> kept (n,) bool, merged (C, D), representative (C,) local index."""
@@ -79,28 +99,34 @@ def fastvid_reduce(x: torch.Tensor, sizes: list[int], keep: int, cfg: FastVIDCon
     glob = torch.stack([f.mean(0) for f in frames])  # (F, D) each frame's global feature
     share = allocate(keep, sizes, sizes)  # r_f
     context = [math.floor(r * cfg.context) for r in share]
-    rest = []  # per frame: local indices of its tokens that are not salient
-    for f, (s, k) in enumerate(zip(starts, sizes)):
-        salience = frames[f] @ glob[f]  # (k,)
-        order = torch.sort(salience, descending=True, stable=True).indices
+    rest = []  # per frame: indices of its tokens that are not salient (its part of the segment's pool)
+    for f, s in enumerate(starts):
+        order = torch.sort(fastvid_salience(frames[f]), descending=True, stable=True).indices
         rest.append(s + order[share[f] - context[f]:].sort().values)  # the salient stay in place
     first = 0
     for length in fastvid_segments(glob, cfg.segments, cfg.threshold):
-        seg = torch.cat(rest[first:first + length])  # (m,) the segment's non-salient tokens
-        n_anchor = sum(context[first:first + length])
-        first += length
-        anchors = density_peaks(x[seg], n_anchor, KNN)
+        seg = torch.cat(rest[first:first + length])  # (m,) the segment's pool
+        offset = frame_starts([len(r) for r in rest[first:first + length]])
+        targets = anchor_frames(length, cfg.anchor_every)
+        weights = [1 if i in targets else 0 for i in range(length)]  # others only take what targets cannot
+        per = allocate(sum(context[first:first + length]), weights, [len(r) for r in rest[first:first + length]])
         out.drop(seg)
-        if len(anchors) == 0:
-            continue
-        merged, group = anchor_merge(x[seg], anchors, cfg.beta)
-        size = torch.bincount(group, minlength=len(anchors)).tolist()
-        for a in range(len(anchors)):
-            rep = int(seg[anchors[a]])
-            if size[a] == 1:  # an anchor alone stays as it is
-                out.kept[rep] = True
-            else:
-                out.merge(merged[a], rep, seg[group == a])
+        alone = []
+        for i, k in enumerate(per):
+            if k == 0:
+                continue
+            local = rest[first + i] - starts[first + i]  # the frame's pooled tokens, within the frame
+            anchors = offset[i] + density_peaks(frames[first + i][local], k, KNN)  # rows of seg
+            merged, group = anchor_merge(x[seg], anchors, cfg.beta)
+            size = torch.bincount(group, minlength=len(anchors)).tolist()
+            for a in range(len(anchors)):
+                rep = int(seg[anchors[a]])
+                if size[a] == 1:  # an anchor alone stays as it is
+                    alone.append(rep)
+                else:
+                    out.merge(merged[a], rep, seg[group == a])
+        out.kept[alone] = True  # after the merges: an anchor may also join another anchor frame's group
+        first += length
     return out.result()
 
 
