@@ -5,11 +5,20 @@
 
 Installing `sparsevlm[eval]` registers the model through lmms-eval's entry-point group
 `lmms_eval.models` (`manifest` below). `model_args`: `pretrained` (a local checkpoint folder of a
-family `sparsify` supports, or `toy`, the embedded model: the default), `method` (`dense`,
+family `sparsify` supports (found by `models.family_of`, so a new family needs no change here); `toy`,
+the embedded image model, the default; or `toy-video`, the embedded video model), `method` (`dense`,
 `sparsevlm` or a baseline, as `sparsevlm eval --method`), `budget` (a LLaVA-1.5 preset, 192 / 128 /
 96 / 64, scaled to the model; SparseVLM without a budget runs its rank mode), `tokens` (equivalent
 tokens instead of a preset), `device`, `dtype`, `prompt` (a template with `{question}`; default:
-the processor's chat template, else LLaVA-1.5's, the toy's own for the toy) and `max_new_tokens`.
+the processor's chat template, else LLaVA-1.5's, the toy's own for the toys) and `max_new_tokens`.
+On `toy-video`, presets and `tokens` are shares of one clip's 129 visual tokens, as in `sparsevlm eval
+--toy video`, and `method` may be a video method (DyCoke, FastVID, VidCom2, HoliTom).
+
+Video documents follow lmms-eval's convention for frames: a task whose yaml sets `metadata: task_type:
+video` returns one video's frames (images) from `doc_to_visual`, optionally subsampled to
+`sample_frames` evenly spaced ones. The embedded video model reads them through
+`toy.video.clip_inputs`; a checkpoint through its processor's `videos=` (transformers' video
+processors need torchvision). Video files (paths) are refused: decoding them needs decord or PyAV.
 
 `generate_until` runs batches of `--batch_size` requests, left-padded, each sample pruned with its
 own counts (batched = each sample alone is a property of the library, tested); `loglikelihood`
@@ -20,7 +29,9 @@ lmms-eval's metric log, so it lands in the results file under "throughput" besid
 
 `write_toy_task(folder)` writes a local lmms-eval task built from the embedded evaluation split
 (800 questions; `sparsevlm_toy` exact match, `sparsevlm_toy_choice` multiple choice by likelihood)
-that loads with no hub: `--include_path folder --tasks sparsevlm_toy`.
+that loads with no hub: `--include_path folder --tasks sparsevlm_toy`. `write_toy_video_task(folder)`
+writes `sparsevlm_toy_video` from the video split (500 questions on 125 clips of 8 frames; exact
+match), for `pretrained=toy-video`.
 """
 from __future__ import annotations
 
@@ -33,6 +44,8 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
+#: the embedded models by their `pretrained` name, and which of `recipes.TOYS` each is
+TOY_MODELS = {"toy": "image", "toy-video": "video"}
 MODEL_ARGS = ("pretrained", "method", "budget", "tokens", "device", "dtype", "prompt", "max_new_tokens", "batch_size")
 
 
@@ -77,12 +90,17 @@ class SparseVLMEval(lmms):
                 check_prompt(prompt)
         except CliError as e:
             raise _fail(f"prompt={prompt}", str(e)) from None
+        self.toy = TOY_MODELS.get(pretrained)  # None: a checkpoint folder
         try:
-            self.model, self.processor = load_model(None if pretrained == "toy" else pretrained, device, dtype)
+            self.model, self.processor = load_model(None if self.toy else pretrained, device, dtype,
+                                                    toy_kind=self.toy or "image")
         except CliError as e:
             raise _fail(f"pretrained={pretrained}", str(e)) from None
-        try:
-            self.cfg = method_config(self.model, method, budget, tokens)
+        from .recipes import clip_tokens
+
+        try:  # the embedded video model: presets are shares of one clip's tokens, as `sparsevlm eval --toy video`
+            self.cfg = method_config(self.model, method, budget, tokens,
+                                     n_visual=clip_tokens(self.model) if self.toy == "video" else None)
         except CliError as e:
             raise _fail(f"method={method},budget={budget},tokens={tokens}", str(e)) from None
         self.method = method
@@ -104,10 +122,14 @@ class SparseVLMEval(lmms):
             raise _fail(f"{name}={value}", f"must be {'an integer' if kind is int else 'a number'}") from None
 
     def _default_template(self, pretrained):
-        if pretrained == "toy":
+        if self.toy == "image":
             from .toy.data import prompt
 
             return prompt("{question}")
+        if self.toy == "video":
+            from .toy.video import video_prompt
+
+            return video_prompt("{question}")
         if getattr(self.processor, "chat_template", None):
             return None  # the processor's own chat template
         from .recipes import LLAVA_PROMPT
@@ -123,27 +145,78 @@ class SparseVLMEval(lmms):
         return self.batch_size_per_gpu
 
     # ----------------------------------------------------------------- prompts and batches
-    def _prompt(self, context: str, n_images: int) -> str:
+    def _prompt(self, context: str, visuals, video: bool = False) -> str:
+        """The prompt of one document: its images' (or its video's) placeholders and `context`."""
         if self.template is None:
-            content = [{"type": "image"}] * n_images + [{"type": "text", "text": context}]
-            return self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                      add_generation_prompt=True)
-        return self.template.replace("<image>", "<image>" * n_images, 1).format(question=context)
+            content = [{"type": "video"}] if video else [{"type": "image"}] * len(visuals)
+            return self.processor.apply_chat_template([{"role": "user", "content": content + [
+                {"type": "text", "text": context}]}], add_generation_prompt=True)
+        if video:  # one placeholder for the clip: the processor (or clip_inputs) expands it
+            token = getattr(self.processor, "video_token", None) or "<video>"
+            template = self.template if token in self.template else self.template.replace("<image>", token, 1)
+            return template.format(question=context)
+        return self.template.replace("<image>", "<image>" * len(visuals), 1).format(question=context)
 
-    def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list:
+    def _reads_video(self) -> bool:
+        return self.toy == "video" or (getattr(self.model.config, "video_token_id", None) is not None
+                                       and getattr(self.processor, "video_processor", None) is not None)
+
+    def _visuals(self, request: Instance):
+        """(video, visuals) of one request's document: False and its images, or True and its video's
+        frames, uint8 (F, H, W, 3) — a document of a task whose metadata says `task_type: video`."""
+        _, _, doc_to_visual, doc_id, task, split = request.args
+        meta = request.metadata or {}
+        where = f"task {task!r}, document {doc_id}"
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         visuals = [v for v in (visuals if isinstance(visuals, (list, tuple)) else [visuals]) if v is not None]
         if not visuals:
-            raise ValueError(f"task {task!r}, document {doc_id}: no image; sparsevlm prunes visual tokens and "
-                             f"evaluates image questions only")
+            raise ValueError(f"{where}: no image; sparsevlm prunes visual tokens and evaluates image and video "
+                             f"questions only")
         if any(isinstance(v, str) for v in visuals):
-            raise ValueError(f"task {task!r}, document {doc_id}: a video path; the lmms-eval model of sparsevlm "
-                             f"reads images (videos: use the Python API with a processor's frames)")
-        return [v.convert("RGB") if hasattr(v, "convert") else v for v in visuals]
+            raise ValueError(f"{where}: a video file ({visuals[0]}); sparsevlm's lmms-eval model reads a video as "
+                             f"its frames: a task with `metadata: task_type: video` whose doc_to_visual returns images")
+        if meta.get("task_type") != "video":
+            if self.toy == "video":
+                raise ValueError(f"{where}: an image; pretrained=toy-video reads videos (a task with `metadata: "
+                                 f"task_type: video`, e.g. sparsevlm_toy_video)")
+            return False, [v.convert("RGB") if hasattr(v, "convert") else v for v in visuals]
+        if not self._reads_video():
+            raise ValueError(f"{where}: a video; {type(self.model).__name__} reads no video (models that do: "
+                             f"LLaVA-OneVision, Video-LLaVA, LLaVA-NeXT-Video, the Qwen-VLs, pretrained=toy-video)")
+        import numpy as np
 
-    def _inputs(self, texts: list[str], images: list[list]):
-        flat = [im for ims in images for im in ims]
+        frames = [np.asarray(v.convert("RGB") if hasattr(v, "convert") else v) for v in visuals]
+        if len(frames) == 1 and frames[0].ndim == 4:  # one array of frames
+            frames = list(frames[0])
+        if any(f.ndim != 3 or f.shape[-1] != 3 for f in frames) or len({f.shape for f in frames}) > 1:
+            raise ValueError(f"{where}: a video's frames must be images of one size (H, W, 3); got shapes "
+                             f"{sorted({f.shape for f in frames})}")
+        if meta.get("sample_frames"):  # as lmms-eval's llava_onevision: evenly spaced frames
+            frames = [frames[i] for i in np.linspace(0, len(frames) - 1, int(meta["sample_frames"]), dtype=int)]
+        return True, np.stack(frames)
+
+    def _batches(self, requests: list[Instance], idx: list[int]):
+        """Batches of at most `batch_size` of the requests `idx`, in order: (indices, video, visuals).
+        A batch holds images, or videos of one frame count and size."""
+        for first in range(0, len(idx), self.batch_size):
+            chunk = idx[first:first + self.batch_size]
+            docs, kinds = {i: self._visuals(requests[i]) for i in chunk}, {}
+            for i in chunk:
+                video, visuals = docs[i]
+                kinds.setdefault((video, visuals.shape if video else None), []).append(i)
+            for (video, _), part in kinds.items():
+                yield part, video, [docs[i][1] for i in part]
+
+    def _inputs(self, texts: list[str], visuals: list, video: bool = False):
         self.processor.tokenizer.padding_side = "left"
+        if video and self.toy == "video":  # the embedded video model: as `sparsevlm eval --toy video` builds them
+            from .eval import record_inputs
+
+            records = [{"video": v, "prompt": t} for v, t in zip(visuals, texts)]
+            return record_inputs(self.processor, records, self.model.config).to(self._device)
+        if video:
+            return self.processor(videos=list(visuals), text=texts, return_tensors="pt", padding=True).to(self._device)
+        flat = [im for ims in visuals for im in ims]
         return self.processor(images=flat, text=texts, return_tensors="pt", padding=True).to(self._device)
 
     def _account(self, inputs, stats: dict) -> None:
@@ -184,14 +257,8 @@ class SparseVLMEval(lmms):
             groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
         stats, start, new_total = self._stats(), time.perf_counter(), 0
         for idx in groups.values():
-            for first in range(0, len(idx), self.batch_size):
-                chunk = idx[first:first + self.batch_size]
-                texts, images = [], []
-                for i in chunk:
-                    context, _, doc_to_visual, doc_id, task, split = requests[i].args
-                    ims = self._visuals(doc_to_visual, task, split, doc_id)
-                    texts.append(self._prompt(context, len(ims)))
-                    images.append(ims)
+            for chunk, video, visuals in self._batches(requests, idx):
+                texts = [self._prompt(requests[i].args[0], v, video) for i, v in zip(chunk, visuals)]
                 kwargs = dict(requests[chunk[0]].args[1] or {})
                 until = kwargs.pop("until", None) or []
                 until = [until] if isinstance(until, str) else list(until)
@@ -202,7 +269,7 @@ class SparseVLMEval(lmms):
                     gen["temperature"] = temperature
                     if kwargs.get("top_p") is not None:
                         gen["top_p"] = float(kwargs["top_p"])
-                inputs = self._inputs(texts, images)
+                inputs = self._inputs(texts, visuals, video)
                 with torch.no_grad():
                     seq = self.model.generate(**inputs, **gen, pad_token_id=self.processor.tokenizer.pad_token_id)
                 self._account(inputs, stats)
@@ -234,23 +301,20 @@ class SparseVLMEval(lmms):
         tok = self.processor.tokenizer
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         stats, start = self._stats(), time.perf_counter()
-        for first in range(0, len(requests), self.batch_size):
-            chunk = list(range(first, min(first + self.batch_size, len(requests))))
-            texts, images, n_cont = [], [], []
-            for i in chunk:
-                context, target, doc_to_visual, doc_id, task, split = requests[i].args
+        for chunk, video, visuals in self._batches(requests, list(range(len(requests)))):
+            texts, n_cont = [], []
+            for i, vis in zip(chunk, visuals):
+                context, target, _, doc_id, task, split = requests[i].args
                 doc = self.task_dict[task][split][doc_id]
                 cont = target if isinstance(target, str) else target(doc)
-                ims = self._visuals(doc_to_visual, task, split, doc_id)
-                prompt = self._prompt(context, len(ims))
+                prompt = self._prompt(context, vis, video)
                 whole = tok(prompt + cont, add_special_tokens=False)["input_ids"]
                 n = len(whole) - len(tok(prompt, add_special_tokens=False)["input_ids"])
                 if n < 1:
                     raise ValueError(f"task {task!r}, document {doc_id}: the continuation {cont!r} adds no token")
                 texts.append(prompt + cont)
-                images.append(ims)
                 n_cont.append(n)
-            inputs = self._inputs(texts, images)
+            inputs = self._inputs(texts, visuals, video)
             with torch.no_grad():
                 logits = self.model(**inputs).logits.float()
             self._account(inputs, stats)
@@ -312,12 +376,68 @@ def write_toy_task(folder, limit: int | None = None) -> Path:
     data.write_text("".join(json.dumps({k: q[k] for k in ("image_id", "type", "question", "answer")}) + "\n"
                             for q in rows))
     (folder / "utils.py").write_text("from sparsevlm.lmms import (doc_to_choice, doc_to_target, doc_to_text, "
-                                     "doc_to_visual, process_results)  # noqa: F401\n")
+                                     "doc_to_visual, process_results, video_doc_to_visual)  # noqa: F401\n")
     (folder / "sparsevlm_toy.yaml").write_text(TASK_YAML.format(
         suffix="", data=data.resolve(), output_type="generate_until", extra=GENERATE, metric="exact_match"))
     (folder / "sparsevlm_toy_choice.yaml").write_text(TASK_YAML.format(
         suffix="_choice", data=data.resolve(), output_type="multiple_choice", extra=CHOICE, metric="acc"))
     return folder
+
+
+VIDEO_TASK_YAML = """task: sparsevlm_toy_video
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.video_doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+process_results: !function utils.process_results
+generation_kwargs:
+  max_new_tokens: 2
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  task_type: video
+"""
+
+
+def write_toy_video_task(folder, limit: int | None = None) -> Path:
+    """Write the embedded video evaluation split as a local lmms-eval task into `folder`:
+    `sparsevlm_toy_video` (generate the answer; exact match of its first word, as `sparsevlm eval
+    --toy video`), for `pretrained=toy-video`. Each document's visual is its clip's 8 frames (images;
+    `metadata: task_type: video`), re-rendered from the split's seed when the task runs. Returns the folder."""
+    from . import toy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(Path(toy.VIDEO_CHECKPOINT, "eval_split.json").read_text())
+    rows = doc["questions"][:limit] if limit is not None else doc["questions"]
+    data = folder / "sparsevlm_toy_video.jsonl"
+    data.write_text("".join(json.dumps({k: q[k] for k in ("clip_id", "type", "question", "answer")}) + "\n"
+                            for q in rows))
+    (folder / "utils.py").write_text("from sparsevlm.lmms import (doc_to_choice, doc_to_target, doc_to_text, "
+                                     "doc_to_visual, process_results, video_doc_to_visual)  # noqa: F401\n")
+    (folder / "sparsevlm_toy_video.yaml").write_text(VIDEO_TASK_YAML.format(data=data.resolve()))
+    return folder
+
+
+@lru_cache(maxsize=1)
+def _toy_clips() -> dict:
+    """{clip id: its frames as images} of the video split (re-rendered and checked by `toy.video_eval_split`)."""
+    from . import toy
+    from PIL import Image
+
+    return {r["clip_id"]: [Image.fromarray(f) for f in r["video"]] for r in toy.video_eval_split()}
+
+
+def video_doc_to_visual(doc):
+    return _toy_clips()[doc["clip_id"]]
 
 
 @lru_cache(maxsize=1)

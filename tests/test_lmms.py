@@ -1,13 +1,15 @@
 """lmms-eval (issue #17): the `sparsevlm` model registered through lmms-eval's entry points, run end
 to end on a local task built from the embedded split (no hub), with the same accuracy as
 `sparsevlm eval` on the same questions; likelihood scoring; data-parallel runs with two processes;
-bad `model_args` as one clear error. Needs the `[eval]` extra (lmms-eval), which `make test` installs."""
+bad `model_args` as one clear error; video documents (a clip's frames) on the embedded video model,
+equal to `sparsevlm eval --toy video`. Needs the `[eval]` extra (lmms-eval), which `make test` installs."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,3 +184,113 @@ def test_lmms_eval_under_accelerate_on_two_processes_equals_one(task, tmp_path):
         return {r["doc_id"]: r["filtered_resps"] for r in rows}
 
     assert answers(tmp_path / "one") == answers(tmp_path / "two") and len(answers(tmp_path / "one")) == LIMIT
+
+
+# --------------------------------------------------------------------- video documents (issue #35)
+VIDEO_LIMIT = 24
+
+
+@pytest.fixture(scope="module")
+def video_task(tmp_path_factory):
+    from sparsevlm.lmms import write_toy_video_task
+
+    return write_toy_video_task(tmp_path_factory.mktemp("lmms_video_task"), limit=VIDEO_LIMIT)
+
+
+@pytest.mark.parametrize("method", ["dense", "sparsevlm,budget=64", "dycoke,budget=128"])
+def test_lmms_eval_on_video_documents_equals_sparsevlm_eval_toy_video(video_task, method, capsys, tmp_path):
+    """lmms-eval's evaluator (in this process: the command line calls the same `simple_evaluate`) on the
+    local video task, each document one clip's 8 frames: the same answer to every question, the same
+    accuracy and the same equivalent tokens as `sparsevlm eval --toy video` on the same questions."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from sparsevlm.cli import main
+
+    tasks = TaskManager(include_path=str(video_task), include_defaults=False)
+    got = simple_evaluate(model="sparsevlm", model_args=f"pretrained=toy-video,method={method}", batch_size=8,
+                          tasks=["sparsevlm_toy_video"], task_manager=tasks, log_samples=True, verbosity="WARNING")
+    name, *budget = method.split(",")
+    argv = ["eval", "--toy", "video", "--method", name, *(["--budget", budget[0].split("=")[1]] if budget else []),
+            "--limit", str(VIDEO_LIMIT), "--batch-size", "8", "--quiet", "--out", str(tmp_path / "rows.csv")]
+    assert main(argv) == 0, capsys.readouterr().err
+    import pandas as pd
+
+    want = pd.read_csv(tmp_path / "rows.csv", keep_default_na=False, dtype=str)
+    samples = sorted(got["samples"]["sparsevlm_toy_video"], key=lambda s: s["doc_id"])
+    answers = [s["filtered_resps"][0].strip().split(" ")[0] for s in samples]
+    assert len(answers) == VIDEO_LIMIT and answers == want["prediction"].tolist()
+    assert [s["doc"]["question"] for s in samples] == want["question"].tolist()
+    accuracy = got["results"]["sparsevlm_toy_video"]["exact_match,none"]
+    assert accuracy == pytest.approx((want["prediction"] == want["answer"]).mean(), abs=1e-12)
+    extra = got["throughput"]  # the report beside the scores: one clip is 8 frames × 16 tokens + a newline
+    assert extra["avg_sparsevlm_visual_tokens"] == 129
+    assert extra["avg_sparsevlm_equivalent_tokens"] == pytest.approx(want["equivalent_tokens"].astype(float).mean())
+    assert (extra["avg_sparsevlm_flops_ratio"] == 1) == (name == "dense")
+
+
+def _video_requests(n: int, task: str = "vid", **meta):
+    """Likelihood requests for the first `n` questions of the video split, one per answer its type allows."""
+    from lmms_eval.api.instance import Instance
+
+    from sparsevlm.lmms import video_doc_to_visual
+
+    doc = json.loads(Path(toy.VIDEO_CHECKPOINT, "eval_split.json").read_text())
+    choices: dict[str, set] = {}
+    for q in doc["questions"]:
+        choices.setdefault(q["type"], set()).add(q["answer"])
+    docs = [{k: q[k] for k in ("clip_id", "type", "question", "answer")} for q in doc["questions"][:n]]
+    reqs = [Instance(request_type="loglikelihood", arguments=(d["question"], f" {c}", video_doc_to_visual, i, task,
+                                                              "test"),
+                     idx=0, metadata={"task": task, "doc_id": i, "repeats": 1, **meta})
+            for i, d in enumerate(docs) for c in sorted(choices[d["type"]])]
+    return {task: {"test": docs}}, reqs
+
+
+def test_video_likelihoods_batched_equal_alone_and_pick_the_eval_answer():
+    """Likelihood scoring reads clips too: pruned, batched equals each request alone; dense, the one
+    continuation greedy decoding produces is the answer `sparsevlm eval --toy video` gives."""
+    from sparsevlm.eval import evaluate_toy_video
+    from sparsevlm.lmms import SparseVLMEval
+
+    lm = SparseVLMEval(pretrained="toy-video", method="sparsevlm", budget=64, batch_size=8)
+    lm.task_dict, reqs = _video_requests(3, task_type="video")
+    batched = lm.likelihoods(reqs)
+    lm.batch_size_per_gpu = 1
+    alone = lm.likelihoods(reqs)
+    torch.testing.assert_close(torch.tensor([s for s, _ in batched]), torch.tensor([s for s, _ in alone]), atol=1e-4,
+                               rtol=0)
+    dense = SparseVLMEval(pretrained="toy-video", method="dense", batch_size=8)
+    dense.task_dict = lm.task_dict
+    scores = dense.likelihoods(reqs)  # dense: the continuation's words rate no tokens, so greedy is eval's answer
+    rows = evaluate_toy_video(None, limit=3, progress=False, model=dense.model, processor=dense.processor)
+    for i, want in enumerate(rows["prediction"]):
+        assert [r.args[1].strip() for r, (_, g) in zip(reqs, scores) if r.args[3] == i and g] == [want]
+
+
+def test_video_documents_are_read_as_lmms_eval_passes_them():
+    """`sample_frames` keeps evenly spaced frames (as lmms-eval's llava_onevision); a video file, an image
+    for the video model, a video for the image model: each refused naming the document and what is allowed."""
+    from lmms_eval.api.instance import Instance
+
+    from sparsevlm.lmms import SparseVLMEval, video_doc_to_visual
+
+    lm = SparseVLMEval(pretrained="toy-video", method="dense")
+    lm.task_dict, reqs = _video_requests(1, task_type="video", sample_frames=4)
+    video, frames = lm._visuals(reqs[0])
+    clip = np.stack([np.asarray(f) for f in video_doc_to_visual(lm.task_dict["vid"]["test"][0])])
+    assert video and frames.shape == (4, *clip.shape[1:]) and (frames == clip[[0, 2, 4, 7]]).all()
+
+    def request(visual, **meta):
+        return Instance(request_type="generate_until", arguments=("q", {}, lambda d: visual, 0, "t", "test"), idx=0,
+                        metadata={"task": "t", "doc_id": 0, "repeats": 1, **meta})
+
+    lm.task_dict = {"t": {"test": [{"question": "q"}]}}
+    with pytest.raises(ValueError, match="task 't', document 0: a video file \\(clip.mp4\\).*task_type: video"):
+        lm.generate_until([request(["clip.mp4"], task_type="video")])
+    with pytest.raises(ValueError, match="document 0: an image; pretrained=toy-video reads videos"):
+        lm.generate_until([request(list(clip[:1]))])
+    image = SparseVLMEval(method="dense")
+    image.task_dict = lm.task_dict
+    with pytest.raises(ValueError, match="document 0: a video; LlavaForConditionalGeneration reads no video"):
+        image.generate_until([request(list(clip), task_type="video")])
