@@ -41,8 +41,9 @@ class Family:
         check_layers(text, method)
         bad = [i for i in method.pruning_layers if not self.prunable(text, i)]
         if bad:
-            raise ValueError(f"pruning_layers {list(method.pruning_layers)}: {type(model).__name__} cannot prune after "
-                             f"layers {bad} (no attention scores there); choose other layers")
+            raise ValueError(f"pruning_layers {list(method.pruning_layers)}: {type(method).__name__} cannot prune "
+                             f"{type(model).__name__} after layers {bad} ({self.unprunable_why(text, bad)}); "
+                             f"choose other layers{self.prunable_hint(text, method.pruning_layers)}")
         if method.needs_frames and not self.reads_video(model):
             raise ValueError(f"{type(method).__name__} reduces video frames; {type(model).__name__} reads no video, "
                              f"only images. Use a method for images (SparseVLM, FastV, PyramidDrop, DivPrune, ...)")
@@ -71,12 +72,36 @@ class Family:
 
     def rotary(self, text, hidden, position_ids, layer: int):
         """The position embeddings of the layers from `layer` on, for `position_ids` as the text
-        model's rotary embedding takes them."""
+        model's rotary embedding takes them. A family with one rotary embedding per layer type
+        (Gemma 3's local and global bases) returns a `staged.LayerMasks` of them."""
         return text.rotary_emb(hidden, position_ids=position_ids)
+
+    def padding_mask(self, text, attention_mask):
+        """The 2D padding mask (B, L) behind the text model's `attention_mask` (None: no padding). A
+        family whose multimodal model builds one mask per layer type before the text model (Gemma 3)
+        recovers the 2D mask; the dense path still gets the masks as given."""
+        return attention_mask
+
+    def layer_masks(self, text, hidden, mask2d, keys, cache, skip: bool, extras: dict):
+        """A family's own attention masks for a stage, or None for the staged loop's (causal, one per
+        layer type). Returns build(kind, layer): the mask of layer type `kind`, sized against layer
+        `layer`, the stage's first of that type (`staged.LayerMasks` asks once per type). `keys`: the
+        1D positions (B, K) of every key the 2D mask covers, the queries last; None where they are
+        consecutive. `extras`: the per-token tensors of those keys (`token_inputs`; a prefill's only).
+        `skip`: whether sdpa may skip a plain causal mask (reading the padding mask on the host)."""
+        return None
 
     def prunable(self, text, layer: int) -> bool:
         """Whether a method may prune after `layer` (its queries and keys are those of attention)."""
         return True
+
+    def unprunable_why(self, text, layers: list) -> str:
+        """Why a method may not prune after `layers` (the error's words in brackets)."""
+        return "no attention scores there"
+
+    def prunable_hint(self, text, layers) -> str:
+        """What to choose instead of `layers` (the error's last words, from ", e.g. ..."), or ""."""
+        return ""
 
     # Per-token inputs a family adds between layers (Qwen3-VL's DeepStack features). The staged loop
     # carries them with their tokens: a pruned token's go with it, an inserted token's are zeros.

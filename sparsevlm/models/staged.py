@@ -33,7 +33,7 @@ from dataclasses import replace
 
 import torch
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..methods.base import PruneInput
@@ -41,6 +41,37 @@ from ..report import dense_report, from_device
 from ..select import ON_HOST, arange, compact_positions, gather, host_counts, plan_layout, visual_of, visual_spans
 from .compat import CACHE, ROPE_CAPTURE, attention_kind, preallocated, run_layer
 from .state import STAGES, Clock
+
+#: layer types whose layers take the 2D padding mask, not an attention mask: a recurrent state (Qwen3.5's
+#: linear attention) zeroes padding tokens' inputs and has no attention matrix to mask
+RECURRENT = ("linear_attention", "conv")
+
+
+class LayerMasks:
+    """One stage's masks where the layers are of several types (`config.layer_types`): a type's mask is
+    built when the stage's first layer of that type asks, with that layer's index (a hybrid cache
+    counts tokens at its attention layers only)."""
+
+    def __init__(self, types, build):
+        self.types, self.build, self.built = types, build, {}
+
+    def at(self, layer: int):
+        kind = self.types[layer]
+        if kind not in self.built:
+            self.built[kind] = self.build(kind, layer)
+        return self.built[kind]
+
+
+def _mask_at(mask, layer: int):
+    """The mask layer `layer` takes: the stage's one mask, or its type's (`LayerMasks`)."""
+    return mask.at(layer) if isinstance(mask, LayerMasks) else mask
+
+
+def _counted_at(config, start: int, end: int) -> int | None:
+    """The first layer in [start, end) whose cache counts tokens (not a recurrent state), or None."""
+    types = getattr(config, "layer_types", None)
+    return next((i for i in range(start, end) if not types or types[i] not in RECURRENT), None)
+
 
 def _batch_first(position_ids, B: int, L: int, device) -> torch.Tensor:
     """Positions as the stages keep them, batch first so that they follow their tokens: (B, L) for
@@ -86,6 +117,7 @@ class SparseTextModel:
                                    inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
         st = self._sparsevlm
         call = st.call()
+        given, attention_mask = attention_mask, st.family.padding_mask(self, attention_mask)  # (`given`: the dense path's)
         vis_mask, vision, frames = call.vis_mask, call.vision, call.frames  # (read once: the next call sets its own)
         call.vis_mask, call.vision, call.frames, call.present = None, {}, None, None
         stages = STAGES.get(cache) if cache is not None else None  # the cache was shortened by a pruned prefill
@@ -119,7 +151,7 @@ class SparseTextModel:
         if reason is not None and vis_mask is not None and not vis_mask.any():
             reason = "no image tokens in the input"  # (said first; a pruned prefill learns it with its plan)
         if reason is not None:
-            return self._dense(reason, is_prefill, vis_mask, input_ids, attention_mask, position_ids, cache,
+            return self._dense(reason, is_prefill, vis_mask, input_ids, given, position_ids, cache,
                                inputs_embeds, use_cache, kwargs)
         n = call.prompt_len
         if n is not None and n < inputs_embeds.shape[1] and cache is not None:  # assisted: the prompt, then a draft
@@ -163,7 +195,8 @@ class SparseTextModel:
         if is_prefill:
             B, L = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
             n_vis = vis_mask.sum(-1) if vis_mask is not None else torch.zeros(B, dtype=torch.long)
-            n_tok = attention_mask.sum(-1) if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
+            mask2d = st.family.padding_mask(self, attention_mask)  # (Gemma 3's text model gets a mask per layer type)
+            n_tok = mask2d.sum(-1) if isinstance(mask2d, torch.Tensor) and mask2d.dim() == 2 \
                 else torch.full((B,), L)  # (generate builds a mask per attention type for a static cache)
             st.call().report = dense_report(st.method_name, self.config.num_hidden_layers, n_tok.cpu(),
                                                   n_vis.cpu(), reason)
@@ -171,7 +204,7 @@ class SparseTextModel:
                                inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
 
     def _stage(self, hidden, mask2d, positions, cache, layer_idx, skip: bool = True, rope: bool = True,
-               packed: bool = True):
+               packed: bool = True, keys=None, extras=None):
         """Causal mask and rotary embeddings for the layers from `layer_idx` on. `skip=False` always
         builds the mask: deciding that sdpa may skip it reads the padding mask on the host (the stages
         after a pruning layer and decoding never read; the first stage decides as the dense model does).
@@ -180,16 +213,33 @@ class SparseTextModel:
         the positions from the mask (the stages after pruning): without a cache and a padding mask,
         transformers would read gaps in them (original positions) as packed sequences.
         One new token under sdpa attends to every valid cached token: its mask is the padding mask as it
-        is (what `create_causal_mask` would build, without building it)."""
+        is (what `create_causal_mask` would build, without building it).
+        Layers of several types (`config.layer_types`, e.g. Qwen3.5's linear and full attention) get a
+        `LayerMasks`: each type's mask, built when the stage's first layer of that type asks.
+        A family may build them itself (`Family.layer_masks`: Gemma 3's windows and image blocks), from
+        the keys' positions `keys` (B, K) (None: consecutive) and per-token `extras`."""
+        pe = self._rotary(hidden, positions, layer_idx) if rope else None
+        own = self._sparsevlm.family.layer_masks(self, hidden, mask2d, keys, cache, skip, extras or {})
+        if own is not None:
+            return LayerMasks(self.config.layer_types, own), pe
+        types = getattr(self.config, "layer_types", None)
+        if types and set(types) != {"full_attention"}:
+            return LayerMasks(types, functools.partial(self._mask, hidden, mask2d, positions, cache, skip, packed)), pe
+        return self._mask(hidden, mask2d, positions, cache, skip, packed, "full_attention", layer_idx), pe
+
+    def _mask(self, hidden, mask2d, positions, cache, skip, packed, kind, layer_idx):
+        """The mask of one layer type for a stage (`_stage`), built for layer `layer_idx` of that type."""
+        if kind in RECURRENT:  # the padding mask of these tokens; None: one new token, or no padding
+            if skip:  # (the first stage: as the dense model decides, reading the host)
+                return create_recurrent_attention_mask(self.config, hidden, mask2d)
+            return None if mask2d is None or hidden.shape[1] == 1 else mask2d[:, -hidden.shape[1]:]
         if (not skip and hidden.shape[1] == 1 and mask2d is not None and mask2d.dim() == 2
                 and attention_kind(self.config) == "sdpa"):
-            mask = mask2d.bool().view(mask2d.shape[0], 1, 1, mask2d.shape[1])
-            return mask, self._rotary(hidden, positions, layer_idx) if rope else None
-        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
+            return mask2d.bool().view(mask2d.shape[0], 1, 1, mask2d.shape[1])
+        return create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d,
                                   position_ids=_layer_ids(positions) if packed else None, layer_idx=layer_idx,
                                   allow_is_causal_skip=skip,
                                   **{CACHE: cache})
-        return mask, self._rotary(hidden, positions, layer_idx) if rope else None
 
     def _rotary(self, hidden, positions, layer_idx):
         """Position embeddings from `layer_idx` on, as the family computes them."""
@@ -257,19 +307,20 @@ class SparseTextModel:
         call = st.call()
         stages, counts_in, counts_out, step = [], [], [], 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
-            pe = self._rotary(seq["hidden"], seq["positions"], 0)
+            pe = _mask_at(self._rotary(seq["hidden"], seq["positions"], 0), 0)  # (layer 0's, where they differ)
             with clock:
                 self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
-        mask, pe = self._stage(seq["hidden"], seq["valid"] if stages else attention_mask, seq["positions"], cache, 0)
+        mask, pe = self._stage(seq["hidden"], seq["valid"] if stages else attention_mask, seq["positions"], cache, 0,
+                               keys=_layer_ids(seq["positions"]), extras=seq["extras"])
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             counts_in.append(step)
             prune_here = i in method.pruning_layers
             if prune_here:  # the layer's queries and keys are kept as it computes them (compat.wrap_rope)
                 call.capture = ROPE_CAPTURE.slot = {}
             try:
-                seq["hidden"] = run_layer(layer, seq["hidden"], mask, _layer_ids(seq["positions"]), pe, cache,
-                                          use_cache, layer_kwargs)
+                seq["hidden"] = run_layer(layer, seq["hidden"], _mask_at(mask, i), _layer_ids(seq["positions"]),
+                                          _mask_at(pe, i), cache, use_cache, layer_kwargs)
             finally:
                 ROPE_CAPTURE.slot = None
             # (before pruning: the next layer's input is what the method keeps or merges)
@@ -278,12 +329,13 @@ class SparseTextModel:
                 with clock:
                     captured, call.capture = call.capture, None
                     moved = self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
-                                        layer.self_attn.scaling, pe, captured.get("raw_k"))
+                                        layer.self_attn.scaling, _mask_at(pe, i), captured.get("raw_k"))
                 step += 1
                 one = seq["hidden"].shape[0] == 1  # one sample: no padding, the mask is causal alone (sdpa: none)
                 if moved:
                     mask, pe = self._stage(seq["hidden"], None if one else seq["valid"], seq["positions"], cache,
-                                           i + 1, skip=one, packed=False)
+                                           i + 1, skip=one, packed=False, keys=_layer_ids(seq["positions"]),
+                                           extras=seq["extras"])
             counts_out.append(step)
         report["counts_in"], report["counts_out"] = counts_in, counts_out
         return stages
@@ -336,7 +388,7 @@ class SparseTextModel:
         self._relayout(seq, method, layout, dec, last=step + 1 == method.steps, report=report)
         report["layouts"].append((seq["index"], layout.valid))
         report["steps"].append({**step_report, "recycled": ins})
-        stages.append({"start": layer + 1, "valid": layout.valid})
+        stages.append({"start": layer + 1, "valid": layout.valid, "positions": _layer_ids(seq["positions"])})
         return True
 
     @staticmethod
@@ -395,7 +447,9 @@ class SparseTextModel:
                 # Its cache holds the prefill's kept tokens, then every token decoded since (as the dense layers'
                 # caches do). What was dropped since (assisted decoding crops rejected draft tokens, even ones
                 # that the prefill verified) is gone from the cache and the attention mask alike: read both afresh.
-                cached = cache.get_seq_length(i)
+                # (read at its first layer that counts tokens; recurrent layers alone take the new tokens' mask)
+                counted = _counted_at(self.config, i, min([b for b in starts if b > i], default=len(self.layers)))
+                cached = s["valid"].shape[1] if counted is None else cache.get_seq_length(counted)
                 kept = min(cached, s["valid"].shape[1])  # of the prefill's tokens
                 new = cached + q - kept
                 valid = torch.cat([s["valid"][:, :kept], attention_mask[:, -new:].bool() if attention_mask is not None
@@ -403,7 +457,10 @@ class SparseTextModel:
                 if st.method.positions == "compact":  # numbered on from the stage's own tokens
                     pos = valid.long().cumsum(-1)[:, -q:] - 1
                     mask, pe = self._stage(hidden, valid, pos, cache, i, skip=False)
-                else:  # the same positions: only the mask is new
-                    mask = self._stage(hidden, valid, positions0, cache, i, skip=False, rope=False)[0]
-            hidden = run_layer(layer, hidden, mask, _layer_ids(positions0), pe, cache, use_cache, kwargs)
+                else:  # the same positions: only the mask is new (a family's windows read its keys' positions)
+                    keys = None if s["positions"] is None else torch.cat(
+                        [s["positions"][:, :kept], positions0[:, -1:] - new + 1 + arange(new, dev)], 1)
+                    mask = self._stage(hidden, valid, positions0, cache, i, skip=False, rope=False, keys=keys)[0]
+            hidden = run_layer(layer, hidden, _mask_at(mask, i), _layer_ids(positions0), _mask_at(pe, i), cache,
+                               use_cache, kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})

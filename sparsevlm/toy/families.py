@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 FAMILIES = ("next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl", "qwen3-vl",
-            "qwen3-vl-moe")
+            "qwen3-vl-moe", "qwen3.5", "qwen3.5-moe", "gemma3")
 #: the text models a tiny InternVL may have (InternVL3: Qwen2; InternVL3.5: Qwen3; others: Llama)
 INTERNVL_TEXT = ("qwen3", "qwen2", "llama")
 IMAGE, VIDEO, START, END = 3, 4, 5, 6  # special token ids of the tiny models
@@ -23,6 +23,10 @@ def tiny_vlm(family: str, attn: str = "sdpa", seed: int = 0):
         raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(FAMILIES)}")
     if family == "internvl":
         return tiny_internvl(attn=attn, seed=seed)
+    if family.startswith("qwen3.5"):
+        return tiny_qwen3_5(moe=family.endswith("moe"), attn=attn, seed=seed)
+    if family == "gemma3":
+        return tiny_gemma3(attn=attn, seed=seed)
     torch.manual_seed(seed)
     text = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, pad_token_id=0, initializer_range=0.2)
@@ -106,6 +110,69 @@ def tiny_internvl(text: str = "qwen3", attn: str = "sdpa", seed: int = 0):
     return model
 
 
+#: the layers of a tiny Gemma 3: sliding and global, so that a stage after pruning at layer 1 holds both kinds
+#: and one after layer 2 sliding layers alone (the released models: 5 sliding to 1 global)
+GEMMA3_LAYERS = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+
+
+def tiny_gemma3(attn: str = "sdpa", seed: int = 0, window: int = 6):
+    """A tiny random Gemma 3 (`Gemma3ForConditionalGeneration`): four text layers of GEMMA3_LAYERS, a
+    sliding window of `window` tokens, head size 16; rotary bases as the real model's (10,000 local, 10⁶
+    global). Its images are 32 pixels, 8 × 8 patches averaged 2 × 2 into 16 tokens (256 on the real model),
+    between START and END. Eval mode, pad token 0."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    text = tf.Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                               sliding_window=window, layer_types=GEMMA3_LAYERS, pad_token_id=0, bos_token_id=1,
+                               eos_token_id=2, initializer_range=0.2)
+    vision = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   image_size=32, patch_size=4)
+    model = tf.Gemma3ForConditionalGeneration(tf.Gemma3Config(text_config=text, vision_config=vision,
+                                                              mm_tokens_per_image=16, image_token_id=IMAGE,
+                                                              boi_token_id=START, eoi_token_id=END))
+    for c in (model.config, model.config.text_config, model.config.vision_config):
+        c._attn_implementation = attn
+    model.eval().generation_config.pad_token_id = 0
+    return model
+
+
+#: the layers of a tiny Qwen3.5: linear attention, then full, alternating (the released models: 3 linear to 1 full)
+QWEN3_5_LAYERS = ["linear_attention", "full_attention", "linear_attention", "full_attention", "linear_attention"]
+
+
+def tiny_qwen3_5(moe: bool = False, attn: str = "sdpa", seed: int = 0):
+    """A tiny random Qwen3.5 (`Qwen3_5ForConditionalGeneration`; `moe`: `Qwen3_5MoeForConditionalGeneration`,
+    4 experts, 2 per token, and a shared expert). Five text layers of QWEN3_5_LAYERS, so that a stage after
+    pruning can start at a linear-attention layer, hold a full-attention one, or hold linear attention alone.
+    Its linear attention: 2 key heads and 4 value heads of 8, a 4-token convolution. Its full attention:
+    gated queries, head size 16, RoPE on half of each head in interleaved M-RoPE sections (2, 1, 1). The
+    tower: Qwen3-VL's without DeepStack. Eval mode, pad token 0."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    text = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=len(QWEN3_5_LAYERS),
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1,
+                eos_token_id=2, initializer_range=0.2, layer_types=QWEN3_5_LAYERS, linear_num_key_heads=2,
+                linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                 "mrope_interleaved": True, "partial_rotary_factor": 0.5})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=16)
+    ids = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
+    if moe:
+        text.update(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+        config = tf.Qwen3_5MoeConfig(vision_config=vision, text_config=text, **ids)
+        model = tf.Qwen3_5MoeForConditionalGeneration(config)
+    else:
+        model = tf.Qwen3_5ForConditionalGeneration(tf.Qwen3_5Config(vision_config=vision, text_config=text, **ids))
+    for c in (model.config, model.config.text_config, model.config.vision_config):
+        c._attn_implementation = attn
+    model.eval().generation_config.pad_token_id = 0
+    return model
+
+
 #: the vision tokens of a tiny model's prompts, (image, video, start, end), at ids IMAGE, VIDEO, START, END
 #: (start and end frame a visual span on Qwen2/2.5-VL; the other families have none)
 SPECIAL = {family: ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -130,8 +197,8 @@ def tiny_processor(family: str):
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not supported; allowed: {', '.join(FAMILIES)}")
     if family.startswith("qwen3"):
-        raise ValueError(f"family={family!r} has no tiny processor: Qwen3-VL's video prompts need frame timestamps "
-                         f"from video metadata; build its inputs by hand (tests/test_qwen3_vl.py's `batch`)")
+        raise ValueError(f"family={family!r} has no tiny processor: Qwen3-VL's and Qwen3.5's video prompts need frame "
+                         f"timestamps from video metadata; build its inputs by hand (tests/test_qwen3_vl.py's `batch`)")
     if family == "internvl":
         raise ValueError("family='internvl' has no tiny processor yet: InternVLProcessor needs transformers' video "
                          "processor (torchvision); build its inputs by hand (tests/test_internvl.py's `batch`)")
