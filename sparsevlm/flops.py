@@ -6,6 +6,9 @@ one FLOP (the MAC convention of the paper and of fvcore). A layer processes the 
 it, so pruning after layer l first saves FLOPs in layer l + 1.
 Qwen3-VL's DeepStack adds a D-wide feature to each visual token after its first layers: element-wise,
 so not counted (n·D adds, under 1e-4 of a layer of Qwen3-VL-8B).
+Qwen3.5's hybrid layers (`config_layer_flops`): a full-attention layer's query projection also makes
+the output gate (n·d·H·h more). A linear-attention layer (`linear_attention_flops`) has no n² term:
+projections, a depthwise convolution, and the chunked gated delta rule, linear in n.
 
 Measured counts (`count_flops`) run the real, possibly sparsified model once under fvcore's
 `FlopCountAnalysis` or torch's `FlopCounterMode` and split the total by module: vision tower and
@@ -37,6 +40,52 @@ def layer_flops(n, hidden: int, intermediate: int, kv_hidden: int | None = None)
     (grouped-query attention: key/value heads × head size) defaults to `hidden`, the paper's form."""
     kv = hidden if kv_hidden is None else kv_hidden
     return 2 * n * hidden ** 2 + 2 * n * hidden * kv + 2 * n ** 2 * hidden + 3 * n * hidden * intermediate
+
+
+def linear_attention_flops(n, hidden: int, intermediate: int, key_heads: int, value_heads: int, key_dim: int,
+                           value_dim: int, conv_kernel: int, chunk: int = 64):
+    """FLOPs (multiply-adds) of one linear-attention decoder layer (Qwen3.5's gated delta net) on n
+    tokens, as transformers' chunked kernel computes it; n may be a tensor. With K = key_heads ·
+    key_dim and V = value_heads · value_dim:
+    - projections: n·d·(2K + V) for queries, keys and values, n·d·V for the output gate, 2·n·d·value_heads
+      for the decay and the write strength, n·V·d for the output;
+    - the causal depthwise convolution over the 2K + V channels: (n + conv_kernel − 1)·(2K + V)·conv_kernel
+      (its padded output, as computed; the last conv_kernel − 1 positions are dropped);
+    - the gated delta rule, per value head and per chunk of `chunk` tokens (n padded up to chunks):
+      two chunk² key products, chunk² values read by the intra-chunk attention, and three
+      chunk·key_dim·value_dim products with the recurrent state (read twice, written once);
+    - the MLP, 3·n·d·m.
+    The two triangular solves of each chunk are not counted (torch's counter does not count them).
+    Element-wise work (norms, gates, decays) is not counted, as elsewhere."""
+    keys, values = key_heads * key_dim, value_heads * value_dim
+    chunks = -(-n // chunk)  # ceil, for ints and tensors alike
+    mix = value_heads * chunks * (2 * chunk ** 2 * key_dim + chunk ** 2 * value_dim + 3 * chunk * key_dim * value_dim)
+    return (n * hidden * (2 * keys + 2 * values + 2 * value_heads) + n * values * hidden
+            + (n + conv_kernel - 1) * (2 * keys + values) * conv_kernel + mix + 3 * n * hidden * intermediate)
+
+
+#: text models whose full-attention query projection also makes an output gate (twice as wide)
+GATED_QUERIES = ("qwen3_5_text", "qwen3_5_moe_text")
+
+
+def config_layer_flops(text_config, layer: int, n):
+    """FLOPs (multiply-adds) of decoder layer `layer` of a dense-MLP text model on n tokens, by its type
+    (`text_config.layer_types`). Full attention with H heads of size h: `layer_flops` with H·h in place of
+    d where they differ (n·d·H·h for queries and output, 2·n²·H·h for attention), plus the output gate's
+    n·d·H·h where the queries are gated (Qwen3.5). Linear attention: `linear_attention_flops`."""
+    t = text_config
+    kind = (getattr(t, "layer_types", None) or ["full_attention"] * t.num_hidden_layers)[layer]
+    if kind == "linear_attention":
+        return linear_attention_flops(n, t.hidden_size, t.intermediate_size, t.linear_num_key_heads,
+                                      t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim,
+                                      t.linear_conv_kernel_dim)
+    if kind != "full_attention":
+        raise ValueError(f"layer {layer} is {kind!r}; counted: 'full_attention', 'linear_attention'")
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    gate = n * t.hidden_size * t.num_attention_heads * head_dim if t.model_type in GATED_QUERIES else 0
+    d, q = t.hidden_size, t.num_attention_heads * head_dim
+    kv = (t.num_key_value_heads or t.num_attention_heads) * head_dim
+    return 2 * n * d * q + 2 * n * d * kv + 2 * n ** 2 * q + 3 * n * d * t.intermediate_size + gate
 
 
 def prefill_flops(tokens_per_layer: torch.Tensor, hidden: int, intermediate: int,

@@ -130,3 +130,38 @@ def test_qwen3_vl_deepstack_and_internvl_are_counted_layer_by_layer():
     t = qwen3_vl_8b_config().text_config  # one 768×768 image (576 tokens) and 119 text tokens
     head = t.head_dim * t.num_key_value_heads
     assert 576 * t.hidden_size / layer_flops(695, t.hidden_size, t.intermediate_size, head) < 1e-4
+
+
+def test_qwen3_5_linear_and_full_attention_layers_are_counted_layer_by_layer():
+    """Qwen3.5's hybrid layers: linear attention (projections, a depthwise convolution, the chunked gated delta
+    rule) and full attention with gated queries. `config_layer_flops` equals torch's counter on every layer,
+    dense and pruned after full-attention layers 1 and 3, on prompts of one and two 64-token chunks."""
+    from types import SimpleNamespace
+
+    from test_qwen3_vl import batch as qwen3_batch
+
+    from sparsevlm.flops import config_layer_flops
+    from sparsevlm.toy.families import tiny_vlm
+
+    model = tiny_vlm("qwen3.5")
+    t = model.config.text_config
+    cfg = sparsevlm.SparseVLMConfig.preset(64, pruning_layers=(1, 3), schedule=(12, 6), positions="original")
+    for grid in [(1, 8, 12), (1, 16, 16)]:  # 24 and 64 visual tokens: 33 and 73 tokens in all
+        inputs = qwen3_batch([grid], [5])[0]
+        n = inputs["input_ids"].shape[1]
+        dense = count_flops(model, dict(inputs), "torch")
+        assert dense["per_layer"] == [config_layer_flops(t, i, n) for i in range(5)]
+        with sparsevlm.sparsified(model, cfg):
+            model(**inputs)
+            rep = sparsevlm.report(model)
+            pruned = count_flops(model, dict(inputs), "torch")
+        n_text = n - int(rep.n_visual[0])
+        seen = [n_text + int(v) for v in rep.visual_in[0]]
+        assert pruned["per_layer"] == [config_layer_flops(t, i, k) for i, k in enumerate(seen)]
+        assert pruned["per_layer"][4] < dense["per_layer"][4]  # a linear layer after pruning runs over fewer tokens
+    linear, full = config_layer_flops(t, 0, 33), config_layer_flops(t, 1, 33)
+    assert linear != full and config_layer_flops(t, 0, 64) == config_layer_flops(t, 0, 33) + 31 * (
+        config_layer_flops(t, 0, 34) - config_layer_flops(t, 0, 33))  # linear in n within one chunk: no n² term
+    sliding = SimpleNamespace(layer_types=["sliding_attention"] * 4, num_hidden_layers=4)
+    with pytest.raises(ValueError, match="^layer 0 is 'sliding_attention'; counted: 'full_attention', 'linear_att"):
+        config_layer_flops(sliding, 0, 8)

@@ -8,11 +8,11 @@ import torch
 
 from ..models.llava import frame_layout
 from ..recipes import load_model
-from .shapes import (internvl3_5_8b_config, llava_1_5_7b_config, qwen2_5_vl_7b_config, qwen3_vl_8b_config, random_llava,
-                     video_llava_7b_config)
+from .shapes import (internvl3_5_8b_config, llava_1_5_7b_config, qwen2_5_vl_7b_config, qwen3_5_9b_config,
+                     qwen3_vl_8b_config, random_llava, video_llava_7b_config)
 
 MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped", "video-llava-7b-shaped", "qwen3-vl-8b-shaped",
-          "internvl3.5-8b-shaped")
+          "internvl3.5-8b-shaped", "qwen3.5-9b-shaped")
 #: tiles of the synthetic InternVL image: 2×2 tiles and the thumbnail
 INTERNVL_TILES = 5
 #: frames of the synthetic video (Video-LLaVA's, as in the paper)
@@ -27,7 +27,8 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
     whole-image view and 2×2 crops), as many tokens as the model's own feature code makes.
     Video-LLaVA: a video of 8 tower-sized frames, as in the paper (`frame_layout`: 8 × 257 tokens).
     Qwen2-VL / 2.5-VL: 48×48 patches (672 pixels for 14-pixel patches, 576 tokens after 2×2
-    merging) between <vision_start> and <vision_end>; Qwen3-VL's 16-pixel patches make that 768 pixels.
+    merging) between <vision_start> and <vision_end>; Qwen3-VL's and Qwen3.5's 16-pixel patches make that
+    768 pixels.
     InternVL: an image of 2×2 tiles and its thumbnail, each tile the tower's size, between <img> and
     </img> (5 × 256 tokens on InternVL3.5)."""
     cfg, vision = model.config, model.config.vision_config
@@ -105,8 +106,9 @@ def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa
             c._attn_implementation = attn
         model = random_llava(config, device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 8)
-    elif model_name in ("qwen3-vl-8b-shaped", "internvl3.5-8b-shaped"):
-        make = qwen3_vl_8b_config if model_name.startswith("qwen") else internvl3_5_8b_config
+    elif model_name in ("qwen3-vl-8b-shaped", "internvl3.5-8b-shaped", "qwen3.5-9b-shaped"):
+        make = {"qwen3-vl-8b-shaped": qwen3_vl_8b_config, "internvl3.5-8b-shaped": internvl3_5_8b_config,
+                "qwen3.5-9b-shaped": qwen3_5_9b_config}[model_name]
         config = make(text_hidden or 4096)
         for c in (config, config.text_config, config.vision_config):
             c._attn_implementation = attn

@@ -133,6 +133,35 @@ def qwen3_vl_8b_config(text_hidden: int = 4096):
                          vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False)
 
 
+def qwen3_5_9b_config(text_hidden: int = 4096):
+    """Qwen/Qwen3.5-9B's architecture, no weights: 32 text layers, three linear-attention layers (16 key
+    and 32 value heads of 128, a 4-token convolution) to one full-attention layer (16 gated query
+    heads and 4 key/value heads of 256, RoPE on a quarter of each head, interleaved M-RoPE); MLP
+    12288; vocabulary 248,320. The text shapes are transformers 5.24's `Qwen3_5TextConfig` defaults,
+    which it documents as Qwen3.5-9B's; a fine-tune's config.json naming Qwen/Qwen3.5-9B as its base
+    (huggingface.co/khtsly/Mini-Coder) has the same widths, heads and layer types. The tower is
+    transformers' default `Qwen3_5VisionConfig` (27 layers, 16-pixel patches, 2×2 merging) with its
+    output set to the text width (our choice: the default's 3584 does not fit a 4096-wide model).
+    `text_hidden` (a multiple of 1024 up to 4096) narrows the language model: heads of 256 and 128
+    and the MLP's ratio kept; the tokens and the 32 layers stay."""
+    from transformers import Qwen3_5Config
+
+    if not (isinstance(text_hidden, int) and 1024 <= text_hidden <= 4096 and text_hidden % 1024 == 0):
+        raise ValueError(f"text_hidden={text_hidden!r}: allowed a multiple of 1024 from 1024 to 4096")
+    heads = text_hidden // 256
+    text = dict(vocab_size=248320, hidden_size=text_hidden, intermediate_size=3 * text_hidden, num_hidden_layers=32,
+                num_attention_heads=heads, num_key_value_heads=heads // 4, head_dim=256,
+                linear_num_key_heads=text_hidden // 256, linear_num_value_heads=text_hidden // 128,
+                linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+                max_position_embeddings=262144, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [11, 11, 10],
+                                 "mrope_interleaved": True, "partial_rotary_factor": 0.25})
+    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=text_hidden,
+                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                  num_position_embeddings=2304)
+    return Qwen3_5Config(vision_config=vision, text_config=text, tie_word_embeddings=False)
+
+
 def internvl3_5_8b_config(text_hidden: int = 4096):
     """OpenGVLab/InternVL3_5-8B-HF's architecture (InternViT-300M on 448-pixel tiles of 14-pixel
     patches, pixel shuffle 0.5: 256 tokens a tile; Qwen3-8B), no weights. The tower is

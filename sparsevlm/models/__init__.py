@@ -13,11 +13,12 @@ from ..report import Report
 from . import llava, qwen2_vl, qwen3_vl
 from . import internvl
 from . import gemma3
+from . import qwen3_5
 from .patching import check_one_device, unpatch
 from .state import ModelState
 
 #: one family adapter per line (`family.Family`); a new family is its file and one line here
-ADAPTERS = [llava.FAMILY, qwen2_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, gemma3.FAMILY]
+ADAPTERS = [llava.FAMILY, qwen2_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, qwen3_5.FAMILY, gemma3.FAMILY]
 
 
 def model_types() -> tuple[str, ...]:

@@ -153,7 +153,8 @@ def hook_queries_keys(text, method, state: ModelState, attentions: dict) -> None
     "k", (B, H, L, Dh) and (B, H_kv, L, Dh)) and, for a method that reads them, its keys before RoPE
     ("raw_k", (B, L, H_kv·Dh), a forward hook) into the call's `capture` (set by the staged decoder
     around the layer)."""
-    module = compat.attention_module(text.layers[0].self_attn, attentions)
+    attn = next(layer.self_attn for layer in text.layers if hasattr(layer, "self_attn"))  # (hybrids: not layer 0)
+    module = compat.attention_module(attn, attentions)
     compat.wrap_rope(module)
     state.rope_module = module
     for i in method.pruning_layers if method.needs_raw_keys else ():
