@@ -460,6 +460,92 @@ def _s12_2(schedule_of=576):
     return int(outs[2])
 
 
+# --- 13: video ----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _video():
+    from . import toy
+    from .recipes import video_methods_for
+
+    model, processor = toy.load_video()
+    return model, processor, toy.video_eval_split(limit=1)[0], video_methods_for(model, (64,))
+
+
+def _kept_per_frame(name: str) -> list[int]:
+    """Original visual tokens of the video split's first question kept in each frame by the first step of
+    `name` (a row of video_methods_for at the 64 preset); the newline token counts with the last frame."""
+    from .eval import record_inputs
+    from .models import report, sparsified
+    from .models.llava import frame_layout
+    from .toy.video import FRAMES
+
+    model, processor, rec, configs = _video()
+    side, _, _ = frame_layout(model.config)
+    with torch.no_grad(), sparsified(model, configs[name]):
+        model(**record_inputs(processor, [rec], model.config))
+        kept = torch.tensor(report(model).steps[0]["kept"][0])
+    return torch.bincount(kept.div(side * side, rounding_mode="floor").clamp(max=FRAMES - 1), minlength=FRAMES).tolist()
+
+
+def _s13_1():
+    counts = _kept_per_frame("sparsevlm-frame 64")
+    if counts.count(min(counts)) > 1:
+        raise RuntimeError(f"exercise 13.1 has no single answer: {counts}")
+    return counts.index(min(counts))
+
+
+def _split_13_1(newline: bool = True, later_first: bool = False) -> int:
+    """A slip of 13.1, by hand: the frame with the fewest seats when the newline is left out (every frame
+    its side² tokens) or ties go to the later frame."""
+    from .models.llava import frame_layout
+    from .toy.video import FRAMES
+
+    model, _, _, configs = _video()
+    side, _, has_newline = frame_layout(model.config)
+    cfg, sizes = configs["sparsevlm-frame 64"], [side * side] * FRAMES
+    sizes[-1] += int(newline and has_newline)
+    k = max(1, round(cfg.schedule[0] * sum(sizes) / cfg.schedule_of))
+    exact = [k * v / sum(sizes) for v in sizes]
+    seats = [int(e) for e in exact]
+    for f in sorted(range(FRAMES), key=lambda f: (-(exact[f] - seats[f]), -f if later_first else f))[:k - sum(seats)]:
+        seats[f] += 1
+    return min(range(FRAMES), key=lambda f: (seats[f], -f if later_first else f))
+
+
+def _sizes_13() -> list[int]:
+    """Tokens per frame of a clip of the video model: side² each, the newline with the last frame."""
+    from .models.llava import frame_layout
+    from .toy.video import FRAMES
+
+    side, _, newline = frame_layout(_video()[0].config)
+    return [side * side] * (FRAMES - 1) + [side * side + int(newline)]
+
+
+def _s13_2():
+    from .methods.dycoke import ttm_references
+
+    counts, sizes = _kept_per_frame("dycoke 64"), _sizes_13()
+    never = [f for f, r in enumerate(ttm_references(len(sizes))) if r is None]
+    return sum(sizes[f] - counts[f] for f in never)
+
+
+def _dycoke_13_2(extra_comparable: int = 0, kept: int | None = None) -> int:
+    """13.2 by hand: V − K − the tokens the comparisons can drop, with a slip's other count of either."""
+    from .methods.dycoke import ttm_references
+    from .methods.video import kept_count
+
+    sizes, cfg = _sizes_13(), _video()[3]["dycoke 64"]
+    comparable = sum(min(sizes[f], sizes[r]) for f, r in enumerate(ttm_references(len(sizes))) if r is not None)
+    k = kept_count(sum(sizes), cfg.retention) if kept is None else kept
+    return max(0, sum(sizes) - k - comparable - extra_comparable)
+
+
+def _sparsevlm_k_13_2() -> int:
+    """The slip's K: SparseVLM's keep count after its first pruning layer at the 64 preset."""
+    cfg = _video()[3]["sparsevlm 64"]
+    return max(1, round(cfg.schedule[0] * sum(_sizes_13()) / cfg.schedule_of))
+
+
 EXERCISES = {e.id: e for e in [
     Exercise("00.1", f"In the sparsified prefill of records[{_RECORD_00_1}] under toy.preset({_PRESET_00_1}), how many "
              "tokens in all (system, visual and text) enter layer 3?", "int", _s00_1,
@@ -687,6 +773,31 @@ EXERCISES = {e.id: e for e in [
              why="a ratio keeps the same share of a longer image; recycling adds a few merged tokens on top",
              slips=(("only the kept tokens: the recycled ones are missing", lambda ref: round(303 * 2928 / 576)),
                     ("the preset as absolute counts (schedule_of=None)", lambda ref: _s12_2(None)))),
+    Exercise("13.1", "SparseVLM with one budget per frame (the 'sparsevlm-frame 64' row of video_methods_for(model, "
+             "(64,))) on a clip of the video model: after its first pruning layer, which frame (0-7) keeps the "
+             "fewest tokens?", "int", _s13_1,
+             "K = max(1, round(schedule[0] · V / schedule_of)); V_f = 16 for frames 0-6 and 17 for frame 7 (the "
+             "newline); K_f = floor(K · V_f / V), then one more seat to each of the largest remainders, ties to "
+             "the earlier frame (sparsevlm.select.split_budget)",
+             nudge="the 64 preset keeps far fewer tokens than there are frames × 2: work out K first, then share "
+                   "it by largest remainders as the notebook does for the 128 preset",
+             why="the newline gives frame 7 the largest remainder; the other seats go to the earlier frames of the "
+                 "tie, so the last frame of the tie is left with one seat fewer",
+             slips=(("the newline left out: every frame 16 tokens", lambda ref: _split_13_1(newline=False)),
+                    ("ties given to the later frame", lambda ref: _split_13_1(later_first=True)))),
+    Exercise("13.2", "DyCoke at the video model's 64 preset (the 'dycoke 64' row of video_methods_for(model, "
+             "(64,)), matched to SparseVLM's equivalent tokens) on a clip: how many tokens do frames 0 and 4, "
+             "which DyCoke never compares, lose together?", "int", _s13_2,
+             "K = max(1, round(retention · V)); the comparisons can drop at most Σ min(V_f, V_ref(f)) over the "
+             "compared frames 1, 2, 3, 5, 6, 7; the rest of the V − K drops falls on frames 0 and 4",
+             nudge="count what the comparisons alone can remove: each compared frame drops only tokens that have a "
+                   "counterpart at the same place in its reference frame",
+             why="the 64 preset asks for more drops than the comparisons offer, so DyCoke must cut the frames it "
+                 "keeps whole at higher budgets",
+             slips=(("the newline compared too (frame 7 has 17 tokens, frame 6 only 16)",
+                     lambda ref: _dycoke_13_2(extra_comparable=1)),
+                    ("K read off SparseVLM's first pruning layer, not the matched budget",
+                     lambda ref: _dycoke_13_2(kept=_sparsevlm_k_13_2())))),
 ]}
 
 
