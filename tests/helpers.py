@@ -70,7 +70,7 @@ def right_padded(inputs):
 def packed_row(model, alone):
     """Unpadded prompts packed into one row without a padding mask, told apart by positions that
     restart: 1D, or for M-RoPE transformers' text row before the three rows of each prompt."""
-    row_keys = ("input_ids", "mm_token_type_ids")
+    row_keys = ("input_ids", "mm_token_type_ids", "token_type_ids")  # (token_type_ids: Gemma 3)
     packed = {k: torch.cat([a[k] for a in alone if k in a], dim=1 if k in row_keys else 0)
               for k in dict.fromkeys(k for a in alone for k in a) if k != "attention_mask"}
     if "mm_token_type_ids" in packed:  # Qwen2-VL and Qwen2.5-VL

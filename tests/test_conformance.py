@@ -6,12 +6,15 @@ offloaded and compiled caches, packed rows, left and right padding (logits every
 generation), `inputs_embeds` generation, `logits_to_keep`, a save/load round trip, assisted decoding
 and beam search with several returned sequences. Written from reading transformers'
 `test_modeling_common.py` and `generation/test_utils.py`; nothing is copied from them."""
+import contextlib
+
 import pytest
 import torch
 from helpers import batch as llava_batch
 from helpers import packed_row, right_padded, tiny_llava
 from helpers import sample as llava_sample
 from test_families import image_batch, video_batch
+from test_gemma3 import batch as gemma3_batch
 from test_internvl import batch as internvl_batch
 from test_qwen3_vl import batch as qwen3_batch
 from test_qwen_vl import batch as qwen_batch
@@ -23,7 +26,8 @@ from sparsevlm.toy.families import tiny_vlm
 
 torch.set_grad_enabled(False)
 
-FAMILIES = ["llava", "next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl", "qwen3-vl"]
+FAMILIES = ["llava", "next", "onevision", "video-llava", "next-video", "qwen2-vl", "qwen2.5-vl", "internvl", "qwen3-vl",
+            "gemma3"]
 GREEDY = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
 
 
@@ -42,6 +46,8 @@ def inputs_of(family, model):
     if family == "llava":
         full = llava_batch([4, 7], seed=3)
         return full, [llava_sample(full, b) for b in range(2)]
+    if family == "gemma3":  # one image, then two; token types mark the image tokens
+        return gemma3_batch([1, 2], [4, 6], seed=3)[:2]
     if family == "internvl":  # tiles: 2 and 3 per image, a second image in the second prompt
         return internvl_batch([[2], [3, 1]], [4, 6], seed=3)[:2]
     if family == "qwen3-vl":  # a video: one run per frame pair, after its timestamp
@@ -153,6 +159,12 @@ def test_generation_from_inputs_embeds(case):
     family, model, full, _ = case
     embeds = dict(full, inputs_embeds=model.get_input_embeddings()(full["input_ids"]))
     del embeds["input_ids"]
+    if family == "gemma3":  # transformers refuses it: Gemma 3's generation takes no inputs_embeds
+        for cfg in (None, keep_all(family), pruning(family)):
+            with sparsevlm.sparsified(model, cfg) if cfg else contextlib.nullcontext():
+                with pytest.raises(ValueError, match="passed `inputs_embeds` to `.generate"):
+                    model.generate(**embeds, **GREEDY)
+        return
     dense = model.generate(**embeds, **GREEDY)
     same = torch.equal(dense, model.generate(**full, **GREEDY)[:, full["input_ids"].shape[1]:])
     assert same != family.startswith("qwen")

@@ -78,6 +78,8 @@ class _SparseGemma3Model(SparsePlaceholders):
     for the text model, which receives masks built per layer type instead."""
 
     def forward(self, *args, **kwargs):
+        if torch.compiler.is_compiling():  # (compiled decoding runs dense: nothing to keep)
+            return super().forward(*args, **kwargs)
         given = inspect.signature(super().forward).bind_partial(*args, **kwargs).arguments
         st = self._sparsevlm
         st.local.gemma3 = (given.get("attention_mask"), given.get("token_type_ids"))
