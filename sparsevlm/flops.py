@@ -9,6 +9,7 @@ so not counted (n·D adds, under 1e-4 of a layer of Qwen3-VL-8B).
 Qwen3.5's hybrid layers (`config_layer_flops`): a full-attention layer's query projection also makes
 the output gate (n·d·H·h more). A linear-attention layer (`linear_attention_flops`) has no n² term:
 projections, a depthwise convolution, and the chunked gated delta rule, linear in n.
+Gemma 3's sliding-window layers count as full ones: the kernels compute all n² scores, then mask them.
 
 Measured counts (`count_flops`) run the real, possibly sparsified model once under fvcore's
 `FlopCountAnalysis` or torch's `FlopCounterMode` and split the total by module: vision tower and
@@ -72,15 +73,18 @@ def config_layer_flops(text_config, layer: int, n):
     """FLOPs (multiply-adds) of decoder layer `layer` of a dense-MLP text model on n tokens, by its type
     (`text_config.layer_types`). Full attention with H heads of size h: `layer_flops` with H·h in place of
     d where they differ (n·d·H·h for queries and output, 2·n²·H·h for attention), plus the output gate's
-    n·d·H·h where the queries are gated (Qwen3.5). Linear attention: `linear_attention_flops`."""
+    n·d·H·h where the queries are gated (Qwen3.5). Linear attention: `linear_attention_flops`.
+    Sliding-window attention (Gemma 3) counts as full attention: transformers' eager and sdpa kernels
+    form every score of the n × n matrix and mask those outside the window."""
     t = text_config
     kind = (getattr(t, "layer_types", None) or ["full_attention"] * t.num_hidden_layers)[layer]
     if kind == "linear_attention":
         return linear_attention_flops(n, t.hidden_size, t.intermediate_size, t.linear_num_key_heads,
                                       t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim,
                                       t.linear_conv_kernel_dim)
-    if kind != "full_attention":
-        raise ValueError(f"layer {layer} is {kind!r}; counted: 'full_attention', 'linear_attention'")
+    if kind not in ("full_attention", "sliding_attention"):
+        raise ValueError(f"layer {layer} is {kind!r}; counted: 'full_attention', 'sliding_attention', "
+                         f"'linear_attention'")
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     gate = n * t.hidden_size * t.num_attention_heads * head_dim if t.model_type in GATED_QUERIES else 0
     d, q = t.hidden_size, t.num_attention_heads * head_dim

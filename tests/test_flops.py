@@ -162,6 +162,33 @@ def test_qwen3_5_linear_and_full_attention_layers_are_counted_layer_by_layer():
     linear, full = config_layer_flops(t, 0, 33), config_layer_flops(t, 1, 33)
     assert linear != full and config_layer_flops(t, 0, 64) == config_layer_flops(t, 0, 33) + 31 * (
         config_layer_flops(t, 0, 34) - config_layer_flops(t, 0, 33))  # linear in n within one chunk: no n² term
-    sliding = SimpleNamespace(layer_types=["sliding_attention"] * 4, num_hidden_layers=4)
-    with pytest.raises(ValueError, match="^layer 0 is 'sliding_attention'; counted: 'full_attention', 'linear_att"):
-        config_layer_flops(sliding, 0, 8)
+    chunked = SimpleNamespace(layer_types=["chunked_attention"] * 4, num_hidden_layers=4)
+    with pytest.raises(ValueError, match="^layer 0 is 'chunked_attention'; counted: 'full_attention', 'sliding_"):
+        config_layer_flops(chunked, 0, 8)
+
+
+def test_gemma3_sliding_and_global_layers_are_counted_layer_by_layer():
+    """Gemma 3's layers: sliding-window and global attention, 4 heads of 16 on a hidden size of 64.
+    `config_layer_flops` equals torch's counter on every layer, dense and pruned after layers 1 (sliding)
+    and 2 (global): the kernels form all n² scores of a sliding layer, as of a global one."""
+    from test_gemma3 import batch as gemma3_batch
+
+    from sparsevlm.flops import config_layer_flops
+    from sparsevlm.toy.families import tiny_gemma3
+
+    model = tiny_gemma3()
+    t = model.config.text_config
+    inputs = gemma3_batch([2], [5])[0]
+    n = inputs["input_ids"].shape[1]
+    dense = count_flops(model, dict(inputs), "torch")
+    assert dense["per_layer"] == [config_layer_flops(t, i, n) for i in range(4)]
+    cfg = sparsevlm.SparseVLMConfig.preset(64, pruning_layers=(1, 2), schedule=(12, 6), positions="original")
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        rep = sparsevlm.report(model)
+        pruned = count_flops(model, dict(inputs), "torch")
+    seen = [n - int(rep.n_visual[0]) + int(v) for v in rep.visual_in[0]]
+    assert seen[0] == seen[1] == n > seen[2] > seen[3]
+    assert pruned["per_layer"] == [config_layer_flops(t, i, k) for i, k in enumerate(seen)]
+    assert pruned["vision"] == dense["vision"] > 0 and pruned["overhead"] > 0 == dense["overhead"]
+    assert config_layer_flops(t, 0, n) == config_layer_flops(t, 2, n)  # (one formula for both kinds)
