@@ -19,7 +19,8 @@ root_doc = "README"  # the landing page; its navigation is added when Sphinx rea
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.mathjax", "sphinx-mathjax-offline"]
 COURSE = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PAGES = ["families", "behaviour", "evaluation", "numbers", "baselines", "versions", "extending"]  # docs/pages/, in this order
-include_patterns = ["README.md", "docs/pages/*.md", "docs/_generated/*.md", "notebooks/[0-9][0-9]_*.ipynb", "data/toy-llava/MODEL_CARD.md"]
+include_patterns = ["README.md", "docs/pages/*.md", "docs/_generated/*.md", "notebooks/[0-9][0-9]_*.ipynb", "data/toy-llava/MODEL_CARD.md",
+                    "data/toy-video/MODEL_CARD.md"]
 exclude_patterns = ["docs/_build/**", ".venv/**", "build/**"]
 nb_execution_mode = "off"  # what readers see is what nbval checked
 nb_output_stderr = "remove"
@@ -94,7 +95,7 @@ def _navigation(app, docname, source) -> None:
         return
     blocks = [("The course", [f"notebooks/{n}" for n in COURSE]),  # an `NN_*_appendix` follows its NN
               ("Using the library", [f"docs/pages/{p}" for p in PAGES]),
-              ("Reference", ["data/toy-llava/MODEL_CARD", "docs/_generated/results", "docs/_generated/cli",
+              ("Reference", ["data/toy-llava/MODEL_CARD", "data/toy-video/MODEL_CARD", "docs/_generated/results", "docs/_generated/cli",
                              "docs/_generated/api"])]
     for caption, pages in blocks:
         source[0] += "\n\n```{toctree}\n:hidden:\n:caption: " + caption + "\n\n" + "\n".join(pages) + "\n```\n"
