@@ -350,6 +350,42 @@ def test_the_8b_shaped_benches_build_their_prompts_and_methods(name):
     with pytest.raises(ValueError, match="text_hidden=1000: allowed a multiple of 512 from 512 to 4096"):
         (qwen3_vl_8b_config if qwen else internvl3_5_8b_config)(1000)
 
+def test_the_gemma_3_12b_shaped_bench_builds_its_prompt_and_methods():
+    """Gemma-3-12B on the meta device: 12.2 billion parameters, 48 layers, five sliding to one global.
+    Its 896-pixel image is 64 × 64 tower patches averaged into 256 tokens between <start_of_image>
+    and <end_of_image>, marked as one bidirectional block by the token types. The tower-attention,
+    pooling and video methods are skipped; the presets scale to 48 layers and to N; original positions."""
+    import torch
+    import transformers
+
+    from sparsevlm.bench import MODELS, gemma3_12b_config, methods_for, synthetic_inputs
+
+    assert "gemma-3-12b-shaped" in MODELS
+    with torch.device("meta"):
+        model = transformers.Gemma3ForConditionalGeneration(gemma3_12b_config())
+    t = model.config.text_config
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 12.2 and t.num_hidden_layers == 48
+    assert t.layer_types.count("full_attention") == 8 and t.layer_types[5] == "full_attention"
+    assert t.sliding_window == 1024
+    inputs = synthetic_inputs(model, n_text=695 - 576 - 8, device="cpu")
+    ids, cfg = inputs["input_ids"], model.config
+    assert ids.shape == (1, 6 + 258 + 111) and int((ids == cfg.image_token_id).sum()) == 256
+    assert ids[0, 6].item() == cfg.boi_token_id and ids[0, 6 + 257].item() == cfg.eoi_token_id
+    assert torch.equal(inputs["token_type_ids"], (ids == cfg.image_token_id).long())
+    assert inputs["pixel_values"].shape == (1, 3, 896, 896)
+    skipped = []
+    rows = methods_for(model, [128], n_visual=256, log=skipped.append)
+    inside = ["sparsevlm", "random", "fastv", "pdrop", "dart", "divprune", "cdpruner"]
+    assert list(rows) == ["dense"] + [f"{m} 128" for m in inside]
+    assert rows["sparsevlm 128"].pruning_layers == (3, 9, 23) and rows["sparsevlm 128"].schedule_of == 256
+    assert all(c.positions == "original" for c in list(rows.values())[1:])
+    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "vispruner", "pooling", "dycoke", "fastvid",
+                                                  "vidcom2", "holitom"]
+    with pytest.raises(ValueError, match="text_hidden=1000: allowed a multiple of 480 from 480 to 3840"):
+        gemma3_12b_config(1000)
+    assert gemma3_12b_config(960).text_config.num_attention_heads == 4  # narrowed: heads of 256 kept
+
+
 def test_the_video_llava_shaped_bench_builds_the_papers_video_prompt():
     """Video-LLaVA-7B's architecture on the meta device: an 8-frame video is 8 × 257 tokens (each
     frame's [CLS] and 16×16 patches) of a 2,175-token prompt; methods that read the vision tower or

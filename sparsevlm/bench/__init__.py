@@ -14,9 +14,9 @@ from .command import add_arguments, main, run
 from .inputs import DTYPES, MODELS, VIDEO_FRAMES, model_and_inputs, synthetic_inputs
 from .layers import CURVE_TOKENS, layer_curve, predicted_layers_ratio, tokens_per_layer
 from .profile import profile_prefill, profile_table
-from .shapes import (internvl3_5_8b_config, llava_1_5_7b_config, llava_next_7b_config, llava_next_video_7b_config,
-                     llava_onevision_7b_config, qwen2_5_vl_7b_config, qwen3_5_9b_config, qwen3_vl_8b_config,
-                     random_llava, video_llava_7b_config)
+from .shapes import (gemma3_12b_config, internvl3_5_8b_config, llava_1_5_7b_config, llava_next_7b_config,
+                     llava_next_video_7b_config, llava_onevision_7b_config, qwen2_5_vl_7b_config, qwen3_5_9b_config,
+                     qwen3_vl_8b_config, random_llava, video_llava_7b_config)
 from .stats import median_ci, median_spread
 from .timing import (clock, decode_steps, features, kv_cache_mb, measure, overhead_times, prefill, prefill_rounds,
                      prefill_time, sync, timed)
@@ -26,7 +26,7 @@ __all__ = [
     "CURVE_TOKENS", "layer_curve", "predicted_layers_ratio", "tokens_per_layer", "profile_prefill", "profile_table",
     "RESULTS", "machine", "write_results", "llava_1_5_7b_config", "llava_next_7b_config", "llava_next_video_7b_config",
     "llava_onevision_7b_config", "qwen2_5_vl_7b_config", "qwen3_vl_8b_config", "internvl3_5_8b_config",
-    "qwen3_5_9b_config",
+    "qwen3_5_9b_config", "gemma3_12b_config",
     "random_llava", "video_llava_7b_config", "median_ci",
     "median_spread", "clock", "decode_steps", "features", "kv_cache_mb", "measure", "overhead_times", "prefill",
     "prefill_rounds", "prefill_time", "sync", "timed", "methods_for", "model_shape", "preset_config", "rank_config",

@@ -34,10 +34,11 @@ original positions; VisionZip/ToMe-style do not apply) or a Video-LLaVA-7B-shape
 (`video-llava-7b-shaped`: the paper's video setting, 8 frames of 257 tokens). `qwen3-vl-8b-shaped`
 (a 768×768 image, 576 tokens, DeepStack) and `internvl3.5-8b-shaped` (2×2 tiles and a thumbnail,
 1,280 tokens) have the 8B models' shapes; `qwen3.5-9b-shaped` (the same 768×768 image; three
-linear-attention layers to one full-attention layer) has Qwen3.5-9B's. With `--text-hidden`
+linear-attention layers to one full-attention layer) has Qwen3.5-9B's; `gemma-3-12b-shaped` (an
+896×896 image, 256 tokens; five sliding-window layers to one global) has Gemma-3-12B's. With `--text-hidden`
 the language model is narrowed (same visual tokens, prompt, layers, pruning layers and vision tower)
 so that it runs on a CPU in float32: 1024 for LLaVA, 896 for Qwen2.5-VL, a multiple of 512 for the 8B ones,
-of 1024 for Qwen3.5.
+of 1024 for Qwen3.5, of 480 for Gemma 3.
 """
 from __future__ import annotations
 from __future__ import annotations
@@ -198,14 +199,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="toy", metavar="{" + ",".join(MODELS) + ",PATH}",
                    help="toy: the embedded model (default); llava-1.5-7b-shaped / qwen2.5-vl-7b-shaped / "
                         "video-llava-7b-shaped (an 8-frame video) / qwen3-vl-8b-shaped / internvl3.5-8b-shaped / "
-                        "qwen3.5-9b-shaped: random "
+                        "qwen3.5-9b-shaped / gemma-3-12b-shaped: random "
                         "weights in those models' shapes (need a GPU unless --text-hidden narrows them); PATH: a "
                         "local checkpoint folder of a supported family (synthetic ~700-token prompt)")
     p.add_argument("--text-hidden", type=int, default=None,
                    help="-shaped models only: narrow the language model to this width (same tokens, layers and "
                         "vision tower): a multiple of 128 up to 4096 for LLaVA (1024 fits a CPU), of 896 up to "
                         "3584 for Qwen2.5-VL, of 512 up to 4096 for the 8B models, of 1024 up to 4096 for "
-                        "Qwen3.5-9B (default: the full width)")
+                        "Qwen3.5-9B, of 480 up to 3840 for Gemma-3-12B (default: the full width)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations (default float32)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (default sdpa)")

@@ -8,11 +8,11 @@ import torch
 
 from ..models.llava import frame_layout
 from ..recipes import load_model
-from .shapes import (internvl3_5_8b_config, llava_1_5_7b_config, qwen2_5_vl_7b_config, qwen3_5_9b_config,
-                     qwen3_vl_8b_config, random_llava, video_llava_7b_config)
+from .shapes import (gemma3_12b_config, internvl3_5_8b_config, llava_1_5_7b_config, qwen2_5_vl_7b_config,
+                     qwen3_5_9b_config, qwen3_vl_8b_config, random_llava, video_llava_7b_config)
 
 MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped", "video-llava-7b-shaped", "qwen3-vl-8b-shaped",
-          "internvl3.5-8b-shaped", "qwen3.5-9b-shaped")
+          "internvl3.5-8b-shaped", "qwen3.5-9b-shaped", "gemma-3-12b-shaped")
 #: tiles of the synthetic InternVL image: 2×2 tiles and the thumbnail
 INTERNVL_TILES = 5
 #: frames of the synthetic video (Video-LLaVA's, as in the paper)
@@ -30,7 +30,9 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
     merging) between <vision_start> and <vision_end>; Qwen3-VL's and Qwen3.5's 16-pixel patches make that
     768 pixels.
     InternVL: an image of 2×2 tiles and its thumbnail, each tile the tower's size, between <img> and
-    </img> (5 × 256 tokens on InternVL3.5)."""
+    </img> (5 × 256 tokens on InternVL3.5).
+    Gemma 3: one tower-sized image (896 pixels), 256 tokens between <start_of_image> and <end_of_image>,
+    with the token types that make them one bidirectional block."""
     cfg, vision = model.config, model.config.vision_config
     dev, dtype = device or next(model.parameters()).device, next(model.parameters()).dtype
     g = torch.Generator().manual_seed(seed)
@@ -51,6 +53,9 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
         side = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
         n_visual = INTERNVL_TILES * tile_tokens(cfg)
         pixels = {"pixel_values": torch.randn(INTERNVL_TILES, 3, side, side, generator=g).to(dev, dtype)}
+    elif kind == "gemma3":
+        n_visual, side = cfg.mm_tokens_per_image, vision.image_size
+        pixels = {"pixel_values": torch.randn(1, 3, side, side, generator=g).to(dev, dtype)}
     elif kind == "video_llava":
         side, lead, _ = frame_layout(cfg)
         n_visual, token = VIDEO_FRAMES * (lead + side * side), cfg.video_token_id
@@ -63,6 +68,8 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
         image = torch.cat([torch.tensor([token - 2]), image, torch.tensor([token - 1])])
     if kind.startswith("qwen"):
         image = torch.cat([torch.tensor([cfg.vision_start_token_id]), image, torch.tensor([cfg.vision_end_token_id])])
+    if kind == "gemma3":
+        image = torch.cat([torch.tensor([cfg.boi_token_id]), image, torch.tensor([cfg.eoi_token_id])])
     ids = torch.cat([torch.tensor([1]), text(5), image, text(n_text)])[None].to(dev)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if kind.startswith("qwen"):
@@ -73,6 +80,8 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
     if kind == "llava":
         side = vision.image_size
         return {**inputs, "pixel_values": torch.randn(1, 3, side, side, generator=g).to(dev, dtype)}
+    if kind == "gemma3":
+        inputs["token_type_ids"] = (ids == token).long()
     return {**inputs, **pixels}
 
 
@@ -106,10 +115,10 @@ def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa
             c._attn_implementation = attn
         model = random_llava(config, device, DTYPES[dtype])
         inputs = synthetic_inputs(model, n_text=695 - 576 - 8)
-    elif model_name in ("qwen3-vl-8b-shaped", "internvl3.5-8b-shaped", "qwen3.5-9b-shaped"):
+    elif model_name in ("qwen3-vl-8b-shaped", "internvl3.5-8b-shaped", "qwen3.5-9b-shaped", "gemma-3-12b-shaped"):
         make = {"qwen3-vl-8b-shaped": qwen3_vl_8b_config, "internvl3.5-8b-shaped": internvl3_5_8b_config,
-                "qwen3.5-9b-shaped": qwen3_5_9b_config}[model_name]
-        config = make(text_hidden or 4096)
+                "qwen3.5-9b-shaped": qwen3_5_9b_config, "gemma-3-12b-shaped": gemma3_12b_config}[model_name]
+        config = make(text_hidden) if text_hidden else make()
         for c in (config, config.text_config, config.vision_config):
             c._attn_implementation = attn
         model = random_llava(config, device, DTYPES[dtype])

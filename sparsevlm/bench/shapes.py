@@ -173,6 +173,29 @@ def internvl3_5_8b_config(text_hidden: int = 4096):
     return InternVLConfig(text_config=text, image_seq_length=256, downsample_ratio=0.5, vision_feature_layer=-1,
                           vision_feature_select_strategy="default", tie_word_embeddings=False)
 
+def gemma3_12b_config(text_hidden: int = 3840):
+    """google/gemma-3-12b-it's architecture, no weights: 48 text layers, five sliding-window layers
+    (1,024 tokens, rotary base 10⁴) to one global layer (base 10⁶, linear scaling 8); 16 query and 8
+    key/value heads of 256; MLP 15,360. The widths are those of Google's MaxText config for gemma3-12b;
+    the vocabulary (262,208) is `Gemma3TextConfig`'s default; the tower is SigLIP-So400m at 896 pixels (14-pixel patches, 27 layers),
+    its 64 × 64 patches averaged 4 × 4 into 256 tokens. `text_hidden` (a multiple of 480 up to 3840)
+    narrows the language model: heads of 256, two query heads per key/value head and the MLP's ratio
+    kept; the tokens and the 48 layers stay."""
+    from transformers import Gemma3Config
+
+    if not (isinstance(text_hidden, int) and 480 <= text_hidden <= 3840 and text_hidden % 480 == 0):
+        raise ValueError(f"text_hidden={text_hidden!r}: allowed a multiple of 480 from 480 to 3840")
+    heads = text_hidden // 240
+    text = dict(vocab_size=262208, hidden_size=text_hidden, intermediate_size=4 * text_hidden, num_hidden_layers=48,
+                num_attention_heads=heads, num_key_value_heads=heads // 2, head_dim=256, query_pre_attn_scalar=256,
+                sliding_window=1024, max_position_embeddings=131072,
+                rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                  num_attention_heads=16, image_size=896, patch_size=14, vision_use_head=False)
+    return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256)
+
+
 def random_llava(config, device: str, dtype: torch.dtype):
     """A model of `config`'s architecture (any family) with random weights built directly on
     `device` in `dtype` (no download; never a float32 copy first: LLaVA-1.5-7B's shapes take ~14 GB
