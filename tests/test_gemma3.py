@@ -24,7 +24,8 @@ KEEP_ALL = SparseVLMConfig(mode="schedule", pruning_layers=(1, 2), schedule=(100
 METHODS = [SparseVLMConfig(pruning_layers=(1, 2), scale=2.0, positions="original"),
            SparseVLMConfig.preset(64, pruning_layers=(1, 2, 3), schedule=(30, 20, 10), positions="original"),
            SparseVLMConfig(pruning_layers=(1, 2), scale=2.0),
-           sparsevlm.FastVConfig(layer=1, prune_ratio=0.6), sparsevlm.PDropConfig(pruning_layers=(1, 2), keep_ratio=0.5),
+           sparsevlm.FastVConfig(layer=1, prune_ratio=0.6),
+           sparsevlm.PDropConfig(pruning_layers=(1, 2), keep_ratio=0.5),
            sparsevlm.RandomConfig(pruning_layers=(1, 2), schedule=(25, 12)),
            sparsevlm.DivPruneConfig(keep=12), sparsevlm.CDPrunerConfig(keep=12)]
 IDS = ["rank", "preset", "rank-compact", "fastv", "pdrop", "random", "divprune", "cdpruner"]
@@ -60,7 +61,8 @@ def model():
 
 def test_an_image_is_256_tokens_on_the_real_model_and_16_on_the_tiny_one(model):
     assert sparsevlm.models.gemma3.FAMILY.visual_tokens(Gemma3Config()) == 256
-    assert model.model.get_image_features(torch.randn(2, 3, 32, 32), return_dict=True).pooler_output.shape[:2] == (2, 16)
+    features = model.model.get_image_features(torch.randn(2, 3, 32, 32), return_dict=True).pooler_output
+    assert features.shape[:2] == (2, 16)
     types = torch.tensor([[0, 1, 1, 0, 1, 1, 1, 0]])
     assert image_blocks(types).tolist() == [[0, 1, 1, 0, 2, 2, 2, 0]]  # the runs transformers makes blocks of
     assert (mg.get_block_sequence_ids_for_mask(types) + 1).tolist() == image_blocks(types).tolist()
@@ -158,8 +160,18 @@ def test_text_models_whose_scores_or_masks_differ_are_refused(change, why):
     assert not hasattr(model, "_sparsevlm")
 
 
-def test_the_command_line_knows_the_model_type():
+def test_the_command_line_knows_the_model_type_and_loads_a_checkpoint(model, tmp_path):
+    """`--model PATH` loads a Gemma 3 folder (transformers' image-text-to-text auto class), which sparsifies."""
+    from sparsevlm.recipes import load_model
+
     assert "gemma3" in sparsevlm.models.model_types()
+    model.save_pretrained(tmp_path)
+    loaded, _ = load_model(str(tmp_path), "cpu", "float32", with_processor=False)
+    inputs, _, _ = batch([1], [4])
+    assert type(loaded) is type(model) and torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+    with sparsevlm.sparsified(loaded, METHODS[0]):
+        loaded(**inputs)
+        assert not sparsevlm.report(loaded).dense
 
 
 def _layer_io(model, layers):
@@ -249,7 +261,8 @@ def test_the_image_block_of_kept_tokens_attends_both_ways_and_inserted_tokens_ca
     blocks = torch.tensor([[0, 1, 1, 1, 0, 0]])  # one image, then text; a recycled token (0) at 5
     keys = torch.tensor([[0, 3, 9, 12, 20, 21]])  # original positions after pruning
     hidden = torch.zeros(1, 6, 64)
-    build = FAMILY.layer_masks(text, hidden, torch.ones(1, 6, dtype=torch.bool), keys, None, False, {"image_block": blocks})
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    build = FAMILY.layer_masks(text, hidden, valid, keys, None, False, {"image_block": blocks})
     full, sliding = build("full_attention", 2), build("sliding_attention", 0)
     assert full[0, 0].int().tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0],
                                          [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]

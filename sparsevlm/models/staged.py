@@ -117,7 +117,7 @@ class SparseTextModel:
                                    inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE: cache}, **kwargs)
         st = self._sparsevlm
         call = st.call()
-        given, attention_mask = attention_mask, st.family.padding_mask(self, attention_mask)  # (`given`: the dense path's)
+        given, attention_mask = attention_mask, st.family.padding_mask(self, attention_mask)  # (the dense path: given)
         vis_mask, vision, frames = call.vis_mask, call.vision, call.frames  # (read once: the next call sets its own)
         call.vis_mask, call.vision, call.frames, call.present = None, {}, None, None
         stages = STAGES.get(cache) if cache is not None else None  # the cache was shortened by a pruned prefill
