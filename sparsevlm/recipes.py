@@ -140,8 +140,8 @@ def preset_config(model, budget: int, n_visual: int | None = None):
     from .models import default_positions
 
     n_vis, layers = model_shape(model)
-    return SparseVLMConfig.preset(budget, n_visual=n_visual or n_vis, num_layers=layers,
-                                  positions=default_positions(model))
+    return prunable(model, SparseVLMConfig.preset(budget, n_visual=n_visual or n_vis, num_layers=layers,
+                                                  positions=default_positions(model)))
 
 
 def rank_config(model, n_visual: int | None = None):
@@ -151,7 +151,19 @@ def rank_config(model, n_visual: int | None = None):
     from .models import default_positions
 
     n_vis, layers = model_shape(model)
-    return SparseVLMConfig.rank(n_visual or n_vis, layers, positions=default_positions(model))
+    return prunable(model, SparseVLMConfig.rank(n_visual or n_vis, layers, positions=default_positions(model)))
+
+
+def prunable(model, cfg):
+    """`cfg` with its pruning layers where `model`'s family may prune (`Family.prunable_layers`: on
+    Qwen3.5, the first full-attention layer at or after each; the baselines matched to it follow).
+    Unchanged where every layer may prune, or where moving would merge two layers of a schedule."""
+    from .models import family_of
+
+    layers = family_of(model).prunable_layers(model.model.language_model, cfg.pruning_layers)
+    if layers == tuple(cfg.pruning_layers) or len(layers) != len(cfg.pruning_layers):
+        return cfg
+    return cfg.replace(pruning_layers=layers)
 
 
 def method_config(model, method: str, budget: int | None = None, tokens: float | None = None,

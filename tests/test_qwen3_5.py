@@ -232,3 +232,37 @@ def test_the_real_architecture_is_accepted_on_the_meta_device():
     with sparsevlm.sparsified(real, SparseVLMConfig(pruning_layers=(3, 7, 15, 19), **ORIGINAL)):
         assert real._sparsevlm.family is sparsevlm.models.qwen3_5.FAMILY
     assert not hasattr(real, "_sparsevlm")
+
+
+def test_the_9b_shaped_bench_builds_its_prompt_and_moves_the_presets_layers():
+    """`sparsevlm bench --model qwen3.5-9b-shaped` on the meta device: 9.4 billion parameters; a 768×768 image
+    is 48×48 patches of 16 pixels, 576 tokens after 2×2 merging. The presets' layers 2/6/15 (scaled to 32
+    layers: unchanged) move to full-attention layers 3/7/15 in the configs the recipes build, and the baselines
+    matched to them follow; DART's own layer 1 has no full-attention layer it could move to unasked: skipped."""
+    import transformers
+
+    from sparsevlm.bench import methods_for, qwen3_5_9b_config, synthetic_inputs
+
+    with torch.device("meta"):
+        model = transformers.Qwen3_5ForConditionalGeneration(qwen3_5_9b_config())
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 9.4
+    inputs = synthetic_inputs(model, n_text=695 - 576 - 8, device="cpu")
+    ids = inputs["input_ids"]
+    assert ids.shape == (1, 695) and int((ids == model.config.image_token_id).sum()) == 576
+    assert inputs["pixel_values"].shape == (48 * 48, 3 * 2 * 16 * 16)
+    assert inputs["image_grid_thw"].tolist() == [[1, 48, 48]]
+    skipped = []
+    rows = methods_for(model, [128], n_visual=576, log=skipped.append)
+    assert list(rows) == ["dense"] + [f"{m} 128" for m in ["sparsevlm", "random", "fastv", "pdrop", "divprune",
+                                                             "cdpruner"]]
+    layers = {name: cfg.pruning_layers for name, cfg in rows.items() if cfg is not None}
+    assert layers == {"sparsevlm 128": (3, 7, 15), "random 128": (3, 7, 15), "fastv 128": (3,),
+                      "pdrop 128": (3, 7, 15), "divprune 128": (), "cdpruner 128": ()}
+    assert rows["sparsevlm 128"].schedule_of == 576 and all(c.positions == "original" for c in list(rows.values())[1:])
+    assert [s.split(":")[0] for s in skipped] == ["visionzip", "tome", "dart", "vispruner", "pooling", "dycoke",
+                                                  "fastvid", "vidcom2", "holitom"]
+    assert "DART cannot prune Qwen3_5ForConditionalGeneration after layers [1] (linear attention" in skipped[2]
+    with pytest.raises(ValueError, match="text_hidden=512: allowed a multiple of 1024 from 1024 to 4096"):
+        qwen3_5_9b_config(512)
+    narrow = qwen3_5_9b_config(1024).text_config
+    assert (narrow.num_attention_heads, narrow.num_key_value_heads, narrow.linear_num_value_heads) == (4, 1, 8)

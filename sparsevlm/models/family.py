@@ -103,6 +103,11 @@ class Family:
         """What to choose instead of `layers` (the error's last words, from ", e.g. ..."), or ""."""
         return ""
 
+    def prunable_layers(self, text, layers) -> tuple[int, ...]:
+        """`layers` moved to where a method may prune. `sparsify` never moves them (it refuses); the
+        recipes do, visibly in the configs they build (the command line's and the bench's presets)."""
+        return tuple(layers)
+
     # Per-token inputs a family adds between layers (Qwen3-VL's DeepStack features). The staged loop
     # carries them with their tokens: a pruned token's go with it, an inserted token's are zeros.
 

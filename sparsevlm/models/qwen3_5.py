@@ -14,7 +14,9 @@ with gated queries and per-head norms on queries and keys.
   RoPE, as the attention uses them (the query's output gate scales what attention returns, not the
   weights). A linear-attention layer has none, so pruning after one is refused, naming the model,
   the method and the full-attention layers to choose instead. We refuse rather than move the layers
-  silently: the config stays what runs, and `report` stays equal to `planned_counts`.
+  silently: the config stays what runs, and `report` stays equal to `planned_counts`. The recipes (the
+  command line's and the bench's presets) move them, visibly, in the configs they build
+  (`prunable_layers`: the first full-attention layer at or after each).
 - A linear-attention layer after pruning runs over the shorter sequence: its convolution and state
   see the kept tokens in order, as a dense model given only those tokens would. Its mask is the
   padding mask (`staged.LayerMasks`): padding tokens are zeroed before the layer, which keeps the
@@ -55,10 +57,14 @@ class Qwen3_5(Qwen2VL):
         return "linear attention: a recurrent state, no attention matrix, no queries and keys to score tokens with"
 
     def prunable_hint(self, text, layers) -> str:
+        return (f", e.g. the first full-attention layer at or after each: pruning_layers="
+                f"{self.prunable_layers(text, layers)} (full attention: {attention_layers(text.config)})")
+
+    def prunable_layers(self, text, layers) -> tuple[int, ...]:
+        """Each layer moved to the first full-attention layer at or after it (duplicates merged; a layer
+        after the last full-attention layer dropped): pruning later, never earlier, than asked."""
         full = attention_layers(text.config)
-        moved = sorted({f for f in (next((f for f in full if f >= i), None) for i in layers) if f is not None})
-        return (f", e.g. the first full-attention layer at or after each: pruning_layers={tuple(moved)} "
-                f"(full attention: {full})")
+        return tuple(sorted({f for f in (next((f for f in full if f >= i), None) for i in layers) if f is not None}))
 
     def text_unsupported_reason(self, text) -> str | None:
         if not all(hasattr(text, a) for a in ("layers", "norm", "rotary_emb")):
