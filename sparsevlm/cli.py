@@ -284,8 +284,8 @@ def bench_cmd(args) -> int:
 
     check_device(args.device)
     check_out(args.out, folder=True)
-    bench.run(args.model, args.device, args.dtype, args.attn, args.budgets, args.repeats, args.warmup,
-              args.new_tokens, args.out, args.methods, text_hidden=args.text_hidden, profile=args.profile,
+    bench.run(bench.command.chosen_model(args), args.device, args.dtype, args.attn, args.budgets, args.repeats,
+              args.warmup, args.new_tokens, args.out, args.methods, text_hidden=args.text_hidden, profile=args.profile,
               batch=args.batch, curve=args.layer_curve)
     return 0
 

@@ -27,10 +27,12 @@ attention implementation and library versions (the JSON with every round's ratio
 length (`layer_curve`) and the length each method leaves every layer, whence the best time ratio
 its layers can reach on this machine (`predicted_layers_ratio`).
 
-Models: the embedded toy (`toy`, CPU-friendly), an LLaVA-1.5-7B-shaped model with random weights
-(`llava-1.5-7b-shaped`; timings depend only on shapes: needs ~15 GB in bf16, i.e. a GPU) or a
-Qwen2.5-VL-7B-shaped one (`qwen2.5-vl-7b-shaped`: a 672×672 image, 576 visual tokens, M-RoPE,
-original positions; VisionZip/ToMe-style do not apply) or a Video-LLaVA-7B-shaped one
+Models: the embedded toy (`toy`, CPU-friendly), the embedded video model (`--toy video`, or
+`toy-video`: its first evaluation clips, 8 frames of 16 tokens and a newline; SparseVLM with one
+budget per clip and one per frame, and the video methods, as `sparsevlm demo --toy video`), an
+LLaVA-1.5-7B-shaped model with random weights (`llava-1.5-7b-shaped`; timings depend only on shapes:
+needs ~15 GB in bf16, i.e. a GPU) or a Qwen2.5-VL-7B-shaped one (`qwen2.5-vl-7b-shaped`: a 672×672
+image, 576 visual tokens, M-RoPE, original positions; VisionZip/ToMe-style do not apply) or a Video-LLaVA-7B-shaped one
 (`video-llava-7b-shaped`: the paper's video setting, 8 frames of 257 tokens). `qwen3-vl-8b-shaped`
 (a 768×768 image, 576 tokens, DeepStack) and `internvl3.5-8b-shaped` (2×2 tiles and a thumbnail,
 1,280 tokens) have the 8B models' shapes; `qwen3.5-9b-shaped` (the same 768×768 image; three
@@ -44,6 +46,7 @@ from __future__ import annotations
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -54,7 +57,7 @@ import torch
 from ..flops import dims, prefill_flops
 from ..methods import BASELINES
 from ..outputs import machine, write_results
-from ..recipes import methods_for, rank_config
+from ..recipes import VIDEO_BASELINES, methods_for, rank_config, video_methods_for
 from ..report import dense_report_for
 from ..utils import device_problem, positive_int
 from .inputs import DTYPES, MODELS, model_and_inputs
@@ -80,17 +83,21 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
     _check(model_name, device, dtype, repeats, warmup, new_tokens, batch, text_hidden, profile, curve)
     model, inputs, batches = model_and_inputs(model_name, device, dtype, attn, text_hidden, batch)
     n_visual = int(dense_report_for(model, inputs).n_visual[0])  # image and video tokens
-    rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None,
-                       video=any("video" in k for k in inputs))
+    if model_name == "toy-video":  # as `sparsevlm demo --toy video`: SparseVLM per clip and per frame
+        rows = _video_rows(model, budgets, methods, log)
+    else:
+        rows = methods_for(model, budgets, n_visual=n_visual, log=log, methods=methods or None,
+                           video=any("video" in k for k in inputs))
     info = machine(device, DTYPES[dtype], attn)
-    info.update(model=model_name)
+    # the machine's load when the run starts (1, 5, 15 minutes): on a shared machine, times stretch with it
+    info.update(model=model_name, load_average=[round(x, 2) for x in os.getloadavg()])
     # the files' name: bench_/profile_/layers_ + this + _<device>
     stem = f"{Path(model_name).name}{f'-h{text_hidden}' if text_hidden else ''}"
     folder = None if out is None else Path(out)
     if profile:
         if "sparsevlm" in (methods or ["sparsevlm"]):
-            rows = {**rows, "sparsevlm rank": rank_config(model)}
-        if model_name != "toy":  # the same prompt 8 times
+            rows = {**rows, "sparsevlm rank": rank_config(model, n_visual if model_name == "toy-video" else None)}
+        if batches is None:  # the same prompt 8 times
             batches = {1: inputs, 8: {k: v.repeat(8, *[1] * (v.dim() - 1)) for k, v in inputs.items()}}
         table = profile_table(model, {1: batches[1], 8: batches[8]}, rows, repeats, warmup, log)
         info.update(prompt_tokens=int(inputs["input_ids"].shape[1]), n_visual=n_visual)
@@ -103,6 +110,16 @@ def run(model_name: str = "toy", device: str = "cpu", dtype: str = "float32", at
                           f"layers_{stem}_{torch.device(device).type}", log)
     name = f"bench_{stem}{f'_b{batch}' if batch > 1 else ''}_{torch.device(device).type}"
     return _run_timing(model, inputs, rows, repeats, warmup, new_tokens, batch, info, folder, name, log)
+
+
+def _video_rows(model, budgets, methods, log) -> dict:
+    """The embedded video model's rows: dense, SparseVLM with one keep count per clip and one per frame
+    (`sparsevlm-frame`), and the video baselines (`methods`, default `VIDEO_BASELINES`) matched to them."""
+    chosen = [m for m in (methods or VIDEO_BASELINES) if m != "sparsevlm"]
+    rows = video_methods_for(model, budgets, methods=chosen, log=log)
+    if methods and "sparsevlm" not in methods:
+        rows = {k: v for k, v in rows.items() if not k.startswith("sparsevlm")}
+    return rows
 
 
 def _check(model_name, device, dtype, repeats, warmup, new_tokens, batch, text_hidden, profile, curve) -> None:
@@ -202,6 +219,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "qwen3.5-9b-shaped / gemma-3-12b-shaped: random "
                         "weights in those models' shapes (need a GPU unless --text-hidden narrows them); PATH: a "
                         "local checkpoint folder of a supported family (synthetic ~700-token prompt)")
+    p.add_argument("--toy", default=None, choices=["image", "video"],
+                   help="which embedded model: image (as --model toy) or video (data/toy-video, its own clips; "
+                        "dense, SparseVLM per clip and per frame, and the video methods at each budget)")
     p.add_argument("--text-hidden", type=int, default=None,
                    help="-shaped models only: narrow the language model to this width (same tokens, layers and "
                         "vision tower): a multiple of 128 up to 4096 for LLaVA (1024 fits a CPU), of 896 up to "
@@ -230,14 +250,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "machine (layers_<model>_<device>.csv/.json)")
 
 
+def chosen_model(args) -> str:
+    """The model `--model` and `--toy` name together: `--toy video` is the embedded video model (`toy-video`)."""
+    if args.toy is None:
+        return args.model
+    if args.model != "toy":
+        raise ValueError(f"--toy {args.toy} runs an embedded model; --model {args.model} names another: "
+                         f"give one of them")
+    return "toy" if args.toy == "image" else "toy-video"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparsevlm.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     a = p.parse_args(argv)
     try:
-        run(a.model, a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out, a.methods,
-            text_hidden=a.text_hidden, profile=a.profile, batch=a.batch, curve=a.layer_curve)
+        run(chosen_model(a), a.device, a.dtype, a.attn, a.budgets, a.repeats, a.warmup, a.new_tokens, a.out,
+            a.methods, text_hidden=a.text_hidden, profile=a.profile, batch=a.batch, curve=a.layer_curve)
     except ValueError as e:  # bad input: one line, as `sparsevlm bench` says it
         p.exit(1, f"{p.prog}: error: {e}\n")
     return 0

@@ -11,7 +11,8 @@ from ..recipes import load_model
 from .shapes import (gemma3_12b_config, internvl3_5_8b_config, llava_1_5_7b_config, qwen2_5_vl_7b_config,
                      qwen3_5_9b_config, qwen3_vl_8b_config, random_llava, video_llava_7b_config)
 
-MODELS = ("toy", "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped", "video-llava-7b-shaped", "qwen3-vl-8b-shaped",
+MODELS = ("toy", "toy-video",  # the embedded image and video models
+          "llava-1.5-7b-shaped", "qwen2.5-vl-7b-shaped", "video-llava-7b-shaped", "qwen3-vl-8b-shaped",
           "internvl3.5-8b-shaped", "qwen3.5-9b-shaped", "gemma-3-12b-shaped")
 #: tiles of the synthetic InternVL image: 2×2 tiles and the thumbnail
 INTERNVL_TILES = 5
@@ -88,7 +89,7 @@ def synthetic_inputs(model, n_text: int, seed: int = 0, device=None) -> dict:
 def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa", text_hidden: int | None = None,
                      batch: int = 1):
     """The bench's model (weights seeded) and prompt: (model, inputs of `batch` prompts, {1: ..., 8: ...}
-    batches for `--profile`: the toy's own questions, else None)."""
+    batches for `--profile`: the toys' own questions (`toy-video`: the video model's clips), else None)."""
     torch.manual_seed(0)
     batches = None
     if model_name == "toy":
@@ -104,6 +105,21 @@ def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa
             x = processor(images=[r["image"] for r in records[:size]], text=[r["prompt"] for r in records[:size]],
                           return_tensors="pt", padding=True).to(device)
             x["pixel_values"] = x["pixel_values"].to(DTYPES[dtype])
+            batches[size] = x
+        inputs = batches[batch]
+    elif model_name == "toy-video":  # the embedded video model on its own clips and questions
+        from .. import toy
+        from ..eval import record_inputs
+
+        model, processor = toy.load_video(dtype=DTYPES[dtype])
+        model.to(device)
+        model.config._attn_implementation = attn
+        model.config.text_config._attn_implementation = attn
+        records = toy.video_eval_split(limit=max(8, batch))
+        batches = {}
+        for size in sorted({1, 8, batch}):  # different clips and questions: padding as in real batches
+            x = record_inputs(processor, records[:size], model.config).to(device)
+            x["pixel_values_videos"] = x["pixel_values_videos"].to(DTYPES[dtype])
             batches[size] = x
         inputs = batches[batch]
     elif model_name == "llava-1.5-7b-shaped":
@@ -132,6 +148,6 @@ def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa
         inputs = synthetic_inputs(model, n_text=113)
     else:
         raise ValueError(f"model={model_name!r} is not supported; allowed: {', '.join(MODELS)} or a checkpoint folder")
-    if model_name != "toy" and batch > 1:  # the same prompt `batch` times
+    if batches is None and batch > 1:  # the same prompt `batch` times
         inputs = {k: v.repeat(batch, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
     return model, inputs, batches
