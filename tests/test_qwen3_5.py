@@ -266,3 +266,25 @@ def test_the_9b_shaped_bench_builds_its_prompt_and_moves_the_presets_layers():
         qwen3_5_9b_config(512)
     narrow = qwen3_5_9b_config(1024).text_config
     assert (narrow.num_attention_heads, narrow.num_key_value_heads, narrow.linear_num_value_heads) == (4, 1, 8)
+
+
+def test_the_device_is_read_once_more_than_dense_and_never_in_decoding(model):
+    """A planned prefill waits for the device once more than the dense one (its counts); the masks of the
+    linear layers after pruning read nothing (the padding mask as it is), and decoding reads nothing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from sparsevlm.bench import profile_prefill
+
+    inputs, _ = batch([(1, 8, 12), (1, 12, 8)], [5, 3], seed=4)
+    dense = profile_prefill(model, inputs)
+    for cfg in METHODS[1:]:
+        counts = profile_prefill(model, inputs, cfg)
+        assert counts["method_host_reads"] == 1 and counts["host_reads"] == dense["host_reads"] + 1, type(cfg)
+    with sparsevlm.sparsified(model, METHODS[1]):
+        out = model(**inputs, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)  # positions as generate gives them: the next one, plus the M-RoPE delta
+        after = (inputs["attention_mask"].shape[1] + model.model.rope_deltas).view(1, 2, 1).expand(3, 2, 1)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], 1)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(input_ids=token, attention_mask=mask, position_ids=after, cache=out.past_key_values, use_cache=True)
+    assert not [e for e in prof.events() if e.name in ("aten::_local_scalar_dense", "sparsevlm::host_read")]
