@@ -103,7 +103,7 @@ def test_notebook_08s_committed_ablations_regenerate():
 
 
 VIDEO = RESULTS / "video_toy_cpu.json"
-VIDEO_COMMAND = "sparsevlm demo --quiet --toy video --limit 240 --presets 192 128 64 --results results"
+VIDEO_COMMAND = "sparsevlm demo --quiet --toy video --presets 192 128 64 --results results"
 
 
 def test_the_committed_video_comparison_is_todays():
@@ -114,9 +114,9 @@ def test_the_committed_video_comparison_is_todays():
     configs = video_methods_for(model, (192, 128, 64))
     assert {name: repr(cfg) for name, cfg in configs.items()} == doc["configs"]
     assert list(table.index) == list(configs) == list(correct) and doc["command"] == VIDEO_COMMAND
-    assert all(len(c) == doc["questions"] == 240 for c in correct.values())
+    assert all(len(c) == doc["questions"] == 500 for c in correct.values())
     np.testing.assert_allclose(table["acc_all"], [c.mean() for c in correct.values()], rtol=1e-9)
-    rows = ["dense", "sparsevlm 64", "sparsevlm-frame 128", "fastv 192", "holitom 64"]
+    rows = ["dense", "sparsevlm 64", "sparsevlm-frame 128", "fastv 192", "fastvid 128", "holitom 64"]
     torch.use_deterministic_algorithms(True)
     live, frames = compare(model, processor, toy.video_eval_split(limit=24), {k: configs[k] for k in rows},
                            progress=False, per_question=True)
