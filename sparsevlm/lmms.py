@@ -216,8 +216,9 @@ class SparseVLMEval(lmms):
             return record_inputs(self.processor, records, self.model.config).to(self._device)
         if video:
             return self.processor(videos=list(visuals), text=texts, return_tensors="pt", padding=True).to(self._device)
-        flat = [im for ims in visuals for im in ims]
-        return self.processor(images=flat, text=texts, return_tensors="pt", padding=True).to(self._device)
+        # each sample's images as one list: Gemma 3's processor checks them against its prompt's image tokens
+        images = [list(ims) for ims in visuals]
+        return self.processor(images=images, text=texts, return_tensors="pt", padding=True).to(self._device)
 
     def _account(self, inputs, stats: dict) -> None:
         """Add one forward's sparsification report to `stats`."""

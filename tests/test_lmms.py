@@ -294,3 +294,115 @@ def test_video_documents_are_read_as_lmms_eval_passes_them():
     image.task_dict = lm.task_dict
     with pytest.raises(ValueError, match="document 0: a video; LlavaForConditionalGeneration reads no video"):
         image.generate_until([request(list(clip), task_type="video")])
+
+
+# --------------------------------------------------------------------- the newer families (issue #34)
+def _family_processor(family: str):
+    """The family's own processor at the tiny model's sizes (`toy.families.tiny_vlm`): a tokenizer of
+    WORDS with the family's special tokens at the model's ids (word-level; Qwen3.5's byte-level BPE),
+    its image processor and, but for Gemma 3, its video processor (torchvision's)."""
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from sparsevlm.toy.families import QWEN_CHAT, WORDS
+
+    if family in ("qwen3-vl", "qwen3.5"):
+        named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                 "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+    elif family == "gemma3":  # the image soft token, a spare id, <start_of_image> and <end_of_image>
+        named = {"image_token": "<image_soft_token>", "video_token": "<unused>", "boi_token": "<start_of_image>",
+                 "eoi_token": "<end_of_image>"}
+    else:  # InternVL: the image context token, the video token, <img> and </img>
+        named = {"context_image_token": "<IMG_CONTEXT>", "video_token": "<video>", "start_image_token": "<img>",
+                 "end_image_token": "</img>"}
+    vocab = ["<pad>", "<s>", "</s>", *named.values(), "<unk>", *WORDS]  # ids 3, 4, 5, 6 as the tiny models'
+    special = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", padding_side="left",
+                   extra_special_tokens=named)
+    if family == "qwen3.5":  # transformers loads a qwen3_5 checkpoint's tokenizer as its byte-level BPE
+        bpe_vocab, merges = _byte_level_bpe(vocab[:8], WORDS)
+        tokenizer = tf.Qwen3_5Tokenizer(vocab=bpe_vocab, merges=merges, **special)
+    else:
+        tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+    if family == "gemma3":  # 32-pixel images, 16 tokens each
+        chat = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<start_of_image> "
+                "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}")
+        return tf.Gemma3Processor(image_processor=tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}),
+                                  tokenizer=tokenizer, image_seq_length=16, chat_template=chat)
+    if family in ("qwen3-vl", "qwen3.5"):  # Qwen3.5 reads images with Qwen3-VL's processor
+        size = dict(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
+        return tf.Qwen3VLProcessor(image_processor=tf.Qwen2VLImageProcessor(**size), tokenizer=tokenizer,
+                                   video_processor=tf.Qwen3VLVideoProcessor(**size), chat_template=QWEN_CHAT)
+    tiles = dict(size={"height": 32, "width": 32}, crop_to_patches=True, min_patches=1, max_patches=4)
+    chat = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<IMG_CONTEXT> "
+            "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}")
+    return tf.InternVLProcessor(image_processor=tf.GotOcr2ImageProcessor(**tiles), tokenizer=tokenizer,
+                                video_processor=tf.InternVLVideoProcessor(size={"height": 32, "width": 32}),
+                                image_seq_length=16, chat_template=chat)
+
+
+def _byte_level_bpe(specials: list[str], words: list[str]) -> tuple[dict, list]:
+    """(vocab, merges) of a byte-level BPE that spells each word, alone or after a space ("Ġ" + word),
+    character by character then merged left to right: 105 entries for WORDS, within the tiny vocabulary."""
+    vocab, merges = {w: i for i, w in enumerate(specials)}, []
+    for word in words:
+        for piece in (word, "\u0120" + word):
+            for ch in piece:
+                vocab.setdefault(ch, len(vocab))
+            for j in range(1, len(piece)):
+                if (piece[:j], piece[j]) not in merges:
+                    merges.append((piece[:j], piece[j]))
+                    vocab.setdefault(piece[:j + 1], len(vocab))
+    return vocab, merges
+
+
+NEEDS_TORCHVISION = ("needs torchvision (the Qwen3-VL, Qwen3.5 and InternVL processors hold transformers' video "
+                     "processors) "
+                     "beside lmms-eval: .venv has lmms-eval but no torchvision, .venv-video the reverse; "
+                     "`pip install --no-deps lmms-eval==0.7.3` and the [eval] extra into .venv-video would run it")
+
+
+@pytest.mark.parametrize("family", ["qwen3-vl", "internvl", "qwen3.5", "gemma3"])
+def test_the_lmms_model_runs_the_newer_families_through_the_family_seam(family, tmp_path):
+    """A tiny random checkpoint of each family with its own processor: the lmms-eval model loads it
+    (the family found by `models.family_of`; nothing in lmms.py names a family), answers images of
+    three sizes batched as each alone, scores likelihoods batched as alone, and prunes: SparseVLM keeps
+    fewer tokens than the image has. Images of three sizes: three grids on the Qwens, 1, 2+1 and 4+1
+    tiles on InternVL; Gemma 3 resizes every image to 16 tokens."""
+    from transformers.utils import is_torchvision_available
+
+    if family != "gemma3" and not is_torchvision_available():
+        pytest.skip(NEEDS_TORCHVISION)
+    from PIL import Image
+    from lmms_eval.api.instance import Instance
+
+    from sparsevlm import report
+    from sparsevlm.lmms import SparseVLMEval
+    from sparsevlm.models import family_of
+    from sparsevlm.toy.families import tiny_vlm
+
+    tiny_vlm(family).save_pretrained(tmp_path / family)
+    _family_processor(family).save_pretrained(tmp_path / family)
+    lm = SparseVLMEval(pretrained=str(tmp_path / family), method="sparsevlm", budget=64, batch_size=3)
+    assert family_of(lm.model).MODEL_TYPES and lm.model.config.model_type in family_of(lm.model).MODEL_TYPES
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
+              for h, w in ((32, 32), (32, 64), (32, 128))]
+    lm.task_dict = {"t": {"test": [{"i": i} for i in range(3)]}}
+
+    def request(kind, i, second):
+        return Instance(request_type=kind, arguments=("what color is it ?", second, lambda d: [images[d["i"]]], i, "t",
+                                                      "test"), idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+
+    gen = [request("generate_until", i, {"max_new_tokens": 3, "until": ["\n"]}) for i in range(3)]
+    scored = [request("loglikelihood", i, f" {w}") for i in range(3) for w in ("red", "circle")]
+    batched = lm.generate_until(gen)
+    rep = report(lm.model)  # the batch of the three images
+    assert len(set(rep.n_visual.tolist())) == (1 if family == "gemma3" else 3)
+    assert (rep.equivalent_tokens < rep.n_visual).all()
+    batched_scores = lm.likelihoods(scored)
+    lm.batch_size_per_gpu = 1
+    assert lm.generate_until(gen) == batched
+    torch.testing.assert_close(torch.tensor([s for s, _ in lm.likelihoods(scored)]),
+                               torch.tensor([s for s, _ in batched_scores]), atol=1e-4, rtol=0)
