@@ -73,6 +73,12 @@ def window_of(keys: torch.Tensor, width: int):
     return inner
 
 
+@functools.cache
+def _signature(forward) -> inspect.Signature:
+    """The multimodal model's `forward` signature, read once (every decoding step binds to it)."""
+    return inspect.signature(forward)
+
+
 class _SparseGemma3Model(SparsePlaceholders):
     """Mixin for the Gemma 3 model: keeps the 2D padding mask and the token types of this forward
     for the text model, which receives masks built per layer type instead."""
@@ -80,7 +86,7 @@ class _SparseGemma3Model(SparsePlaceholders):
     def forward(self, *args, **kwargs):
         if torch.compiler.is_compiling():  # (compiled decoding runs dense: nothing to keep)
             return super().forward(*args, **kwargs)
-        given = inspect.signature(super().forward).bind_partial(*args, **kwargs).arguments
+        given = _signature(super().forward.__func__).bind_partial(self, *args, **kwargs).arguments
         st = self._sparsevlm
         st.local.gemma3 = (given.get("attention_mask"), given.get("token_type_ids"))
         try:
