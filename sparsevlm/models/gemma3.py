@@ -17,8 +17,8 @@ What is new to the staged decoder, and what this file does about it:
   and each image's block follow the tokens instead: the block ids are a per-token tensor
   (`token_inputs`), moved with their tokens, so a pruned stage's block holds the image's kept
   tokens. A token a method inserts (a recycled cluster) is in no block: it attends causally.
-  Each stage builds a sliding mask, (causal or same image) and within the window, and a global
-  mask, causal or same image, as the model composes them.
+  Each stage builds two masks, composed as the model composes them. Global: causal, or the same
+  image. Sliding: that, and within the window.
 
 Scoring reads causal rows over every key, as on the other families (`scores.rater_attention`). For
 a text rater at a global layer this is the model's own attention row. Two rows differ from the
