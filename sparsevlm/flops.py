@@ -36,9 +36,14 @@ PAPER_TFLOPS = {"dense": 4.62, 192: 2.14, 128: 1.72, 64: 1.30}
 LLAVA_1_5_7B = {"num_layers": 32, "hidden": 4096, "intermediate": 11008, "n_visual": 576, "n_tokens": 695}
 
 
-def layer_flops(n, hidden: int, intermediate: int, kv_hidden: int | None = None):
+def layer_flops(n, hidden: int, intermediate: int, kv_hidden: int | None = None, text_config=None):
     """FLOPs (multiply-adds) of one decoder layer on n tokens; n may be a tensor. `kv_hidden`
-    (grouped-query attention: key/value heads × head size) defaults to `hidden`, the paper's form."""
+    (grouped-query attention: key/value heads × head size) defaults to `hidden`, the paper's form.
+    `text_config` (given by `dims` for a model with layers of several types): the mean of its layers
+    on n tokens (`config_layer_flops`)."""
+    if text_config is not None:
+        layers = text_config.num_hidden_layers
+        return sum(config_layer_flops(text_config, i, n) for i in range(layers)) / layers
     kv = hidden if kv_hidden is None else kv_hidden
     return 2 * n * hidden ** 2 + 2 * n * hidden * kv + 2 * n ** 2 * hidden + 3 * n * hidden * intermediate
 
@@ -93,24 +98,34 @@ def config_layer_flops(text_config, layer: int, n):
 
 
 def prefill_flops(tokens_per_layer: torch.Tensor, hidden: int, intermediate: int,
-                  kv_hidden: int | None = None) -> torch.Tensor:
-    """Sum over layers. Shapes: tokens_per_layer (B, num_layers) -> (B,) float64."""
-    return layer_flops(tokens_per_layer.double(), hidden, intermediate, kv_hidden).sum(-1)
+                  kv_hidden: int | None = None, text_config=None) -> torch.Tensor:
+    """Sum over layers; with `text_config` (layers of several types), each layer by its type.
+    Shapes: tokens_per_layer (B, num_layers) -> (B,) float64."""
+    n = tokens_per_layer.double()
+    if text_config is not None:
+        return sum(config_layer_flops(text_config, i, n[:, i]) for i in range(n.shape[-1]))
+    return layer_flops(n, hidden, intermediate, kv_hidden).sum(-1)
 
 
 def dims(model) -> dict:
-    """hidden, intermediate and kv_hidden of a LLaVA model's language model (for the formula)."""
+    """hidden, intermediate and kv_hidden of a LLaVA model's language model (for the formula); and
+    its `text_config` where its layers are of several types (Qwen3.5), counted layer by layer."""
     t = model.config.text_config
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-    return {"hidden": t.hidden_size, "intermediate": t.intermediate_size,
-            "kv_hidden": (t.num_key_value_heads or t.num_attention_heads) * head_dim}
+    out = {"hidden": t.hidden_size, "intermediate": t.intermediate_size,
+           "kv_hidden": (t.num_key_value_heads or t.num_attention_heads) * head_dim}
+    if set(getattr(t, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+        out["text_config"] = t
+    return out
 
 
-def report_flops(report, hidden: int, intermediate: int, kv_hidden: int | None = None) -> torch.Tensor:
+def report_flops(report, hidden: int, intermediate: int, kv_hidden: int | None = None,
+                 text_config=None) -> torch.Tensor:
     """Prefill FLOPs of each sample of a forward, from `sparsevlm.report(model)`: every layer
-    processes the sample's text tokens plus the visual tokens entering it. Shapes: -> (B,)."""
+    processes the sample's text tokens plus the visual tokens entering it (`text_config`: each layer
+    by its type, as `dims` gives it for Qwen3.5). Shapes: -> (B,)."""
     n_text = (report.n_tokens - report.n_visual)[:, None]  # (B, 1)
-    return prefill_flops(n_text + report.visual_in, hidden, intermediate, kv_hidden)
+    return prefill_flops(n_text + report.visual_in, hidden, intermediate, kv_hidden, text_config)
 
 
 def _sdpa_macs(q_shape, k_shape, v_shape) -> int:

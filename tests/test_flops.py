@@ -158,6 +158,9 @@ def test_qwen3_5_linear_and_full_attention_layers_are_counted_layer_by_layer():
         n_text = n - int(rep.n_visual[0])
         seen = [n_text + int(v) for v in rep.visual_in[0]]
         assert pruned["per_layer"] == [config_layer_flops(t, i, k) for i, k in enumerate(seen)]
+        # what eval, the bench and lmms-eval report: `dims` gives the config, each layer counted by its type
+        assert report_flops(rep, **dims(model)).item() == sum(pruned["per_layer"])
+        assert layer_flops(n, **dims(model)) == sum(dense["per_layer"]) / 5
         assert pruned["per_layer"][4] < dense["per_layer"][4]  # a linear layer after pruning runs over fewer tokens
     linear, full = config_layer_flops(t, 0, 33), config_layer_flops(t, 1, 33)
     assert linear != full and config_layer_flops(t, 0, 64) == config_layer_flops(t, 0, 33) + 31 * (
