@@ -406,3 +406,46 @@ def test_the_lmms_model_runs_the_newer_families_through_the_family_seam(family, 
     assert lm.generate_until(gen) == batched
     torch.testing.assert_close(torch.tensor([s for s, _ in lm.likelihoods(scored)]),
                                torch.tensor([s for s, _ in batched_scores]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["onevision", "video-llava", "qwen2.5-vl"])
+def test_the_lmms_model_reads_video_documents_on_checkpoints(family, tmp_path):
+    """A video task on a tiny random checkpoint with its own processor (`toy.families.tiny_processor`):
+    the clip goes in through the processor's `videos=`, batched answers equal each alone, likelihoods
+    too, and SparseVLM keeps fewer of the clip's tokens than it has."""
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available():
+        pytest.skip(NEEDS_TORCHVISION.replace("the Qwen3-VL, Qwen3.5 and InternVL processors hold",
+                                              "these processors read videos with"))
+    from lmms_eval.api.instance import Instance
+
+    from sparsevlm import report
+    from sparsevlm.lmms import SparseVLMEval
+    from sparsevlm.toy.families import tiny_processor, tiny_vlm
+
+    tiny_vlm(family).save_pretrained(tmp_path / family)
+    tiny_processor(family).save_pretrained(tmp_path / family)
+    lm = SparseVLMEval(pretrained=str(tmp_path / family), method="sparsevlm", budget=64, batch_size=2)
+    rng = np.random.default_rng(0)
+    clips = [(rng.random((4, 32, 32, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    lm.task_dict = {"v": {"test": [{"i": i} for i in range(2)]}}
+
+    def request(kind, i, second):
+        return Instance(request_type=kind, arguments=("what color is it ?", second, lambda d: list(clips[d["i"]]), i,
+                                                      "v", "test"),
+                        idx=0, metadata={"task": "v", "doc_id": i, "repeats": 1, "task_type": "video"})
+
+    gen = [request("generate_until", i, {"max_new_tokens": 3}) for i in range(2)]
+    scored = [request("loglikelihood", i, f" {w}") for i in range(2) for w in ("red", "circle")]
+    batched = lm.generate_until(gen)
+    rep = report(lm.model)
+    video = lm.model.config.video_token_id
+    assert rep.n_visual.tolist() == [int((ids == video).sum()) for ids in lm._inputs(
+        [lm._prompt("q", c, True) for c in clips], clips, video=True)["input_ids"]]
+    assert (rep.equivalent_tokens < rep.n_visual).all()
+    batched_scores = lm.likelihoods(scored)
+    lm.batch_size_per_gpu = 1
+    assert lm.generate_until(gen) == batched
+    torch.testing.assert_close(torch.tensor([s for s, _ in lm.likelihoods(scored)]),
+                               torch.tensor([s for s, _ in batched_scores]), atol=1e-4, rtol=0)
