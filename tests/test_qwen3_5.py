@@ -288,3 +288,35 @@ def test_the_device_is_read_once_more_than_dense_and_never_in_decoding(model):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             model(input_ids=token, attention_mask=mask, position_ids=after, cache=out.past_key_values, use_cache=True)
     assert not [e for e in prof.events() if e.name in ("aten::_local_scalar_dense", "sparsevlm::host_read")]
+
+
+def test_bench_runs_on_a_checkpoint_folder(capsys, tmp_path):
+    """`sparsevlm bench --model PATH` on a saved tiny Qwen3.5 (synthetic 576-token image): the presets' layers
+    are moved to full-attention ones, and the FLOPs column counts each layer by its type."""
+    import pandas as pd
+    from test_cli import run
+
+    tiny_vlm("qwen3.5").save_pretrained(tmp_path / "qwen3.5")
+    code, _, err = run(capsys, "bench", "--model", str(tmp_path / "qwen3.5"), "--methods", "sparsevlm", "fastv",
+                       "--budgets", "64", "--repeats", "1", "--warmup", "0", "--new-tokens", "1",
+                       "--out", str(tmp_path))
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "bench_qwen3.5_cpu.csv", index_col=0)
+    assert list(table.index) == ["dense", "sparsevlm 64", "fastv 64"]
+    assert (table.loc["sparsevlm 64":, "flops_ratio"] < 1).all() and (table["kv_cache_mb"] > 0).all()
+    assert (table.loc["sparsevlm 64":, "kv_cache_mb"] < table.loc["dense", "kv_cache_mb"]).all()
+
+
+def test_the_cache_size_counts_keys_values_and_the_linear_layers_states(model):
+    """`bench.kv_cache_mb` on a Qwen3.5 cache: the full-attention layers' keys and values, and each linear
+    layer's convolution and recurrent states (what decoding keeps)."""
+    from sparsevlm.bench import kv_cache_mb
+
+    inputs, _ = batch([(1, 8, 12)], [5])
+    cache = model(**inputs, use_cache=True).past_key_values
+    t, L = model.config.text_config, inputs["input_ids"].shape[1]
+    attention = 2 * 2 * L * t.num_key_value_heads * t.head_dim  # keys and values of layers 1 and 3
+    conv = (2 * t.linear_num_key_heads * t.linear_key_head_dim + t.linear_num_value_heads * t.linear_value_head_dim
+            ) * t.linear_conv_kernel_dim
+    state = t.linear_num_value_heads * t.linear_key_head_dim * t.linear_value_head_dim
+    assert kv_cache_mb(cache) == 4 * (attention + 3 * (conv + state)) / 2 ** 20  # float32

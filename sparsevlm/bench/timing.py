@@ -157,8 +157,15 @@ def measure(model, inputs: dict, cfg=None, repeats: int = 5, new_tokens: int = 8
 
 
 def kv_cache_mb(cache) -> float:
-    """MiB held by a KV cache's keys and values, over its layers (each as long as the tokens that reached it)."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)) / 2 ** 20
+    """MiB held by a KV cache's keys and values, over its layers (each as long as the tokens that reached it).
+    A linear-attention layer (Qwen3.5) holds its convolution and recurrent states instead, of a fixed size."""
+    def tensors(layer):
+        if hasattr(layer, "keys"):
+            yield from (layer.keys, layer.values)
+        for states in (getattr(layer, "conv_states", {}), getattr(layer, "recurrent_states", {})):
+            yield from (t for t in states.values() if t is not None)
+
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in tensors(layer)) / 2 ** 20
 
 
 def decode_steps(model, inputs: dict, new_tokens: int, repeats: int) -> list[float]:
