@@ -31,7 +31,8 @@ def record_inputs(processor, records, config=None):
         from .toy.video import clip_inputs
 
         return clip_inputs(processor, [r["video"] for r in records], [r["prompt"] for r in records], config)
-    return processor(images=[r["image"] for r in records], text=[r["prompt"] for r in records],
+    # one list per sample: Gemma 3's processor refuses a flat list when the batch has several prompts
+    return processor(images=[[r["image"]] for r in records], text=[r["prompt"] for r in records],
                      return_tensors="pt", padding=True)
 
 
