@@ -14,10 +14,12 @@ LMMS_EVAL ?= lmms-eval==0.7.3
 # transformers' video processors (LLaVA-OneVision, Video-LLaVA, LLaVA-NeXT-Video, Qwen2/2.5-VL) are
 # torchvision's, and the package index has no torchvision that loads beside the CPU torch above: a second
 # environment, with torch 2.14.1 and torchvision 0.29.1 (a CUDA build, ~6 GB installed, that runs on the CPU),
-# runs the tests that load those processors (tests/test_processors.py; in .venv they skip).
+# runs the tests that load those processors (tests/test_processors.py, and lmms-eval's on the newer families
+# and on video checkpoints: VIDEO_TESTS; in .venv they skip).
 # `make test VIDEO_VENV=` leaves it out (on Linux x86_64, PyPI's builds are several GB to download).
 VIDEO_VENV ?= .venv-video
 VIDEO_TORCH ?= torch==2.14.1 torchvision==0.29.1
+VIDEO_TESTS := tests/test_processors.py tests/test_lmms.py -k "processor or newer_families or video_documents_on_checkpoints"
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 300
 
 .PHONY: install demo test unit versions notebooks bench gpu-check run-notebooks lab lock clean docs browser video-env test-video readme
@@ -39,11 +41,12 @@ $(VIDEO_VENV)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
 	test -x $(VIDEO_VENV)/bin/python || $(PYTHON) -m venv $(VIDEO_VENV)
 	$(VIDEO_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VIDEO_VENV)/bin/python -m pip install -q $(VIDEO_TORCH)
-	$(VIDEO_VENV)/bin/python -m pip install -q -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(VIDEO_VENV)/bin/python -m pip install -q --no-deps "$(LMMS_EVAL)"
+	$(VIDEO_VENV)/bin/python -m pip install -q -e ".[dev,eval]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
 test-video: video-env
-	$(VIDEO_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_processors.py
+	$(VIDEO_VENV)/bin/python -m pytest -q -p no:cacheprovider $(VIDEO_TESTS)
 
 demo: install
 	$(VENV)/bin/sparsevlm demo
@@ -93,7 +96,7 @@ browser:
 
 test: install docs browser $(if $(VIDEO_VENV),video-env)
 	$(PY) -m pytest tests $(NBVAL) notebooks
-	$(if $(VIDEO_VENV),$(VIDEO_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_processors.py)
+	$(if $(VIDEO_VENV),$(VIDEO_VENV)/bin/python -m pytest -q -p no:cacheprovider $(VIDEO_TESTS))
 
 # Re-execute every notebook in place (after a library change), storing fresh outputs for nbval.
 run-notebooks: install

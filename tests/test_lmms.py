@@ -359,8 +359,7 @@ def _byte_level_bpe(specials: list[str], words: list[str]) -> tuple[dict, list]:
 
 NEEDS_TORCHVISION = ("needs torchvision (the Qwen3-VL, Qwen3.5 and InternVL processors hold transformers' video "
                      "processors) "
-                     "beside lmms-eval: .venv has lmms-eval but no torchvision, .venv-video the reverse; "
-                     "`pip install --no-deps lmms-eval==0.7.3` and the [eval] extra into .venv-video would run it")
+                     "beside lmms-eval: .venv has no torchvision; `make test-video` runs it in .venv-video, which has both")
 
 
 @pytest.mark.parametrize("family", ["qwen3-vl", "internvl", "qwen3.5", "gemma3"])
