@@ -14,7 +14,7 @@ import sparsevlm
 from sparsevlm.methods import DyCokeConfig, FastVIDConfig, HoliTomConfig, PruneInput, VidCom2Config, build
 from sparsevlm.methods.dycoke import dycoke_ttm, ttm_references
 from sparsevlm.methods.fastvid import anchor_frames, anchor_merge, fastvid_reduce, fastvid_salience, fastvid_segments
-from sparsevlm.methods.holitom import holitom_reduce, holitom_segments, inner_merge
+from sparsevlm.methods.holitom import cluster_merge, holitom_reduce, holitom_segments, inner_merge, spatial_shares
 from sparsevlm.methods.vidcom2 import frame_budgets, vidcom2_select
 from sparsevlm.methods.video import allocate, density_peaks
 from sparsevlm.toy.families import tiny_vlm
@@ -135,6 +135,48 @@ def test_holitom_merges_a_static_token_into_its_segments_first_frame():
     torch.testing.assert_close(merged[0], x[0])
     kept, merged, rep = holitom_reduce(x, [2, 2, 2], keep=5, cfg=cfg)  # one token to go: two frames merge
     assert kept.tolist() == [False, True, False, True, True, True] and rep.tolist() == [0]
+
+
+def holitom_scene() -> torch.Tensor:
+    """3 frames of 4 tokens: places 0-2 a static background (e0 with distinct tilts), place 3 an
+    object that changes every frame (e4, e5, e6). Shapes: -> (12, 8)."""
+    e = torch.eye(8)
+    background = [e[0] + 0.1 * e[1], e[0] + 0.1 * e[2], e[0] + 0.3 * e[3]]
+    return torch.stack([v for f in range(3) for v in [*background, e[4 + f]]])
+
+
+def test_holitom_density_peaks_merge_with_weight_beta():
+    """The code merges a cluster as β · its peak + (1 − β) · the mean of the tokens that joined it."""
+    c, a, b = torch.tensor([1.0, 0]), torch.tensor([0.0, 1]), torch.tensor([0.0, 3])
+    torch.testing.assert_close(cluster_merge(c, [a, b], 0.6), torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(cluster_merge(c, [], 0.6), c)
+    x = holitom_scene()
+    kept, merged, rep = holitom_reduce(x, [4, 4, 4], keep=4, cfg=HoliTomConfig(beta=0.6))
+    assert len(rep) == 1 and int(rep) in (0, 1, 2)  # the background's 3 static places form one cluster
+    others = [j for j in range(3) if j != int(rep)]
+    torch.testing.assert_close(merged[0], 0.6 * x[int(rep)] + 0.4 * x[others].mean(0))
+
+
+def test_holitom_keeps_every_frames_changing_tokens_as_the_codes_ceil_does():
+    """The static background (3 places, one segment) and one changing token per frame, 4 to keep:
+    shares by size alone would give frame 2's object nothing; the code's ceil keeps one per frame."""
+    assert allocate(4, [3, 1, 1, 1], [3, 1, 1, 1]) == [2, 1, 1, 0]
+    assert spatial_shares(4, [3, 1, 1, 1], [False, True, True, True]) == [1, 1, 1, 1]
+    assert spatial_shares(2, [3, 1, 1, 1], [False, True, True, True]) == [1, 1, 0, 0]  # too tight: by size
+    kept, merged, rep = holitom_reduce(holitom_scene(), [4, 4, 4], keep=4, cfg=HoliTomConfig())
+    assert kept.nonzero().flatten().tolist() == [3, 7, 11]
+
+
+def test_holitom_keeps_a_frames_dominant_changing_tokens_and_drops_the_rest():
+    """2 frames in which every place changes: each keeps one token. The code's default (D = 0) keeps
+    the dominant one, here the object that its frame's mean describes worst, and merges nothing."""
+    e = torch.eye(8)
+    x = torch.stack([e[0] + 0.1 * e[1], e[0] + 0.1 * e[2], e[0] + 0.1 * e[3], e[4],
+                     e[5] + 0.1 * e[1], e[5] + 0.1 * e[2], e[5] + 0.1 * e[3], e[6]])
+    kept, merged, rep = holitom_reduce(x, [4, 4], keep=2, cfg=HoliTomConfig())
+    assert kept.nonzero().flatten().tolist() == [3, 7] and len(merged) == 0
+    kept, merged, rep = holitom_reduce(x, [4, 4], keep=2, cfg=HoliTomConfig(contextual=1.0))  # D = 1: DPC-kNN
+    assert not kept.any() and 3 not in rep.tolist() and 7 not in rep.tolist()
 
 
 def test_holitom_inner_merging_averages_pairwise_into_the_kept_token_most_like_it():

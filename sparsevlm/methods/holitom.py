@@ -13,6 +13,7 @@ from ..select import gather, mask_to_index, one_hot, topk_mask
 from .base import Decision, PruneInput, keep_mask
 from .before_llm import cosine
 from .fastv import attention_received, last_token
+from .fastvid import fastvid_salience
 from .video import Reduced, VideoMethod, allocate, check_video, density_peaks, frame_starts, kept_count, nearest
 
 
@@ -25,8 +26,11 @@ class HoliTomConfig(MethodConfig):
     `max_window`; None: any) are chosen by dynamic programming to maximise the static tokens merged away,
     Σ (length − 1) · static places. A segment's static place becomes one token, the mean over its frames,
     at the place of its first frame's token. Then each group (a segment's merged tokens, a frame's other
-    tokens) keeps its share of the budget by size: density peaks (DPC-kNN, `knn` neighbours) stay, and
-    every other token of the group merges into the nearest (Euclidean), the mean of them all.
+    tokens) keeps its share of the budget by size; a frame with changing tokens keeps at least one (the
+    code's ceil). Of a frame's share q, its round((1 − `contextual`) · q) dominant tokens stay. The
+    rest of q, and a segment's whole share, are density peaks (DPC-kNN, `knn` neighbours) of the
+    group's other tokens; each other token joins its nearest peak (Euclidean), or leaves if none.
+    A peak with members becomes β · peak + (1 − β) · their mean (β = `beta`, as the code).
     The budget: max(1, round(retention · n)) of a sample's n visual tokens.
 
     Inside the language model (inner merging, when `inner_ratio` > 0): after `inner_layer` (None: the
@@ -36,14 +40,18 @@ class HoliTomConfig(MethodConfig):
 
     Differs from the code: when the static tokens alone would merge away more than the budget allows,
     only the most static ones (highest least similarity) merge, so every sample keeps its planned count
-    (the code then keeps fewer); no attention-chosen dominant tokens before the language model (the
-    code's default, D = 0)."""
+    (the code then keeps fewer). The code ranks dominant tokens by the attention they receive in the
+    vision tower's last layer; methods here get no per-token tower signal on video. The stand-in is
+    FastVID's here: 1 − the token's cosine similarity to its frame's mean. `contextual` = 1 (the
+    code's D = 1) clusters a frame's changing tokens instead and needs no stand-in."""
 
     DEFAULT_LAYERS = (2,)
     retention: float = 0.1
     threshold: float = 0.8
     max_window: int | None = None
     knn: int = 7
+    beta: float = 0.6
+    contextual: float = 0.0
     inner_ratio: float = 0.0
     inner_layer: int | None = None
     positions: str = "compact"
@@ -54,6 +62,8 @@ class HoliTomConfig(MethodConfig):
         if self.max_window is not None:
             check_count("max_window", self.max_window, 2)
         check_count("knn", self.knn)
+        check_number("beta", self.beta, 0, 1)
+        check_number("contextual", self.contextual, 0, 1)
         check_number("inner_ratio", self.inner_ratio, 0, 1, high_open=True)
         if self.inner_layer is not None:
             check_layers("inner_layer", (self.inner_layer,))
@@ -90,6 +100,17 @@ def holitom_segments(static: torch.Tensor, max_window: int | None = None) -> lis
     return out[::-1]
 
 
+def spatial_shares(keep: int, sizes: list[int], dynamic: list[bool]) -> list[int]:
+    """Tokens each group keeps in spatial merging, `keep` in all: in proportion to its size, as the code's
+    shared retain ratio, but every frame's changing tokens (`dynamic`) keep at least one, as the code's
+    ceil there does; a budget below the number of such frames shares by size alone."""
+    floor = [1 if d else 0 for d in dynamic]
+    if sum(floor) > keep:
+        floor = [0] * len(sizes)
+    rest = allocate(keep - sum(floor), sizes, [n - f for n, f in zip(sizes, floor)])
+    return [f + r for f, r in zip(floor, rest)]
+
+
 def holitom_reduce(x: torch.Tensor, sizes: list[int], keep: int, cfg: HoliTomConfig):
     """HoliTom's outer merging on one sample, frame after frame (`sizes` tokens each), leaving exactly
     `keep` tokens. Shapes: x (n, D) -> kept (n,) bool, merged (C, D), representative (C,) local index."""
@@ -120,20 +141,27 @@ def holitom_reduce(x: torch.Tensor, sizes: list[int], keep: int, cfg: HoliTomCon
     gone = {i for _, ms, _ in items.values() for i in ms}
     groups = [[r for r, (_, _, h) in items.items() if h == g] for g in range(len(segments))]
     groups += [[i for i in range(st, st + k) if i not in gone] for st, k in zip(starts, sizes)]
+    dynamic = [i >= len(segments) for i, g in enumerate(groups) if g]
     groups = [g for g in groups if g]
     vec = {i: items[i][0] if i in items else xf[i] for g in groups for i in g}
-    share = allocate(keep, [len(g) for g in groups], [len(g) for g in groups])
-    for g, q in zip(groups, share):
+    share = spatial_shares(keep, [len(g) for g in groups], dynamic)
+    salience = torch.cat([fastvid_salience(xf[st:st + k]) for st, k in zip(starts, sizes)])  # (n,)
+    for g, q, dyn in zip(groups, share, dynamic):
         if q == len(g):
             for i in g:
                 if i in items:
                     out.merge(items[i][0], i, items[i][1])
             continue
-        rows = torch.stack([vec[i] for i in g])  # (|g|, D)
-        peaks = density_peaks(rows, q, min(cfg.knn, q)) if q else torch.zeros(0, dtype=torch.long, device=dev)
         out.drop([i for r in g for i in (items[r][1] if r in items else [r])])
+        if dyn:  # a frame's changing tokens: the dominant (most salient) stay, the others cluster
+            top = round(q * (1 - cfg.contextual))
+            order = torch.sort(salience[g], descending=True, stable=True).indices.tolist()
+            out.kept[[g[k] for k in order[:top]]] = True
+            g, q = [g[k] for k in sorted(order[top:])], q - top
         if q == 0:
             continue
+        rows = torch.stack([vec[i] for i in g])  # (|g|, D)
+        peaks = density_peaks(rows, q, min(cfg.knn, q))
         join = nearest(rows, rows[peaks], by="euclid")
         join[peaks] = torch.arange(q, device=dev)
         for a in range(q):
@@ -143,8 +171,16 @@ def holitom_reduce(x: torch.Tensor, sizes: list[int], keep: int, cfg: HoliTomCon
             if members == [rep]:
                 out.kept[rep] = True
             else:
-                out.merge(torch.stack([vec[r] for r in part]).mean(0), rep, members)
+                out.merge(cluster_merge(vec[rep], [vec[r] for r in part if r != rep], cfg.beta), rep, members)
     return out.result()
+
+
+def cluster_merge(center: torch.Tensor, others: list[torch.Tensor], beta: float) -> torch.Tensor:
+    """A density peak and the tokens that joined it, as the code merges them: β · peak + (1 − β) · the
+    others' mean; the peak alone when none joined. Shapes: center (D,), others [(D,)] -> (D,)."""
+    if not others:
+        return center
+    return beta * center + (1 - beta) * torch.stack(others).mean(0)
 
 
 def inner_count(n_visual: torch.Tensor, ratio: float) -> torch.Tensor:
