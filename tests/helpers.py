@@ -186,3 +186,26 @@ def assert_keep_all_is_dense(model, inputs, keep_all, n_visual: list, atol: floa
         assert not rep.dense and rep.n_visual.tolist() == n_visual
         assert torch.equal(model.generate(**inputs, **greedy), dense_ids)
     assert torch.equal(model(**inputs).logits, dense)
+
+
+def assert_refused_and_unchanged(model, inputs, first, refused):
+    """Each (config, message pattern) of `refused` raises a ValueError matching it, on a model
+    sparsified with `first` (whose patch stays untouched) and on the plain model (left plain); the
+    plain model's logits on `inputs` are unchanged at the end."""
+    import pytest
+
+    import sparsevlm
+
+    name, before = type(model).__name__, model(**inputs).logits
+    sparsevlm.sparsify(model, first)
+    state, cls = model._sparsevlm, type(model)
+    for cfg, why in refused:
+        with pytest.raises(ValueError, match=why):
+            sparsevlm.sparsify(model, cfg)
+        assert model._sparsevlm is state and type(model) is cls  # the previous patch is untouched
+    sparsevlm.unsparsify(model)
+    for cfg, why in refused:
+        with pytest.raises(ValueError, match=why):
+            sparsevlm.sparsify(model, cfg)
+        assert not hasattr(model, "_sparsevlm") and type(model).__name__ == name
+    assert torch.equal(model(**inputs).logits, before)

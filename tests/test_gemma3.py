@@ -7,7 +7,7 @@ it was. And Gemma 3's own: after pruning, each layer's mask is the dense model's
 the kept tokens at their original positions (sliding windows and bidirectional image blocks)."""
 import pytest
 import torch
-from helpers import assert_batched_equals_alone, assert_scores_are_the_models_attention
+from helpers import assert_batched_equals_alone, assert_refused_and_unchanged, assert_scores_are_the_models_attention
 from transformers import Gemma3Config
 from transformers.models.gemma3 import modeling_gemma3 as mg
 
@@ -127,26 +127,13 @@ def test_budget_per_span_gives_each_image_its_share(model, method):
 
 def test_what_cannot_work_is_refused_and_the_model_stays_as_it_was(model):
     name = type(model).__name__
-    inputs, _, _ = batch([1], [3])
-    before = model(**inputs).logits
-    sparsevlm.sparsify(model, METHODS[0])
-    state, cls = model._sparsevlm, type(model)
     refused = [(sparsevlm.VisionZipConfig(), f"VisionZip reads the vision tower's .*{name}'s SigLIP"),
                (sparsevlm.ToMeConfig(), f"reads the vision tower's .*{name}'s SigLIP"),
                (sparsevlm.VisPrunerConfig(), f"VisPruner reads the vision tower's .*{name}'s SigLIP"),
                (sparsevlm.PoolingConfig(), f"Pooling pools one square grid .*{name} may give one picture"),
                (sparsevlm.DyCokeConfig(), f"DyCoke reduces video frames; {name} reads no video"),
                (SparseVLMConfig(pruning_layers=(1, 4)), "layers \\[4\\] do not exist")]
-    for cfg, why in refused:
-        with pytest.raises(ValueError, match=why):
-            sparsevlm.sparsify(model, cfg)
-        assert model._sparsevlm is state and type(model) is cls  # the previous patch is untouched
-    sparsevlm.unsparsify(model)
-    for cfg, why in refused:
-        with pytest.raises(ValueError, match=why):
-            sparsevlm.sparsify(model, cfg)
-        assert not hasattr(model, "_sparsevlm") and type(model).__name__ == name
-    assert torch.equal(model(**inputs).logits, before)
+    assert_refused_and_unchanged(model, batch([1], [3])[0], METHODS[0], refused)
 
 
 @pytest.mark.parametrize("change, why", [({"attn_logit_softcapping": 50.0}, "caps its attention logits"),

@@ -5,7 +5,7 @@ equals dense, batched equals each sample alone, beams, the report equals `planne
 per-tile budgets, unsparsify exact, refusals that leave the model as it was."""
 import pytest
 import torch
-from helpers import assert_batched_equals_alone, assert_scores_are_the_models_attention
+from helpers import assert_batched_equals_alone, assert_refused_and_unchanged, assert_scores_are_the_models_attention
 from transformers import InternVLConfig
 
 import sparsevlm
@@ -125,26 +125,13 @@ def test_budget_per_span_gives_each_tile_its_share(model, method):
 
 def test_what_cannot_work_is_refused_and_the_model_stays_as_it_was(model):
     name = type(model).__name__
-    inputs, _, _ = batch([[2]], [3])
-    before = model(**inputs).logits
-    sparsevlm.sparsify(model, METHODS[0])
-    state, cls = model._sparsevlm, type(model)
     refused = [(sparsevlm.VisionZipConfig(), f"reads the vision tower's .*{name} pixel-shuffles"),
                (sparsevlm.ToMeConfig(), f"reads the vision tower's .*{name} pixel-shuffles"),
                (sparsevlm.VisPrunerConfig(), f"reads the vision tower's .*{name} pixel-shuffles"),
                (sparsevlm.PoolingConfig(), f"Pooling pools one square grid .*{name} builds each image"),
                (sparsevlm.DyCokeConfig(), f"DyCoke reduces video frames; {name} gives a video's frames"),
                (SparseVLMConfig(pruning_layers=(1, 4)), "layers \\[4\\] do not exist")]
-    for cfg, why in refused:
-        with pytest.raises(ValueError, match=why):
-            sparsevlm.sparsify(model, cfg)
-        assert model._sparsevlm is state and type(model) is cls  # the previous patch is untouched
-    sparsevlm.unsparsify(model)
-    for cfg, why in refused:
-        with pytest.raises(ValueError, match=why):
-            sparsevlm.sparsify(model, cfg)
-        assert not hasattr(model, "_sparsevlm") and type(model).__name__ == name
-    assert torch.equal(model(**inputs).logits, before)
+    assert_refused_and_unchanged(model, batch([[2]], [3])[0], METHODS[0], refused)
 
 
 def test_a_sliding_window_text_model_is_refused():
