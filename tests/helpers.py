@@ -209,3 +209,28 @@ def assert_refused_and_unchanged(model, inputs, first, refused):
             sparsevlm.sparsify(model, cfg)
         assert not hasattr(model, "_sparsevlm") and type(model).__name__ == name
     assert torch.equal(model(**inputs).logits, before)
+
+
+def assert_report_is_planned_counts(model, inputs, n_visual: list, cfg):
+    """A forward pass under `cfg` reports, per sample, the visual tokens `planned_counts` plans for
+    its `n_visual` tokens."""
+    import sparsevlm
+
+    with sparsevlm.sparsified(model, cfg):
+        model(**inputs)
+        rep = sparsevlm.report(model)
+    for b, n in enumerate(n_visual):
+        ins, outs = sparsevlm.planned_counts(cfg, n, model.config.text_config.num_hidden_layers)
+        assert rep.visual_in[b].tolist() == ins and rep.visual_out[b].tolist() == outs
+
+
+def assert_beams_return_several(model, inputs, first_alone, cfg):
+    """Beam search with two returned sequences per sample, pruned: the first sample's two equal its
+    beams alone (`first_alone`: its inputs without the batch)."""
+    import sparsevlm
+
+    beams = dict(max_new_tokens=3, min_new_tokens=3, num_beams=3, num_return_sequences=2)
+    with sparsevlm.sparsified(model, cfg):
+        ids = model.generate(**inputs, **beams)
+        assert not sparsevlm.report(model).dense
+        assert ids.shape[0] == 4 and torch.equal(model.generate(**first_alone, **beams)[:, -3:], ids[:2, -3:])

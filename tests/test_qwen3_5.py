@@ -4,7 +4,8 @@ full-attention layers only; pruning after a linear-attention layer is refused. A
 after pruning runs over the kept tokens: its state equals the dense model's own layers run over them."""
 import pytest
 import torch
-from helpers import assert_batched_equals_alone, assert_keep_all_is_dense
+from helpers import (assert_batched_equals_alone, assert_beams_return_several, assert_keep_all_is_dense,
+                     assert_report_is_planned_counts)
 from test_qwen3_vl import batch
 from transformers import DynamicCache
 
@@ -140,12 +141,7 @@ def test_scores_are_the_full_attention_layers_own_attention():
 def test_the_report_is_planned_counts(model, cfg):
     grids = [(1, 8, 12), (2, 8, 8)]
     inputs, _ = batch(grids, [4, 7], video=True, seed=2)
-    with sparsevlm.sparsified(model, cfg):
-        model(**inputs)
-        rep = sparsevlm.report(model)
-    for b, (t, h, w) in enumerate(grids):
-        ins, outs = sparsevlm.planned_counts(cfg, t * h * w // 4, model.config.text_config.num_hidden_layers)
-        assert rep.visual_in[b].tolist() == ins and rep.visual_out[b].tolist() == outs
+    assert_report_is_planned_counts(model, inputs, [t * h * w // 4 for t, h, w in grids], cfg)
 
 
 @pytest.mark.parametrize("kind", ["images", "video"])
@@ -153,11 +149,7 @@ def test_beams_with_several_returned_sequences(model, kind):
     """Beam search reorders the linear layers' states as it reorders the full layers' shorter caches."""
     grids, video = GRIDS[kind]
     inputs, alone = batch(grids[:2], [5, 3], video, seed=2)
-    beams = dict(max_new_tokens=3, min_new_tokens=3, num_beams=3, num_return_sequences=2)
-    with sparsevlm.sparsified(model, METHODS[1]):
-        ids = model.generate(**inputs, **beams)
-        assert not sparsevlm.report(model).dense
-        assert ids.shape[0] == 4 and torch.equal(model.generate(**alone[0], **beams)[:, -3:], ids[:2, -3:])
+    assert_beams_return_several(model, inputs, alone[0], METHODS[1])
 
 
 def test_budget_per_span_gives_each_frame_its_share(model):
