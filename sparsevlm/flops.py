@@ -74,6 +74,19 @@ def linear_attention_flops(n, hidden: int, intermediate: int, key_heads: int, va
 GATED_QUERIES = ("qwen3_5_text", "qwen3_5_moe_text")
 
 
+def mlp_width(text_config) -> int:
+    """The MLP width one token passes through. A dense MLP: `intermediate_size`. A mixture of experts
+    (Qwen3-VL-MoE, Qwen3.5-MoE; `intermediate_size`, if set, is not what a token meets): the experts a
+    token is routed to, k · `moe_intermediate_size`, plus
+    a shared expert's width where there is one. The router's d × E multiply-adds are left out. With
+    transformers' default shapes they are 0.4 % of the experts' (Qwen3-VL-MoE) and 1.9 % (Qwen3.5-MoE)."""
+    t = text_config
+    if getattr(t, "num_experts", None):
+        shared = getattr(t, "shared_expert_intermediate_size", None) or 0
+        return t.num_experts_per_tok * t.moe_intermediate_size + shared
+    return t.intermediate_size
+
+
 def config_layer_flops(text_config, layer: int, n):
     """FLOPs (multiply-adds) of decoder layer `layer` of a dense-MLP text model on n tokens, by its type
     (`text_config.layer_types`). Full attention with H heads of size h: `layer_flops` with H·h in place of
@@ -84,7 +97,7 @@ def config_layer_flops(text_config, layer: int, n):
     t = text_config
     kind = (getattr(t, "layer_types", None) or ["full_attention"] * t.num_hidden_layers)[layer]
     if kind == "linear_attention":
-        return linear_attention_flops(n, t.hidden_size, t.intermediate_size, t.linear_num_key_heads,
+        return linear_attention_flops(n, t.hidden_size, mlp_width(t), t.linear_num_key_heads,
                                       t.linear_num_value_heads, t.linear_key_head_dim, t.linear_value_head_dim,
                                       t.linear_conv_kernel_dim)
     if kind not in ("full_attention", "sliding_attention"):
@@ -94,7 +107,7 @@ def config_layer_flops(text_config, layer: int, n):
     gate = n * t.hidden_size * t.num_attention_heads * head_dim if t.model_type in GATED_QUERIES else 0
     d, q = t.hidden_size, t.num_attention_heads * head_dim
     kv = (t.num_key_value_heads or t.num_attention_heads) * head_dim
-    return 2 * n * d * q + 2 * n * d * kv + 2 * n ** 2 * q + 3 * n * d * t.intermediate_size + gate
+    return 2 * n * d * q + 2 * n * d * kv + 2 * n ** 2 * q + 3 * n * d * mlp_width(t) + gate
 
 
 def prefill_flops(tokens_per_layer: torch.Tensor, hidden: int, intermediate: int,
@@ -112,7 +125,7 @@ def dims(model) -> dict:
     its `text_config` where its layers are of several types (Qwen3.5), counted layer by layer."""
     t = model.config.text_config
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-    out = {"hidden": t.hidden_size, "intermediate": t.intermediate_size,
+    out = {"hidden": t.hidden_size, "intermediate": mlp_width(t),
            "kv_hidden": (t.num_key_value_heads or t.num_attention_heads) * head_dim}
     if set(getattr(t, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
         out["text_config"] = t

@@ -195,3 +195,19 @@ def test_gemma3_sliding_and_global_layers_are_counted_layer_by_layer():
     assert pruned["per_layer"] == [config_layer_flops(t, i, k) for i, k in enumerate(seen)]
     assert pruned["vision"] == dense["vision"] > 0 and pruned["overhead"] > 0 == dense["overhead"]
     assert config_layer_flops(t, 0, n) == config_layer_flops(t, 2, n)  # (one formula for both kinds)
+
+
+@pytest.mark.parametrize("family", ["qwen3-vl-moe", "qwen3.5-moe"])
+def test_a_mixture_of_experts_counts_the_experts_a_token_is_routed_to(family):
+    """A token passes through its k routed experts and a shared expert, not `intermediate_size` (a
+    dense MLP's width, which an MoE config may also carry): that is the width counted, at every layer."""
+    from sparsevlm.flops import config_layer_flops, dims, mlp_width
+    from sparsevlm.toy.families import tiny_vlm
+
+    t = tiny_vlm(family).config.text_config
+    shared = getattr(t, "shared_expert_intermediate_size", None) or 0
+    assert mlp_width(t) == t.num_experts_per_tok * t.moe_intermediate_size + shared
+    assert dims(tiny_vlm(family))["intermediate"] == mlp_width(t)
+    n = torch.tensor([10, 20])
+    per_layer = torch.stack([config_layer_flops(t, i, n) for i in range(t.num_hidden_layers)])
+    assert (per_layer[:, 1] > per_layer[:, 0]).all()
