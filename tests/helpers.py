@@ -234,3 +234,19 @@ def assert_beams_return_several(model, inputs, first_alone, cfg):
         ids = model.generate(**inputs, **beams)
         assert not sparsevlm.report(model).dense
         assert ids.shape[0] == 4 and torch.equal(model.generate(**first_alone, **beams)[:, -3:], ids[:2, -3:])
+
+
+def assert_serves_variant(model, inputs, alone, cfg, keep_all: bool):
+    """A variant of a family (an MoE model) through the same adapter: keep-all equals dense on the
+    valid positions, a pruning `cfg` gives batched = each alone, and the model is dense again after."""
+    import sparsevlm
+
+    dense = model(**inputs).logits
+    with sparsevlm.sparsified(model, cfg):
+        if keep_all:
+            valid = inputs["attention_mask"].bool()
+            torch.testing.assert_close(model(**inputs).logits[valid], dense[valid], atol=1e-4, rtol=1e-4)
+        else:
+            assert_batched_equals_alone(model, inputs, alone)
+        assert not sparsevlm.report(model).dense
+    assert torch.equal(model(**inputs).logits, dense)

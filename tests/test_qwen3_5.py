@@ -5,7 +5,7 @@ after pruning runs over the kept tokens: its state equals the dense model's own 
 import pytest
 import torch
 from helpers import (assert_batched_equals_alone, assert_beams_return_several, assert_keep_all_is_dense,
-                     assert_report_is_planned_counts)
+                     assert_report_is_planned_counts, assert_serves_variant)
 from test_qwen3_vl import batch
 from transformers import DynamicCache
 
@@ -194,17 +194,8 @@ def test_what_cannot_work_is_refused(model):
 
 @pytest.mark.parametrize("cfg", [KEEP_ALL, METHODS[1], METHODS[5]], ids=["keep-all", "preset", "divprune"])
 def test_the_moe_model_is_served_by_the_same_adapter(cfg):
-    moe = tiny_vlm("qwen3.5-moe")
     inputs, alone = batch([(2, 8, 8), (1, 8, 12)], [5, 3], video=True, seed=8)
-    dense = moe(**inputs).logits
-    with sparsevlm.sparsified(moe, cfg):
-        if cfg is KEEP_ALL:
-            valid = inputs["attention_mask"].bool()
-            torch.testing.assert_close(moe(**inputs).logits[valid], dense[valid], atol=1e-4, rtol=1e-4)
-        else:
-            assert_batched_equals_alone(moe, inputs, alone)
-        assert not sparsevlm.report(moe).dense
-    assert torch.equal(moe(**inputs).logits, dense)
+    assert_serves_variant(tiny_vlm("qwen3.5-moe"), inputs, alone, cfg, keep_all=cfg is KEEP_ALL)
 
 
 def test_the_real_architecture_is_accepted_on_the_meta_device():
