@@ -7,7 +7,8 @@ it was. And Gemma 3's own: after pruning, each layer's mask is the dense model's
 the kept tokens at their original positions (sliding windows and bidirectional image blocks)."""
 import pytest
 import torch
-from helpers import assert_batched_equals_alone, assert_refused_and_unchanged, assert_scores_are_the_models_attention
+from helpers import (assert_batched_equals_alone, assert_beams_return_several, assert_refused_and_unchanged,
+                     assert_report_is_planned_counts, assert_scores_are_the_models_attention)
 from transformers import Gemma3Config
 from transformers.models.gemma3 import modeling_gemma3 as mg
 
@@ -93,21 +94,13 @@ def test_batched_equals_each_sample_alone(model, cfg):
 @pytest.mark.parametrize("cfg", [METHODS[1].replace(schedule_of=None), *METHODS[3:]], ids=IDS[1:2] + IDS[3:])
 def test_the_report_is_planned_counts(model, cfg):
     inputs, _, counts = batch([2, 3], [4, 7], seed=2)
-    with sparsevlm.sparsified(model, cfg):
-        model(**inputs)
-        rep = sparsevlm.report(model)
-    for b, n in enumerate(counts):
-        ins, outs = sparsevlm.planned_counts(cfg, n, model.config.text_config.num_hidden_layers)
-        assert rep.visual_in[b].tolist() == ins and rep.visual_out[b].tolist() == outs
+    assert_report_is_planned_counts(model, inputs, counts, cfg)
 
 
 def test_beams_sampling_and_several_returned_sequences(model):
     inputs, alone, _ = batch([1, 2], [5, 3], seed=2)
-    beams = dict(max_new_tokens=3, min_new_tokens=3, num_beams=3, num_return_sequences=2)
+    assert_beams_return_several(model, inputs, alone[0], METHODS[1])
     with sparsevlm.sparsified(model, METHODS[1]):
-        ids = model.generate(**inputs, **beams)
-        assert ids.shape[0] == 4 and torch.equal(model.generate(**alone[0], **beams)[:, -3:], ids[:2, -3:])
-        assert not sparsevlm.report(model).dense
         assert model.generate(**inputs, do_sample=True, max_new_tokens=3, num_return_sequences=2).shape[0] == 4
 
 
