@@ -37,6 +37,15 @@ class Family:
     def check(self, model, method) -> None:
         """Raise if `method` cannot run on `model` (naming both); touches nothing. Subclasses call this
         first, then add their own checks."""
+        meth, why = type(method).__name__, self.tower_why(model) if method.needs_vision else None
+        if why:
+            raise ValueError(f"{meth} reads the vision tower's [CLS] attention for each image feature; {why}. Use a "
+                             f"method that prunes inside the language model (SparseVLM, FastV, PyramidDrop, random), "
+                             f"DivPrune or CDPruner")
+        why = self.grid_why(model) if method.needs_grid else None
+        if why:
+            raise ValueError(f"{meth} pools one square grid of visual tokens per image; {why}. Use DivPrune, CDPruner "
+                             f"or a method that prunes inside the language model")
         text = model.model.language_model
         check_layers(text, method)
         bad = [i for i in method.pruning_layers if not self.prunable(text, i)]
@@ -49,6 +58,16 @@ class Family:
                              f"only images. Use a method for images (SparseVLM, FastV, PyramidDrop, DivPrune, ...)")
         if method.positions not in self.POSITIONS:
             raise ValueError(f"positions={method.positions!r}: {type(model).__name__} {self.positions_why()}")
+
+    def tower_why(self, model) -> str | None:
+        """Why methods reading the vision tower's [CLS] attention cannot run on `model`, a clause naming
+        it (None: they can)."""
+        return None
+
+    def grid_why(self, model) -> str | None:
+        """Why methods pooling one square grid per image cannot run on `model`, a clause naming it (None:
+        they can)."""
+        return None
 
     def visual_tokens(self, config) -> int | None:
         """Visual tokens of one image, where every image has the same number; None where it depends on

@@ -115,18 +115,12 @@ class Gemma3(Family):
     def reads_video(self, model) -> bool:
         return False
 
-    def check(self, model, method) -> None:
-        name, meth = type(model).__name__, type(method).__name__
-        if method.needs_vision:
-            raise ValueError(f"{meth} reads the vision tower's [CLS] attention for each image feature; {name}'s SigLIP "
-                             f"tower has no [CLS] token, and each token averages 4 × 4 tower patches. Use a method "
-                             f"that prunes inside the language model (SparseVLM, FastV, PyramidDrop, random), "
-                             f"DivPrune or CDPruner")
-        if method.needs_grid:
-            raise ValueError(f"{meth} pools one square grid of visual tokens per image; {name} may give one picture as "
-                             f"several pan-and-scan crops, each a grid. Use DivPrune, CDPruner or a method that "
-                             f"prunes inside the language model")
-        super().check(model, method)
+    def tower_why(self, model) -> str:
+        return (f"{type(model).__name__}'s SigLIP tower has no [CLS] token, and each token averages 4 × 4 tower "
+                f"patches")
+
+    def grid_why(self, model) -> str:
+        return f"{type(model).__name__} may give one picture as several pan-and-scan crops, each a grid"
 
     def text_unsupported_reason(self, text) -> str | None:
         if not all(hasattr(text, a) for a in ("layers", "norm", "rotary_emb")):

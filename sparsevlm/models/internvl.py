@@ -74,17 +74,15 @@ class InternVL(Family):
     def reads_video(self, model) -> bool:
         return False  # (its frames reach the language model as images: see `check`)
 
+    def tower_why(self, model) -> str:
+        return (f"{type(model).__name__} pixel-shuffles 2 × 2 tower patches into each token, not one feature per "
+                f"tower patch")
+
+    def grid_why(self, model) -> str:
+        return f"{type(model).__name__} builds each image from several tiles and a thumbnail"
+
     def check(self, model, method) -> None:
         name, meth = type(model).__name__, type(method).__name__
-        if method.needs_vision:
-            raise ValueError(f"{meth} reads the vision tower's [CLS] attention for each image feature; {name} "
-                             f"pixel-shuffles 2 × 2 tower patches into each token, not one feature per tower patch. "
-                             f"Use a method that prunes inside the language model (SparseVLM, FastV, PyramidDrop, "
-                             f"random), DivPrune or CDPruner")
-        if method.needs_grid:
-            raise ValueError(f"{meth} pools one square grid of visual tokens per image; {name} builds each image "
-                             f"from several tiles and a thumbnail. Use DivPrune, CDPruner or a method that prunes "
-                             f"inside the language model")
         if method.needs_frames:
             raise ValueError(f"{meth} reduces video frames; {name} gives a video's frames to the language model as "
                              f"images (one tile each), so frames cannot be told from images. Use a method for images "

@@ -187,17 +187,17 @@ class Llava(Family):
     def reads_video(self, model) -> bool:
         return model.config.model_type in ("llava_onevision", "video_llava", "llava_next_video")
 
+    def tower_why(self, model) -> str | None:
+        why = self.grid_why(model)
+        return f"{why}, not one feature per tower patch" if why else None
+
+    def grid_why(self, model) -> str | None:
+        why = NOT_ONE_GRID.get(model.config.model_type)
+        return f"{type(model).__name__} {why}" if why else None
+
     def check(self, model, method) -> None:
         super().check(model, method)
-        name, why = type(model).__name__, NOT_ONE_GRID.get(model.config.model_type)
-        if method.needs_grid and why:
-            raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} {why}. "
-                             f"Use DivPrune, CDPruner or a method that prunes inside the language model")
         if method.needs_vision:
-            if why:
-                raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention for each image "
-                                 f"feature; {name} {why}, not one feature per tower patch. Use a method that prunes "
-                                 f"inside the language model (SparseVLM, FastV, PyramidDrop, random)")
             vision_attention(model)
 
     def patch(self, model, method, state) -> None:

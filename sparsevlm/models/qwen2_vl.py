@@ -29,17 +29,11 @@ class Qwen2VL(Family):
 
         return Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
 
-    def check(self, model, method) -> None:
-        name = type(model).__name__
-        if method.needs_vision:
-            raise ValueError(f"{type(method).__name__} reads the vision tower's [CLS] attention; {name}'s vision tower "
-                             f"has no [CLS] token. Use a method that prunes inside the language model (SparseVLM, "
-                             f"FastV, PyramidDrop, random)")
-        if method.needs_grid:
-            raise ValueError(f"{type(method).__name__} pools one square grid of visual tokens per image; {name} merges "
-                             f"patches into grids of any shape and frames. Use DivPrune, CDPruner or a method that "
-                             f"prunes inside the language model")
-        super().check(model, method)
+    def tower_why(self, model) -> str:
+        return f"{type(model).__name__}'s vision tower has no [CLS] token"
+
+    def grid_why(self, model) -> str:
+        return f"{type(model).__name__} merges patches into grids of any shape and frames"
 
     def positions_why(self) -> str:
         return ("uses M-RoPE, (temporal, height, width) positions; renumbering them has no meaning the model was "
