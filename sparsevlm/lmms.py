@@ -362,6 +362,19 @@ target_delimiter: " "
 """
 
 
+def _write_split(folder: Path, checkpoint, name: str, visual_key: str, limit: int | None) -> Path:
+    """An embedded split's questions as `folder/name.jsonl` (each row's `visual_key`, type, question and
+    answer; the first `limit`), beside the `utils.py` the task yamls import. Returns the jsonl's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(Path(checkpoint, "eval_split.json").read_text())["questions"][:limit]
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps({k: q[k] for k in (visual_key, "type", "question", "answer")}) + "\n"
+                            for q in rows))
+    (folder / "utils.py").write_text("from sparsevlm.lmms import (doc_to_choice, doc_to_target, doc_to_text, "
+                                     "doc_to_visual, process_results, video_doc_to_visual)  # noqa: F401\n")
+    return data
+
+
 def write_toy_task(folder, limit: int | None = None) -> Path:
     """Write the embedded evaluation split as two local lmms-eval tasks into `folder`:
     `sparsevlm_toy` (generate the answer; exact match of its first word, as `sparsevlm eval`) and
@@ -370,14 +383,7 @@ def write_toy_task(folder, limit: int | None = None) -> Path:
     from . import toy
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = json.loads(Path(toy.CHECKPOINT, "eval_split.json").read_text())
-    rows = doc["questions"][:limit] if limit is not None else doc["questions"]
-    data = folder / "sparsevlm_toy.jsonl"
-    data.write_text("".join(json.dumps({k: q[k] for k in ("image_id", "type", "question", "answer")}) + "\n"
-                            for q in rows))
-    (folder / "utils.py").write_text("from sparsevlm.lmms import (doc_to_choice, doc_to_target, doc_to_text, "
-                                     "doc_to_visual, process_results, video_doc_to_visual)  # noqa: F401\n")
+    data = _write_split(folder, toy.CHECKPOINT, "sparsevlm_toy", "image_id", limit)
     (folder / "sparsevlm_toy.yaml").write_text(TASK_YAML.format(
         suffix="", data=data.resolve(), output_type="generate_until", extra=GENERATE, metric="exact_match"))
     (folder / "sparsevlm_toy_choice.yaml").write_text(TASK_YAML.format(
@@ -416,14 +422,7 @@ def write_toy_video_task(folder, limit: int | None = None) -> Path:
     from . import toy
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = json.loads(Path(toy.VIDEO_CHECKPOINT, "eval_split.json").read_text())
-    rows = doc["questions"][:limit] if limit is not None else doc["questions"]
-    data = folder / "sparsevlm_toy_video.jsonl"
-    data.write_text("".join(json.dumps({k: q[k] for k in ("clip_id", "type", "question", "answer")}) + "\n"
-                            for q in rows))
-    (folder / "utils.py").write_text("from sparsevlm.lmms import (doc_to_choice, doc_to_target, doc_to_text, "
-                                     "doc_to_visual, process_results, video_doc_to_visual)  # noqa: F401\n")
+    data = _write_split(folder, toy.VIDEO_CHECKPOINT, "sparsevlm_toy_video", "clip_id", limit)
     (folder / "sparsevlm_toy_video.yaml").write_text(VIDEO_TASK_YAML.format(data=data.resolve()))
     return folder
 

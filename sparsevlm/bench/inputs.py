@@ -92,34 +92,21 @@ def model_and_inputs(model_name: str, device: str, dtype: str, attn: str = "sdpa
     batches for `--profile`: the toys' own questions (`toy-video`: the video model's clips), else None)."""
     torch.manual_seed(0)
     batches = None
-    if model_name == "toy":
-        from .. import toy
-
-        model, processor = toy.load(dtype=DTYPES[dtype])
-        model.to(device)
-        model.config._attn_implementation = attn
-        model.config.text_config._attn_implementation = attn
-        records = toy.eval_split(limit=max(8, batch))
-        batches = {}
-        for size in sorted({1, 8, batch}):  # different questions: padding as in real batches
-            x = processor(images=[r["image"] for r in records[:size]], text=[r["prompt"] for r in records[:size]],
-                          return_tensors="pt", padding=True).to(device)
-            x["pixel_values"] = x["pixel_values"].to(DTYPES[dtype])
-            batches[size] = x
-        inputs = batches[batch]
-    elif model_name == "toy-video":  # the embedded video model on its own clips and questions
+    if model_name in ("toy", "toy-video"):  # an embedded model on its own questions (the video model's clips)
         from .. import toy
         from ..eval import record_inputs
 
-        model, processor = toy.load_video(dtype=DTYPES[dtype])
+        video = model_name == "toy-video"
+        model, processor = (toy.load_video if video else toy.load)(dtype=DTYPES[dtype])
         model.to(device)
         model.config._attn_implementation = attn
         model.config.text_config._attn_implementation = attn
-        records = toy.video_eval_split(limit=max(8, batch))
+        records = (toy.video_eval_split if video else toy.eval_split)(limit=max(8, batch))
+        pixels = "pixel_values_videos" if video else "pixel_values"
         batches = {}
-        for size in sorted({1, 8, batch}):  # different clips and questions: padding as in real batches
+        for size in sorted({1, 8, batch}):  # different questions: padding as in real batches
             x = record_inputs(processor, records[:size], model.config).to(device)
-            x["pixel_values_videos"] = x["pixel_values_videos"].to(DTYPES[dtype])
+            x[pixels] = x[pixels].to(DTYPES[dtype])
             batches[size] = x
         inputs = batches[batch]
     elif model_name == "llava-1.5-7b-shaped":
