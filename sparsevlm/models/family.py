@@ -92,7 +92,7 @@ class Family:
     def rotary(self, text, hidden, position_ids, layer: int):
         """The position embeddings of the layers from `layer` on, for `position_ids` as the text
         model's rotary embedding takes them. A family with one rotary embedding per layer type
-        (Gemma 3's local and global bases) returns a `staged.LayerMasks` of them."""
+        (Gemma 3's local and global bases) returns a `staged.ByLayerType` of them."""
         return text.rotary_emb(hidden, position_ids=position_ids)
 
     def padding_mask(self, text, attention_mask):
@@ -104,7 +104,7 @@ class Family:
     def layer_masks(self, text, hidden, mask2d, keys, cache, skip: bool, extras: dict):
         """A family's own attention masks for a stage, or None for the staged loop's (causal, one per
         layer type). Returns build(kind, layer): the mask of layer type `kind`, sized against layer
-        `layer`, the stage's first of that type (`staged.LayerMasks` asks once per type). `keys`: the
+        `layer`, the stage's first of that type (`staged.ByLayerType` asks once per type). `keys`: the
         1D positions (B, K) of every key the 2D mask covers, the queries last; None where they are
         consecutive. `extras`: the per-token tensors of those keys (`token_inputs`; a prefill's only).
         `skip`: whether sdpa may skip a plain causal mask (reading the padding mask on the host)."""

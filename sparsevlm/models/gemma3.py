@@ -11,7 +11,7 @@ What is new to the staged decoder, and what this file does about it:
   the kept tokens' positions, not in how many tokens are left: a kept token sees exactly the kept
   tokens the dense model's window holds. With compact positions the window counts kept tokens.
 - Two rotary embeddings, a local base for sliding layers and a global one; each layer takes its
-  type's (`rotary`, one `staged.LayerMasks` of them).
+  type's (`rotary`, one `staged.ByLayerType` of them).
 - The tokens of one image attend to each other in both directions (`token_type_ids`). The
   multimodal model builds one mask per layer type before the text model. Here the 2D padding mask
   and each image's block follow the tokens instead: the block ids are a per-token tensor
@@ -42,7 +42,7 @@ from transformers.masking_utils import create_causal_mask, sliding_window_overla
 from .compat import CACHE
 from .family import Family
 from .patching import SparsePlaceholders, SparseTop, install
-from .staged import LayerMasks
+from .staged import ByLayerType
 
 #: the per-token tensor that holds each token's image block: its image's number from 1, 0 off images
 BLOCK = "image_block"
@@ -162,7 +162,7 @@ class Gemma3(Family):
     def rotary(self, text, hidden, position_ids, layer):
         def build(kind, _layer):
             return text.rotary_emb(hidden, position_ids, kind)
-        return LayerMasks(text.config.layer_types, build)
+        return ByLayerType(text.config.layer_types, build)
 
     def layer_masks(self, text, hidden, mask2d, keys, cache, skip, extras):
         return functools.partial(self._mask, text, hidden, mask2d, keys, cache, skip, extras.get(BLOCK))

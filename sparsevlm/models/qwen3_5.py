@@ -19,7 +19,7 @@ with gated queries and per-head norms on queries and keys.
   (`prunable_layers`: the first full-attention layer at or after each).
 - A linear-attention layer after pruning runs over the shorter sequence: its convolution and state
   see the kept tokens in order, as a dense model given only those tokens would. Its mask is the
-  padding mask (`staged.LayerMasks`): padding tokens are zeroed before the layer, which keeps the
+  padding mask (`staged.ByLayerType`): padding tokens are zeroed before the layer, which keeps the
   state of a left-padded row equal to that of the row alone.
 - Its cache is a state (convolution and recurrent), not a token per position. Decoding after a pruned
   prefill continues that state; nothing in it counts tokens. The full-attention layers' caches are

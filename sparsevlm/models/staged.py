@@ -47,10 +47,10 @@ from .state import STAGES, Clock
 RECURRENT = ("linear_attention", "conv")
 
 
-class LayerMasks:
-    """One stage's masks where the layers are of several types (`config.layer_types`): a type's mask is
-    built when the stage's first layer of that type asks, with that layer's index (a hybrid cache
-    counts tokens at its attention layers only)."""
+class ByLayerType:
+    """One stage's masks, or rotary embeddings, where the layers are of several types
+    (`config.layer_types`): a type's is built when the stage's first layer of that type asks, with that
+    layer's index (a hybrid cache counts tokens at its attention layers only)."""
 
     def __init__(self, types, build):
         self.types, self.build, self.built = types, build, {}
@@ -62,9 +62,9 @@ class LayerMasks:
         return self.built[kind]
 
 
-def _mask_at(mask, layer: int):
-    """The mask layer `layer` takes: the stage's one mask, or its type's (`LayerMasks`)."""
-    return mask.at(layer) if isinstance(mask, LayerMasks) else mask
+def _at_layer(mask, layer: int):
+    """What layer `layer` takes of a stage's mask or rotary embeddings: the one, or its type's (`ByLayerType`)."""
+    return mask.at(layer) if isinstance(mask, ByLayerType) else mask
 
 
 def _counted_at(config, start: int, end: int) -> int | None:
@@ -215,16 +215,16 @@ class SparseTextModel:
         One new token under sdpa attends to every valid cached token: its mask is the padding mask as it
         is (what `create_causal_mask` would build, without building it).
         Layers of several types (`config.layer_types`, e.g. Qwen3.5's linear and full attention) get a
-        `LayerMasks`: each type's mask, built when the stage's first layer of that type asks.
+        `ByLayerType`: each type's mask, built when the stage's first layer of that type asks.
         A family may build them itself (`Family.layer_masks`: Gemma 3's windows and image blocks), from
         the keys' positions `keys` (B, K) (None: consecutive) and per-token `extras`."""
         pe = self._rotary(hidden, positions, layer_idx) if rope else None
         own = self._sparsevlm.family.layer_masks(self, hidden, mask2d, keys, cache, skip, extras or {})
         if own is not None:
-            return LayerMasks(self.config.layer_types, own), pe
+            return ByLayerType(self.config.layer_types, own), pe
         types = getattr(self.config, "layer_types", None)
         if types and set(types) != {"full_attention"}:
-            return LayerMasks(types, functools.partial(self._mask, hidden, mask2d, positions, cache, skip, packed)), pe
+            return ByLayerType(types, functools.partial(self._mask, hidden, mask2d, positions, cache, skip, packed)), pe
         return self._mask(hidden, mask2d, positions, cache, skip, packed, "full_attention", layer_idx), pe
 
     def _mask(self, hidden, mask2d, positions, cache, skip, packed, kind, layer_idx):
@@ -307,7 +307,7 @@ class SparseTextModel:
         call = st.call()
         stages, counts_in, counts_out, step = [], [], [], 0
         if method.prunes_input:  # step 0: before the first layer, on the embeddings
-            pe = _mask_at(self._rotary(seq["hidden"], seq["positions"], 0), 0)  # (layer 0's, where they differ)
+            pe = _at_layer(self._rotary(seq["hidden"], seq["positions"], 0), 0)  # (layer 0's, where they differ)
             with clock:
                 self._prune(seq, method, report, stages, step, -1, None, None, None, pe)
             step += 1
@@ -319,8 +319,8 @@ class SparseTextModel:
             if prune_here:  # the layer's queries and keys are kept as it computes them (compat.wrap_rope)
                 call.capture = ROPE_CAPTURE.slot = {}
             try:
-                seq["hidden"] = run_layer(layer, seq["hidden"], _mask_at(mask, i), _layer_ids(seq["positions"]),
-                                          _mask_at(pe, i), cache, use_cache, layer_kwargs)
+                seq["hidden"] = run_layer(layer, seq["hidden"], _at_layer(mask, i), _layer_ids(seq["positions"]),
+                                          _at_layer(pe, i), cache, use_cache, layer_kwargs)
             finally:
                 ROPE_CAPTURE.slot = None
             # (before pruning: the next layer's input is what the method keeps or merges)
@@ -329,7 +329,7 @@ class SparseTextModel:
                 with clock:
                     captured, call.capture = call.capture, None
                     moved = self._prune(seq, method, report, stages, step, i, captured["q"], captured["k"],
-                                        layer.self_attn.scaling, _mask_at(pe, i), captured.get("raw_k"))
+                                        layer.self_attn.scaling, _at_layer(pe, i), captured.get("raw_k"))
                 step += 1
                 one = seq["hidden"].shape[0] == 1  # one sample: no padding, the mask is causal alone (sdpa: none)
                 if moved:
@@ -461,6 +461,6 @@ class SparseTextModel:
                     keys = None if s["positions"] is None else torch.cat(
                         [s["positions"][:, :kept], positions0[:, -1:] - new + 1 + arange(new, dev)], 1)
                     mask = self._stage(hidden, valid, positions0, cache, i, skip=False, rope=False, keys=keys)[0]
-            hidden = run_layer(layer, hidden, _mask_at(mask, i), _layer_ids(positions0), _mask_at(pe, i), cache,
+            hidden = run_layer(layer, hidden, _at_layer(mask, i), _layer_ids(positions0), _at_layer(pe, i), cache,
                                use_cache, kwargs)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE: cache})
